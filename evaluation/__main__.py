@@ -1,0 +1,43 @@
+"""``python -m evaluation checkpoint=... [data=...] [evaluation.splits=[test]]``: evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
+from evaluation.run import evaluate_run
+from training.backends import get_backend
+from training.errors import UserError, exit_on_user_error
+from training.tracking import build_tracker
+from training.train import run_dir_of, save_config
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Load ``cfg.checkpoint`` with ``cfg.backend`` and evaluate it; artefacts go to the run dir."""
+    run_dir = run_dir_of(cfg)
+    if (run_dir / "metrics.json").exists():
+        raise UserError(f"{run_dir} already holds results (metrics.json); choose another hydra.run.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    exit_code = 1
+    try:
+        model_cfg = OmegaConf.create({"backend": cfg.backend, "name": cfg.model.name})
+        detector = get_backend(str(cfg.backend))(model_cfg, run_dir, tracker)
+        detector.load(str(cfg.checkpoint))
+        metrics = evaluate_run(detector, cfg, run_dir, tracker)
+        exit_code = 0
+        return metrics
+    finally:
+        tracker.finish(exit_code)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()

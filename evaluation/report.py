@@ -1,0 +1,139 @@
+"""Artefacts of an evaluation: metrics.json, Markdown and CSV tables, PR and F1-vs-confidence plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+ROWS = [
+    ("mAP50", True),
+    ("mAP50-95", True),
+    ("precision", True),
+    ("recall", True),
+    ("f1", True),
+    ("conf_at_max_f1", False),
+    ("precision_at_conf", False),
+    ("recall_at_conf", False),
+    ("f1_at_conf", False),
+    ("conf_fixed", False),
+    ("mAP75", False),
+    ("AP_small", False),
+    ("AP_medium", False),
+    ("AP_large", False),
+    ("AR100", False),
+]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.4f}"
+
+
+def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, str]]:
+    """One row per metric, a value and a 95% interval column per split; ultralytics' metrics last, prefixed."""
+    names = [(n, ci) for n, ci in ROWS]
+    extra = sorted(
+        {k.split("/", 2)[2] for k in metrics if k.startswith("ultralytics/") and k.split("/")[1] in splits}
+    )
+    names += [(f"ultralytics/{n}", False) for n in extra]
+    rows = []
+    for name, has_ci in names:
+
+        def key(split, name=name):
+            return (
+                f"ultralytics/{split}/{name[12:]}" if name.startswith("ultralytics/") else f"{split}/{name}"
+            )
+
+        if not any(key(s) in metrics for s in splits):
+            continue
+        row = {"metric": name}
+        for split in splits:
+            k = key(split)
+            row[split] = _fmt(metrics.get(k)) if k in metrics else ""
+            lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
+            row[f"{split} 95% CI"] = f"[{_fmt(lo)}, {_fmt(hi)}]" if has_ci and lo is not None else ""
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, str]], header: str = "") -> str:
+    cols = list(rows[0]) if rows else ["metric"]
+    lines = [header] if header else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    run_dir: Path, metrics: dict[str, float], splits: list[str], provenance: str
+) -> tuple[Path, Path]:
+    rows = table_rows(metrics, splits)
+    md = run_dir / "metrics.md"
+    md.write_text(markdown_table(rows, f"# Metrics\n\n{provenance}\n"), encoding="utf-8")
+    csv_path = run_dir / "metrics.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["metric"])
+        w.writeheader()
+        w.writerows(rows)
+    return md, csv_path
+
+
+def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
+    path = run_dir / "metrics.json"
+    doc = {
+        "metrics": {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())
+        }
+    }
+    doc.update(extra or {})
+    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return path
+
+
+def plot_curves(
+    run_dir: Path, split: str, curves: dict[str, np.ndarray], metrics: dict[str, float]
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.plot(curves["recall"], curves["precision"], lw=1.5)
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})",
+    )
+    ax.grid(alpha=0.3)
+    p = run_dir / f"pr_curve_{split}.png"
+    fig.tight_layout()
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for k in ("f1", "precision", "recall"):
+        ax.plot(curves["conf"], curves[k], lw=1.5 if k == "f1" else 1.0, label=k)
+    c = metrics.get(f"{split}/conf_at_max_f1")
+    if c is not None:
+        ax.axvline(c, color="grey", ls="--", lw=1, label=f"max F1 @ {c:.3f}")
+    ax.set(
+        xlabel="confidence", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=f"{split}: F1 vs confidence"
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    p = run_dir / f"f1_conf_{split}.png"
+    fig.tight_layout()
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+    return paths

@@ -1,0 +1,79 @@
+"""Evaluate a detector on configured splits and write the run's artefacts (used by both entry points)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+
+from evaluation.evaluator import evaluate_detector
+from evaluation.report import markdown_table, plot_curves, table_rows, write_metrics_json, write_tables
+from training.backends.base import Detector
+from training.data import cache_root, load_dataset, prepare_yolo
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def provenance(cfg, detector: Detector) -> dict:
+    import torch
+
+    return {
+        "data": str(cfg.data.get("name")),
+        "checkpoint": str(detector.checkpoint) if detector.checkpoint else None,
+        "model": str(cfg.model.get("name")) if cfg.get("model") else None,
+        "hardware": platform.processor() or platform.machine(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+    }
+
+
+def evaluate_run(
+    detector: Detector, cfg, run_dir: Path, tracker=None, prior: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Evaluate on ``cfg.evaluation.splits``; write metrics.json, metrics.md/.csv and plots into ``run_dir``.
+
+    ``prior`` (e.g. training metrics) is merged into metrics.json. Returns all metrics.
+    """
+    ev = cfg.evaluation
+    splits = list(ev.splits)
+    dataset = load_dataset(cfg.data, splits)
+    if detector.class_names and list(detector.class_names) != dataset.class_names:
+        raise UserError(
+            f"{detector.checkpoint}: model classes {list(detector.class_names)} differ from the classes of data "
+            f"'{dataset.name}' {dataset.class_names}"
+        )
+    metrics: dict[str, float] = dict(prior or {})
+    for name, n in dataset.skipped.items():
+        metrics[f"data/skipped/{name}"] = float(n)
+    data_yaml = None
+    for split in splits:
+        result, preds = evaluate_detector(detector, dataset[split], ev)
+        metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
+        plot_curves(run_dir, split, result.curves, metrics)
+        if ev.get("ultralytics_metrics", True) and hasattr(detector, "ultralytics_val"):
+            # Reported beside ours, never mixed: the two implementations differ by a few points.
+            data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))
+            metrics.update(detector.ultralytics_val(data_yaml, split, ev.get("imgsz")))
+        if tracker is not None and split == splits[0]:
+            tracker.log_predictions(
+                f"{split}/predictions",
+                dataset[split],
+                preds,
+                detector.class_names,
+                int(ev.get("n_log_images", 8)),
+            )
+    prov = provenance(cfg, detector)
+    note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
+        **prov
+    )
+    write_metrics_json(run_dir, metrics, {"provenance": prov})
+    md, _ = write_tables(run_dir, metrics, splits, note)
+    if tracker is not None:
+        tracker.log_summary(metrics)
+        rows = table_rows(metrics, splits)
+        if rows:
+            tracker.log_table("metrics", list(rows[0]), [list(r.values()) for r in rows])
+    print(markdown_table(table_rows(metrics, splits), note))
+    log.info("wrote %s", md)
+    return metrics

@@ -1,0 +1,81 @@
+"""Fixtures compose the real configs (conf/) with tiny overrides and tmp_path output dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import training  # noqa: F401  (registers resolvers)
+from training.data import asset_path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EMBEDDED = Path(asset_path("signatures-xc8up-mini"))
+
+# Tiny, CPU-friendly training settings shared by the tests that really train.
+TINY = [
+    "train.epochs=1",
+    "train.imgsz=64",
+    "train.batch=4",
+    "train.workers=0",
+    "train.plots=false",
+    "train.amp=false",
+    "train.warmup_epochs=0",
+    "evaluation.n_bootstrap=20",
+    "evaluation.ultralytics_metrics=false",
+    "evaluation.n_log_images=2",
+]
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(__import__("tempfile").mkdtemp(prefix="sigdet-ultra-"))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+
+
+def compose_cfg(
+    config_name: str = "train", overrides: list[str] | None = None, tmp_path: Path | None = None
+) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name=config_name, overrides=overrides or [])
+    if tmp_path is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "outputs")
+            cfg.paths.run_dir = str(tmp_path / "run")
+            for key in ("data",):
+                cfg[key].cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def make(overrides: list[str] | None = None, config_name: str = "train", sub: str = "") -> DictConfig:
+        base = tmp_path / sub if sub else tmp_path
+        return compose_cfg(config_name, overrides, base)
+
+    return make
+
+
+@pytest.fixture
+def embedded_copy(tmp_path) -> Path:
+    """A writable copy of the embedded dataset (COCO layout) for tests that corrupt it."""
+    dst = tmp_path / "data"
+    shutil.copytree(EMBEDDED, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny real training + evaluation on the embedded data, shared by the round-trip tests."""
+    from evaluation.run import evaluate_run
+    from training.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "train.epochs=2"], tmp)
+    metrics = train(cfg, evaluate=lambda d, c, r, t, p: evaluate_run(d, c, r, t, p))
+    return cfg, Path(cfg.paths.run_dir), metrics

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, compose_cfg
+from training.backends import BACKENDS, get_backend
+from training.backends.ultralytics import check_train_args
+from training.errors import ConfigError
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+UPSTREAM = (
+    [f"yolov8{s}" for s in "nsmlx"]
+    + [f"yolo11{s}" for s in "nsmlx"]
+    + [f"yolov10{s}" for s in "nsbmlx"]
+    + ["rtdetr-l"]
+)
+
+
+def test_every_upstream_model_has_a_config_and_an_experiment():
+    assert set(UPSTREAM) <= set(MODELS)
+    assert set(UPSTREAM) | {"quickstart"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_resolves(name, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}"], tmp_path)
+    OmegaConf.resolve(cfg)
+    assert cfg.model.backend in BACKENDS
+    # ultralytics ignores lr0 under optimizer=auto: our defaults must name one
+    assert cfg.train.optimizer != "auto"
+    check_train_args(OmegaConf.to_container(cfg.train))
+    assert cfg.task_name == name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_arch_is_a_real_ultralytics_yaml(model):
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = OmegaConf.load(CONF / "model" / f"{model}.yaml")
+    d = yaml_model_load(cfg.arch)
+    assert "backbone" in d and "head" in d
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_data_configs_compose(data, tmp_path):
+    cfg = compose_cfg("train", [f"data={data}"], tmp_path)
+    assert cfg.data.format in ("coco", "yolo", "hf", "roboflow")
+    assert set(cfg.data.splits) == {"train", "val", "test"}
+
+
+def test_overrides_reach_ultralytics_args(tmp_path):
+    cfg = compose_cfg(
+        "train", ["experiment=quickstart", "train.lr0=0.0123", "+train.mixup=0.1", "model=yolo11s"], tmp_path
+    )
+    args = check_train_args(OmegaConf.to_container(cfg.train, resolve=True))
+    assert args["lr0"] == 0.0123 and args["mixup"] == 0.1
+    assert cfg.model.arch == "yolo11s.yaml"
+
+
+def test_unknown_train_arg_fails_with_suggestion():
+    with pytest.raises(ConfigError, match="lr0"):
+        check_train_args({"lr": 0.1, "lro": 1})
+    with pytest.raises(ConfigError, match="set by the framework"):
+        check_train_args({"data": "x.yaml"})
+
+
+def test_unknown_backend_lists_valid_ones():
+    with pytest.raises(ConfigError, match="ultralytics"):
+        get_backend("nope")
+
+
+def test_evaluate_root_composes(tmp_path):
+    cfg = compose_cfg("evaluate", ["checkpoint=x.pt", "evaluation.splits=[test]"], tmp_path)
+    assert cfg.backend == "ultralytics" and list(cfg.evaluation.splits) == ["test"]
+
+
+def test_no_runtime_reference_to_shared():
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("training", "evaluation", "export", "conf"):
+        for f in (root / folder).rglob("*"):
+            if f.suffix in {".py", ".yaml", ".toml"}:
+                assert "../shared" not in f.read_text(encoding="utf-8"), f

@@ -1,0 +1,244 @@
+"""Real (tiny) ultralytics training + evaluation round trips on the embedded data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import EMBEDDED, ROOT, TINY, compose_cfg
+from training.backends import BACKENDS, Detections, build_detector
+from training.errors import UserError
+
+
+def test_run_dir_has_every_artefact(trained_run):
+    cfg, run_dir, metrics = trained_run
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "metrics.md",
+        "metrics.csv",
+        "pr_curve_val.png",
+        "f1_conf_val.png",
+        "pr_curve_test.png",
+        "f1_conf_test.png",
+        "weights/best.pt",
+        "weights/last.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for k in (
+            "mAP50",
+            "mAP50-95",
+            "AP_small",
+            "AP_medium",
+            "AP_large",
+            "precision",
+            "recall",
+            "f1",
+            "conf_at_max_f1",
+            "precision_at_conf",
+            "f1_at_conf",
+            "mAP50_ci_low",
+            "mAP50_ci_high",
+        ):
+            assert f"{split}/{k}" in doc["metrics"], f"{split}/{k}"
+    assert doc["metrics"]["train/epochs"] == 2
+    assert doc["provenance"]["data"] == "signatures-xc8up-mini"
+    md = (run_dir / "metrics.md").read_text()
+    assert "| mAP50 |" in md and "95% CI" in md and "signatures-xc8up-mini" in md
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_detector_contract(backend, trained_run, tmp_path):
+    """predict -> Detections in the original frame; reloading the checkpoint gives identical predictions."""
+    cfg, run_dir, _ = trained_run
+    assert cfg.model.backend == backend  # one trained run per backend: the ultralytics one here
+    det = build_detector(cfg.model, tmp_path)
+    det.load(run_dir / "weights" / "best.pt")
+    images = [EMBEDDED / "valid" / f for f in sorted(os.listdir(EMBEDDED / "valid")) if f.endswith(".jpg")][
+        :3
+    ]
+    out = det.predict(images, conf=0.0, imgsz=64)
+    assert len(out) == 3 and all(isinstance(d, Detections) for d in out)
+    from PIL import Image
+
+    for d, f in zip(out, images, strict=True):
+        w, h = Image.open(f).size
+        assert (d.boxes[:, [0, 2]] <= w + 1).all() and (d.boxes[:, [1, 3]] <= h + 1).all()
+    again = build_detector(cfg.model, tmp_path / "b")
+    again.load(run_dir / "weights" / "best.pt")
+    for a, b in zip(out, again.predict(images, conf=0.0, imgsz=64), strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes)
+        np.testing.assert_allclose(a.scores, b.scores)
+    # numpy RGB input gives the same result as the file
+    arr = np.asarray(Image.open(images[0]).convert("RGB"))
+    np.testing.assert_allclose(det.predict([arr], conf=0.0, imgsz=64)[0].boxes, out[0].boxes, atol=1e-3)
+
+
+def test_evaluation_cli_reproduces_training_numbers(trained_run, tmp_path):
+    cfg, run_dir, metrics = trained_run
+    out = tmp_path / "eval"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluation",
+            f"checkpoint={run_dir / 'weights' / 'best.pt'}",
+            "evaluation.splits=[val]",
+            "evaluation.imgsz=64",
+            "evaluation.n_bootstrap=20",
+            "evaluation.ultralytics_metrics=true",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert doc["val/mAP50"] == pytest.approx(metrics["val/mAP50"], abs=1e-9)
+    assert doc["val/f1"] == pytest.approx(metrics["val/f1"], abs=1e-9)
+    assert "ultralytics/val/mAP50" in doc  # beside ours, never instead of
+    assert (out / "pr_curve_val.png").is_file() and (out / "metrics.csv").is_file()
+
+
+def test_finished_run_is_never_overwritten(trained_run):
+    from training.train import train
+
+    cfg, run_dir, _ = trained_run
+    before = (run_dir / "metrics.json").read_bytes()
+    with pytest.raises(UserError, match="already holds a finished run"):
+        train(cfg)
+    assert (run_dir / "metrics.json").read_bytes() == before
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "evaluation", f"checkpoint={tmp_path}/nope.pt", f"hydra.run.dir={tmp_path}/e"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "nope.pt" in r.stderr
+
+
+def test_offline_weight_name_fails_with_instructions(tmp_path, monkeypatch):
+    from training.backends.ultralytics import resolve_weights
+    from training.errors import OfflineError
+
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="download yolov8s.pt"):
+        resolve_weights("yolov8s.pt")
+    with pytest.raises(UserError, match="not found"):
+        resolve_weights(str(tmp_path / "dir" / "w.pt"))
+
+
+def test_resume_after_interrupted_run(tmp_path):
+    """Kill a run after its first checkpoint, resume it, and finish all epochs."""
+    run_dir = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "training",
+        "experiment=quickstart",
+        *[a for a in TINY if "epochs" not in a],
+        "train.epochs=3",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    last = run_dir / "weights" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), "no checkpoint written"
+    time.sleep(0.5)  # let the save finish
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    r = subprocess.run([*args, "resume=true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert doc["train/epochs"] == 3
+    import csv
+
+    with open(run_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["epoch"])) for r in rows][-1] == 3
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "resume=true"], tmp_path)
+    from training.train import train
+
+    with pytest.raises(UserError, match="resume=true but"):
+        train(cfg)
+
+
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+    from evaluation.run import evaluate_run
+    from training.train import train
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("ROBOFLOW_API_KEY", "rf-secret-123")
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "logger=wandb"], tmp_path)
+    train(cfg, evaluate=lambda d, c, r, t, p: evaluate_run(d, c, r, t, p))
+    runs = list((Path(cfg.paths.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = list(runs[0].rglob("*.wandb"))
+    assert files and files[0].stat().st_size > 0
+    blob = b"".join(f.read_bytes() for f in runs[0].rglob("*") if f.is_file())
+    assert b"rf-secret-123" not in blob
+    assert b"val/mAP50" in blob  # final metrics reached the run
+
+
+FOREIGN_WANDB_SCRIPT = r"""
+import sys, wandb
+from ultralytics.utils import SETTINGS
+SETTINGS.update({"wandb": True})  # a user who enabled ultralytics' own W&B integration
+calls = []
+real_init = wandb.init
+def spy(*a, **k):
+    calls.append(k.get("project"))
+    return real_init(*a, **k)
+wandb.init = spy
+# no pytest import here: ultralytics silences its W&B callback whenever pytest is loaded
+import training
+from ultralytics.utils.callbacks import wb
+assert wb.wb is not None, "ultralytics W&B callback inactive: the test would prove nothing"
+from hydra import compose, initialize_config_dir
+from training.train import train
+with initialize_config_dir(version_base="1.3", config_dir=sys.argv[2]):
+    cfg = compose("train", overrides=["experiment=quickstart", *sys.argv[3:], "logger=wandb", "logger.project=ours",
+                                      f"+paths.run_dir={sys.argv[1]}/run", f"data.cache_dir={sys.argv[1]}/cache"])
+train(cfg)
+print("INIT_CALLS", calls)
+"""
+
+
+def test_ultralytics_wandb_callback_is_kept_out(tmp_path):
+    """Even with ultralytics' W&B integration switched on, only our run is opened."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "ultra_cfg")
+    r = subprocess.run(
+        [sys.executable, "-c", FOREIGN_WANDB_SCRIPT, str(tmp_path), str(ROOT / "conf"), *TINY],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "INIT_CALLS ['ours']" in r.stdout

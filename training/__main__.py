@@ -1,0 +1,27 @@
+"""``python -m training experiment=...``: train, then evaluate with the shared evaluator."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
+from training.errors import exit_on_user_error
+from training.train import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    from evaluation.run import evaluate_run
+
+    def evaluate(detector, cfg, run_dir, tracker, prior):
+        return evaluate_run(detector, cfg, run_dir, tracker, prior)
+
+    metrics = train(cfg, evaluate=evaluate)
+    value = metrics.get(str(cfg.get("optimized_metric")))
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Ultralytics backend: YOLOv8 / YOLO11 / YOLOv10 / RT-DETR behind the Detector contract."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.backends.base import Detections, Detector, ImageInput
+from training.data import cache_root, load_dataset, prepare_yolo
+from training.errors import ConfigError, OfflineError, UserError
+
+log = logging.getLogger(__name__)
+
+# Set by the framework, never by ``train.*``: they would bypass the data layer or the run dir.
+RESERVED_ARGS = {"data", "project", "name", "exist_ok", "resume", "model", "mode", "task"}
+# ultralytics integrations that would open / close their own tracker runs behind ours.
+FOREIGN_TRACKERS = ("ultralytics.utils.callbacks.wb",)
+ASSET_URL = "https://github.com/ultralytics/assets/releases"
+
+
+def _ultralytics():
+    import ultralytics
+
+    return ultralytics
+
+
+def check_train_args(args: dict) -> dict:
+    """Reject unknown or framework-owned ultralytics arguments with the closest valid names."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    for key in args:
+        if key in RESERVED_ARGS:
+            raise ConfigError(
+                f"train.{key} is set by the framework (use data=..., hydra.run.dir=..., resume=true)"
+            )
+        if key not in DEFAULT_CFG_DICT:
+            near = difflib.get_close_matches(key, list(DEFAULT_CFG_DICT), n=3)
+            raise ConfigError(
+                f"train.{key} is not an ultralytics train argument"
+                + (f"; did you mean {near}?" if near else "")
+            )
+    return args
+
+
+def resolve_weights(weights: str) -> str:
+    """A local file, or an ultralytics asset name fetched when online; offline, one clear error."""
+    from ultralytics.utils import SETTINGS, is_online
+
+    p = Path(weights).expanduser()
+    if p.is_file():
+        return str(p)
+    if p.parent != Path(".") or p.suffix != ".pt":
+        raise UserError(f"model.weights: file {p} not found")
+    cached = Path(SETTINGS["weights_dir"]) / p.name
+    if cached.is_file():
+        return str(cached)
+    if os.environ.get("YOLO_OFFLINE") or not is_online():
+        raise OfflineError(
+            f"model.weights={weights}: not found locally and no network; download {p.name} from {ASSET_URL} "
+            f"and set model.weights=/path/to/{p.name} (or set model.weights=null to train from scratch)"
+        )
+    try:
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        return attempt_download_asset(p.name)
+    except Exception as e:
+        raise OfflineError(
+            f"model.weights={weights}: download failed ({e.__class__.__name__}); get it from {ASSET_URL}"
+        ) from None
+
+
+def _trainer_class(base):
+    """Subclass the model's trainer to drop ultralytics' own tracker callbacks (we own the W&B run)."""
+
+    class SigdetTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for event, fns in self.callbacks.items():
+                self.callbacks[event] = [
+                    f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS
+                ]
+
+    SigdetTrainer.__name__ = SigdetTrainer.__qualname__ = f"Sigdet{base.__name__}"
+    return SigdetTrainer
+
+
+def _metric_key(k: str) -> str:
+    # 'metrics/mAP50-95(B)' -> 'mAP50-95'; 'val/box_loss' stays
+    k = k.replace("metrics/", "").replace("(B)", "")
+    return k
+
+
+class UltralyticsDetector(Detector):
+    """YOLO-family and RT-DETR models through ``ultralytics``."""
+
+    def __init__(self, model_cfg, run_dir, tracker=None):
+        super().__init__(model_cfg, run_dir, tracker)
+        self.model = None
+        self._checkpoint: Path | None = None
+
+    # -- building -------------------------------------------------------------------------------------
+    def _build(self):
+        from ultralytics import YOLO
+
+        weights = self.model_cfg.get("weights")
+        if weights:
+            return YOLO(resolve_weights(str(weights)))
+        arch = self.model_cfg.get("arch")
+        if not arch:
+            raise ConfigError(
+                f"model '{self.model_cfg.get('name')}': set model.arch (a YAML) or model.weights"
+            )
+        return YOLO(str(arch))  # random init from the architecture YAML
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self._checkpoint
+
+    # -- training -------------------------------------------------------------------------------------
+    def _callbacks(self, model, images_seen: dict) -> None:
+        tracker = self.tracker
+
+        def on_train_epoch_end(trainer):
+            # ultralytics recovers from a NaN epoch by reloading last.pt; make sure it is visible in our logs.
+            import torch
+
+            loss = trainer.tloss
+            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+                log.warning("non-finite training loss at epoch %d", trainer.epoch + 1)
+            images_seen["epochs"] = trainer.epoch + 1
+            images_seen["pending"] = True
+
+        def on_fit_epoch_end(trainer):
+            # ultralytics fires this once more after the last epoch (final_eval of best.pt, at epoch + 1):
+            # only epochs that trained are logged; the final numbers come from our evaluator.
+            if not images_seen.pop("pending", False) or tracker is None:
+                return
+            epoch = trainer.epoch + 1
+            logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
+            logs.update(
+                {
+                    f"ultralytics/{k}": float(v)
+                    for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
+                }
+            )
+            logs.update(
+                {
+                    f"ultralytics/lr/pg{i}": float(g["lr"])
+                    for i, g in enumerate(trainer.optimizer.param_groups)
+                }
+            )
+            logs["epoch"] = epoch
+            tracker.log_metrics(logs, step=epoch)
+
+        model.add_callback("on_train_epoch_end", on_train_epoch_end)
+        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+
+    def train(self, cfg) -> dict[str, float]:
+        from omegaconf import OmegaConf
+
+        args = check_train_args(OmegaConf.to_container(cfg.train, resolve=True) or {})
+        resume = bool(cfg.get("resume", False))
+        last = self.run_dir / "weights" / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise UserError(
+                    f"resume=true but {last} does not exist (point hydra.run.dir at the interrupted run)"
+                )
+            from ultralytics import YOLO
+
+            model = YOLO(str(last))
+        else:
+            model = self._build()
+        dataset = load_dataset(cfg.data, ("train", "val"))
+        data_yaml = prepare_yolo(dataset, cache_root(cfg.data))
+        self.class_names = dataset.class_names
+        seen: dict = {}
+        self._callbacks(model, seen)
+        trainer_cls = _trainer_class(model._smart_load("trainer"))
+        t0 = time.perf_counter()
+        if resume:
+            model.train(resume=str(last), trainer=trainer_cls)
+        else:
+            model.train(
+                **args,
+                data=str(data_yaml),
+                project=str(self.run_dir.parent.resolve()),
+                name=self.run_dir.name,
+                exist_ok=True,
+                trainer=trainer_cls,
+            )
+        elapsed = time.perf_counter() - t0
+        trainer = model.trainer
+        best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
+        self.load(best)
+        epochs = int(seen.get("epochs", trainer.epoch + 1))
+        n_train = len(dataset["train"].images)
+        out = {
+            "train/epochs": float(epochs),
+            "train/time_s": elapsed,
+            "train/images_per_s": (epochs - trainer.start_epoch) * n_train / elapsed
+            if elapsed > 0
+            else math.nan,
+        }
+        if trainer.metrics:
+            out.update(
+                {
+                    f"ultralytics/val/{_metric_key(k)}": float(v)
+                    for k, v in trainer.metrics.items()
+                    if k.startswith("metrics/")
+                }
+            )
+        return out
+
+    # -- inference ------------------------------------------------------------------------------------
+    def load(self, checkpoint) -> None:
+        from ultralytics import YOLO
+
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise UserError(f"checkpoint {checkpoint} not found")
+        self.model = YOLO(str(checkpoint))
+        self._checkpoint = checkpoint
+        names = self.model.names
+        self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+
+    def _require(self):
+        if self.model is None:
+            raise UserError("no model loaded: train first or load a checkpoint")
+        return self.model
+
+    def predict(
+        self,
+        images: list[ImageInput],
+        conf: float = 0.001,
+        imgsz: int | None = None,
+        iou: float = 0.7,
+        max_det: int = 300,
+    ) -> list[Detections]:
+        model = self._require()
+        kwargs = {"conf": conf, "iou": iou, "max_det": max_det, "verbose": False}
+        if imgsz:
+            kwargs["imgsz"] = int(imgsz)
+        out: list[Detections] = []
+        for img in images:
+            # ultralytics takes numpy images as BGR; our arrays are RGB.
+            src = img[..., ::-1] if isinstance(img, np.ndarray) else str(img)
+            r = model.predict(src, **kwargs)[0]
+            b = r.boxes
+            out.append(
+                Detections(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(np.int64))
+            )
+        return out
+
+    def ultralytics_val(
+        self, data_yaml: Path, split: str, imgsz: int | None, batch: int = 8
+    ) -> dict[str, float]:
+        """ultralytics' own validation metrics for ``split``, keys prefixed ``ultralytics/<split>/``."""
+        model = self._require()
+        kwargs = {"data": str(data_yaml), "split": split, "batch": batch, "plots": False, "verbose": False}
+        kwargs["project"], kwargs["name"], kwargs["exist_ok"] = (
+            str(self.run_dir.resolve()),
+            "ultralytics_val",
+            True,
+        )
+        if imgsz:
+            kwargs["imgsz"] = int(imgsz)
+        res = model.val(**kwargs)
+        shutil.rmtree(self.run_dir / "ultralytics_val", ignore_errors=True)
+        return {
+            f"ultralytics/{split}/{_metric_key(k)}": float(v)
+            for k, v in res.results_dict.items()
+            if k.startswith("metrics/")
+        }
+
+    def export(self, fmt: str, out_dir) -> Path:
+        model = self._require()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        produced = Path(model.export(format=fmt))
+        target = out_dir / produced.name
+        if produced.resolve() != target.resolve():
+            if target.exists():
+                raise UserError(f"{target} exists; refusing to overwrite an export")
+            shutil.move(str(produced), target)
+        return target

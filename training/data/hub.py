@@ -1,0 +1,179 @@
+"""Remote sources: the Hugging Face dataset (parquet: image + objects{bbox, category, ...}) and Roboflow.
+
+Both are materialised once into the cache as a Roboflow-style COCO folder and then read like any local COCO
+dataset. Offline, both fail with one line saying what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from training.errors import OfflineError, UserError
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_FILE = "_annotations.coco.json"
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{e.__class__.__name__}: {msg[:200]}" if msg else e.__class__.__name__
+
+
+def _class_names(features) -> list[str]:
+    """Find the ClassLabel of ``objects.category`` whatever the datasets version nests it in."""
+    from datasets import ClassLabel
+
+    obj = features["objects"]
+    for attr in ("feature",):  # Sequence(dict) / List(dict)
+        if hasattr(obj, attr):
+            obj = getattr(obj, attr)
+    cat = obj["category"] if isinstance(obj, dict) else None
+    while cat is not None and not isinstance(cat, ClassLabel) and hasattr(cat, "feature"):
+        cat = cat.feature
+    return list(cat.names) if isinstance(cat, ClassLabel) else []
+
+
+def _rows_objects(objects) -> list[dict]:
+    if isinstance(objects, dict):  # Sequence of dict: a dict of equal-length lists
+        keys = list(objects)
+        n = len(objects[keys[0]]) if keys else 0
+        return [{k: objects[k][i] for k in keys} for i in range(n)]
+    return list(objects or [])
+
+
+def load_hf_dataset(path: str, revision: str | None = None):
+    """Load a DatasetDict from a local ``save_to_disk`` folder, a local parquet folder, or a hub id."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise UserError("the 'datasets' package is needed for data.format=hf") from e
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir() and (local / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(local))
+        if local.exists():
+            return datasets.load_dataset(str(local))
+        return datasets.load_dataset(path, revision=revision)
+    except Exception as e:
+        raise OfflineError(
+            f"could not load Hugging Face dataset '{path}' ({_short(e)}); on a machine with access run "
+            f"`huggingface-cli download --repo-type dataset {path} --local-dir DIR` and set data.path=DIR"
+        ) from None
+
+
+def materialize_hf(path: str, revision: str | None, split_names: dict[str, str], cache_dir: Path) -> Path:
+    """Write the HF dataset as ``<cache>/hf/<fingerprint>/<split>/{images, _annotations.coco.json}``."""
+    from datasets import Image as HFImage
+    from PIL import Image
+
+    dsd = load_hf_dataset(path, revision)
+    missing = [s for s in split_names.values() if s not in dsd]
+    if missing:
+        raise UserError(f"Hugging Face dataset '{path}': no split(s) {missing}; it has {sorted(dsd)}")
+    fingerprint = "-".join(dsd[s]._fingerprint for s in sorted(split_names.values()))
+    import hashlib
+
+    root = cache_dir / "hf" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    if (root / ".complete").is_file():
+        log.info("reusing materialised HF dataset %s", root)
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in split_names.values():
+        ds = dsd[folder]
+        names = _class_names(ds.features)
+        ds = ds.cast_column("image", HFImage(decode=False))
+        out = tmp / folder
+        out.mkdir(parents=True)
+        images, annotations = [], []
+        for row_i, row in enumerate(ds):
+            iid = int(row.get("image_id", row_i))
+            data = row["image"].get("bytes")
+            if data is None and row["image"].get("path"):
+                data = Path(row["image"]["path"]).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = (im.format or "PNG").lower()
+                w, h = im.size
+            name = f"{iid}.{'jpg' if fmt == 'jpeg' else fmt}"
+            (out / name).write_bytes(data)
+            images.append(
+                {
+                    "id": iid,
+                    "file_name": name,
+                    "width": int(row.get("width") or w),
+                    "height": int(row.get("height") or h),
+                }
+            )
+            for obj in _rows_objects(row["objects"]):
+                annotations.append(
+                    {
+                        "id": int(obj.get("id", len(annotations)))
+                        if obj.get("id") is not None
+                        else len(annotations),
+                        "image_id": iid,
+                        "category_id": int(obj["category"]),
+                        "bbox": [float(v) for v in obj["bbox"]],
+                        "area": float(obj.get("area") or 0.0),
+                        "iscrowd": 0,
+                    }
+                )
+        cats = names or sorted({a["category_id"] for a in annotations})
+        categories = [
+            {"id": i, "name": n if isinstance(n, str) else str(n), "supercategory": "none"}
+            for i, n in enumerate(cats)
+        ]
+        if names and len(names) > 1:
+            # RF100 exports keep Roboflow's placeholder class 0 (the project name) as supercategory of the rest.
+            for c in categories[1:]:
+                c["supercategory"] = names[0]
+        (out / ANNOTATION_FILE).write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}),
+            encoding="utf-8",
+        )
+    (tmp / ".complete").write_text(path, encoding="utf-8")
+    if root.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(root)
+    return root
+
+
+def download_roboflow(workspace: str, project: str, version: int, cache_dir: Path, api_key_env: str) -> Path:
+    """Download a Roboflow project version in COCO format into the cache (once) and return its folder."""
+    root = cache_dir / "roboflow" / f"{workspace}__{project}__v{version}"
+    if (root / ".complete").is_file():
+        return root
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise UserError(
+            f"Roboflow download of {workspace}/{project}/{version} needs an API key in ${api_key_env}"
+        )
+    try:
+        import roboflow
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise UserError("the 'roboflow' package is needed for data.format=roboflow") from e
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        rf = roboflow.Roboflow(api_key=key)
+        rf.workspace(workspace).project(project).version(int(version)).download(
+            "coco", location=str(tmp), overwrite=True
+        )
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OfflineError(
+            f"could not download Roboflow project {workspace}/{project}/{version} ({_short(e)}); export it in COCO "
+            f"format from universe.roboflow.com and point data=coco_folder data.root=DIR at it"
+        ) from None
+    (tmp / ".complete").write_text(f"{workspace}/{project}/{version}", encoding="utf-8")
+    if root.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(root)
+    return root

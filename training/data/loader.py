@@ -1,0 +1,158 @@
+"""One entry point from a ``data:`` config to validated splits, and the conversion cache for backends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.data.coco import read_coco
+from training.data.hub import ANNOTATION_FILE, download_roboflow, materialize_hf
+from training.data.issues import IssueLog
+from training.data.schema import DetectionSplit
+from training.data.validate import validate_split
+from training.data.yolo import read_yolo, write_yolo_split
+from training.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("coco", "yolo", "hf", "roboflow")
+# bump when the layout written by prepare_yolo changes, so that old caches are not reused
+YOLO_CACHE_VERSION = 1
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def asset_path(name: str) -> str:
+    """Path of a dataset carried inside the package (OmegaConf resolver ``${asset:NAME}``)."""
+    return str(ASSETS / name)
+
+
+def cache_root(data_cfg) -> Path:
+    raw = data_cfg.get("cache_dir") or os.environ.get("SIGDET_CACHE_DIR") or "~/.cache/sigdet"
+    return Path(str(raw)).expanduser()
+
+
+@dataclass
+class Dataset:
+    """Validated splits of one dataset plus what validation skipped."""
+
+    name: str
+    splits: dict[str, DetectionSplit]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return next(iter(self.splits.values())).class_names
+
+    def __getitem__(self, split: str) -> DetectionSplit:
+        if split not in self.splits:
+            raise ConfigError(f"dataset '{self.name}' has no split '{split}' (loaded: {sorted(self.splits)})")
+        return self.splits[split]
+
+    def content_hash(self) -> str:
+        """sha256 over annotations and image bytes: the key of every conversion cache."""
+        h = hashlib.sha256()
+        for name in sorted(self.splits):
+            s = self.splits[name]
+            h.update(name.encode())
+            h.update(json.dumps(s.to_coco("basename"), sort_keys=True).encode())
+            for im in s.images:
+                h.update(_file_digest(im.file).encode())
+        return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _DIGESTS[key]
+
+
+def _split_folder(data_cfg, split: str) -> str:
+    splits = data_cfg.get("splits") or {}
+    if split not in splits:
+        raise ConfigError(
+            f"data '{data_cfg.get('name')}': no folder configured for split '{split}' in data.splits"
+        )
+    return str(splits[split])
+
+
+def _read_split(data_cfg, split: str, issues: IssueLog) -> DetectionSplit:
+    fmt = data_cfg.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format={fmt!r} is not one of {list(FORMATS)}")
+    folder = _split_folder(data_cfg, split)
+    if fmt == "yolo":
+        if not data_cfg.get("yaml"):
+            raise ConfigError("data.format=yolo needs data.yaml=/path/to/data.yaml")
+        return read_yolo(Path(str(data_cfg.yaml)).expanduser(), folder, split, issues)
+    if fmt == "coco":
+        if not data_cfg.get("root"):
+            raise ConfigError(
+                "data.format=coco needs data.root=/path/to/folder (with <split>/_annotations.coco.json)"
+            )
+        root = Path(str(data_cfg.root)).expanduser()
+    elif fmt == "hf":
+        root = materialize_hf(
+            str(data_cfg.path), data_cfg.get("revision"), dict(data_cfg.splits), cache_root(data_cfg)
+        )
+    else:
+        rf = data_cfg.roboflow
+        root = download_roboflow(
+            rf.workspace, rf.project, int(rf.version), cache_root(data_cfg), rf.api_key_env
+        )
+    ann = data_cfg.get("annotation_file") or ANNOTATION_FILE
+    return read_coco(root / folder / ann, split, issues)
+
+
+def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val", "test")) -> Dataset:
+    """Read and validate ``splits`` of the dataset described by ``data_cfg`` (a ``conf/data/*.yaml``)."""
+    issues = IssueLog(strict=bool(data_cfg.get("strict", True)))
+    tol = float(data_cfg.get("box_tolerance_px", 1.0))
+    out: dict[str, DetectionSplit] = {}
+    for split in splits:
+        out[split] = validate_split(_read_split(data_cfg, split, issues), issues, tol)
+    names = {s: tuple(v.class_names) for s, v in out.items()}
+    if len(set(names.values())) > 1:
+        raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
+    issues.warn(f"data '{data_cfg.get('name')}'")
+    return Dataset(str(data_cfg.get("name", "dataset")), out, issues.summary())
+
+
+def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
+    """Convert ``dataset`` to an ultralytics YOLO folder in the cache; reuse it when the content hash matches.
+
+    Returns the path of the cache's ``data.yaml``. The source dataset is never written.
+    """
+    key = hashlib.sha256(f"yolo-v{YOLO_CACHE_VERSION}:{dataset.content_hash()}".encode()).hexdigest()[:20]
+    root = cache_dir / "yolo" / key
+    data_yaml = root / "data.yaml"
+    if data_yaml.is_file():
+        log.info("reusing YOLO conversion cache %s", root)
+        return data_yaml
+    tmp = root.with_name(f"{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split, s in dataset.splits.items():
+        write_yolo_split(s, tmp, split)
+    doc = {"path": str(root), "names": dict(enumerate(dataset.class_names))}
+    doc.update({split: f"images/{split}" for split in dataset.splits})
+    for required in ("train", "val"):  # ultralytics insists on both keys even for val-only use
+        doc.setdefault(required, f"images/{next(iter(dataset.splits))}")
+    (tmp / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote YOLO conversion cache %s", root)
+    return data_yaml

@@ -1,0 +1,100 @@
+"""The in-memory dataset every reader produces and every backend / evaluator consumes.
+
+Boxes are COCO ``[x, y, w, h]`` in absolute pixels of the original image. A split keeps the file it was read
+from so that every validation message can name it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    file: Path
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Annotation:
+    id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+
+    @property
+    def area(self) -> float:
+        return float(self.bbox[2] * self.bbox[3])
+
+
+@dataclass
+class DetectionSplit:
+    """One split (train / val / test) of a detection dataset."""
+
+    name: str
+    source: str  # file (or hub id) the split was read from; named in error messages
+    images: list[ImageRecord]
+    annotations: list[Annotation]
+    categories: list[Category]
+    _by_image: dict[int, list[Annotation]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Category names in class-index order (sorted by category id)."""
+        return [c.name for c in sorted(self.categories, key=lambda c: c.id)]
+
+    def class_index(self) -> dict[int, int]:
+        """Map category id -> contiguous class index (the order of ``class_names``)."""
+        return {c.id: i for i, c in enumerate(sorted(self.categories, key=lambda c: c.id))}
+
+    def annotations_for(self, image_id: int) -> list[Annotation]:
+        if self._by_image is None:
+            self._by_image = {im.id: [] for im in self.images}
+            for a in self.annotations:
+                self._by_image.setdefault(a.image_id, []).append(a)
+        return self._by_image.get(image_id, [])
+
+    def subset(self, image_ids: list[int]) -> DetectionSplit:
+        keep = set(image_ids)
+        return DetectionSplit(
+            name=self.name,
+            source=self.source,
+            images=[im for im in self.images if im.id in keep],
+            annotations=[a for a in self.annotations if a.image_id in keep],
+            categories=list(self.categories),
+        )
+
+    def to_coco(self, file_names: str = "absolute") -> dict:
+        """COCO JSON dict. ``file_names``: ``absolute`` paths or ``basename``."""
+        return {
+            "images": [
+                {
+                    "id": im.id,
+                    "file_name": str(im.file) if file_names == "absolute" else im.file.name,
+                    "width": im.width,
+                    "height": im.height,
+                }
+                for im in self.images
+            ],
+            "annotations": [
+                {
+                    "id": a.id,
+                    "image_id": a.image_id,
+                    "category_id": a.category_id,
+                    "bbox": [float(v) for v in a.bbox],
+                    "area": a.area,
+                    "iscrowd": 0,
+                }
+                for a in self.annotations
+            ],
+            "categories": [{"id": c.id, "name": c.name, "supercategory": "none"} for c in self.categories],
+        }

@@ -1,0 +1,83 @@
+"""Checks a split before anything trains on it. Strict: the first problem is an error naming file and entry;
+lenient (``data.strict=false``): bad entries are dropped and counted."""
+
+from __future__ import annotations
+
+import math
+
+from training.data.images import image_size
+from training.data.issues import IssueLog
+from training.data.schema import Annotation, DetectionSplit, ImageRecord
+from training.errors import DataError
+
+
+def validate_split(split: DetectionSplit, issues: IssueLog, box_tolerance_px: float = 1.0) -> DetectionSplit:
+    """Return a cleaned copy of ``split``; boxes overhanging the image by at most the tolerance are clipped."""
+    src = split.source
+    images: list[ImageRecord] = []
+    seen_ids: set[int] = set()
+    for im in split.images:
+        entry = f"image id {im.id} ({im.file.name})"
+        if im.id in seen_ids:
+            issues.add(src, entry, "duplicate image id", "duplicate_id")
+            continue
+        seen_ids.add(im.id)
+        try:
+            w, h = image_size(im.file)
+        except DataError as e:
+            issues.add(src, entry, str(e), "unreadable_image")
+            continue
+        if im.width > 0 and (im.width, im.height) != (w, h):
+            issues.add(
+                src, entry, f"declared {im.width}x{im.height} but the file is {w}x{h}", "size_mismatch"
+            )
+            continue
+        images.append(ImageRecord(im.id, im.file, w, h))
+
+    sizes = {im.id: (im.width, im.height) for im in images}
+    cat_ids = {c.id for c in split.categories}
+    annotations: list[Annotation] = []
+    seen_ann: set[int] = set()
+    for a in split.annotations:
+        entry = f"annotation id {a.id} (image id {a.image_id})"
+        if a.id in seen_ann:
+            issues.add(src, entry, "duplicate annotation id", "duplicate_id")
+            continue
+        seen_ann.add(a.id)
+        if a.image_id not in seen_ids:
+            issues.add(src, entry, "refers to an unknown image id", "unknown_image")
+            continue
+        if a.image_id not in sizes:
+            continue  # its image was skipped above
+        if a.category_id not in cat_ids:
+            issues.add(
+                src,
+                entry,
+                f"unknown category id {a.category_id} (known: {sorted(cat_ids)})",
+                "unknown_category",
+            )
+            continue
+        x, y, w, h = a.bbox
+        if not all(math.isfinite(v) for v in a.bbox):
+            issues.add(src, entry, f"non-finite box {list(a.bbox)}", "bad_box")
+            continue
+        if w <= 0 or h <= 0:
+            issues.add(src, entry, f"box {list(a.bbox)} has non-positive size", "bad_box")
+            continue
+        iw, ih = sizes[a.image_id]
+        t = box_tolerance_px
+        if x < -t or y < -t or x + w > iw + t or y + h > ih + t:
+            issues.add(
+                src, entry, f"box {[round(v, 2) for v in a.bbox]} lies outside the {iw}x{ih} image", "bad_box"
+            )
+            continue
+        x0, y0 = max(0.0, x), max(0.0, y)
+        x1, y1 = min(float(iw), x + w), min(float(ih), y + h)
+        if x1 - x0 <= 0 or y1 - y0 <= 0:
+            issues.add(src, entry, f"box {list(a.bbox)} has no area inside the image", "bad_box")
+            continue
+        annotations.append(Annotation(a.id, a.image_id, a.category_id, (x0, y0, x1 - x0, y1 - y0)))
+
+    if not images:
+        raise DataError(f"{src}: split '{split.name}' has no usable images")
+    return DetectionSplit(split.name, src, images, annotations, list(split.categories))

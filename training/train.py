@@ -1,0 +1,74 @@
+"""``train(cfg)``: the pure function behind ``python -m training``."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from training.backends import build_detector
+from training.errors import UserError
+from training.tracking import build_tracker, redact
+
+log = logging.getLogger(__name__)
+
+# (detector, cfg, run_dir, tracker, training metrics) -> all metrics; the entry point injects the evaluator so
+# that this package does not import `evaluation` (DESIGN.md: evaluation imports training, not the reverse).
+EvaluateFn = Callable[..., dict[str, float]]
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Hydra's run dir when running under Hydra, else ``cfg.paths.run_dir`` (API use)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    if cfg.paths.get("run_dir"):
+        return Path(cfg.paths.run_dir)
+    raise UserError("no run dir: run through `python -m training` or set paths.run_dir")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """The resolved config, secrets masked, as ``config.yaml`` in the run dir."""
+    path = run_dir / "config.yaml"
+    container = redact(OmegaConf.to_container(cfg, resolve=True))
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)), encoding="utf-8")
+    return path
+
+
+def train(cfg: DictConfig, evaluate: EvaluateFn | None = None) -> dict[str, float]:
+    """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
+
+    Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
+    """
+    run_dir = run_dir_of(cfg)
+    if (run_dir / "metrics.json").exists():
+        raise UserError(
+            f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    seed_everything(int(cfg.seed))
+    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    exit_code = 1
+    try:
+        detector = build_detector(cfg.model, run_dir, tracker)
+        metrics = detector.train(cfg)
+        if evaluate is not None:
+            metrics = evaluate(detector, cfg, run_dir, tracker, metrics)
+        exit_code = 0
+        return metrics
+    finally:
+        tracker.finish(exit_code)
