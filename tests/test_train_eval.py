@@ -77,6 +77,9 @@ def test_detector_contract(backend, trained_run, tmp_path):
     for a, b in zip(out, again.predict(images, conf=0.0, imgsz=64), strict=True):
         np.testing.assert_allclose(a.boxes, b.boxes)
         np.testing.assert_allclose(a.scores, b.scores)
+    # export goes through the library's own exporter (torchscript needs no extra package)
+    exported = det.export("torchscript", tmp_path / "export")
+    assert exported.is_file() and exported.parent == tmp_path / "export"
     # numpy RGB input gives the same result as the file
     arr = np.asarray(Image.open(images[0]).convert("RGB"))
     np.testing.assert_allclose(det.predict([arr], conf=0.0, imgsz=64)[0].boxes, out[0].boxes, atol=1e-3)
