@@ -95,6 +95,16 @@ def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | N
     return path
 
 
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(
     run_dir: Path, split: str, curves: dict[str, np.ndarray], metrics: dict[str, float]
 ) -> list[Path]:
@@ -113,12 +123,7 @@ def plot_curves(
         ylim=(0, 1.02),
         title=f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})",
     )
-    ax.grid(alpha=0.3)
-    p = run_dir / f"pr_curve_{split}.png"
-    fig.tight_layout()
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, ax, run_dir / f"pr_curve_{split}.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for k in ("f1", "precision", "recall"):
@@ -129,11 +134,6 @@ def plot_curves(
     ax.set(
         xlabel="confidence", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=f"{split}: F1 vs confidence"
     )
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    p = run_dir / f"f1_conf_{split}.png"
-    fig.tight_layout()
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    ax.legend(loc="best", fontsize=8)
+    paths.append(_save(fig, ax, run_dir / f"f1_conf_{split}.png"))
     return paths

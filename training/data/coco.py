@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from training.data.issues import IssueLog
@@ -33,7 +34,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _int(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
         raise ValueError(f"{v!r} is not an integer")
     return int(v)
 
