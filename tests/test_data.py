@@ -281,3 +281,43 @@ def test_cli_bad_data_is_one_line_and_exit_2(embedded_copy, tmp_path):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "annotation id 0" in lines[0] and "_annotations.coco.json" in lines[0]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("to", ["coco", "yolo"])
+def test_convert_cli_round_trip(to, tmp_path):
+    """COCO -> <to> with the CLI, read back with the matching reader: the same boxes; no overwrite."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.data.convert",
+        f"to={to}",
+        f"out={out}",
+        f"data.cache_dir={tmp_path / 'c'}",
+    ]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    if to == "coco":
+        back = load_dataset(coco_cfg(out))
+    else:
+        back = load_dataset(
+            OmegaConf.create(
+                {
+                    "name": "y",
+                    "format": "yolo",
+                    "yaml": str(out / "data.yaml"),
+                    "splits": {"train": "train", "val": "val", "test": "test"},
+                }
+            )
+        )
+    ref = load_dataset(coco_cfg(EMBEDDED))
+    for split in ("train", "val", "test"):
+        a = sorted(tuple(round(v, 1) for v in x.bbox) for x in ref[split].annotations)
+        b = sorted(tuple(round(v, 1) for v in x.bbox) for x in back[split].annotations)
+        assert a == b
+    assert not any(p.is_symlink() for p in out.rglob("*"))  # standalone copy
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (
+        again.returncode == 2 and "refusing to overwrite" in again.stderr and "Traceback" not in again.stderr
+    )
+    assert not list(tmp_path.glob("*.log")) and not (tmp_path / "outputs").exists()

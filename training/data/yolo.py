@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -107,8 +108,8 @@ def read_yolo(yaml_path: str | Path, key: str, split: str, issues: IssueLog) -> 
     return DetectionSplit(split, str(yaml_path), images, annotations, categories)
 
 
-def write_yolo_split(split: DetectionSplit, root: Path, folder: str) -> None:
-    """Write ``root/images/<folder>`` (links to the source images) and ``root/labels/<folder>``."""
+def write_yolo_split(split: DetectionSplit, root: Path, folder: str, link: bool = True) -> None:
+    """Write ``root/images/<folder>`` (links to, or copies of, the source images) and ``root/labels/<folder>``."""
     img_dir, lab_dir = root / "images" / folder, root / "labels" / folder
     img_dir.mkdir(parents=True, exist_ok=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def write_yolo_split(split: DetectionSplit, root: Path, folder: str) -> None:
         # The id prefix keeps names unique when two source folders hold the same file name.
         name = f"{im.id}_{im.file.stem}"
         dst = img_dir / f"{name}{im.file.suffix.lower()}"
-        _link_or_copy(im.file, dst)
+        _link_or_copy(im.file, dst, link)
         lines = []
         for a in split.annotations_for(im.id):
             x, y, bw, bh = a.bbox
@@ -128,12 +129,13 @@ def write_yolo_split(split: DetectionSplit, root: Path, folder: str) -> None:
         (lab_dir / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: Path, dst: Path, link: bool = True) -> None:
     if dst.exists():
         return
-    try:
-        os.symlink(src.resolve(), dst)
-    except OSError:
-        import shutil
-
-        shutil.copy2(src, dst)
+    if link:
+        try:
+            os.symlink(src.resolve(), dst)
+            return
+        except OSError:  # no symlinks on this filesystem: copy
+            pass
+    shutil.copy2(src, dst)
