@@ -6,6 +6,8 @@ import logging
 import platform
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from evaluation.evaluator import evaluate_detector
 from evaluation.report import markdown_table, plot_curves, table_rows, write_metrics_json, write_tables
 from training.backends.base import Detector
@@ -26,6 +28,21 @@ def provenance(cfg, detector: Detector) -> dict:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
     }
+
+
+def validator(eval_cfg):
+    """``(detector, split) -> metrics`` for periodic validation: the full metric set, no bootstrap."""
+
+    cfg = dict(OmegaConf.to_container(eval_cfg, resolve=True), n_bootstrap=0)
+
+    def validate(detector: Detector, split) -> dict[str, float]:
+        result, _ = evaluate_detector(detector, split, cfg)
+        return {k: v for k, v in result.metrics.items() if k in VALIDATION_KEYS}
+
+    return validate
+
+
+VALIDATION_KEYS = ("mAP50", "mAP50-95", "precision", "recall", "f1", "conf_at_max_f1", "AR100")
 
 
 def evaluate_run(

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 EMBEDDED = Path(asset_path("signatures-xc8up-mini"))
 
-# Tiny, CPU-friendly training settings shared by the tests that really train.
+# Tiny, CPU-friendly settings shared by the tests that really train.
+TINY_EVAL = ["evaluation.n_bootstrap=20", "evaluation.ultralytics_metrics=false", "evaluation.n_log_images=2"]
 TINY = [
     "train.epochs=1",
     "train.imgsz=64",
@@ -26,9 +27,18 @@ TINY = [
     "train.plots=false",
     "train.amp=false",
     "train.warmup_epochs=0",
-    "evaluation.n_bootstrap=20",
-    "evaluation.ultralytics_metrics=false",
-    "evaluation.n_log_images=2",
+    *TINY_EVAL,
+]
+# transformers backend: a couple of optimizer steps of a debug model (use without experiment=quickstart,
+# whose train block holds ultralytics arguments)
+HF_TINY = [
+    "trainer@train=transformers",
+    "train.epochs=1",
+    "train.max_steps=2",
+    "train.imgsz=64",
+    "train.batch=2",
+    "train.workers=0",
+    *TINY_EVAL,
 ]
 
 os.environ.setdefault("YOLO_OFFLINE", "1")

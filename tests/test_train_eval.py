@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import EMBEDDED, ROOT, TINY, compose_cfg
-from training.backends import BACKENDS, Detections, build_detector
+from tests.conftest import ROOT, TINY, compose_cfg
+from training.backends import build_detector
 from training.errors import UserError
 
 
@@ -55,34 +54,12 @@ def test_run_dir_has_every_artefact(trained_run):
     assert "| mAP50 |" in md and "95% CI" in md and "signatures-xc8up-mini" in md
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_detector_contract(backend, trained_run, tmp_path):
-    """predict -> Detections in the original frame; reloading the checkpoint gives identical predictions."""
+def test_ultralytics_export_goes_through_its_exporter(trained_run, tmp_path):
     cfg, run_dir, _ = trained_run
-    assert cfg.model.backend == backend  # one trained run per backend: the ultralytics one here
     det = build_detector(cfg.model, tmp_path)
     det.load(run_dir / "weights" / "best.pt")
-    images = [EMBEDDED / "valid" / f for f in sorted(os.listdir(EMBEDDED / "valid")) if f.endswith(".jpg")][
-        :3
-    ]
-    out = det.predict(images, conf=0.0, imgsz=64)
-    assert len(out) == 3 and all(isinstance(d, Detections) for d in out)
-    from PIL import Image
-
-    for d, f in zip(out, images, strict=True):
-        w, h = Image.open(f).size
-        assert (d.boxes[:, [0, 2]] <= w + 1).all() and (d.boxes[:, [1, 3]] <= h + 1).all()
-    again = build_detector(cfg.model, tmp_path / "b")
-    again.load(run_dir / "weights" / "best.pt")
-    for a, b in zip(out, again.predict(images, conf=0.0, imgsz=64), strict=True):
-        np.testing.assert_allclose(a.boxes, b.boxes)
-        np.testing.assert_allclose(a.scores, b.scores)
-    # export goes through the library's own exporter (torchscript needs no extra package)
-    exported = det.export("torchscript", tmp_path / "export")
+    exported = det.export("torchscript", tmp_path / "export")  # torchscript needs no extra package
     assert exported.is_file() and exported.parent == tmp_path / "export"
-    # numpy RGB input gives the same result as the file
-    arr = np.asarray(Image.open(images[0]).convert("RGB"))
-    np.testing.assert_allclose(det.predict([arr], conf=0.0, imgsz=64)[0].boxes, out[0].boxes, atol=1e-3)
 
 
 def test_evaluation_cli_reproduces_training_numbers(trained_run, tmp_path):

@@ -13,12 +13,9 @@ from training.train import train
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    from evaluation.run import evaluate_run
+    from evaluation.run import evaluate_run, validator
 
-    def evaluate(detector, cfg, run_dir, tracker, prior):
-        return evaluate_run(detector, cfg, run_dir, tracker, prior)
-
-    metrics = train(cfg, evaluate=evaluate)
+    metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
     value = metrics.get(str(cfg.get("optimized_metric")))
     return None if value is None else float(value)
 

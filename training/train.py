@@ -48,8 +48,10 @@ def save_config(cfg: DictConfig, run_dir: Path) -> Path:
     return path
 
 
-def train(cfg: DictConfig, evaluate: EvaluateFn | None = None) -> dict[str, float]:
+def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None) -> dict[str, float]:
     """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
+
+    ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop.
 
     Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
     """
@@ -64,7 +66,7 @@ def train(cfg: DictConfig, evaluate: EvaluateFn | None = None) -> dict[str, floa
     tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1
     try:
-        detector = build_detector(cfg.model, run_dir, tracker)
+        detector = build_detector(cfg.model, run_dir, tracker, validate)
         metrics = detector.train(cfg)
         if evaluate is not None:
             metrics = evaluate(detector, cfg, run_dir, tracker, metrics)

@@ -14,6 +14,7 @@ from training.errors import ConfigError
 # absence does not break the others.
 BACKENDS: dict[str, str] = {
     "ultralytics": "training.backends.ultralytics:UltralyticsDetector",
+    "transformers": "training.backends.transformers:TransformersDetector",
 }
 
 
@@ -25,8 +26,11 @@ def get_backend(name: str) -> type[Detector]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_detector(model_cfg, run_dir, tracker=None) -> Detector:
-    return get_backend(str(model_cfg.get("backend")))(model_cfg, run_dir, tracker)
+def build_detector(model_cfg, run_dir, tracker=None, validator=None) -> Detector:
+    """Detector for ``model_cfg.backend``; ``validator(detector, split) -> metrics`` is the shared evaluator."""
+    det = get_backend(str(model_cfg.get("backend")))(model_cfg, run_dir, tracker)
+    det.validator = validator
+    return det
 
 
 __all__ = ["BACKENDS", "Detections", "Detector", "build_detector", "get_backend"]

@@ -50,6 +50,10 @@ class Detector(ABC):
         model_cfg: the ``model:`` config group (``backend``, ``name``, weights / architecture, ...).
         run_dir: where this run writes weights and artefacts.
         tracker: experiment tracker (``training.tracking``) for per-epoch logs.
+
+    ``validator`` (set by ``build_detector``) is ``(detector, split) -> metrics``: the shared evaluator, injected
+    so that backends with their own loop validate with the same metric definitions without importing
+    ``evaluation``.
     """
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):
@@ -57,6 +61,7 @@ class Detector(ABC):
         self.run_dir = Path(run_dir)
         self.tracker = tracker
         self.class_names: list[str] = []
+        self.validator = None
 
     @abstractmethod
     def train(self, cfg) -> dict[str, float]:
@@ -80,3 +85,11 @@ class Detector(ABC):
     @abstractmethod
     def checkpoint(self) -> Path | None:
         """Best checkpoint of the last training run (or the loaded one)."""
+
+    @abstractmethod
+    def num_parameters(self) -> int:
+        """Parameter count of the loaded model."""
+
+    @abstractmethod
+    def benchmark_forward(self, imgsz: int | None = None):
+        """Zero-argument callable running the loaded model alone on one preprocessed image (for latency)."""

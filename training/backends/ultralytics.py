@@ -259,6 +259,25 @@ class UltralyticsDetector(Detector):
             )
         return out
 
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self._require().model.parameters())
+
+    def benchmark_forward(self, imgsz: int | None = None):
+        import torch
+
+        model = self._require()
+        size = int(imgsz or 640)
+        # one prediction sets up ultralytics' predictor (fused, eval mode): time exactly what predict runs
+        model.predict(np.zeros((size, size, 3), dtype=np.uint8), imgsz=size, verbose=False)
+        net = model.predictor.model
+        x = torch.zeros(1, 3, size, size, device=model.device)
+
+        @torch.inference_mode()
+        def run():
+            net(x)
+
+        return run
+
     def ultralytics_val(
         self, data_yaml: Path, split: str, imgsz: int | None, batch: int = 8
     ) -> dict[str, float]:

@@ -1,0 +1,163 @@
+"""The Detector contract, for every registered backend: train a couple of steps, predict, evaluate, reload."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation.evaluator import evaluate_detector
+from evaluation.run import evaluate_run, validator
+from tests.conftest import EMBEDDED, HF_TINY, TINY, compose_cfg
+from training.backends import BACKENDS, Detections, build_detector
+from training.backends.hf_processing import boxes_to_targets, decode, resize_pad
+from training.data import load_dataset
+
+# models used to check each backend; a backend added to BACKENDS without one here fails the first test
+CONTRACT_MODELS = {
+    "ultralytics": ["yolov8n"],
+    "transformers": ["debug/detr", "debug/conditional-detr", "debug/yolos"],
+}
+CASES = [(b, m) for b, models in CONTRACT_MODELS.items() for m in models]
+
+
+def test_every_backend_has_contract_models():
+    assert set(CONTRACT_MODELS) == set(BACKENDS)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[m for _, m in CASES])
+def trained(request, tmp_path_factory):
+    from training.train import train
+
+    backend, model = request.param
+    tmp = tmp_path_factory.mktemp(model.replace("/", "_"))
+    overrides = (
+        [f"model={model}", *HF_TINY]
+        if backend == "transformers"
+        else ["experiment=quickstart", f"model={model}", *TINY]
+    )
+    cfg = compose_cfg("train", overrides, tmp)
+    metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+    checkpoint = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())["provenance"][
+        "checkpoint"
+    ]
+    return backend, cfg, Path(checkpoint), metrics
+
+
+def test_contract(trained, tmp_path):
+    backend, cfg, checkpoint, metrics = trained
+    assert cfg.model.backend == backend
+    for k in ("val/mAP50", "val/mAP50-95", "val/f1", "test/mAP50", "train/epochs"):
+        assert k in metrics, k
+    if backend == "transformers":
+        assert metrics["train/steps"] == 2
+    det = build_detector(cfg.model, tmp_path)
+    det.load(checkpoint)
+    assert det.num_parameters() > 0 and det.class_names == ["signature"]
+    images = sorted(p for p in (EMBEDDED / "valid").iterdir() if p.suffix == ".jpg")[:3]
+    out = det.predict(images, conf=0.0)
+    assert len(out) == 3 and all(isinstance(d, Detections) and len(d) > 0 for d in out)
+    for d, f in zip(out, images, strict=True):
+        w, h = Image.open(f).size
+        assert (
+            (d.boxes >= -1e-3).all()
+            and (d.boxes[:, [0, 2]] <= w + 1e-3).all()
+            and (d.boxes[:, [1, 3]] <= h + 1e-3).all()
+        )
+    # reloading the checkpoint gives identical predictions
+    again = build_detector(cfg.model, tmp_path / "again")
+    again.load(checkpoint)
+    for a, b in zip(out, again.predict(images, conf=0.0), strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    # an RGB array and the file give the same boxes
+    arr = np.asarray(Image.open(images[0]).convert("RGB"))
+    np.testing.assert_allclose(det.predict([arr], conf=0.0)[0].boxes, out[0].boxes, atol=1e-2)
+    # the shared evaluator on the reloaded model reproduces the run's numbers
+    split = load_dataset(cfg.data, ("val",))["val"]
+    result, _ = evaluate_detector(det, split, {"n_bootstrap": 0, "imgsz": cfg.evaluation.imgsz})
+    assert result.metrics["mAP50"] == pytest.approx(metrics["val/mAP50"], abs=1e-6)
+    det.benchmark_forward(64)()
+
+
+def test_hf_processing_round_trip():
+    """Boxes -> training targets -> decode gives the original boxes back in the original frame."""
+    img = Image.new("RGB", (300, 500))
+    xyxy = np.array([[10, 20, 110, 70], [150, 400, 290, 480]], dtype=np.float32)
+    _, mask, scale = resize_pad(img, 640)
+    assert mask.sum() == round(300 * scale) * 640
+    tgt = boxes_to_targets(xyxy, np.array([0, 0]), scale, 640)
+    logits = torch_logits = np.full((2, 2), -10.0, dtype=np.float32)
+    logits[:, 0] = 10.0
+    import torch
+
+    torch_logits = torch.from_numpy(logits)
+    det = decode(torch_logits, tgt["boxes"], scale, img.size, 640, "softmax", conf=0.5)
+    np.testing.assert_allclose(np.sort(det.boxes, 0), np.sort(xyxy, 0), atol=0.05)
+    det = decode(
+        torch.from_numpy(np.array([[10.0], [10.0]], dtype=np.float32)),
+        tgt["boxes"],
+        scale,
+        img.size,
+        640,
+        "sigmoid",
+        conf=0.5,
+    )
+    np.testing.assert_allclose(np.sort(det.boxes, 0), np.sort(xyxy, 0), atol=0.05)
+
+
+def test_transformers_resume_continues_from_last(tmp_path):
+    """Interrupted after epoch 1 of 2: resume picks up the optimizer state and finishes epoch 2 only."""
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "train.max_steps=null"], tmp_path)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.train.epochs = 1
+    run_dir = Path(cfg.paths.run_dir)
+    det = build_detector(cfg.model, run_dir)
+    first = det.train(cfg)
+    assert first["train/epochs"] == 1
+    state_file = run_dir / "weights" / "last" / "trainer_state.pt"
+    assert state_file.is_file()
+    with open_dict(cfg):
+        cfg.train.epochs = 2
+        cfg.resume = True
+    det2 = build_detector(cfg.model, run_dir)
+    second = det2.train(cfg)
+    assert second["train/epochs"] == 2
+    assert second["train/steps"] == first["train/steps"]  # one more epoch of the same size, not two
+
+
+def test_offline_hub_id_is_one_clear_line(tmp_path, monkeypatch):
+    from training.errors import OfflineError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg("train", ["experiment=detr-resnet-50", "data=embedded"], tmp_path)
+    det = build_detector(cfg.model, tmp_path)
+    with pytest.raises(OfflineError) as e:
+        det._build(["signature"])
+    assert (
+        "facebook/detr-resnet-50" in str(e.value)
+        and "huggingface-cli download" in str(e.value)
+        and "\n" not in str(e.value)
+    )
+
+
+def test_from_pretrained_local_directory_gets_a_new_head(tmp_path):
+    """A local directory (as downloaded from the hub) loads with a head resized to our classes."""
+    import transformers
+
+    cfg = compose_cfg("train", ["experiment=quickstart", "model=debug/detr"], tmp_path)
+    det = build_detector(cfg.model, tmp_path)
+    src = det._build(["a", "b", "c"])  # a 'COCO-like' model with 3 classes
+    src.save_pretrained(tmp_path / "hub_copy")
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.model.weights = str(tmp_path / "hub_copy")
+    model = build_detector(cfg.model, tmp_path)._build(["signature"])
+    assert isinstance(model, transformers.DetrForObjectDetection)
+    assert model.config.num_labels == 1 and model.class_labels_classifier.out_features == 2
+    os.environ.get("HF_HUB_OFFLINE")  # no network was needed

@@ -1,0 +1,83 @@
+"""Pre- and post-processing of the transformers detectors, in one place (training, prediction and, later,
+exported models all go through it).
+
+Resize the longest side to ``imgsz`` (keeping the aspect ratio), normalise with ImageNet statistics, pad at the
+bottom / right to ``imgsz x imgsz`` with a pixel mask. Boxes are normalised ``cx, cy, w, h`` relative to that
+square canvas, so decoding is one scale back to the original frame whatever the library's own processor does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.backends.base import Detections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_pad(img: Image.Image, imgsz: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """RGB PIL image -> (normalised ``3 x imgsz x imgsz`` tensor, ``imgsz x imgsz`` mask, scale)."""
+    w, h = img.size
+    scale = imgsz / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    arr = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr).permute(2, 0, 1)
+    t = (t - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    out = torch.zeros(3, imgsz, imgsz)
+    out[:, :nh, :nw] = t
+    mask = torch.zeros(imgsz, imgsz, dtype=torch.long)
+    mask[:nh, :nw] = 1
+    return out, mask, scale
+
+
+def boxes_to_targets(
+    xyxy: np.ndarray, labels: np.ndarray, scale: float, imgsz: int
+) -> dict[str, torch.Tensor]:
+    """Original-frame ``xyxy`` boxes -> DETR-style target (canvas-normalised ``cxcywh``)."""
+    b = torch.as_tensor(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)) * scale / imgsz
+    cxcywh = torch.stack(
+        [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1
+    )
+    return {
+        "class_labels": torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1),
+        "boxes": cxcywh.clamp(0, 1),
+    }
+
+
+def decode(
+    logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    scale: float,
+    orig_size: tuple[int, int],
+    imgsz: int,
+    score_mode: str,
+    conf: float = 0.001,
+    max_det: int = 100,
+) -> Detections:
+    """One image's raw outputs -> Detections in the original frame.
+
+    ``score_mode``: ``softmax`` (DETR, YOLOS: last logit is "no object") or ``sigmoid`` (Conditional-DETR: top-k
+    over queries x classes, as its paper and the reference post-processing do).
+    """
+    logits, pred_boxes = logits.float().cpu(), pred_boxes.float().cpu()
+    if score_mode == "softmax":
+        prob = logits.softmax(-1)[:, :-1]
+        scores, labels = prob.max(-1)
+        boxes = pred_boxes
+    else:
+        prob = logits.sigmoid()
+        n_cls = prob.shape[1]
+        k = min(max_det, prob.numel())
+        scores, idx = prob.flatten().topk(k)
+        labels, boxes = idx % n_cls, pred_boxes[idx // n_cls]
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * imgsz / scale
+    W, H = orig_size
+    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clamp(0, W)
+    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clamp(0, H)
+    keep = scores >= conf
+    order = scores[keep].argsort(descending=True)[:max_det]
+    return Detections(xyxy[keep][order].numpy(), scores[keep][order].numpy(), labels[keep][order].numpy())

@@ -1,0 +1,418 @@
+"""Transformers backend: DETR, Conditional-DETR and YOLOS behind the Detector contract.
+
+Weights come from a hub id or a local directory (``from_pretrained`` with a new head for our classes), or the
+model is built from config with random init and a locally built ResNet backbone config: no network at all.
+Training is a plain loop (``training.loops``) with checkpoints, resume, early stopping on the configured metric,
+gradient clipping and mixed precision on CUDA. Periodic validation goes through the injected validator (our
+evaluator), so ``val/mAP50`` means the same for a DETR and a YOLO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from training.backends.base import Detections, Detector, ImageInput
+from training.backends.hf_processing import boxes_to_targets, decode, resize_pad
+from training.data import load_dataset
+from training.data.images import load_rgb
+from training.data.schema import DetectionSplit
+from training.errors import ConfigError, OfflineError, UserError
+from training.loops import evaluate_loss, train_one_epoch
+
+log = logging.getLogger(__name__)
+
+# family -> (config class, model class, score mode, takes a pixel mask)
+FAMILIES = {
+    "detr": ("DetrConfig", "DetrForObjectDetection", "softmax", True),
+    "conditional_detr": ("ConditionalDetrConfig", "ConditionalDetrForObjectDetection", "sigmoid", True),
+    "yolos": ("YolosConfig", "YolosForObjectDetection", "softmax", False),
+}
+META = "sigdet.json"
+STATE = "trainer_state.pt"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
+
+
+def _family(name: str):
+    if name not in FAMILIES:
+        raise ConfigError(f"model.family={name!r}: valid families are {sorted(FAMILIES)}")
+    import transformers
+
+    _quiet_transformers()
+    cfg_cls, model_cls, mode, mask = FAMILIES[name]
+    return getattr(transformers, cfg_cls), getattr(transformers, model_cls), mode, mask
+
+
+def _labels(names: list[str]) -> dict:
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+
+
+class _DetectionDataset(torch.utils.data.Dataset):
+    """Images of a split, resized / padded to ``imgsz``, with bbox-safe augmentation for training."""
+
+    def __init__(self, split: DetectionSplit, imgsz: int, augment: dict | None):
+        self.split, self.imgsz = split, imgsz
+        self.index = split.class_index()
+        self.tf = self._transforms(augment) if augment else None
+
+    @staticmethod
+    def _transforms(a: dict):
+        from torchvision.transforms import v2
+
+        tfs = []
+        if a.get("rotate_deg", 0) or a.get("scale"):
+            lo, hi = a.get("scale") or (1.0, 1.0)
+            tfs.append(
+                v2.RandomAffine(degrees=float(a.get("rotate_deg", 0)), scale=(float(lo), float(hi)), fill=255)
+            )
+        if a.get("brightness", 0) or a.get("contrast", 0):
+            tfs.append(
+                v2.ColorJitter(brightness=float(a.get("brightness", 0)), contrast=float(a.get("contrast", 0)))
+            )
+        if a.get("blur", 0):
+            tfs.append(v2.RandomApply([v2.GaussianBlur(3)], p=float(a["blur"])))
+        # Documents: a mirrored page is not a page we will meet, so hflip defaults to 0.
+        if a.get("hflip", 0):
+            tfs.append(v2.RandomHorizontalFlip(float(a["hflip"])))
+        tfs.append(v2.SanitizeBoundingBoxes(min_size=1.0))
+        return v2.Compose(tfs)
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, i: int):
+        im = self.split.images[i]
+        img = load_rgb(im.file)
+        anns = self.split.annotations_for(im.id)
+        xyxy = np.array(
+            [[a.bbox[0], a.bbox[1], a.bbox[0] + a.bbox[2], a.bbox[1] + a.bbox[3]] for a in anns],
+            dtype=np.float32,
+        ).reshape(-1, 4)
+        labels = np.array([self.index[a.category_id] for a in anns], dtype=np.int64)
+        if self.tf is not None:
+            from torchvision import tv_tensors
+            from torchvision.transforms.v2 import functional as F
+
+            boxes = tv_tensors.BoundingBoxes(
+                torch.from_numpy(xyxy), format="XYXY", canvas_size=(img.height, img.width)
+            )
+            out = self.tf({"image": F.to_image(img), "boxes": boxes, "labels": torch.from_numpy(labels)})
+            img = F.to_pil_image(out["image"])
+            xyxy, labels = out["boxes"].numpy().reshape(-1, 4), out["labels"].numpy()
+        pixels, mask, scale = resize_pad(img, self.imgsz)
+        return pixels, mask, boxes_to_targets(xyxy, labels, scale, self.imgsz)
+
+
+def _collate(batch):
+    pixels, masks, targets = zip(*batch, strict=True)
+    return torch.stack(pixels), torch.stack(masks), list(targets)
+
+
+class TransformersDetector(Detector):
+    """DETR-family and YOLOS models through ``transformers``."""
+
+    def __init__(self, model_cfg, run_dir, tracker=None):
+        super().__init__(model_cfg, run_dir, tracker)
+        self.family = str(model_cfg.get("family", "detr"))
+        _, _, self.score_mode, self.use_mask = _family(self.family)
+        self.model = None
+        self.imgsz = 640
+        self._checkpoint: Path | None = None
+        self.device = torch.device("cpu")
+
+    # -- building ----------------------------------------------------------------------------------
+    def _build(self, class_names: list[str]):
+        cfg_cls, model_cls, _, _ = _family(self.family)
+        weights = self.model_cfg.get("weights")
+        if weights:
+            return self._from_pretrained(model_cls, str(weights), class_names)
+        kwargs = OmegaConf.to_container(self.model_cfg.get("config") or {}, resolve=True)
+        if self.model_cfg.get("backbone"):
+            from transformers import ResNetConfig
+
+            kwargs["backbone_config"] = ResNetConfig(
+                **OmegaConf.to_container(self.model_cfg.backbone, resolve=True)
+            )
+        return model_cls(cfg_cls(**kwargs, **_labels(class_names)))
+
+    @staticmethod
+    def _from_pretrained(model_cls, source: str, class_names: list[str]):
+        local = Path(source).expanduser()
+        try:
+            return model_cls.from_pretrained(
+                str(local) if local.exists() else source, ignore_mismatched_sizes=True, **_labels(class_names)
+            )
+        except OSError as e:
+            if local.exists():
+                raise UserError(
+                    f"model.weights={source}: not a loadable {model_cls.__name__} directory ({str(e).splitlines()[0][:160]})"
+                ) from None
+            raise OfflineError(
+                f"model.weights={source}: not reachable ({e.__class__.__name__}); on a machine with access run "
+                f"`huggingface-cli download {source} --local-dir DIR` and set model.weights=DIR "
+                f"(or model.weights=null to build it from config with random init)"
+            ) from None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self._checkpoint
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self._require().parameters())
+
+    # -- training ----------------------------------------------------------------------------------
+    def _step(self, model, batch, device):
+        pixels, masks, targets = batch
+        kwargs = {
+            "pixel_values": pixels.to(device),
+            "labels": [{k: v.to(device) for k, v in t.items()} for t in targets],
+        }
+        if self.use_mask:
+            kwargs["pixel_mask"] = masks.to(device)
+        return model(**kwargs).loss
+
+    def _save(self, folder: Path, extra_state: dict | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        meta = {
+            "family": self.family,
+            "imgsz": self.imgsz,
+            "class_names": self.class_names,
+            "score_mode": self.score_mode,
+        }
+        (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if extra_state is not None:
+            torch.save(extra_state, folder / STATE)
+
+    def train(self, cfg) -> dict[str, float]:
+        t = cfg.train
+        self.imgsz = int(t.imgsz)
+        dev = t.get("device")
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if dev in (None, "")
+            else (f"cuda:{dev}" if str(dev).isdigit() else str(dev))
+        )
+        dataset = load_dataset(cfg.data, ("train", "val"))
+        self.class_names = dataset.class_names
+        resume = bool(cfg.get("resume", False))
+        last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
+        if resume:
+            if not (last_dir / STATE).is_file():
+                raise UserError(
+                    f"resume=true but {last_dir / STATE} does not exist (point hydra.run.dir at the interrupted run)"
+                )
+            self.load(last_dir)
+        else:
+            self.model = self._build(self.class_names)
+        model = self.model.to(self.device)
+        # transformers decides backbone freezing differently for a fresh model (all frozen) and a reloaded one
+        # (all trainable); a random-init backbone must learn, so the choice is explicit here.
+        freeze = bool(t.get("freeze_backbone", False))
+        for n, p in model.named_parameters():
+            p.requires_grad_(not (freeze and "backbone" in n))
+
+        gen = torch.Generator().manual_seed(int(t.seed))
+        aug = OmegaConf.to_container(t.get("augment") or {}, resolve=True)
+        train_loader = torch.utils.data.DataLoader(
+            _DetectionDataset(dataset["train"], self.imgsz, aug),
+            batch_size=int(t.batch),
+            shuffle=True,
+            num_workers=int(t.workers),
+            collate_fn=_collate,
+            generator=gen,
+        )
+        val_loader = torch.utils.data.DataLoader(
+            _DetectionDataset(dataset["val"], self.imgsz, None),
+            batch_size=int(t.batch),
+            num_workers=int(t.workers),
+            collate_fn=_collate,
+        )
+        backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+        rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+        groups = [{"params": rest, "lr": float(t.lr)}]
+        if backbone:
+            groups.append({"params": backbone, "lr": float(t.lr_backbone)})
+        optimizer = torch.optim.AdamW(groups, weight_decay=float(t.weight_decay))
+        epochs = int(t.epochs)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+            if t.get("scheduler", "cosine") == "cosine"
+            else None
+        )
+        scaler = (
+            torch.amp.GradScaler("cuda") if bool(t.get("amp", True)) and self.device.type == "cuda" else None
+        )
+        monitor, mode = str(t.get("monitor", "val/mAP50-95")), str(t.get("monitor_mode", "max"))
+        if self.validator is None:
+            monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
+        start_epoch, best, bad_epochs = 0, None, 0
+        if resume:
+            state = torch.load(last_dir / STATE, map_location="cpu", weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
+            random.setstate(state["py_rng"])
+            np.random.set_state(state["np_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            gen.set_state(state["loader_rng"])
+
+        t0, steps_done = time.perf_counter(), 0
+        max_steps = t.get("max_steps")
+        epochs_done = start_epoch
+        for epoch in range(start_epoch, epochs):
+            left = None if max_steps is None else int(max_steps) - steps_done
+            if left is not None and left <= 0:
+                break
+            stats = train_one_epoch(
+                model,
+                optimizer,
+                train_loader,
+                self.device,
+                self._step,
+                scaler,
+                float(t.get("grad_clip", 0.0)),
+                left,
+            )
+            steps_done += int(stats["steps"])
+            epochs_done = epoch + 1
+            if scheduler is not None:
+                scheduler.step()
+            logs = {"train/loss": stats["loss"], "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            if (epoch + 1) % int(t.get("eval_every", 1)) == 0 or epoch + 1 == epochs:
+                logs["val/loss"] = evaluate_loss(model, val_loader, self.device, self._step)
+                if self.validator is not None:
+                    logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
+                value = logs.get(monitor)
+                if value is None:
+                    raise ConfigError(
+                        f"train.monitor={monitor!r} is not a logged metric; available: {sorted(logs)}"
+                    )
+                improved = best is None or (value > best if mode == "max" else value < best)
+                if improved:
+                    best, bad_epochs = value, 0
+                    self._save(best_dir)
+                else:
+                    bad_epochs += 1
+            if self.tracker is not None:
+                self.tracker.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+            log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(float(v), 4) for k, v in logs.items()})
+            self._save(
+                last_dir,
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "py_rng": random.getstate(),
+                    "np_rng": np.random.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "loader_rng": gen.get_state(),
+                },
+            )
+            patience = int(t.get("patience", 0) or 0)
+            if patience and bad_epochs >= patience:
+                log.info("early stop: %s did not improve for %d evaluations", monitor, patience)
+                break
+        elapsed = time.perf_counter() - t0
+        if not (best_dir / "config.json").is_file():
+            self._save(best_dir)
+        self.load(best_dir)
+        n_train = len(dataset["train"].images)
+        return {
+            "train/epochs": float(epochs_done),
+            "train/steps": float(steps_done),
+            "train/time_s": elapsed,
+            "train/seconds_per_step": elapsed / steps_done if steps_done else math.nan,
+            "train/images_per_s": steps_done * int(t.batch) / elapsed if elapsed > 0 else math.nan,
+            f"train/best_{monitor.replace('/', '_')}": float(best) if best is not None else math.nan,
+            "train/images": float(n_train),
+        }
+
+    # -- inference ---------------------------------------------------------------------------------
+    def load(self, checkpoint) -> None:
+        path = Path(checkpoint)
+        if path.is_dir() and not (path / META).is_file() and (path / "weights" / "best" / META).is_file():
+            path = path / "weights" / "best"
+        if not (path / META).is_file():
+            raise UserError(
+                f"checkpoint {path}: not a directory written by the transformers backend (no {META})"
+            )
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+        self.family, self.imgsz, self.class_names = (
+            meta["family"],
+            int(meta["imgsz"]),
+            list(meta["class_names"]),
+        )
+        _, model_cls, self.score_mode, self.use_mask = _family(self.family)
+        self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()
+        self._checkpoint = path
+
+    def _require(self):
+        if self.model is None:
+            raise UserError("no model loaded: train first or load a checkpoint")
+        return self.model
+
+    @torch.inference_mode()
+    def predict(
+        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None, max_det: int = 100
+    ) -> list[Detections]:
+        from PIL import Image
+
+        model = self._require().eval()
+        size = int(imgsz or self.imgsz)
+        out = []
+        for img in images:
+            pil = (
+                Image.fromarray(np.asarray(img, dtype=np.uint8))
+                if isinstance(img, np.ndarray)
+                else load_rgb(img)
+            )
+            pixels, mask, scale = resize_pad(pil, size)
+            kwargs = {"pixel_values": pixels[None].to(self.device)}
+            if self.use_mask:
+                kwargs["pixel_mask"] = mask[None].to(self.device)
+            o = model(**kwargs)
+            out.append(
+                decode(o.logits[0], o.pred_boxes[0], scale, pil.size, size, self.score_mode, conf, max_det)
+            )
+        return out
+
+    def benchmark_forward(self, imgsz: int | None = None):
+        """A zero-argument callable running the model alone on one preprocessed image (latency protocol)."""
+        model = self._require().eval()
+        size = int(imgsz or self.imgsz)
+        kwargs = {"pixel_values": torch.zeros(1, 3, size, size, device=self.device)}
+        if self.use_mask:
+            kwargs["pixel_mask"] = torch.ones(1, size, size, dtype=torch.long, device=self.device)
+
+        @torch.inference_mode()
+        def run():
+            model(**kwargs)
+
+        return run
+
+    def export(self, fmt: str, out_dir) -> Path:
+        # Visible gap, not a stub: ONNX / OpenVINO / TensorRT export of these models is the export issue's work.
+        raise UserError(
+            f"export of {self.family} models to {fmt} is not implemented yet (tracked by the export issue)"
+        )
