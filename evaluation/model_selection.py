@@ -1,0 +1,273 @@
+"""``python -m evaluation.model_selection``: the model-selection benchmark (see conf/model_selection.yaml).
+
+Each model is trained by ``python -m training`` in its own process (so that one model's memory or crash does
+not affect the next), evaluated by the shared evaluator, then timed on the CPU per the latency protocol. One
+folder per model under the run dir; a model whose ``result.json`` exists is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import training  # noqa: F401  (registers the ${asset:} resolver)
+from evaluation.latency import benchmark_detector, environment
+from evaluation.report import _fmt
+from training.backends import build_detector
+from training.data import load_dataset
+from training.data.images import load_rgb
+from training.errors import ConfigError, UserError, exit_on_user_error
+from training.tracking import build_tracker
+from training.train import run_dir_of
+
+log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+
+
+def _model_backend(name: str) -> str:
+    exp = CONF / "experiment" / f"{name}.yaml"
+    model = CONF / "model" / f"{name}.yaml"
+    if exp.is_file():
+        for d in OmegaConf.load(exp).get("defaults", []):
+            if isinstance(d, dict) and "override /model" in d:
+                model = CONF / "model" / f"{d['override /model']}.yaml"
+    if not model.is_file():
+        raise ConfigError(
+            f"models: {name!r} is neither an experiment in conf/experiment/ nor a model in conf/model/"
+        )
+    return str(OmegaConf.load(model).backend)
+
+
+def _training_command(
+    cfg: DictConfig, name: str, backend: str, run_dir: Path, data_overrides: list[str]
+) -> list[str]:
+    cmd = [sys.executable, "-m", "training"]
+    if (CONF / "experiment" / f"{name}.yaml").is_file():
+        cmd.append(f"experiment={name}")
+    else:
+        cmd += [f"model={name}", f"trainer@train={backend}"]
+    cmd += data_overrides
+    cmd += flatten_overrides(cfg.train_overrides) + flatten_overrides(cfg.backend_overrides.get(backend))
+    cmd += [f"seed={cfg.seed}", f"hydra.run.dir={run_dir}"]
+    if (run_dir / "weights").exists():
+        cmd.append("resume=true")  # an earlier attempt was interrupted: continue it
+    return cmd
+
+
+def flatten_overrides(node, prefix: str = "") -> list[str]:
+    """``{train: {epochs: 1}, model: {weights: null}}`` -> ``["train.epochs=1", "model.weights=null"]``."""
+    if node is None:
+        return []
+    node = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += flatten_overrides(v, f"{key}.")
+        elif v is None:
+            out.append(f"{key}=null")
+        elif isinstance(v, bool):
+            out.append(f"{key}={str(v).lower()}")
+        elif isinstance(v, list):
+            out.append(f"{key}=[{','.join(str(x) for x in v)}]")
+        else:
+            out.append(f"{key}={v}")
+    return out
+
+
+def _data_overrides() -> list[str]:
+    """Forward this command's data choice and data.* / evaluation.* overrides to each training run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    out = [f"data={hc.runtime.choices['data']}"]
+    out += [o for o in hc.overrides.task if o.lstrip("+~").startswith(("data.", "evaluation."))]
+    return out
+
+
+def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[str], page: np.ndarray) -> dict:
+    """Train (or take the given checkpoint), evaluate and time one model; writes and returns its result."""
+    result_file = out_dir / "result.json"
+    if result_file.is_file():
+        log.info("%s: done already, skipping", name)
+        return json.loads(result_file.read_text())
+    backend = _model_backend(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = (cfg.checkpoints or {}).get(name)
+    if ckpt is None:
+        run_dir = out_dir / "run"
+        if not (run_dir / "metrics.json").is_file():
+            cmd = _training_command(cfg, name, backend, run_dir, data_overrides)
+            log.info("%s: %s", name, " ".join(cmd))
+            with open(out_dir / "train.log", "a", encoding="utf-8") as logf:
+                r = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, check=False)
+            if r.returncode != 0:
+                raise UserError(f"training {name} failed (exit {r.returncode}); see {out_dir / 'train.log'}")
+        run_metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics, ckpt = run_metrics["metrics"], run_metrics["provenance"]["checkpoint"]
+    else:
+        metrics = None
+    detector = build_detector(OmegaConf.create({"backend": backend, "name": name}), out_dir)
+    detector.load(ckpt)
+    if metrics is None:
+        from evaluation.evaluator import evaluate_detector
+
+        dataset = load_dataset(cfg.data, [cfg.split])
+        res, _ = evaluate_detector(detector, dataset[cfg.split], cfg.evaluation)
+        metrics = {f"{cfg.split}/{k}": v for k, v in res.metrics.items()}
+    lat = cfg.latency
+    latency = benchmark_detector(
+        detector, page, int(lat.imgsz), int(lat.warmup), int(lat.min_runs), float(lat.min_seconds)
+    )
+    result = {
+        "model": name,
+        "backend": backend,
+        "checkpoint": str(ckpt),
+        "params": detector.num_parameters(),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(f"{cfg.split}/")},
+        "latency": latency,
+    }
+    result_file.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def selection_rows(results: list[dict], split: str) -> list[dict[str, str]]:
+    rows = []
+    for r in results:
+        m, lat = r["metrics"], r["latency"]
+        row = {
+            "model": r["model"],
+            "params (M)": f"{r['params'] / 1e6:.1f}",
+            "CPU ms (model, p50)": f"{lat['model/p50_ms']:.1f}",
+            "CPU ms (end-to-end, p50)": f"{lat['e2e/p50_ms']:.1f}",
+        }
+        for k in HEADLINE:
+            v, lo, hi = m.get(f"{split}/{k}"), m.get(f"{split}/{k}_ci_low"), m.get(f"{split}/{k}_ci_high")
+            row[k] = _fmt(v) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "")
+        rows.append(row)
+    return rows
+
+
+def highlights(results: list[dict], split: str) -> dict[str, str]:
+    def best(key):
+        vals = [(r["metrics"].get(f"{split}/{key}", -math.inf) or -math.inf, r["model"]) for r in results]
+        return max(vals)[1]
+
+    return {
+        "best mAP50": best("mAP50"),
+        "best mAP50-95": best("mAP50-95"),
+        "fastest (CPU, model p50)": min((r["latency"]["model/p50_ms"], r["model"]) for r in results)[1],
+    }
+
+
+def scatter(results: list[dict], split: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for r in results:
+        x, y = r["latency"]["model/p50_ms"], r["metrics"].get(f"{split}/mAP50-95") or 0.0
+        ax.scatter(x, y, s=25)
+        ax.annotate(r["model"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        xlabel="CPU latency, model only, p50 (ms)",
+        ylabel=f"{split} mAP50-95",
+        title="Model selection: latency vs accuracy",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_selection(
+    run_dir: Path, results: list[dict], split: str, env: dict, data_name: str
+) -> dict[str, Path]:
+    from evaluation.report import markdown_table
+
+    rows = selection_rows(results, split)
+    hl = highlights(results, split)
+    note = (
+        f"Data: {data_name}, split {split}; CPU: {env['cpu']} ({env['torch_threads']} torch threads); "
+        f"torch {env['version/torch']}; latency at batch 1 per the DESIGN.md protocol."
+    )
+    md = run_dir / "model_selection.md"
+    md.write_text(
+        markdown_table(rows, f"# Model selection\n\n{note}\n")
+        + "\n"
+        + "\n".join(f"- **{k}**: {v}" for k, v in hl.items())
+        + "\n",
+        encoding="utf-8",
+    )
+    import csv
+
+    csv_path = run_dir / "model_selection.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    js = run_dir / "model_selection.json"
+    js.write_text(
+        json.dumps(
+            {"environment": env, "split": split, "data": data_name, "highlights": hl, "results": results},
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+    png = scatter(results, split, run_dir / "model_selection.png")
+    return {"md": md, "csv": csv_path, "json": js, "png": png, "rows": rows}
+
+
+def model_selection(cfg: DictConfig) -> dict[str, Path]:
+    import torch
+
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.latency.threads:
+        torch.set_num_threads(int(cfg.latency.threads))
+    if str(cfg.latency.device) != "cpu":
+        raise ConfigError(
+            "latency.device: only cpu is measured here (GPU latency belongs to the export benchmark)"
+        )
+    data_overrides = _data_overrides()
+    # the page every model is timed on: the first image of the reported split at the fixed input size
+    # (square, like the 640x640 upstream pages, so that no library gets a smaller rectangular input)
+    first = load_dataset(cfg.data, [cfg.split])[cfg.split].images[0].file
+    size = int(cfg.latency.imgsz)
+    page = np.asarray(load_rgb(first).resize((size, size)))
+    results = [
+        run_model(cfg, str(m), run_dir / "models" / str(m).replace("/", "__"), data_overrides, page)
+        for m in cfg.models
+    ]
+    env = environment()
+    out = write_selection(run_dir, results, str(cfg.split), env, str(cfg.data.name))
+    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    try:
+        rows = out.pop("rows")
+        tracker.log_table("model_selection", list(rows[0]), [list(r.values()) for r in rows])
+    finally:
+        tracker.finish(0)
+    print(out["md"].read_text())
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="model_selection")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    model_selection(cfg)
+
+
+if __name__ == "__main__":
+    main()
