@@ -260,6 +260,8 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
     finally:
         tracker.finish(0)
     print(out["md"].read_text())
+    if failed:
+        raise UserError(f"models that failed (re-run the same command to retry them): {failed}")
     return out
 
 

@@ -98,3 +98,12 @@ def test_no_runtime_reference_to_shared():
         for f in (root / folder).rglob("*"):
             if f.suffix in {".py", ".yaml", ".toml"}:
                 assert "../shared" not in f.read_text(encoding="utf-8"), f
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if OmegaConf.load(CONF / "model" / f"{m}.yaml").backend == "ultralytics"])
+def test_ultralytics_model_builds_from_its_yaml(model, tmp_path):
+    from training.backends import build_detector
+
+    cfg = compose_cfg("train", [f"model={model}"], tmp_path)
+    net = build_detector(cfg.model, tmp_path)._build()
+    assert sum(p.numel() for p in net.model.parameters()) > 1e6
