@@ -47,7 +47,9 @@ def main() -> None:
         det.model = det._build(ds.class_names)
         det.imgsz = a.imgsz
         model = det.model
-        loader = torch.utils.data.DataLoader(_DetectionDataset(ds["train"], a.imgsz, None), batch_size=a.batch, collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(
+            _DetectionDataset(ds["train"], a.imgsz, None), batch_size=a.batch, collate_fn=_collate
+        )
         it = iter(loader)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         times = []
@@ -64,13 +66,26 @@ def main() -> None:
         page = np.asarray(load_rgb(ds["train"].images[0].file).resize((a.imgsz, a.imgsz)))
         e2e = measure(lambda det=det, page=page: det.predict([page], conf=0.25), a.warmup, a.runs, 0.0)
         mo = measure(det.benchmark_forward(a.imgsz), a.warmup, a.runs, 0.0)
-        rows.append((name, det.num_parameters() / 1e6, float(np.mean(times)), mo["p50_ms"], e2e["p50_ms"], e2e["std_ms"]))
+        rows.append(
+            (
+                name,
+                det.num_parameters() / 1e6,
+                float(np.mean(times)),
+                mo["p50_ms"],
+                e2e["p50_ms"],
+                e2e["std_ms"],
+            )
+        )
         print(f"{name}: done", flush=True)
     env = environment()
-    print(f"\nCPU: {env['cpu']}, {env['torch_threads']} torch threads, torch {env['version/torch']}, "
-          f"transformers {env['version/transformers']}; imgsz {a.imgsz}; train batch {a.batch}, {a.steps} timed steps; "
-          f"inference {a.warmup} warm-up + {a.runs} timed runs\n")
-    print("| model | params (M) | s / train step | s / image (train) | inference ms, model p50 | inference ms, end-to-end p50 (std) |")
+    print(
+        f"\nCPU: {env['cpu']}, {env['torch_threads']} torch threads, torch {env['version/torch']}, "
+        f"transformers {env['version/transformers']}; imgsz {a.imgsz}; train batch {a.batch}, {a.steps} timed steps; "
+        f"inference {a.warmup} warm-up + {a.runs} timed runs\n"
+    )
+    print(
+        "| model | params (M) | s / train step | s / image (train) | inference ms, model p50 | inference ms, end-to-end p50 (std) |"
+    )
     print("|---|---|---|---|---|---|")
     for n, p, s, mo, e, sd in rows:
         print(f"| {n} | {p:.1f} | {s:.2f} | {s / a.batch:.2f} | {mo:.0f} | {e:.0f} ({sd:.0f}) |")

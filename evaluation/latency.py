@@ -69,11 +69,31 @@ def environment() -> dict[str, str | int | None]:
 
 
 def benchmark_detector(
-    detector, image: np.ndarray, imgsz: int, warmup: int = 10, min_runs: int = 100, min_seconds: float = 10.0
+    detector,
+    image: np.ndarray,
+    imgsz: int,
+    warmup: int = 10,
+    min_runs: int = 100,
+    min_seconds: float = 10.0,
+    threads: int | None = None,
 ) -> dict[str, float]:
-    """Model-only (``detector.benchmark_forward``) and end-to-end (``detector.predict`` on an in-memory RGB page)."""
-    model_only = measure(detector.benchmark_forward(imgsz), warmup, min_runs, min_seconds)
+    """Model-only (``detector.benchmark_forward``) and end-to-end (``detector.predict`` on an in-memory RGB page).
+
+    ``threads`` is re-applied right before each measurement: ultralytics' device selection sets torch's thread
+    count to cores - 1 as a side effect whenever a model is loaded, which would otherwise leak into every model
+    timed after it.
+    """
+    import torch
+
+    forward = detector.benchmark_forward(imgsz)
+    if threads:
+        torch.set_num_threads(int(threads))
+    model_only = measure(forward, warmup, min_runs, min_seconds)
+    detector.predict([image], conf=0.25, imgsz=imgsz)  # any per-call setup happens before the thread reset
+    if threads:
+        torch.set_num_threads(int(threads))
     e2e = measure(lambda: detector.predict([image], conf=0.25, imgsz=imgsz), warmup, min_runs, min_seconds)
     out = {f"model/{k}": v for k, v in model_only.items()}
     out.update({f"e2e/{k}": v for k, v in e2e.items()})
+    out["threads"] = float(torch.get_num_threads())
     return out

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver)
 from evaluation.latency import benchmark_detector, environment
-from evaluation.report import _fmt
+from evaluation.report import _fmt, save_figure, write_csv
 from training.backends import build_detector
 from training.data import load_dataset
 from training.data.images import load_rgb
@@ -126,7 +125,13 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         metrics = {f"{cfg.split}/{k}": v for k, v in res.metrics.items()}
     lat = cfg.latency
     latency = benchmark_detector(
-        detector, page, int(lat.imgsz), int(lat.warmup), int(lat.min_runs), float(lat.min_seconds)
+        detector,
+        page,
+        int(lat.imgsz),
+        int(lat.warmup),
+        int(lat.min_runs),
+        float(lat.min_seconds),
+        threads=int(lat.threads),
     )
     result = {
         "model": name,
@@ -158,14 +163,24 @@ def selection_rows(results: list[dict], split: str) -> list[dict[str, str]]:
 
 
 def highlights(results: list[dict], split: str) -> dict[str, str]:
-    def best(key):
-        vals = [(r["metrics"].get(f"{split}/{key}", -math.inf) or -math.inf, r["model"]) for r in results]
-        return max(vals)[1]
+    """Best mAP50, best mAP50-95 and fastest model; ties are named as ties, not broken by list order."""
+
+    def pick(values: list[tuple[float, str]], best_fn) -> str:
+        best = best_fn(v for v, _ in values)
+        winners = [m for v, m in values if v == best]
+        if len(winners) == len(values) > 1:
+            return f"no difference (all {best:.4f})"
+        return ", ".join(winners) + f" ({best:.4f})"
+
+    def metric(key):
+        return [(float(r["metrics"].get(f"{split}/{key}") or 0.0), r["model"]) for r in results]
 
     return {
-        "best mAP50": best("mAP50"),
-        "best mAP50-95": best("mAP50-95"),
-        "fastest (CPU, model p50)": min((r["latency"]["model/p50_ms"], r["model"]) for r in results)[1],
+        "best mAP50": pick(metric("mAP50"), max),
+        "best mAP50-95": pick(metric("mAP50-95"), max),
+        "fastest (CPU, model p50 ms)": pick(
+            [(r["latency"]["model/p50_ms"], r["model"]) for r in results], min
+        ),
     }
 
 
@@ -185,11 +200,7 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
         ylabel=f"{split} mAP50-95",
         title="Model selection: latency vs accuracy",
     )
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 def write_selection(
@@ -200,7 +211,7 @@ def write_selection(
     rows = selection_rows(results, split)
     hl = highlights(results, split)
     note = (
-        f"Data: {data_name}, split {split}; CPU: {env['cpu']} ({env['torch_threads']} torch threads); "
+        f"Data: {data_name}, split {split}; CPU: {env['cpu']} ({results[0]['latency'].get('threads', env['torch_threads']):.0f} torch threads); "
         f"torch {env['version/torch']}; latency at batch 1 per the DESIGN.md protocol."
     )
     md = run_dir / "model_selection.md"
@@ -211,13 +222,7 @@ def write_selection(
         + "\n",
         encoding="utf-8",
     )
-    import csv
-
-    csv_path = run_dir / "model_selection.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    csv_path = write_csv(run_dir / "model_selection.csv", rows)
     js = run_dir / "model_selection.json"
     js.write_text(
         json.dumps(
@@ -235,8 +240,9 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
 
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.latency.threads:
-        torch.set_num_threads(int(cfg.latency.threads))
+    with open_dict(cfg):
+        # fixed before any model is loaded (ultralytics lowers it to cores - 1 when it selects a device)
+        cfg.latency.threads = int(cfg.latency.threads or torch.get_num_threads())
     if str(cfg.latency.device) != "cpu":
         raise ConfigError(
             "latency.device: only cpu is measured here (GPU latency belongs to the export benchmark)"
@@ -247,10 +253,19 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
     first = load_dataset(cfg.data, [cfg.split])[cfg.split].images[0].file
     size = int(cfg.latency.imgsz)
     page = np.asarray(load_rgb(first).resize((size, size)))
-    results = [
-        run_model(cfg, str(m), run_dir / "models" / str(m).replace("/", "__"), data_overrides, page)
-        for m in cfg.models
-    ]
+    results, failed = [], []
+    for m in cfg.models:
+        try:
+            results.append(
+                run_model(cfg, str(m), run_dir / "models" / str(m).replace("/", "__"), data_overrides, page)
+            )
+        except (
+            UserError
+        ) as e:  # one model's failure does not stop a day-long selection; it is retried next run
+            log.error("%s", e)
+            failed.append(str(m))
+    if not results:
+        raise UserError(f"no model finished; failed: {failed}")
     env = environment()
     out = write_selection(run_dir, results, str(cfg.split), env, str(cfg.data.name))
     tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))

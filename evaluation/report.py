@@ -69,18 +69,21 @@ def markdown_table(rows: list[dict[str, str]], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["metric"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def write_tables(
     run_dir: Path, metrics: dict[str, float], splits: list[str], provenance: str
 ) -> tuple[Path, Path]:
     rows = table_rows(metrics, splits)
     md = run_dir / "metrics.md"
     md.write_text(markdown_table(rows, f"# Metrics\n\n{provenance}\n"), encoding="utf-8")
-    csv_path = run_dir / "metrics.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["metric"])
-        w.writeheader()
-        w.writerows(rows)
-    return md, csv_path
+    return md, write_csv(run_dir / "metrics.csv", rows)
 
 
 def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
@@ -95,7 +98,8 @@ def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | N
     return path
 
 
-def _save(fig, ax, path: Path) -> Path:
+def save_figure(fig, ax, path: Path) -> Path:
+    """Grid, tight layout, write, close: the finish of every plot here."""
     import matplotlib.pyplot as plt
 
     ax.grid(alpha=0.3)
@@ -123,7 +127,7 @@ def plot_curves(
         ylim=(0, 1.02),
         title=f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})",
     )
-    paths.append(_save(fig, ax, run_dir / f"pr_curve_{split}.png"))
+    paths.append(save_figure(fig, ax, run_dir / f"pr_curve_{split}.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for k in ("f1", "precision", "recall"):
@@ -135,5 +139,5 @@ def plot_curves(
         xlabel="confidence", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=f"{split}: F1 vs confidence"
     )
     ax.legend(loc="best", fontsize=8)
-    paths.append(_save(fig, ax, run_dir / f"f1_conf_{split}.png"))
+    paths.append(save_figure(fig, ax, run_dir / f"f1_conf_{split}.png"))
     return paths

@@ -100,7 +100,9 @@ def test_no_runtime_reference_to_shared():
                 assert "../shared" not in f.read_text(encoding="utf-8"), f
 
 
-@pytest.mark.parametrize("model", [m for m in MODELS if OmegaConf.load(CONF / "model" / f"{m}.yaml").backend == "ultralytics"])
+@pytest.mark.parametrize(
+    "model", [m for m in MODELS if OmegaConf.load(CONF / "model" / f"{m}.yaml").backend == "ultralytics"]
+)
 def test_ultralytics_model_builds_from_its_yaml(model, tmp_path):
     from training.backends import build_detector
 

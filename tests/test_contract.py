@@ -161,3 +161,35 @@ def test_from_pretrained_local_directory_gets_a_new_head(tmp_path):
     assert isinstance(model, transformers.DetrForObjectDetection)
     assert model.config.num_labels == 1 and model.class_labels_classifier.out_features == 2
     os.environ.get("HF_HUB_OFFLINE")  # no network was needed
+
+
+def test_transformers_early_stopping_on_the_monitored_metric(tmp_path):
+    """With lr=0 nothing improves, so patience=1 stops after the second evaluation."""
+    from evaluation.run import validator as make_validator
+
+    cfg = compose_cfg(
+        "train",
+        [
+            "model=debug/detr",
+            *HF_TINY,
+            "train.max_steps=null",
+            "train.epochs=5",
+            "train.lr=0",
+            "train.lr_backbone=0",
+            "train.patience=1",
+            "train.monitor=val/mAP50",
+        ],
+        tmp_path,
+    )
+    det = build_detector(cfg.model, Path(cfg.paths.run_dir), validator=make_validator(cfg.evaluation))
+    out = det.train(cfg)
+    assert out["train/epochs"] == 2
+    assert (Path(cfg.paths.run_dir) / "weights" / "best" / "sigdet.json").is_file()
+
+
+def test_transformers_rejects_unknown_train_args(tmp_path):
+    from training.errors import ConfigError
+
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "+train.lr0=0.1"], tmp_path)
+    with pytest.raises(ConfigError, match="did you mean"):
+        build_detector(cfg.model, tmp_path).train(cfg)

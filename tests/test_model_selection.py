@@ -34,7 +34,7 @@ def test_tiny_model_selection_end_to_end_and_resumable(tmp_path):
         assert res["latency"]["model/runs"] >= 5 and res["latency"]["e2e/p50_ms"] > 0
         assert "val/mAP50" in res["metrics"] and "val/mAP50_ci_low" in res["metrics"]
     assert doc["environment"]["cpu"] and doc["environment"]["version/torch"]
-    assert set(doc["highlights"]) == {"best mAP50", "best mAP50-95", "fastest (CPU, model p50)"}
+    assert set(doc["highlights"]) == {"best mAP50", "best mAP50-95", "fastest (CPU, model p50 ms)"}
     md = (out / "model_selection.md").read_text()
     assert "| yolov8n |" in md and "CPU ms (model, p50)" in md and "signatures-xc8up-mini" in md
 

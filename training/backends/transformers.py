@@ -37,6 +37,28 @@ FAMILIES = {
     "yolos": ("YolosConfig", "YolosForObjectDetection", "softmax", False),
 }
 META = "sigdet.json"
+# the keys of conf/trainer/transformers.yaml: anything else under train.* is a typo or another backend's argument
+TRAIN_KEYS = {
+    "epochs",
+    "imgsz",
+    "batch",
+    "lr",
+    "lr_backbone",
+    "freeze_backbone",
+    "weight_decay",
+    "scheduler",
+    "grad_clip",
+    "amp",
+    "device",
+    "workers",
+    "seed",
+    "eval_every",
+    "monitor",
+    "monitor_mode",
+    "patience",
+    "max_steps",
+    "augment",
+}
 STATE = "trainer_state.pt"
 
 
@@ -203,6 +225,15 @@ class TransformersDetector(Detector):
 
     def train(self, cfg) -> dict[str, float]:
         t = cfg.train
+        for key in t:
+            if key not in TRAIN_KEYS:
+                import difflib
+
+                near = difflib.get_close_matches(str(key), sorted(TRAIN_KEYS), n=3)
+                raise ConfigError(
+                    f"train.{key} is not a transformers-backend argument (valid: {sorted(TRAIN_KEYS)})"
+                    + (f"; did you mean {near}?" if near else "")
+                )
         self.imgsz = int(t.imgsz)
         dev = t.get("device")
         self.device = torch.device(

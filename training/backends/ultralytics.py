@@ -118,7 +118,8 @@ class UltralyticsDetector(Detector):
                 f"model '{self.model_cfg.get('name')}': set model.arch (a YAML) or model.weights"
             )
         if "rtdetr" in Path(str(arch)).stem:
-            from ultralytics import RTDETR  # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
+            # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
+            from ultralytics import RTDETR
 
             return RTDETR(str(arch))
         return YOLO(str(arch))  # random init from the architecture YAML
