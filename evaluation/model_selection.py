@@ -196,7 +196,8 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
         ax.scatter(x, y, s=25)
         ax.annotate(r["model"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(
-        xlabel="CPU latency, model only, p50 (ms)",
+        xscale="log",  # latencies span two orders of magnitude
+        xlabel="CPU latency, model only, p50 (ms, log scale)",
         ylabel=f"{split} mAP50-95",
         title="Model selection: latency vs accuracy",
     )
