@@ -230,9 +230,10 @@ class TransformersDetector(Detector):
                 import difflib
 
                 near = difflib.get_close_matches(str(key), sorted(TRAIN_KEYS), n=3)
+                hint = f"; did you mean {near}?" if near else ""
                 raise ConfigError(
-                    f"train.{key} is not a transformers-backend argument (valid: {sorted(TRAIN_KEYS)})"
-                    + (f"; did you mean {near}?" if near else "")
+                    f"train.{key} is not a transformers-backend argument{hint} (transformers models train with "
+                    f"trainer@train=transformers, which their experiments set; valid: {sorted(TRAIN_KEYS)})"
                 )
         self.imgsz = int(t.imgsz)
         dev = t.get("device")
