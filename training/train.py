@@ -22,13 +22,13 @@ EvaluateFn = Callable[..., dict[str, float]]
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
-    """Hydra's run dir when running under Hydra, else ``cfg.paths.run_dir`` (API use)."""
+    """``cfg.paths.run_dir`` when set (API use, sweep trials), else Hydra's run dir."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
     if cfg.paths.get("run_dir"):
         return Path(cfg.paths.run_dir)
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
     raise UserError("no run dir: run through `python -m training` or set paths.run_dir")
 
 
@@ -48,10 +48,11 @@ def save_config(cfg: DictConfig, run_dir: Path) -> Path:
     return path
 
 
-def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None) -> dict[str, float]:
+def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None, wrap_tracker=None) -> dict[str, float]:
     """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
 
-    ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop.
+    ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop;
+    ``wrap_tracker(tracker) -> tracker`` lets a caller observe per-epoch metrics (a sweep's pruning).
 
     Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
     """
@@ -64,6 +65,8 @@ def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None) ->
     save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if wrap_tracker is not None:
+        tracker = wrap_tracker(tracker)
     exit_code = 1
     try:
         detector = build_detector(cfg.model, run_dir, tracker, validate)

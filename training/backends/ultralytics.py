@@ -149,6 +149,9 @@ class UltralyticsDetector(Detector):
                 return
             epoch = trainer.epoch + 1
             logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
+            p, r = logs.get("ultralytics/precision"), logs.get("ultralytics/recall")
+            if p is not None and r is not None:  # ultralytics' F1 at its own operating point: a per-epoch signal
+                logs["ultralytics/f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
             logs.update(
                 {
                     f"ultralytics/{k}": float(v)

@@ -1,0 +1,255 @@
+"""Optuna sweeps: search space, pruning, failures, shared storages, killed workers, summary."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from tests.conftest import CONF, ROOT, compose_cfg
+from training.sweep import PruningTracker, as_overrides, optimize, suggest
+from training.tracking import Tracker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_upstream_search_space_is_the_published_one():
+    cfg = compose_cfg("sweep", [])
+    s = cfg.sweep
+    assert s.n_trials == 20 and s.direction == "maximize" and s.metric == "val/f1" and s.sampler.name == "tpe"
+    assert s.experiment == "yolov8s"
+    space = OmegaConf.to_container(s.search_space)
+    assert space["train.dropout"] == {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}
+    assert (
+        space["train.lr0"]["log"] is True
+        and space["train.lr0"]["low"] == 1e-5
+        and space["train.lr0"]["high"] == 1e-1
+    )
+    assert space["train.box"]["step"] == 1.0 and space["train.cls"]["step"] == 0.2
+    assert space["train.optimizer"]["choices"] == ["AdamW", "RMSProp"]
+    assert "train.dropout" in s.inert
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    params = suggest(study.ask(), s.search_space)
+    assert set(params) == set(space) and params["train.optimizer"] in ("AdamW", "RMSProp")
+    assert all("=" in o for o in as_overrides(params))
+
+
+def test_pruning_tracker_reports_and_prunes():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+    seen = []
+
+    class Inner(Tracker):
+        def log_metrics(self, metrics, step=None):
+            seen.append((step, dict(metrics)))
+
+    tr = PruningTracker(Inner(), trial, "ultralytics/f1")
+    tr.log_metrics({"ultralytics/f1": 0.9, "x": 1}, step=1)
+    with pytest.raises(optuna.TrialPruned):
+        tr.log_metrics({"ultralytics/f1": 0.1}, step=2)
+    assert len(seen) == 2 and tr.reported == 2  # the run's own tracker still got everything
+
+
+def test_failed_pruned_and_nan_trials_do_not_stop_the_study(tmp_path):
+    """Trial 1 crashes, trial 2 is pruned, trial 3 returns NaN: the study still runs n_trials."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        from hydra import compose
+
+        cfg = compose(
+            "sweep", overrides=["sweep=quickstart_tiny", f"sweep.storage=sqlite:///{tmp_path}/s.db"]
+        )
+        scfg = cfg.sweep
+        with __import__("omegaconf").open_dict(scfg):
+            scfg.pruner.name = "threshold"
+            scfg.pruner.lower = 0.5
+            scfg.n_trials = 5
+
+        def fake_run(train_cfg, wrap):
+            n = int(Path(train_cfg.paths.run_dir).name)
+            tracker = wrap(Tracker())
+            if n == 1:
+                raise RuntimeError("deliberate crash")
+            if n == 2:
+                tracker.log_metrics({"ultralytics/f1": 0.1}, step=1)  # below the threshold: pruned
+            if n == 3:
+                return {"val/f1": math.nan}
+            tracker.log_metrics({"ultralytics/f1": 0.8}, step=1)
+            return {"val/f1": 0.7 + n / 100, "val/mAP50": 0.5}
+
+        study = optimize(scfg, tmp_path, fake_run)
+    states = [t.state for t in study.trials]
+    assert states == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    assert study.best_trial.number == 4 and study.best_trial.user_attrs["val/mAP50"] == 0.5
+
+
+def _sweep_cmd(tmp_path, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "training.sweep",
+        "sweep=quickstart_tiny",
+        f"paths.output_dir={tmp_path}",
+        f"+sweep.overrides.data.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
+def test_tiny_sweep_end_to_end_with_summary(tmp_path):
+    r = subprocess.run(
+        _sweep_cmd(tmp_path, "sweep.n_trials=3"), cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "sweeps" / "quickstart_tiny"
+    for f in (
+        "summary.md",
+        "trials.csv",
+        "base_vs_best.csv",
+        "history.png",
+        "experiment/quickstart_tiny_best.yaml",
+        "base/metrics.json",
+        "trials/0000/metrics.json",
+    ):
+        assert (out / f).exists(), f
+    md = (out / "summary.md").read_text()
+    assert "Base model vs best trial" in md and "difference (points)" in md and "Inert parameters" in md
+    study = optuna.load_study(study_name="quickstart_tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3
+    # the best parameters compose as an experiment
+    best = compose_cfg(
+        "train", [f"hydra.searchpath=[file://{out}]", "experiment=quickstart_tiny_best"], tmp_path / "c"
+    )
+    assert best.train.lr0 == pytest.approx(study.best_trial.params["train.lr0"])
+    # running the same command again resumes: nothing more to do, same trials
+    r = subprocess.run(
+        _sweep_cmd(tmp_path, "sweep.n_trials=3", "mode=optimize"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        r.returncode == 0
+        and len(
+            optuna.load_study(study_name="quickstart_tiny", storage=f"sqlite:///{out / 'study.db'}").trials
+        )
+        == 3
+    )
+
+
+def _journal_study(path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return optuna.load_study(
+        study_name="quickstart_tiny", storage=JournalStorage(JournalFileBackend(str(path)))
+    )
+
+
+def test_two_workers_share_a_journal_study(tmp_path):
+    journal = tmp_path / "journal.log"
+    cmd = _sweep_cmd(
+        tmp_path,
+        "sweep.n_trials=4",
+        "mode=optimize",
+        f"sweep.storage=journal://{journal}",
+        "sweep.overrides.train.epochs=1",
+    )
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(os.environ, SIGDET_WORKER=str(i)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    trials = _journal_study(journal).trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) >= 4
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials) >= 4
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+
+
+def test_killed_worker_leaves_the_study_completable(tmp_path):
+    journal = tmp_path / "journal.log"
+    cmd = _sweep_cmd(
+        tmp_path,
+        "sweep.n_trials=2",
+        "mode=optimize",
+        f"sweep.storage=journal://{journal}",
+        "sweep.overrides.train.epochs=3",
+    )
+    victim = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            if any(t.state == TrialState.RUNNING for t in _journal_study(journal).trials):
+                break
+        except Exception:  # the study is not created yet
+            continue
+    time.sleep(3)  # let it get into training
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = _journal_study(journal).trials
+    lost = [t for t in trials if t.user_attrs.get("pid") == victim.pid]
+    assert lost and all(t.state == TrialState.FAIL for t in lost)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 1
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SIGDET_TEST_POSTGRES_URL"),
+    reason="no PostgreSQL server (set SIGDET_TEST_POSTGRES_URL)",
+)
+def test_two_workers_share_a_postgres_study(tmp_path):
+    url = os.environ["SIGDET_TEST_POSTGRES_URL"]
+    name = f"pg_{os.getpid()}_{int(time.time())}"
+    cmd = _sweep_cmd(
+        tmp_path,
+        "sweep.n_trials=4",
+        "mode=optimize",
+        f"sweep.storage={url}",
+        f"sweep.study_name={name}",
+        "sweep.overrides.train.epochs=1",
+    )
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(os.environ, SIGDET_WORKER=str(i)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) >= 4
+    assert len({t.user_attrs["pid"] for t in trials}) == 2

@@ -1,0 +1,456 @@
+"""``python -m training.sweep sweep=NAME``: Optuna studies over any experiment (see conf/sweep.yaml).
+
+Each trial is a full ``train(cfg)`` run (own run dir under ``<sweep dir>/trials/``) with the trial's parameters as
+config overrides; the objective is the shared evaluator's ``sweep.metric``. Per-epoch values reach the pruner
+through the run's tracker. Failed trials (crash, NaN) are recorded as FAIL and the study goes on. Workers share
+a study through its storage; a trial left RUNNING by a killed worker is marked FAIL (RDB storage: by Optuna's
+heartbeat; file storages: by the next worker on the same host, which sees the dead pid) and retried once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import training  # noqa: F401  (registers the ${asset:} resolver)
+from training.errors import ConfigError, UserError, exit_on_user_error
+from training.tracking import Tracker
+
+log = logging.getLogger(__name__)
+HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+
+
+# -- search space --------------------------------------------------------------------------------------
+def suggest(trial, space) -> dict:
+    """Sample ``space`` (name -> {type, ...}) on ``trial``; returns name -> value."""
+    params = {}
+    for name, spec in (
+        OmegaConf.to_container(space, resolve=True) if not isinstance(space, dict) else space
+    ).items():
+        kind = spec.get("type")
+        if kind == "float":
+            params[name] = trial.suggest_float(
+                name,
+                float(spec["low"]),
+                float(spec["high"]),
+                step=spec.get("step"),
+                log=bool(spec.get("log", False)),
+            )
+        elif kind == "int":
+            params[name] = trial.suggest_int(
+                name,
+                int(spec["low"]),
+                int(spec["high"]),
+                step=int(spec.get("step", 1)),
+                log=bool(spec.get("log", False)),
+            )
+        elif kind == "categorical":
+            params[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        else:
+            raise ConfigError(
+                f"sweep.search_space.{name}: type {kind!r} is not one of ['float', 'int', 'categorical']"
+            )
+    return params
+
+
+def as_overrides(params: dict) -> list[str]:
+    out = []
+    for k, v in params.items():
+        if isinstance(v, float):
+            v = repr(round(v, 12))
+        out.append(f"{k}={v}")
+    return out
+
+
+# -- storage -------------------------------------------------------------------------------------------
+def make_storage(url: str):
+    """sqlite:///PATH, journal:///PATH, or an RDB URL (PostgreSQL) with heartbeats and one retry of lost trials."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    url = os.environ.get("SIGDET_STORAGE") or str(url)
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal://") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    try:
+        return RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=120,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+        )
+    except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
+        safe = url.split("@")[-1]
+        raise UserError(
+            f"sweep.storage: cannot open study storage at ...@{safe} ({e.__class__.__name__})"
+        ) from None
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def fail_dead_local_trials(study) -> list[int]:
+    """Mark RUNNING trials of dead workers on this host as FAIL (file storages have no heartbeat)."""
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != host:
+            continue
+        pid = int(t.user_attrs.get("pid", -1))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ProcessLookupError, PermissionError, OverflowError):
+            alive = False
+        if not alive and pid != os.getpid():
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            failed.append(t.number)
+    if failed:
+        log.warning("trials %s were left running by a dead worker: marked FAIL", failed)
+    return failed
+
+
+def make_sampler(cfg, worker: int):
+    import optuna
+
+    s = cfg.sampler
+    if s.name != "tpe":
+        raise ConfigError(f"sweep.sampler.name={s.name!r}: only 'tpe' is wired")
+    return optuna.samplers.TPESampler(
+        seed=None if s.seed is None else int(s.seed) + worker, n_startup_trials=int(s.n_startup_trials)
+    )
+
+
+def make_pruner(cfg):
+    import optuna
+
+    p = cfg.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(p.n_startup_trials), n_warmup_steps=int(p.n_warmup_steps)
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=int(p.min_resource), reduction_factor=int(p.reduction_factor)
+        )
+    if p.name == "threshold":
+        return optuna.pruners.ThresholdPruner(
+            lower=p.get("lower"), upper=p.get("upper"), n_warmup_steps=int(p.n_warmup_steps)
+        )
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(
+        f"sweep.pruner.name={p.name!r}: valid values are ['median', 'hyperband', 'threshold', 'none']"
+    )
+
+
+# -- pruning -------------------------------------------------------------------------------------------
+class PruningTracker(Tracker):
+    """Passes everything to the run's tracker and reports ``key`` to the trial every epoch; prunes when told."""
+
+    def __init__(self, inner: Tracker, trial, key: str):
+        self.inner, self.trial, self.key = inner, trial, key
+        self.reported = 0
+
+    def log_metrics(self, metrics, step=None):
+        self.inner.log_metrics(metrics, step)
+        if self.key in metrics and step is not None and math.isfinite(float(metrics[self.key])):
+            import optuna
+
+            self.trial.report(float(metrics[self.key]), int(step))
+            self.reported += 1
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {step} ({self.key}={metrics[self.key]:.4f})")
+
+    def log_summary(self, metrics):
+        self.inner.log_summary(metrics)
+
+    def log_table(self, name, columns, rows):
+        self.inner.log_table(name, columns, rows)
+
+    def log_predictions(self, *a, **k):
+        self.inner.log_predictions(*a, **k)
+
+    def finish(self, exit_code=0):
+        self.inner.finish(exit_code)
+
+
+# -- one trial -----------------------------------------------------------------------------------------
+def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None = None) -> DictConfig:
+    """The train config of one run: the swept experiment, the sweep's overrides, then ``extra``."""
+    from hydra import compose
+
+    from training.data.loader import cache_root  # noqa: F401  (import check only)
+
+    overrides = [f"experiment={scfg.experiment}", *flatten(scfg.overrides), *extra]
+    if scfg.get("logger", "none") != "none":
+        overrides.append(f"logger={scfg.logger}")
+    cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+        if cfg.logger.get("type") == "wandb":
+            cfg.logger.group = str(scfg.study_name)
+            cfg.logger.name = logger_name
+            cfg.logger.tags = [*cfg.logger.get("tags", []), str(scfg.study_name)]
+    return cfg
+
+
+def flatten(node, prefix: str = "") -> list[str]:
+    if node is None:
+        return []
+    node = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
+    out = []
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out += flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(
+                f"{prefix}{k}={'null' if v is None else (str(v).lower() if isinstance(v, bool) else v)}"
+            )
+    return out
+
+
+def objective_factory(scfg, out_dir: Path, run_fn):
+    """``run_fn(cfg, wrap_tracker) -> metrics`` runs one training + evaluation (injected by the entry point)."""
+
+    def objective(trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = suggest(trial, scfg.search_space)
+        run_dir = out_dir / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        cfg = compose_run(scfg, as_overrides(params), run_dir, f"trial-{trial.number}")
+        key = str(scfg.prune_metric.get(str(cfg.model.backend), scfg.metric))
+        metrics = run_fn(cfg, lambda tracker: PruningTracker(tracker, trial, key))
+        value = metrics.get(str(scfg.metric))
+        if value is None or not math.isfinite(float(value)):
+            raise ValueError(f"trial {trial.number}: {scfg.metric} is {value}")
+        for k in HEADLINE:
+            if f"val/{k}" in metrics:
+                trial.set_user_attr(f"val/{k}", float(metrics[f"val/{k}"]))
+        return float(value)
+
+    return objective
+
+
+def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
+    """Create or join the study and run trials until it holds ``n_trials`` finished ones."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = make_storage(scfg.storage)
+    study = optuna.create_study(
+        study_name=str(scfg.study_name),
+        storage=storage,
+        direction=str(scfg.direction),
+        load_if_exists=True,
+        sampler=make_sampler(scfg, worker),
+        pruner=make_pruner(scfg),
+    )
+    study.set_user_attr("metric", str(scfg.metric))
+    if not study.get_trials(deepcopy=False) and scfg.get("enqueue"):
+        for params in scfg.enqueue:
+            study.enqueue_trial(
+                OmegaConf.to_container(params, resolve=True) if not isinstance(params, dict) else params
+            )
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    objective = objective_factory(scfg, out_dir, run_fn)
+    while True:
+        fail_dead_local_trials(study)
+        if len(study.get_trials(deepcopy=False, states=done_states)) >= int(scfg.n_trials):
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    return study
+
+
+# -- summary -------------------------------------------------------------------------------------------
+def _metrics_of(run_dir: Path) -> dict:
+    f = Path(run_dir) / "metrics.json"
+    return json.loads(f.read_text())["metrics"] if f.is_file() else {}
+
+
+def summarize(scfg, out_dir: Path, run_fn) -> dict:
+    """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=str(scfg.study_name), storage=make_storage(scfg.storage))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    if not complete:
+        raise UserError(f"study {scfg.study_name}: no completed trial yet ({counts})")
+    best = study.best_trial
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # the best parameters as a ready-to-run experiment: the swept experiment's file plus the sweep's overrides
+    # and the best parameters (written beside the study; run it with the searchpath printed in its header)
+    exp_dir = out_dir / "experiment"
+    exp_dir.mkdir(exist_ok=True)
+    name = f"{scfg.study_name}_best"
+    src = Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"{scfg.experiment}.yaml"
+    exp = OmegaConf.load(src)
+    exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
+    for k, v in best.params.items():
+        OmegaConf.update(exp, k, v, force_add=True)
+    exp.task_name = name
+    header = [
+        "# @package _global_",
+        f"# Best trial {best.number} of study {scfg.study_name}: {scfg.metric} = {best.value:.4f}",
+        f"#   python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}",
+    ]
+    (exp_dir / f"{name}.yaml").write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(exp), encoding="utf-8")
+
+    # base: the experiment with its default parameters, trained and evaluated the same way
+    base_dir = out_dir / "base"
+    base = _metrics_of(base_dir)
+    if not base:
+        cfg = compose_run(scfg, [], base_dir, "base")
+        base = run_fn(cfg, None)
+    best_metrics = _metrics_of(Path(best.user_attrs.get("run_dir", "")))
+    rows = []
+    for k in HEADLINE:
+        b, t = base.get(f"val/{k}"), best_metrics.get(f"val/{k}")
+        diff = "" if b is None or t is None else f"{100 * (t - b):+.2f}"
+        rows.append(
+            {
+                "metric": k,
+                "base": "n/a" if b is None else f"{b:.4f}",
+                f"best trial {best.number}": "n/a" if t is None else f"{t:.4f}",
+                "difference (points)": diff,
+            }
+        )
+
+    plots = {}
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        for fname, fn in (
+            ("history", ovm.plot_optimization_history),
+            ("importances", ovm.plot_param_importances),
+            ("parallel_coordinates", ovm.plot_parallel_coordinate),
+        ):
+            try:
+                ax = fn(study)
+                fig = ax if hasattr(ax, "savefig") else (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                path = out_dir / f"{fname}.png"
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                fig.savefig(path, dpi=110)
+                plt.close(fig)
+                plots[fname] = str(path)
+            except Exception as e:  # e.g. importances need two completed trials with different values
+                plots[fname] = (
+                    f"not drawn: {e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                )
+    except ImportError as e:  # pragma: no cover
+        plots["error"] = str(e)
+
+    import csv
+
+    with open(out_dir / "trials.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "value", *scfg.search_space.keys(), "run_dir"])
+        for t in trials:
+            w.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    t.value,
+                    *[t.params.get(k) for k in scfg.search_space],
+                    t.user_attrs.get("run_dir", ""),
+                ]
+            )
+    with open(out_dir / "base_vs_best.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    inert = {k: v for k, v in (scfg.get("inert") or {}).items() if k in scfg.search_space}
+    cols = list(rows[0])
+    md = [
+        f"# Sweep {scfg.study_name}",
+        "",
+        f"Experiment `{scfg.experiment}`; objective `{scfg.metric}` ({scfg.direction}); trials: "
+        + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n),
+        "",
+        f"Best trial {best.number}: {scfg.metric} = {best.value:.4f}; parameters: "
+        + ", ".join(f"`{k}={v}`" for k, v in best.params.items()),
+        "",
+        "## Base model vs best trial (validation split, shared evaluator)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+        *["| " + " | ".join(r[c] for c in cols) + " |" for r in rows],
+        "",
+    ]
+    if inert:
+        md += [
+            "## Inert parameters",
+            "",
+            *[f"- `{k}`: {v}. Its sampled values say nothing about the model." for k, v in inert.items()],
+            "",
+        ]
+    md += [
+        "## Plots",
+        "",
+        *[f"- {k}: {v}" for k, v in plots.items()],
+        "",
+        f"Run the best parameters: `python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}`",
+    ]
+    (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    print("\n".join(md))
+    return {
+        "best_number": best.number,
+        "best_value": best.value,
+        "counts": counts,
+        "rows": rows,
+        "plots": plots,
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from evaluation.run import evaluate_run, validator
+    from training.train import train
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    scfg = cfg.sweep
+
+    def run_fn(train_cfg, wrap):
+        return train(
+            train_cfg, evaluate=evaluate_run, validate=validator(train_cfg.evaluation), wrap_tracker=wrap
+        )
+
+    if cfg.mode not in ("optimize", "summary", "all"):
+        raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'summary', 'all']")
+    if cfg.mode in ("optimize", "all"):
+        optimize(scfg, out_dir, run_fn, worker=int(os.environ.get("SIGDET_WORKER", "0")))
+    if cfg.mode in ("summary", "all"):
+        summarize(scfg, out_dir, run_fn)
+
+
+if __name__ == "__main__":
+    main()
