@@ -15,6 +15,8 @@ from training.train import run_dir_of, save_config
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Load ``cfg.checkpoint`` with ``cfg.backend`` and evaluate it; artefacts go to the run dir."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise UserError("checkpoint=PATH is required (a weights/best.pt or weights/best folder of a run)")
     run_dir = run_dir_of(cfg)
     if (run_dir / "metrics.json").exists():
         raise UserError(f"{run_dir} already holds results (metrics.json); choose another hydra.run.dir")

@@ -180,6 +180,11 @@ class CocoMatch:
         return _map_from_precision(B.eval["precision"])
 
 
+def _zero_if_gt(split: DetectionSplit, lo: float, hi: float) -> float:
+    """Without detections: 0 for a COCO area range that has ground truth, n/a (NaN) for one that has none."""
+    return 0.0 if any(lo <= a.area < hi for a in split.annotations) else float("nan")
+
+
 def _nan_if_missing(v: float) -> float:
     return float("nan") if v < 0 else float(v)
 
@@ -198,9 +203,9 @@ def compute_metrics(
         "mAP50-95": float(max(st[0], 0.0)),
         "mAP50": float(max(st[1], 0.0)),
         "mAP75": float(max(st[2], 0.0)),
-        "AP_small": _nan_if_missing(st[3]) if m.has_dets else float("nan"),
-        "AP_medium": _nan_if_missing(st[4]) if m.has_dets else float("nan"),
-        "AP_large": _nan_if_missing(st[5]) if m.has_dets else float("nan"),
+        "AP_small": _nan_if_missing(st[3]) if m.has_dets else _zero_if_gt(split, 0, 32**2),
+        "AP_medium": _nan_if_missing(st[4]) if m.has_dets else _zero_if_gt(split, 32**2, 96**2),
+        "AP_large": _nan_if_missing(st[5]) if m.has_dets else _zero_if_gt(split, 96**2, 1e10),
         "AR100": float(max(st[8], 0.0)),
     }
     scores, tps, npig = m.pr_inputs()

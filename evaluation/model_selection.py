@@ -24,6 +24,7 @@ from training.backends import build_detector
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.errors import ConfigError, UserError, exit_on_user_error
+from training.overrides import flatten_overrides
 from training.tracking import build_tracker
 from training.train import run_dir_of
 
@@ -62,27 +63,6 @@ def _training_command(
     return cmd
 
 
-def flatten_overrides(node, prefix: str = "") -> list[str]:
-    """``{train: {epochs: 1}, model: {weights: null}}`` -> ``["train.epochs=1", "model.weights=null"]``."""
-    if node is None:
-        return []
-    node = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
-    out = []
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += flatten_overrides(v, f"{key}.")
-        elif v is None:
-            out.append(f"{key}=null")
-        elif isinstance(v, bool):
-            out.append(f"{key}={str(v).lower()}")
-        elif isinstance(v, list):
-            out.append(f"{key}=[{','.join(str(x) for x in v)}]")
-        else:
-            out.append(f"{key}={v}")
-    return out
-
-
 def _data_overrides() -> list[str]:
     """Forward this command's data choice and data.* / evaluation.* overrides to each training run."""
     from hydra.core.hydra_config import HydraConfig
@@ -97,8 +77,14 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
     """Train (or take the given checkpoint), evaluate and time one model; writes and returns its result."""
     result_file = out_dir / "result.json"
     if result_file.is_file():
+        done = json.loads(result_file.read_text())
+        if done.get("data_overrides") != data_overrides:
+            raise UserError(
+                f"{result_file}: done with data {done.get('data_overrides')} but this run asks for {data_overrides}; "
+                f"use another name=... for another dataset"
+            )
         log.info("%s: done already, skipping", name)
-        return json.loads(result_file.read_text())
+        return done
     backend = _model_backend(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = (cfg.checkpoints or {}).get(name)
@@ -138,6 +124,7 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         "backend": backend,
         "checkpoint": str(ckpt),
         "params": detector.num_parameters(),
+        "data_overrides": data_overrides,
         "metrics": {k: v for k, v in metrics.items() if k.startswith(f"{cfg.split}/")},
         "latency": latency,
     }

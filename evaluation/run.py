@@ -25,7 +25,9 @@ def provenance(cfg, detector: Detector) -> dict:
         "checkpoint": str(detector.checkpoint) if detector.checkpoint else None,
         "model": str(cfg.model.get("name")) if cfg.get("model") else None,
         "hardware": platform.processor() or platform.machine(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": str(
+            getattr(detector, "device", None) or getattr(getattr(detector, "model", None), "device", "cpu")
+        ),
         "torch": torch.__version__,
     }
 

@@ -222,3 +222,33 @@ def test_ultralytics_wandb_callback_is_kept_out(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "INIT_CALLS ['ours']" in r.stdout
+
+
+def test_secrets_are_masked_but_ordinary_keys_are_not(monkeypatch):
+    from training.tracking import redact
+
+    monkeypatch.setenv("WANDB_API_KEY", "wb-123")
+    out = redact(
+        {
+            "num_detection_tokens": 100,
+            "hf_token": "x",
+            "api_key": "y",
+            "api_key_env": "ROBOFLOW_API_KEY",
+            "nested": {"password": "p", "note": "wb-123", "max_tokens": 3},
+        }
+    )
+    assert out["num_detection_tokens"] == 100 and out["nested"]["max_tokens"] == 3
+    assert out["hf_token"] == out["api_key"] == out["nested"]["password"] == out["nested"]["note"] == "***"
+    assert out["api_key_env"] == "ROBOFLOW_API_KEY"
+
+
+def test_interrupted_run_is_not_overwritten_without_resume(tmp_path):
+    from training.train import train
+
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY], tmp_path)
+    weights = Path(cfg.paths.run_dir) / "weights"
+    weights.mkdir(parents=True)
+    (weights / "last.pt").write_bytes(b"precious")
+    with pytest.raises(UserError, match="resume=true"):
+        train(cfg)
+    assert (weights / "last.pt").read_bytes() == b"precious"

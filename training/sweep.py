@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver)
 from training.errors import ConfigError, UserError, exit_on_user_error
+from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None =
 
     from training.data.loader import cache_root  # noqa: F401  (import check only)
 
-    overrides = [f"experiment={scfg.experiment}", *flatten(scfg.overrides), *extra]
+    overrides = [f"experiment={scfg.experiment}", *flatten_overrides(scfg.overrides), *extra]
     if scfg.get("logger", "none") != "none":
         overrides.append(f"logger={scfg.logger}")
     cfg = compose("train", overrides=overrides)
@@ -206,21 +207,6 @@ def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None =
             cfg.logger.name = logger_name
             cfg.logger.tags = [*cfg.logger.get("tags", []), str(scfg.study_name)]
     return cfg
-
-
-def flatten(node, prefix: str = "") -> list[str]:
-    if node is None:
-        return []
-    node = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
-    out = []
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out += flatten(v, f"{prefix}{k}.")
-        else:
-            out.append(
-                f"{prefix}{k}={'null' if v is None else (str(v).lower() if isinstance(v, bool) else v)}"
-            )
-    return out
 
 
 def objective_factory(scfg, out_dir: Path, run_fn):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+# whole words at the end of a key: `hf_token`, `api_key`; not `num_detection_tokens`
+SECRET_KEY = re.compile(r"(^|[_\-.])(api[_-]?key|key|token|secret|passw(or)?d|credentials?)$", re.I)
 SECRET_ENV = ("WANDB_API_KEY", "ROBOFLOW_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 

@@ -48,7 +48,9 @@ def save_config(cfg: DictConfig, run_dir: Path) -> Path:
     return path
 
 
-def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None, wrap_tracker=None) -> dict[str, float]:
+def train(
+    cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None, wrap_tracker=None
+) -> dict[str, float]:
     """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
 
     ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop;
@@ -61,14 +63,25 @@ def train(cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None, wr
         raise UserError(
             f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir"
         )
+    resume = bool(cfg.get("resume", False))
+    if (run_dir / "weights").exists() and not resume:
+        raise UserError(
+            f"{run_dir} holds an interrupted run (weights/); add resume=true to continue it, or choose another hydra.run.dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
+    if not resume:
+        save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
     if wrap_tracker is not None:
         tracker = wrap_tracker(tracker)
     exit_code = 1
     try:
+        if evaluate is not None and cfg.get("evaluation"):
+            from training.data import load_dataset
+
+            # fail on a missing or bad evaluation split now, not after hours of training
+            load_dataset(cfg.data, list(cfg.evaluation.splits))
         detector = build_detector(cfg.model, run_dir, tracker, validate)
         metrics = detector.train(cfg)
         if evaluate is not None:

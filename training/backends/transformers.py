@@ -236,6 +236,7 @@ class TransformersDetector(Detector):
                     f"trainer@train=transformers, which their experiments set; valid: {sorted(TRAIN_KEYS)})"
                 )
         self.imgsz = int(t.imgsz)
+        self._device_fixed = True  # train.device decides; load() must not move the model
         dev = t.get("device")
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu")
@@ -396,6 +397,8 @@ class TransformersDetector(Detector):
             list(meta["class_names"]),
         )
         _, model_cls, self.score_mode, self.use_mask = _family(self.family)
+        if not getattr(self, "_device_fixed", False) and torch.cuda.is_available():
+            self.device = torch.device("cuda")
         self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()
         self._checkpoint = path
 

@@ -150,7 +150,9 @@ class UltralyticsDetector(Detector):
             epoch = trainer.epoch + 1
             logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
             p, r = logs.get("ultralytics/precision"), logs.get("ultralytics/recall")
-            if p is not None and r is not None:  # ultralytics' F1 at its own operating point: a per-epoch signal
+            if (
+                p is not None and r is not None
+            ):  # ultralytics' F1 at its own operating point: a per-epoch signal
                 logs["ultralytics/f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
             logs.update(
                 {
@@ -181,8 +183,15 @@ class UltralyticsDetector(Detector):
                 raise UserError(
                     f"resume=true but {last} does not exist (point hydra.run.dir at the interrupted run)"
                 )
+            import torch
             from ultralytics import YOLO
 
+            if torch.load(last, map_location="cpu", weights_only=False).get("epoch", 0) == -1:
+                # ultralytics marks a finished training with epoch -1 and refuses to resume it: the training
+                # part is done (an evaluation after it failed), so load the best weights and go on
+                best = last.with_name("best.pt")
+                self.load(best if best.is_file() else last)
+                return {"train/resumed_finished_run": 1.0}
             model = YOLO(str(last))
         else:
             model = self._build()

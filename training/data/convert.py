@@ -38,7 +38,8 @@ def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
     if to == "yolo":
         for split, s in dataset.splits.items():
             write_yolo_split(s, tmp, split, link=False)
-        doc = {"path": ".", "names": dict(enumerate(dataset.class_names))}
+        # no `path`: ultralytics then resolves the split folders against this file's folder
+        doc = {"names": dict(enumerate(dataset.class_names))}
         doc.update({split: f"images/{split}" for split in dataset.splits})
         (tmp / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     else:
@@ -63,6 +64,12 @@ def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="convert")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "out"):
+        raise UserError("out=DIR is required (where the converted dataset goes)")
+    if cfg.to not in ("coco", "yolo"):
+        raise ConfigError(f"to={cfg.to!r}: valid values are ['coco', 'yolo']")
     dataset = load_dataset(cfg.data, list(cfg.splits))
     out = convert(dataset, str(cfg.to), str(cfg.out))
     counts = ", ".join(

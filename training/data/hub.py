@@ -21,7 +21,14 @@ ANNOTATION_FILE = "_annotations.coco.json"
 
 
 def _short(e: BaseException) -> str:
+    import re
+
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    # library errors echo request URLs, API keys included (roboflow: '/?api_key=...')
+    msg = re.sub(r"(api_key|token|key)=[^&\s'\"]+", r"\1=***", msg, flags=re.I)
+    for env in ("ROBOFLOW_API_KEY", "HF_TOKEN", "WANDB_API_KEY"):
+        if os.environ.get(env):
+            msg = msg.replace(os.environ[env], "***")
     return f"{e.__class__.__name__}: {msg[:200]}" if msg else e.__class__.__name__
 
 
@@ -123,11 +130,11 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
                         "iscrowd": 0,
                     }
                 )
-        cats = names or sorted({a["category_id"] for a in annotations})
-        categories = [
-            {"id": i, "name": n if isinstance(n, str) else str(n), "supercategory": "none"}
-            for i, n in enumerate(cats)
-        ]
+        if names:
+            categories = [{"id": i, "name": str(n), "supercategory": "none"} for i, n in enumerate(names)]
+        else:  # plain integer categories: keep their ids
+            ids = sorted({a["category_id"] for a in annotations})
+            categories = [{"id": int(c), "name": str(c), "supercategory": "none"} for c in ids]
         if names and len(names) > 1:
             # RF100 exports keep Roboflow's placeholder class 0 (the project name) as supercategory of the rest.
             for c in categories[1:]:

@@ -74,8 +74,11 @@ def _file_digest(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
+        h = hashlib.sha256()
         with open(path, "rb") as f:
-            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
 
 
@@ -139,8 +142,12 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
     root = cache_dir / "yolo" / key
     data_yaml = root / "data.yaml"
     if data_yaml.is_file():
-        log.info("reusing YOLO conversion cache %s", root)
-        return data_yaml
+        # same content, but the images may have moved (the cache links to them): rebuild if any link is dead
+        if all(p.exists() for p in (root / "images").rglob("*")):
+            log.info("reusing YOLO conversion cache %s", root)
+            return data_yaml
+        log.info("YOLO conversion cache %s has dead image links: rebuilding", root)
+        shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(f"{key}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for split, s in dataset.splits.items():
