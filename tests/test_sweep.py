@@ -253,3 +253,17 @@ def test_two_workers_share_a_postgres_study(tmp_path):
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4
     assert len({t.user_attrs["pid"] for t in trials}) == 2
+
+
+def test_trial_runs_are_grouped_by_study_for_wandb(tmp_path):
+    from training.sweep import compose_run
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        from hydra import compose
+
+        cfg = compose("sweep", overrides=["sweep=quickstart_tiny", "sweep.logger=wandb"])
+        run = compose_run(cfg.sweep, ["train.lr0=0.01"], tmp_path / "t", "trial-7")
+    assert (
+        run.logger.type == "wandb" and run.logger.group == "quickstart_tiny" and run.logger.name == "trial-7"
+    )
+    assert "quickstart_tiny" in run.logger.tags and run.train.lr0 == 0.01 and run.train.epochs == 2
