@@ -108,46 +108,70 @@ def _sweep_cmd(tmp_path, *extra):
     ]
 
 
-def test_tiny_sweep_end_to_end_with_summary(tmp_path):
-    r = subprocess.run(
-        _sweep_cmd(tmp_path, "sweep.n_trials=3"), cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+E2E_SWEEP = """
+defaults:
+  - quickstart_tiny
+  - _self_
+study_name: e2e_tiny
+n_trials: 3
+# epochs 3 runs into the threshold pruner at epoch 3; the bogus optimizer makes ultralytics raise
+search_space:
+  train.epochs: {type: categorical, choices: [2, 3]}
+  train.optimizer: {type: categorical, choices: [AdamW, NotAnOptimizer]}
+pruner: {name: threshold, upper: -1.0, n_warmup_steps: 3}
+enqueue:
+  - {train.epochs: 2, train.optimizer: AdamW}
+  - {train.epochs: 3, train.optimizer: AdamW}
+  - {train.epochs: 2, train.optimizer: NotAnOptimizer}
+"""
+
+
+def test_tiny_sweep_end_to_end_with_pruned_and_failed_trials(tmp_path):
+    """Real tiny trainings: one completes, one is pruned at epoch 3, one fails; then the summary."""
+    conf = tmp_path / "conf" / "sweep"
+    conf.mkdir(parents=True)
+    (conf / "e2e_tiny.yaml").write_text(E2E_SWEEP)
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.sweep",
+        "sweep=e2e_tiny",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"paths.output_dir={tmp_path}",
+        f"+sweep.overrides.data.cache_dir={tmp_path / 'cache'}",
+    ]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = tmp_path / "sweeps" / "quickstart_tiny"
+    out = tmp_path / "sweeps" / "e2e_tiny"
+    study = optuna.load_study(study_name="e2e_tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert study.trials[1].last_step == 3
     for f in (
         "summary.md",
         "trials.csv",
         "base_vs_best.csv",
         "history.png",
-        "experiment/quickstart_tiny_best.yaml",
+        "experiment/e2e_tiny_best.yaml",
         "base/metrics.json",
         "trials/0000/metrics.json",
     ):
         assert (out / f).exists(), f
     md = (out / "summary.md").read_text()
-    assert "Base model vs best trial" in md and "difference (points)" in md and "Inert parameters" in md
-    study = optuna.load_study(study_name="quickstart_tiny", storage=f"sqlite:///{out / 'study.db'}")
-    assert len(study.trials) == 3
+    assert (
+        "Base model vs best trial" in md
+        and "difference (points)" in md
+        and "1 pruned" in md
+        and "1 fail" in md
+    )
     # the best parameters compose as an experiment
     best = compose_cfg(
-        "train", [f"hydra.searchpath=[file://{out}]", "experiment=quickstart_tiny_best"], tmp_path / "c"
+        "train", [f"hydra.searchpath=[file://{out}]", "experiment=e2e_tiny_best"], tmp_path / "c"
     )
-    assert best.train.lr0 == pytest.approx(study.best_trial.params["train.lr0"])
-    # running the same command again resumes: nothing more to do, same trials
-    r = subprocess.run(
-        _sweep_cmd(tmp_path, "sweep.n_trials=3", "mode=optimize"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert (
-        r.returncode == 0
-        and len(
-            optuna.load_study(study_name="quickstart_tiny", storage=f"sqlite:///{out / 'study.db'}").trials
-        )
-        == 3
-    )
+    assert best.train.epochs == 2 and best.train.optimizer == "AdamW"
+    # running the same command again resumes: the study is complete, nothing more runs
+    r = subprocess.run([*cmd, "mode=optimize"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0
+    assert len(optuna.load_study(study_name="e2e_tiny", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
 
 
 def _journal_study(path):
