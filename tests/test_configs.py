@@ -109,3 +109,14 @@ def test_ultralytics_model_builds_from_its_yaml(model, tmp_path):
     cfg = compose_cfg("train", [f"model={model}"], tmp_path)
     net = build_detector(cfg.model, tmp_path)._build()
     assert sum(p.numel() for p in net.model.parameters()) > 1e6
+
+
+def test_bad_train_value_types_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="epochs"):
+        check_train_args({"epochs": "abc"})
+    from tests.conftest import HF_TINY
+    from training.backends import build_detector
+
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "train.batch=lots"], tmp_path)
+    with pytest.raises(ConfigError, match="train.batch='lots' is not of type int"):
+        build_detector(cfg.model, tmp_path).train(cfg)

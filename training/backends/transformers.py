@@ -225,6 +225,23 @@ class TransformersDetector(Detector):
 
     def train(self, cfg) -> dict[str, float]:
         t = cfg.train
+        numeric = {
+            "epochs": int,
+            "imgsz": int,
+            "batch": int,
+            "lr": float,
+            "lr_backbone": float,
+            "weight_decay": float,
+            "grad_clip": float,
+            "workers": int,
+            "eval_every": int,
+            "patience": int,
+        }
+        for key, typ in numeric.items():
+            try:
+                typ(t[key])
+            except (TypeError, ValueError, KeyError):
+                raise ConfigError(f"train.{key}={t.get(key)!r} is not of type {typ.__name__}") from None
         for key in t:
             if key not in TRAIN_KEYS:
                 import difflib

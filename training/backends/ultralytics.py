@@ -46,6 +46,12 @@ def check_train_args(args: dict) -> dict:
                 f"train.{key} is not an ultralytics train argument"
                 + (f"; did you mean {near}?" if near else "")
             )
+    from ultralytics.cfg import check_cfg
+
+    try:  # ultralytics' own type / range checks, before anything is built
+        check_cfg(dict(args), hard=True)
+    except (TypeError, ValueError, SyntaxError) as e:
+        raise ConfigError(f"train: {str(e).strip().splitlines()[0]}") from None
     return args
 
 
