@@ -174,6 +174,24 @@ def test_tiny_sweep_end_to_end_with_pruned_and_failed_trials(tmp_path):
     assert len(optuna.load_study(study_name="e2e_tiny", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
 
 
+def run_workers(cmd: list[str], n: int) -> None:
+    """Start ``n`` copies of the same sweep command at once (worker k gets SIGDET_WORKER=k); all must succeed."""
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(os.environ, SIGDET_WORKER=str(i)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+
+
 def _journal_study(path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -191,20 +209,7 @@ def test_two_workers_share_a_journal_study(tmp_path):
         f"sweep.storage=journal://{journal}",
         "sweep.overrides.train.epochs=1",
     )
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=dict(os.environ, SIGDET_WORKER=str(i)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
+    run_workers(cmd, 2)
     trials = _journal_study(journal).trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4
@@ -259,20 +264,7 @@ def test_two_workers_share_a_postgres_study(tmp_path):
         f"sweep.study_name={name}",
         "sweep.overrides.train.epochs=1",
     )
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=dict(os.environ, SIGDET_WORKER=str(i)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
+    run_workers(cmd, 2)
     trials = optuna.load_study(study_name=name, storage=url).trials
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4
