@@ -73,7 +73,6 @@ def as_overrides(params: dict) -> list[str]:
 # -- storage -------------------------------------------------------------------------------------------
 def make_storage(url: str):
     """sqlite:///PATH, journal:///PATH, or an RDB URL (PostgreSQL) with heartbeats and one retry of lost trials."""
-    import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     url = os.environ.get("SIGDET_STORAGE") or str(url)
@@ -98,8 +97,6 @@ def make_storage(url: str):
         raise UserError(
             f"sweep.storage: cannot open study storage at ...@{safe} ({e.__class__.__name__})"
         ) from None
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def fail_dead_local_trials(study) -> list[int]:
@@ -194,8 +191,6 @@ def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None =
     """The train config of one run: the swept experiment, the sweep's overrides, then ``extra``."""
     from hydra import compose
 
-    from training.data.loader import cache_root  # noqa: F401  (import check only)
-
     overrides = [f"experiment={scfg.experiment}", *flatten_overrides(scfg.overrides), *extra]
     if scfg.get("logger", "none") != "none":
         overrides.append(f"logger={scfg.logger}")
@@ -237,6 +232,7 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
     import optuna
     from optuna.trial import TrialState
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is our log's job
     storage = make_storage(scfg.storage)
     study = optuna.create_study(
         study_name=str(scfg.study_name),
