@@ -9,7 +9,7 @@ import training  # noqa: F401  (registers the ${asset:} resolver before Hydra co
 from evaluation.run import evaluate_run
 from training.backends import get_backend
 from training.errors import UserError, exit_on_user_error
-from training.tracking import build_tracker
+from training.tracking import tracked
 from training.train import run_dir_of, save_config
 
 
@@ -22,17 +22,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         raise UserError(f"{run_dir} already holds results (metrics.json); choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
-    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
-    exit_code = 1
-    try:
+    with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
         model_cfg = OmegaConf.create({"backend": cfg.backend, "name": cfg.model.name})
         detector = get_backend(str(cfg.backend))(model_cfg, run_dir, tracker)
         detector.load(str(cfg.checkpoint))
-        metrics = evaluate_run(detector, cfg, run_dir, tracker)
-        exit_code = 0
-        return metrics
-    finally:
-        tracker.finish(exit_code)
+        return evaluate_run(detector, cfg, run_dir, tracker)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

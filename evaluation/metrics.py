@@ -156,7 +156,7 @@ class CocoMatch:
     def pr_inputs(self, img_idx=None):
         if self.E is None:
             n_gt = (
-                sum(1 for _ in self.split.annotations)
+                len(self.split.annotations)
                 if img_idx is None
                 else sum(len(self.split.annotations_for(self.img_ids[i])) for i in img_idx)
             )

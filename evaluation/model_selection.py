@@ -25,7 +25,7 @@ from training.data import load_dataset
 from training.data.images import load_rgb
 from training.errors import ConfigError, UserError, exit_on_user_error
 from training.overrides import flatten_overrides
-from training.tracking import build_tracker
+from training.tracking import tracked
 from training.train import run_dir_of
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,9 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
         raise UserError(f"no model finished; failed: {failed}")
     env = environment()
     out = write_selection(run_dir, results, str(cfg.split), env, str(cfg.data.name))
-    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
-    try:
-        rows = out.pop("rows")
+    rows = out.pop("rows")
+    with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
         tracker.log_table("model_selection", list(rows[0]), [list(r.values()) for r in rows])
-    finally:
-        tracker.finish(0)
     print(out["md"].read_text())
     if failed:
         raise UserError(f"models that failed (re-run the same command to retry them): {failed}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -145,6 +146,22 @@ class WandbTracker(Tracker):
 
     def finish(self, exit_code=0):
         self.run.finish(exit_code=exit_code)
+
+
+@contextlib.contextmanager
+def tracked(logger_cfg, run_dir: Path, cfg, wrap=None):
+    """Open the run's tracker; it is always closed, with exit code 0 on success and 1 on an exception."""
+    from omegaconf import OmegaConf
+
+    tracker = build_tracker(logger_cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if wrap is not None:
+        tracker = wrap(tracker)
+    exit_code = 1
+    try:
+        yield tracker
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
 
 
 def build_tracker(logger_cfg, run_dir: Path, cfg_dict: dict) -> Tracker:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from training.backends import build_detector
 from training.errors import UserError
-from training.tracking import build_tracker, redact
+from training.tracking import redact, tracked
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ def train(
     if not resume:
         save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
-    tracker = build_tracker(cfg.get("logger"), run_dir, OmegaConf.to_container(cfg, resolve=True))
-    if wrap_tracker is not None:
-        tracker = wrap_tracker(tracker)
-    exit_code = 1
-    try:
+    with tracked(cfg.get("logger"), run_dir, cfg, wrap_tracker) as tracker:
         if evaluate is not None and cfg.get("evaluation"):
             from training.data import load_dataset
 
@@ -86,7 +82,4 @@ def train(
         metrics = detector.train(cfg)
         if evaluate is not None:
             metrics = evaluate(detector, cfg, run_dir, tracker, metrics)
-        exit_code = 0
         return metrics
-    finally:
-        tracker.finish(exit_code)

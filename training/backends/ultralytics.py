@@ -135,7 +135,7 @@ class UltralyticsDetector(Detector):
         return self._checkpoint
 
     # -- training -------------------------------------------------------------------------------------
-    def _callbacks(self, model, images_seen: dict) -> None:
+    def _callbacks(self, model, epoch_state: dict) -> None:
         tracker = self.tracker
 
         def on_train_epoch_end(trainer):
@@ -145,13 +145,13 @@ class UltralyticsDetector(Detector):
             loss = trainer.tloss
             if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
                 log.warning("non-finite training loss at epoch %d", trainer.epoch + 1)
-            images_seen["epochs"] = trainer.epoch + 1
-            images_seen["pending"] = True
+            epoch_state["epochs"] = trainer.epoch + 1
+            epoch_state["pending"] = True
 
         def on_fit_epoch_end(trainer):
             # ultralytics fires this once more after the last epoch (final_eval of best.pt, at epoch + 1):
             # only epochs that trained are logged; the final numbers come from our evaluator.
-            if not images_seen.pop("pending", False) or tracker is None:
+            if not epoch_state.pop("pending", False) or tracker is None:
                 return
             epoch = trainer.epoch + 1
             logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
@@ -204,8 +204,8 @@ class UltralyticsDetector(Detector):
         dataset = load_dataset(cfg.data, ("train", "val"))
         data_yaml = prepare_yolo(dataset, cache_root(cfg.data))
         self.class_names = dataset.class_names
-        seen: dict = {}
-        self._callbacks(model, seen)
+        epoch_state: dict = {}
+        self._callbacks(model, epoch_state)
         trainer_cls = _trainer_class(model._smart_load("trainer"))
         t0 = time.perf_counter()
         if resume:
@@ -223,7 +223,7 @@ class UltralyticsDetector(Detector):
         trainer = model.trainer
         best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
         self.load(best)
-        epochs = int(seen.get("epochs", trainer.epoch + 1))
+        epochs = int(epoch_state.get("epochs", trainer.epoch + 1))
         n_train = len(dataset["train"].images)
         out = {
             "train/epochs": float(epochs),
