@@ -7,15 +7,20 @@ from omegaconf import DictConfig
 
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from training.errors import exit_on_user_error
-from training.train import train
+from training.train import CLASSIFIER, train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    from evaluation.run import evaluate_run, validator
+    if cfg.model.get("backend") == CLASSIFIER:
+        from evaluation.classification import evaluate_classifier, validation_metrics
 
-    metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+        metrics = train(cfg, evaluate=evaluate_classifier, validate=validation_metrics)
+    else:
+        from evaluation.run import evaluate_run, validator
+
+        metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
     value = metrics.get(str(cfg.get("optimized_metric")))
     return None if value is None else float(value)
 

@@ -42,6 +42,8 @@ class Tracker:
 
     def log_predictions(self, name, split, preds, class_names, n: int = 8) -> None: ...
 
+    def log_images(self, name: str, paths: list[Path], captions: list[str] | None = None) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -91,6 +93,13 @@ class WandbTracker(Tracker):
 
     def log_table(self, name, columns, rows):
         self.run.log({name: self._wandb.Table(columns=columns, data=rows)})
+
+    def log_images(self, name, paths, captions=None):
+        caps = captions or [Path(p).stem for p in paths]
+        if paths:
+            self.run.log(
+                {name: [self._wandb.Image(str(p), caption=c) for p, c in zip(paths, caps, strict=True)]}
+            )
 
     def log_predictions(self, name, split, preds, class_names, n=8):
         """A few images with predicted (score >= 0.25) and ground-truth boxes."""

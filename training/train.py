@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # (detector, cfg, run_dir, tracker, training metrics) -> all metrics; the entry point injects the evaluator so
 # that this package does not import `evaluation` (DESIGN.md: evaluation imports training, not the reverse).
 EvaluateFn = Callable[..., dict[str, float]]
+# model.backend of the two-stage region classifier (not a Detector: it has its own pipeline and evaluator)
+CLASSIFIER = "classifier"
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -53,6 +55,9 @@ def train(
 ) -> dict[str, float]:
     """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
 
+    ``model.backend=classifier`` runs the region-classifier pipeline instead (training/classifier); the entry
+    point then injects the classification evaluator and validation metrics.
+
     ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop;
     ``wrap_tracker(tracker) -> tracker`` lets a caller observe per-epoch metrics (a sweep's pruning).
 
@@ -73,6 +78,10 @@ def train(
         save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     with tracked(cfg.get("logger"), run_dir, cfg, wrap_tracker) as tracker:
+        if cfg.model.get("backend") == CLASSIFIER:
+            from training.classifier.trainer import train_classifier
+
+            return train_classifier(cfg, run_dir, tracker, evaluate, validate)
         if evaluate is not None and cfg.get("evaluation"):
             from training.data import load_dataset
 

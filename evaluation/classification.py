@@ -1,0 +1,326 @@
+"""Classifier metrics and the artefacts of a classifier run.
+
+Definitions (the region classifier's counterpart of evaluation/metrics.py):
+
+- ``accuracy``: correct / all crops. ``macro_f1``: unweighted mean of the per-class F1 over the classes that
+  occur in the split or are predicted (a class absent from both is left out rather than counted as 0 or 1).
+- per class ``c``: ``precision/c`` = TP / predicted c, ``recall/c`` = TP / true c, ``f1/c`` their harmonic mean
+  (0 when undefined), ``support/c`` = number of true c.
+- ``accuracy`` and ``macro_f1`` carry 95% bootstrap intervals over crops (``_ci_low`` / ``_ci_high``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.report import markdown_table, save_figure, write_csv, write_metrics_json
+
+log = logging.getLogger(__name__)
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """``cm[i, j]`` = crops of true class i predicted as j."""
+    cm = np.zeros((n, n), int)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def _per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp = np.diag(cm).astype(float)
+    pred, true = cm.sum(0).astype(float), cm.sum(1).astype(float)
+    p = np.divide(tp, pred, out=np.zeros_like(tp), where=pred > 0)
+    r = np.divide(tp, true, out=np.zeros_like(tp), where=true > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    return p, r, f
+
+
+def _macro_f1(cm: np.ndarray) -> float:
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    if not present.any():
+        return float("nan")
+    return float(_per_class(cm)[2][present].mean())
+
+
+def classification_metrics(
+    y_true, y_pred, classes: list[str], n_bootstrap: int = 0, seed: int = 0
+) -> dict[str, float]:
+    """Accuracy, macro F1 (with bootstrap intervals when ``n_bootstrap > 0``) and per-class P / R / F1."""
+    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    n = len(classes)
+    cm = confusion(y_true, y_pred, n)
+    m: dict[str, float] = {
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
+        "macro_f1": _macro_f1(cm),
+        "n": float(len(y_true)),
+    }
+    p, r, f = _per_class(cm)
+    for i, c in enumerate(classes):
+        m[f"precision/{c}"], m[f"recall/{c}"], m[f"f1/{c}"] = float(p[i]), float(r[i]), float(f[i])
+        m[f"support/{c}"] = float(cm[i].sum())
+    if n_bootstrap > 0 and len(y_true):
+        rng = np.random.default_rng(seed)
+        acc, mf1 = [], []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, len(y_true), len(y_true))
+            acc.append(np.mean(y_true[idx] == y_pred[idx]))
+            mf1.append(_macro_f1(confusion(y_true[idx], y_pred[idx], n)))
+        for key, vals in (("accuracy", acc), ("macro_f1", mf1)):
+            m[f"{key}_ci_low"], m[f"{key}_ci_high"] = (float(v) for v in np.nanpercentile(vals, [2.5, 97.5]))
+    return m
+
+
+def validation_metrics(y_true, y_pred, classes: list[str]) -> dict[str, float]:
+    """What the trainer monitors each epoch: the full set, no bootstrap."""
+    return classification_metrics(y_true, y_pred, classes, 0)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
+            )
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
+    ax.grid(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], prefix: str = "") -> list[dict]:
+    """The published card's layout: one row per class (precision, recall, F1, support), then macro / accuracy."""
+    k = f"{prefix}{split}/"
+    rows = [
+        {
+            "class": c,
+            "precision": _fmt(metrics.get(f"{k}precision/{c}")),
+            "recall": _fmt(metrics.get(f"{k}recall/{c}")),
+            "f1": _fmt(metrics.get(f"{k}f1/{c}")),
+            "support": str(int(metrics.get(f"{k}support/{c}", 0))),
+        }
+        for c in classes
+    ]
+    n = int(metrics.get(f"{k}n", 0))
+
+    def ci(name):
+        lo, hi = metrics.get(f"{k}{name}_ci_low"), metrics.get(f"{k}{name}_ci_high")
+        return f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else ""
+
+    rows.append(
+        {
+            "class": "macro avg",
+            "precision": "",
+            "recall": "",
+            "f1": _fmt(metrics.get(f"{k}macro_f1")) + ci("macro_f1"),
+            "support": str(n),
+        }
+    )
+    rows.append(
+        {
+            "class": "accuracy",
+            "precision": "",
+            "recall": "",
+            "f1": _fmt(metrics.get(f"{k}accuracy")) + ci("accuracy"),
+            "support": str(n),
+        }
+    )
+    return rows
+
+
+def mining_rows(metrics: dict[str, float], splits: list[str], classes: list[str]) -> list[dict]:
+    """Before vs after hard-negative mining, per split: accuracy, macro F1 and per-class F1."""
+    rows = []
+    for split in splits:
+        for name in ["accuracy", "macro_f1"] + [f"f1/{c}" for c in classes]:
+            a, b = metrics.get(f"base/{split}/{name}"), metrics.get(f"{split}/{name}")
+            if a is None or b is None:
+                continue
+            rows.append(
+                {
+                    "split": split,
+                    "metric": name,
+                    "without mining": _fmt(a),
+                    "with mining": _fmt(b),
+                    "difference (points)": f"{100 * (b - a):+.1f}",
+                }
+            )
+    return rows
+
+
+def count_rows(counts: dict[str, dict[str, int]]) -> list[dict]:
+    rows = [{"class": c, **{k: str(v) for k, v in cols.items()}} for c, cols in counts.items()]
+    if rows:
+        rows.append(
+            {
+                "class": "total",
+                **{k: str(sum(c[k] for c in counts.values())) for k in next(iter(counts.values()))},
+            }
+        )
+    return rows
+
+
+def proposal_recall(pages, classes: list[str], proposals_cfg, iou: float = 0.5) -> dict[str, float]:
+    """Share of planted objects of each class matched by a colour proposal at IoU >= ``iou``."""
+    from training.classifier.proposals import box_iou, propose
+
+    hit = dict.fromkeys(classes, 0)
+    tot = dict.fromkeys(classes, 0)
+    for p in pages:
+        regions = propose(p.image, proposals_cfg)
+        for o in p.objects:
+            if o.label not in tot:
+                continue
+            tot[o.label] += 1
+            hit[o.label] += any(box_iou(o.box, r.box) >= iou for r in regions)
+    return {f"proposals/recall/{c}": hit[c] / tot[c] for c in classes if tot[c]}
+
+
+def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, limit: int) -> list[Path]:
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in np.flatnonzero(y_true != y_pred)[:limit]:
+        name = f"{i:05d}_{classes[y_true[i]]}_as_{classes[y_pred[i]]}_{probs[i].max():.2f}.png"
+        Image.fromarray(crops[i].image).save(out_dir / name)
+        paths.append(out_dir / name)
+    if paths:
+        (out_dir / "index.tsv").write_text(
+            "file\tsource\n" + "".join(f"{p.name}\t{crops[int(p.name[:5])].ref}\n" for p in paths),
+            encoding="utf-8",
+        )
+    return paths
+
+
+def evaluate_classifier(
+    model,
+    crops: dict,
+    cfg,
+    run_dir: Path,
+    tracker=None,
+    prior: dict | None = None,
+    pages: dict | None = None,
+    base=None,
+    weights_note: str = "",
+    counts: dict | None = None,
+) -> dict[str, float]:
+    """Evaluate the trained classifier (and ``base``, the model before hard-negative mining) on the configured
+    splits; write metrics.json, classifier.md/.csv, confusion PNGs, misclassified crops, page-level results."""
+    import platform
+
+    import torch
+
+    from training.classifier.pipeline import classify_page, write_page_result
+
+    ev = cfg.evaluation
+    classes = list(model.classes)
+    metrics: dict[str, float] = dict(prior or {})
+    splits = [s for s in ev.splits if crops.get(s)]
+    images: list[Path] = []
+    for split in splits:
+        items = crops[split]
+        y = np.asarray([c.label for c in items], int)
+        probs = model.predict_proba([c.image for c in items])
+        pred = probs.argmax(1)
+        m = classification_metrics(y, pred, classes, int(ev.get("n_bootstrap", 1000)), int(ev.get("seed", 0)))
+        metrics.update({f"{split}/{k}": v for k, v in m.items()})
+        cm = confusion(y, pred, len(classes))
+        images.append(
+            plot_confusion(
+                cm, classes, f"{split}: accuracy {m['accuracy']:.3f}", run_dir / f"confusion_{split}.png"
+            )
+        )
+        save_misclassified(
+            items,
+            y,
+            pred,
+            probs,
+            classes,
+            run_dir / "misclassified" / split,
+            int(ev.get("save_misclassified", 100)),
+        )
+        if base is not None:
+            bp = base.predict_proba([c.image for c in items]).argmax(1)
+            mb = classification_metrics(
+                y, bp, classes, int(ev.get("n_bootstrap", 1000)), int(ev.get("seed", 0))
+            )
+            metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
+    # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
+    test_pages = (pages or {}).get("test") or []
+    proposals_cfg = cfg.model.get("proposals")
+    if test_pages:
+        metrics.update(
+            {f"test/{k}": v for k, v in proposal_recall(test_pages, classes, proposals_cfg).items()}
+        )
+        context = float(cfg.crops.get("context", 0.08))
+        for i, p in enumerate(test_pages[: int(ev.get("n_pages", 4))]):
+            res = classify_page(p.image, model, proposals_cfg, context=context)
+            write_page_result(
+                p.image, res, run_dir / "pages", f"test_page_{i:05d}", f"synthetic test page {i}"
+            )
+            images.append(run_dir / "pages" / f"test_page_{i:05d}.png")
+
+    prov = {
+        "data": f"crops: synthetic pages {dict((cfg.crops.get('synthetic') or {}).get('pages') or {})} "
+        f"(seed {(cfg.crops.get('synthetic') or {}).get('seed')}); real crops from "
+        f"{cfg.data.get('name') if cfg.get('data') and (cfg.crops.get('detection') or {}).get('enabled', True) else 'none'}",
+        "weights": weights_note,
+        "checkpoint": str(run_dir / "weights" / "best.pt"),
+        "hardware": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    note = "Data: {data}; initial weights: {weights}; checkpoint: {checkpoint}; hardware: {hardware}; torch {torch}.".format(
+        **prov
+    )
+    write_metrics_json(run_dir, metrics, {"provenance": prov, "classes": classes, "counts": counts or {}})
+    md = [f"# Region classifier\n\n{note}\n"]
+    csv_rows = []
+    for split in splits:
+        rows = per_class_rows(metrics, split, classes)
+        md.append(markdown_table(rows, f"## {split}: per class"))
+        csv_rows += [{"split": split, **r} for r in rows]
+    mrows = mining_rows(metrics, splits, classes)
+    if mrows:
+        md.append(markdown_table(mrows, "## Hard-negative mining: before vs after"))
+    if counts:
+        md.append(markdown_table(count_rows(counts), "## Training crops per class"))
+        write_csv(run_dir / "crop_counts.csv", count_rows(counts))
+    recall = {k: v for k, v in metrics.items() if "/proposals/recall/" in k}
+    if recall:
+        md.append("## Colour proposals\n\n" + "".join(f"- {k}: {v:.4f}\n" for k, v in recall.items()))
+    (run_dir / "classifier.md").write_text("\n".join(md), encoding="utf-8")
+    write_csv(run_dir / "classifier.csv", csv_rows)
+    if tracker is not None:
+        tracker.log_summary(metrics)
+        if csv_rows:
+            tracker.log_table("classifier/per_class", list(csv_rows[0]), [list(r.values()) for r in csv_rows])
+        if counts:
+            rows = count_rows(counts)
+            tracker.log_table("classifier/crop_counts", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_images("classifier/figures", images)
+    print("\n".join(md))
+    return metrics

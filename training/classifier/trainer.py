@@ -1,0 +1,333 @@
+"""Two-stage progressive transfer learning and hard-negative mining for the region classifier.
+
+Phases, in order: ``stage1`` (backbone frozen, head trained), ``stage2`` (everything, lower lr), then per mining
+round ``mine<k>`` (the model runs over the training pool, every misclassified crop is augmented ``k`` times and
+added, training continues as in stage 2). Each phase stops early on the validation monitor, restores its best
+epoch and is saved as ``weights/<phase>.pt``; ``resume=true`` skips the phases already saved (mining is
+deterministic given the weights and the seed, so it is recomputed).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from training.classifier.crops import Crop, as_kind, build_crop_splits, class_counts
+from training.classifier.model import RegionClassifier, build_classifier, preprocess
+from training.errors import ConfigError
+from training.loops import train_one_epoch
+
+log = logging.getLogger(__name__)
+
+# (y_true, y_pred, classes) -> metrics without split prefix (accuracy, macro_f1, ...): injected by the entry point
+ValidateFn = Callable[[np.ndarray, np.ndarray, list[str]], dict[str, float]]
+COUNT_COLUMNS = ("original", "augmented", "misclassified", "augmented_misclassified", "total")
+STAGE_KEYS = {"epochs", "lr", "weight_decay"}
+TRAIN_KEYS = {
+    "batch",
+    "workers",
+    "device",
+    "stage1",
+    "stage2",
+    "patience",
+    "monitor",
+    "augment",
+    "mining",
+    "max_steps",
+}
+
+
+def augmenter(aug_cfg):
+    """Augmentation for ink on paper: small rotation and scale on a white fill, colour / contrast jitter, blur."""
+    from torchvision.transforms import v2
+
+    a = dict(aug_cfg or {})
+    ops = [
+        v2.RandomAffine(
+            degrees=float(a.get("rotation", 10.0)),
+            scale=tuple(a.get("scale", (0.85, 1.15))),
+            translate=(float(a.get("translate", 0.05)),) * 2,
+            fill=255,  # paper, not black borders
+        ),
+        v2.ColorJitter(
+            brightness=float(a.get("brightness", 0.25)),
+            contrast=float(a.get("contrast", 0.25)),
+            saturation=float(a.get("saturation", 0.3)),
+            hue=float(a.get("hue", 0.03)),
+        ),
+    ]
+    if float(a.get("blur_p", 0.3)) > 0:
+        ops.append(
+            v2.RandomApply(
+                [v2.GaussianBlur(5, sigma=tuple(a.get("blur_sigma", (0.1, 1.5))))], p=float(a["blur_p"])
+            )
+        )
+    return v2.Compose(ops)
+
+
+def augment_copies(crops: list[Crop], k: int, aug, seed: int, kind: str) -> list[Crop]:
+    """``k`` augmented copies of every crop (exactly ``len(crops) * k``), reproducible from ``seed``."""
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for c in crops:
+            for _ in range(k):
+                im = aug(Image.fromarray(c.image))
+                out.append(Crop(np.asarray(im), c.label, c.source, c.ref, kind))
+    return out
+
+
+class _CropDataset(torch.utils.data.Dataset):
+    def __init__(self, crops: list[Crop], aug=None):
+        self.crops, self.aug = crops, aug
+
+    def __len__(self):
+        return len(self.crops)
+
+    def __getitem__(self, i):
+        c = self.crops[i]
+        im = Image.fromarray(c.image)
+        return (self.aug(im) if self.aug is not None else im), c.label
+
+
+def _loader(crops, model: RegionClassifier, batch: int, aug, seed: int, workers: int = 0):
+    def collate(items):
+        ims, labels = zip(*items, strict=True)
+        return preprocess(list(ims), model.imgsz, model.normalize), torch.tensor(labels)
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        _CropDataset(crops, aug),
+        batch_size=batch,
+        shuffle=True,
+        collate_fn=collate,
+        generator=g,
+        num_workers=workers,
+    )
+
+
+def _step(model, batch, device):
+    x, y = batch
+    return F.cross_entropy(model(x.to(device)), y.to(device))
+
+
+def predict_labels(
+    model: RegionClassifier, crops: list[Crop], batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, predicted labels) of ``crops``."""
+    probs = model.predict_proba([c.image for c in crops], batch)
+    return np.asarray([c.label for c in crops], int), probs.argmax(1) if len(probs) else np.zeros(0, int)
+
+
+def mine(model: RegionClassifier, pool: list[Crop], k: int, aug, seed: int, batch: int = 64):
+    """Hard negatives: the crops of ``pool`` the model gets wrong, and ``k`` augmented copies of each."""
+    y, p = predict_labels(model, pool, batch)
+    wrong = [c for c, yi, pi in zip(pool, y, p, strict=True) if yi != pi]
+    return wrong, augment_copies(wrong, k, aug, seed, "mined")
+
+
+def _check_train_cfg(t) -> None:
+    unknown = sorted(set(t) - TRAIN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown train.* keys {unknown} for the classifier; valid: {sorted(TRAIN_KEYS)}")
+    for stage in ("stage1", "stage2"):
+        bad = sorted(set(t.get(stage) or {}) - STAGE_KEYS)
+        if bad:
+            raise ConfigError(f"unknown train.{stage}.* keys {bad}; valid: {sorted(STAGE_KEYS)}")
+
+
+def _device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(name))
+
+
+class PhaseRunner:
+    """Trains one phase with early stopping on the validation monitor and restores its best epoch."""
+
+    def __init__(self, model, val: list[Crop], t, device, validate: ValidateFn | None, tracker, classes):
+        self.model, self.val, self.t, self.device = model, val, t, device
+        self.validate, self.tracker, self.classes = validate, tracker, classes
+        self.monitor = str(t.get("monitor", "val/macro_f1"))
+        self.epoch = 0  # global, across phases (the tracker's step)
+        self.history: list[dict] = []
+
+    def val_metrics(self) -> dict[str, float]:
+        y, p = predict_labels(self.model, self.val)
+        m = self.validate(y, p, self.classes) if self.validate else {"accuracy": float(np.mean(y == p))}
+        return {f"val/{k}": float(v) for k, v in m.items() if np.isscalar(v)}
+
+    def run(self, name: str, train: list[Crop], epochs: int, lr: float, weight_decay: float, aug, seed: int):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        loader = _loader(
+            train, self.model, int(self.t.get("batch", 32)), aug, seed, int(self.t.get("workers", 0))
+        )
+        best, best_state, bad = -float("inf"), None, 0
+        patience = int(self.t.get("patience", 3))
+        max_steps = self.t.get("max_steps")
+        for e in range(epochs):
+            out = train_one_epoch(self.model, opt, loader, self.device, _step, max_steps=max_steps)
+            sched.step()
+            self.epoch += 1
+            m = self.val_metrics()
+            if self.monitor not in m:
+                raise ConfigError(
+                    f"train.monitor={self.monitor!r} is not a validation metric; have {sorted(m)}"
+                )
+            row = {"phase": name, "epoch": self.epoch, "train/loss": out["loss"], "lr": lr, **m}
+            self.history.append(row)
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "phase"}, step=self.epoch)
+            log.info(
+                "%s epoch %d/%d: loss %.4f, %s %.4f",
+                name,
+                e + 1,
+                epochs,
+                out["loss"],
+                self.monitor,
+                m[self.monitor],
+            )
+            if m[self.monitor] > best:
+                best, bad = m[self.monitor], 0
+                best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                bad += 1
+                if bad >= patience:
+                    log.info("%s: early stop after %d epochs without improvement", name, patience)
+                    break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        return best
+
+
+def train_classifier(
+    cfg, run_dir: Path, tracker, evaluate=None, validate: ValidateFn | None = None
+) -> dict[str, float]:
+    """Run the whole pipeline of ``python -m training experiment=classifier_two_stage`` (see module docstring).
+
+    ``evaluate(model, crops, cfg, run_dir, tracker, prior, pages=..., base=...) -> metrics`` is the shared
+    evaluator (injected, as for the detectors); without it the training metrics are returned.
+    """
+    t = cfg.train
+    _check_train_cfg(t)
+    classes = list(cfg.model.classes)
+    seed = int(cfg.seed)
+    device = _device(t.get("device", "auto"))
+    model, weights_note = build_classifier(cfg.model)
+    model.to(device)
+    crops, pages = build_crop_splits(cfg.crops, cfg.get("data"), classes)
+    aug = augmenter(t.get("augment"))
+    n_copies = int((t.get("augment") or {}).get("copies", 0))
+    original = as_kind(crops["train"], "original")
+    augmented = augment_copies(original, n_copies, aug, seed, "augmented")
+    train_set = original + augmented
+    counts = {c: dict.fromkeys(COUNT_COLUMNS, 0) for c in classes}
+    for col, group in (("original", original), ("augmented", augmented)):
+        for c, n in zip(classes, class_counts(group, len(classes)), strict=True):
+            counts[c][col] = n
+    log.info(
+        "classifier: %d train crops (%d augmented), %d val, %d test; weights: %s",
+        len(train_set),
+        len(augmented),
+        len(crops["val"]),
+        len(crops["test"]),
+        weights_note,
+    )
+
+    weights = run_dir / "weights"
+    resume = bool(cfg.get("resume", False))
+    runner = PhaseRunner(model, crops["val"], t, device, validate, tracker, classes)
+
+    def phase(name: str, stage: dict, train: list[Crop], k: int) -> None:
+        path = weights / f"{name}.pt"
+        if resume and path.exists():
+            model.net.load_state_dict(torch.load(path, map_location=device, weights_only=True)["state_dict"])
+            log.info("resume: %s loaded from %s", name, path)
+            return
+        runner.run(
+            name,
+            train,
+            int(stage.get("epochs", 1)),
+            float(stage.get("lr", 1e-4)),
+            float(stage.get("weight_decay", 1e-4)),
+            aug,
+            seed + k,
+        )
+        model.save(path)
+
+    model.freeze_backbone()
+    phase("stage1", t.stage1, train_set, 1)
+    model.unfreeze()
+    phase("stage2", t.stage2, train_set, 2)
+    base = copy.deepcopy(model).cpu()
+    model.save(weights / "base.pt")
+
+    mining = t.get("mining") or {}
+    rounds, k = int(mining.get("rounds", 0)), int(mining.get("k", 3))
+    retrain = {
+        "epochs": mining.get("epochs", t.stage2.get("epochs")),
+        "lr": mining.get("lr", t.stage2.get("lr")),
+        "weight_decay": t.stage2.get("weight_decay", 1e-4),
+    }
+    for r in range(1, rounds + 1):
+        wrong, new = mine(model, train_set, k, aug, seed + 100 * r)
+        for c, n in zip(classes, class_counts(wrong, len(classes)), strict=True):
+            counts[c]["misclassified"] += n
+        for c, n in zip(classes, class_counts(new, len(classes)), strict=True):
+            counts[c]["augmented_misclassified"] += n
+        log.info(
+            "mining round %d: %d misclassified of %d, %d crops added", r, len(wrong), len(train_set), len(new)
+        )
+        tracker.log_metrics({f"mining/round{r}/misclassified": float(len(wrong))}, step=runner.epoch)
+        train_set = train_set + new
+        if not new:
+            log.info("mining round %d: nothing misclassified, stopping", r)
+            break
+        phase(f"mine{r}", retrain, train_set, 2 + r)
+    model.save(weights / "best.pt")
+    for c in classes:
+        # the training set's size: a misclassified crop is already in it, only its copies are new
+        counts[c]["total"] = (
+            counts[c]["original"] + counts[c]["augmented"] + counts[c]["augmented_misclassified"]
+        )
+
+    metrics: dict[str, float] = {"train/epochs": float(runner.epoch), "train/crops": float(len(train_set))}
+    for c in classes:
+        for col in COUNT_COLUMNS:
+            metrics[f"counts/{c}/{col}"] = float(counts[c][col])
+    _write_history(run_dir, runner.history)
+    if evaluate is None:
+        return {**metrics, **(runner.val_metrics() if crops["val"] else {})}
+    return evaluate(
+        model.cpu(),
+        crops,
+        cfg,
+        run_dir,
+        tracker,
+        metrics,
+        pages=pages,
+        base=base,
+        weights_note=weights_note,
+        counts=counts,
+    )
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    import csv
+
+    if not history:
+        return
+    cols = list(dict.fromkeys(k for row in history for k in row))
+    with open(run_dir / "history.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(history)
