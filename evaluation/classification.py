@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.report import markdown_table, save_figure, write_csv, write_metrics_json
+from evaluation.report import markdown_table, write_csv, write_metrics_json
 
 log = logging.getLogger(__name__)
 

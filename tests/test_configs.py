@@ -28,8 +28,13 @@ def test_every_upstream_model_has_a_config_and_an_experiment():
 def test_experiment_composes_and_resolves(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}"], tmp_path)
     OmegaConf.resolve(cfg)
-    assert cfg.model.backend in BACKENDS
-    if cfg.model.backend == "ultralytics":
+    assert cfg.model.backend in {*BACKENDS, "classifier"}
+    if cfg.model.backend == "classifier":
+        from training.classifier.trainer import _check_train_cfg
+
+        _check_train_cfg(cfg.train)
+        assert cfg.crops.synthetic.pages.train > 0
+    elif cfg.model.backend == "ultralytics":
         # ultralytics ignores lr0 under optimizer=auto: our defaults must name one
         assert cfg.train.optimizer != "auto"
         check_train_args(OmegaConf.to_container(cfg.train))
@@ -46,6 +51,11 @@ def test_model_config_builds_a_real_architecture(model):
 
         d = yaml_model_load(cfg.arch)
         assert "backbone" in d and "head" in d
+    elif cfg.backend == "classifier":
+        from training.classifier.model import RegionClassifier
+
+        m = RegionClassifier(list(cfg.classes), cfg.imgsz, cfg.normalize)
+        assert m.net.fc.out_features == len(cfg.classes) == 3
     else:
         import transformers
 

@@ -146,7 +146,7 @@ def build_crop_splits(
             if limit is not None:
                 crops = crops[: int(limit)]
             out[_split(split)] += crops
-    for i, entry in enumerate(crops_cfg.get("coco") or []):
+    for entry in crops_cfg.get("coco") or []:
         issues = IssueLog(strict=True)
         split = validate_split(read_coco(Path(str(entry.file)).expanduser(), entry.split, issues), issues)
         out[_split(entry.split)] += detection_crops(

@@ -87,7 +87,7 @@ class RegionClassifier(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.backbone_frozen:
-            for name, m in self.net.named_modules():
+            for m in self.net.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
         return self

@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 ValidateFn = Callable[[np.ndarray, np.ndarray, list[str]], dict[str, float]]
 COUNT_COLUMNS = ("original", "augmented", "misclassified", "augmented_misclassified", "total")
 STAGE_KEYS = {"epochs", "lr", "weight_decay"}
+AUGMENT_KEYS = {
+    "copies",
+    "rotation",
+    "scale",
+    "translate",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "blur_p",
+    "blur_sigma",
+}
+MINING_KEYS = {"rounds", "k", "epochs", "lr"}
 TRAIN_KEYS = {
     "batch",
     "workers",
@@ -49,6 +62,10 @@ def augmenter(aug_cfg):
     from torchvision.transforms import v2
 
     a = dict(aug_cfg or {})
+    unknown = sorted(set(a) - AUGMENT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown train.augment.* keys {unknown}; valid: {sorted(AUGMENT_KEYS)}")
+    blur_p = float(a.get("blur_p", 0.3))
     ops = [
         v2.RandomAffine(
             degrees=float(a.get("rotation", 10.0)),
@@ -63,11 +80,9 @@ def augmenter(aug_cfg):
             hue=float(a.get("hue", 0.03)),
         ),
     ]
-    if float(a.get("blur_p", 0.3)) > 0:
+    if blur_p > 0:
         ops.append(
-            v2.RandomApply(
-                [v2.GaussianBlur(5, sigma=tuple(a.get("blur_sigma", (0.1, 1.5))))], p=float(a["blur_p"])
-            )
+            v2.RandomApply([v2.GaussianBlur(5, sigma=tuple(a.get("blur_sigma", (0.1, 1.5))))], p=blur_p)
         )
     return v2.Compose(ops)
 
@@ -138,10 +153,15 @@ def _check_train_cfg(t) -> None:
     unknown = sorted(set(t) - TRAIN_KEYS)
     if unknown:
         raise ConfigError(f"unknown train.* keys {unknown} for the classifier; valid: {sorted(TRAIN_KEYS)}")
-    for stage in ("stage1", "stage2"):
-        bad = sorted(set(t.get(stage) or {}) - STAGE_KEYS)
+    for group, valid in (
+        ("stage1", STAGE_KEYS),
+        ("stage2", STAGE_KEYS),
+        ("augment", AUGMENT_KEYS),
+        ("mining", MINING_KEYS),
+    ):
+        bad = sorted(set(t.get(group) or {}) - valid)
         if bad:
-            raise ConfigError(f"unknown train.{stage}.* keys {bad}; valid: {sorted(STAGE_KEYS)}")
+            raise ConfigError(f"unknown train.{group}.* keys {bad}; valid: {sorted(valid)}")
 
 
 def _device(name: str) -> torch.device:

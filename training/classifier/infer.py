@@ -1,0 +1,70 @@
+"""``python -m training.classifier.infer checkpoint=... pages=... out=...``: document-level inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from training.classifier.crops import IMAGE_SUFFIXES
+from training.classifier.model import load_classifier
+from training.classifier.pipeline import classify_page, write_page_result
+from training.data.images import load_rgb
+from training.errors import DataError, UserError, exit_on_user_error
+
+
+def page_files(pages: str | Path) -> list[Path]:
+    p = Path(pages).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{p}: no images ({sorted(IMAGE_SUFFIXES)})")
+        return files
+    raise DataError(f"{p}: no such file or folder")
+
+
+def load_detector(det_cfg):
+    """The optional signature detector of ``detector:`` (any backend), or None."""
+    if not det_cfg or not det_cfg.get("checkpoint"):
+        return None
+    import tempfile
+
+    from training.backends import get_backend
+
+    model_cfg = OmegaConf.create({"backend": det_cfg.backend, "name": "detector"})
+    det = get_backend(str(det_cfg.backend))(model_cfg, Path(tempfile.mkdtemp(prefix="sigdet-det-")), None)
+    det.load(str(det_cfg.checkpoint))
+    return det
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="classify")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    for key in ("checkpoint", "pages", "out"):
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(f"{key}= is required (checkpoint=PATH pages=IMAGE_OR_DIR out=DIR)")
+    model = load_classifier(str(cfg.checkpoint))
+    detector = load_detector(cfg.get("detector"))
+    out = Path(str(cfg.out)).expanduser()
+    files = page_files(str(cfg.pages))
+    clash = [f.stem for f in files if (out / f"{f.stem}.json").exists()]
+    if clash:
+        raise UserError(
+            f"{out / (clash[0] + '.json')} already exists; choose another out= (nothing is overwritten)"
+        )
+    for f in files:
+        image = np.asarray(load_rgb(f))
+        res = classify_page(
+            image, model, cfg.model.get("proposals"), detector, float(cfg.min_conf), float(cfg.context)
+        )
+        path = write_page_result(image, res, out, f.stem, str(f))
+        counts = {c: sum(r["class"] == c for r in res) for c in model.classes}
+        print(f"{f}: {len(res)} regions {counts} -> {path}")
+
+
+if __name__ == "__main__":
+    main()
