@@ -327,3 +327,18 @@ def test_page_inference_cli_writes_json_and_refuses_to_overwrite(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert (tmp_path / "res" / "scan.json").read_bytes() == before
+
+
+def test_classifier_wandb_offline_run_holds_tables_and_figures(cfg_factory, tmp_path, monkeypatch):
+    from evaluation.classification import evaluate_classifier, validation_metrics
+    from training.train import train
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = cfg_factory([*CLF_TINY, "train.mining.rounds=0", "crops.detection.enabled=false", "logger=wandb"])
+    train(cfg, evaluate=evaluate_classifier, validate=validation_metrics)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    blob = b"".join(f.read_bytes() for f in runs[0].rglob("*") if f.is_file())
+    for key in (b"val/macro_f1", b"classifier/per_class", b"classifier/crop_counts", b"classifier/figures"):
+        assert key in blob, key
+    assert list(runs[0].rglob("*.png")), "confusion matrices and annotated pages are uploaded as images"
