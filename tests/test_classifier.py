@@ -342,3 +342,30 @@ def test_classifier_wandb_offline_run_holds_tables_and_figures(cfg_factory, tmp_
     for key in (b"val/macro_f1", b"classifier/per_class", b"classifier/crop_counts", b"classifier/figures"):
         assert key in blob, key
     assert list(runs[0].rglob("*.png")), "confusion matrices and annotated pages are uploaded as images"
+
+
+def test_detector_boxes_join_the_candidates(trained_run):
+    from omegaconf import OmegaConf
+
+    from training.backends.base import Detections
+    from training.classifier.infer import load_detector
+    from training.classifier.pipeline import classify_page
+
+    page = np.full((320, 480, 3), 245, np.uint8)
+    page[100:140, 60:260] = 30  # a black-ink "signature": no colour proposal finds it
+
+    class Fake:
+        def predict(self, images):
+            return [Detections([[60, 100, 260, 140], [0, 0, 5, 5]], [0.9, 0.1], [0, 0])]
+
+    model = _tiny_model()
+    assert classify_page(page, model) == []
+    res = classify_page(page, model, detector=Fake())
+    assert [r["box"] for r in res] == [[60, 100, 260, 140]] and res[0]["source"] == "detector"
+    # a real trained detector loads through its backend and runs on the page
+    _, run_dir, _ = trained_run
+    det = load_detector(
+        OmegaConf.create({"checkpoint": str(run_dir / "weights" / "best.pt"), "backend": "ultralytics"})
+    )
+    out = classify_page(page, model, detector=det, detector_min_score=0.0)
+    assert all(r["source"] == "detector" for r in out)

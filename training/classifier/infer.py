@@ -59,7 +59,13 @@ def main(cfg: DictConfig) -> None:
     for f in files:
         image = np.asarray(load_rgb(f))
         res = classify_page(
-            image, model, cfg.model.get("proposals"), detector, float(cfg.min_conf), float(cfg.context)
+            image,
+            model,
+            cfg.model.get("proposals"),
+            detector,
+            float(cfg.min_conf),
+            float(cfg.context),
+            float(cfg.detector.get("min_score", 0.25)),
         )
         path = write_page_result(image, res, out, f.stem, str(f))
         counts = {c: sum(r["class"] == c for r in res) for c in model.classes}

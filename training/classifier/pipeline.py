@@ -31,10 +31,11 @@ def classify_page(
     detector=None,
     min_conf: float = 0.0,
     context: float = 0.08,
+    detector_min_score: float = 0.25,
 ) -> list[dict]:
     """Regions of an RGB page with their class: ``[{"box": [x0, y0, x1, y1], "class", "confidence", "source",
     "probabilities": {class: p}}]``, most confident first. ``min_conf`` drops low-confidence regions."""
-    extra = detector_regions(detector, image) if detector is not None else None
+    extra = detector_regions(detector, image, detector_min_score) if detector is not None else None
     regions = propose(image, proposals_cfg, extra)
     if not regions:
         return []

@@ -298,6 +298,7 @@ def train_classifier(
         "lr": mining.get("lr", t.stage2.get("lr")),
         "weight_decay": t.stage2.get("weight_decay", 1e-4),
     }
+    mined_rounds = 0
     for r in range(1, rounds + 1):
         wrong, new = mine(model, train_set, k, aug, seed + 100 * r)
         for c, n in zip(classes, class_counts(wrong, len(classes)), strict=True):
@@ -313,6 +314,7 @@ def train_classifier(
             log.info("mining round %d: nothing misclassified, stopping", r)
             break
         phase(f"mine{r}", retrain, train_set, 2 + r)
+        mined_rounds += 1
     model.save(weights / "best.pt")
     for c in classes:
         # the training set's size: a misclassified crop is already in it, only its copies are new
@@ -335,7 +337,7 @@ def train_classifier(
         tracker,
         metrics,
         pages=pages,
-        base=base,
+        base=base if mined_rounds else None,  # "before vs after mining" only when mining changed the model
         weights_note=weights_note,
         counts=counts,
     )
