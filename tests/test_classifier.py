@@ -369,3 +369,34 @@ def test_detector_boxes_join_the_candidates(trained_run):
     )
     out = classify_page(page, model, detector=det, detector_min_score=0.0)
     assert all(r["source"] == "detector" for r in out)
+
+
+def test_user_coco_files_with_stamp_and_thumb_categories_feed_the_crops(tmp_path):
+    from omegaconf import OmegaConf
+
+    from training.classifier.crops import build_crop_splits
+
+    out = tmp_path / "gen"
+    summary = generate(out, {"train": 2, "val": 1}, seed=5, crops=False)
+    crops_cfg = OmegaConf.create(
+        {
+            "synthetic": {"enabled": False},
+            "detection": {"enabled": False},
+            "coco": [
+                {"file": str(out / "train" / "_annotations.coco.json"), "split": "train"},
+                {"file": str(out / "valid" / "_annotations.coco.json"), "split": "val"},
+            ],
+        }
+    )
+    crops, _ = build_crop_splits(crops_cfg, None, list(CLASSES))
+    assert len(crops["train"]) == summary["train"][1] and len(crops["val"]) == summary["val"][1]
+    assert {c.label for c in crops["train"]} <= {0, 1, 2}
+    with pytest.raises(ConfigError, match="crop split 'holdout'"):
+        build_crop_splits(
+            OmegaConf.merge(
+                crops_cfg,
+                {"coco": [{"file": str(out / "train" / "_annotations.coco.json"), "split": "holdout"}]},
+            ),
+            None,
+            list(CLASSES),
+        )
