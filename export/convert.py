@@ -1,0 +1,128 @@
+"""Converters: PyTorch -> ONNX (our own ``torch.onnx.export`` of the family's module, so the PyTorch reference
+and the graph are the same object), ONNX -> OpenVINO IR (FP32 / INT8 post-training quantization with NNCF), and
+ONNX -> TensorRT engine (FP32 / FP16)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.families import Family
+from export.runtimes import Unavailable, openvino_core
+
+log = logging.getLogger(__name__)
+
+
+def to_onnx(family: Family, path: Path, opset: int = 17, dynamic: bool = False) -> Path:
+    """Trace the family's module at ``imgsz``; ``dynamic`` makes the batch axis symbolic."""
+    axes = {n: {0: "batch"} for n in family.input_names + family.output_names} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow in the heads
+        torch.onnx.export(
+            family.module.cpu().eval(),
+            family.example_inputs(1),
+            str(path),
+            input_names=family.input_names,
+            output_names=family.output_names,
+            opset_version=int(opset),
+            dynamic_axes=axes,
+            do_constant_folding=True,
+            dynamo=False,  # the TorchScript exporter: handles every head here, as ultralytics' exporter does
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _ignored_scope(family: Family):
+    """Keep the box decoding of YOLO heads in FP32: INT8 there costs far more mAP than it saves time
+    (the same scope ultralytics' OpenVINO INT8 export uses)."""
+    import nncf
+
+    if family.kind != "ultralytics":
+        return None
+    head = len(list(family.module.model)) - 1  # model.<last>
+    ops = ("Add", "Sub", "Mul", "Div", "Concat", "Sigmoid", "Softmax")
+    return nncf.IgnoredScope(
+        patterns=[f".*model\\.{head}/.*{op}.*" for op in ops] + [f".*model\\.{head}/dfl.*"],
+        types=["Sigmoid"],
+        validate=False,
+    )
+
+
+def to_openvino(
+    onnx_path: Path,
+    xml_path: Path,
+    family: Family,
+    precision: str = "fp32",
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> Path:
+    """ONNX -> OpenVINO IR. ``precision``: ``fp32`` (also the BF16 runtime's model: BF16 is an inference hint,
+    not a file format) or ``int8`` (NNCF post-training quantization over ``calibration`` feeds)."""
+    core = openvino_core()
+    import openvino as ov
+
+    model = core.read_model(str(onnx_path))
+    if precision == "int8":
+        try:
+            import nncf
+        except ImportError as e:
+            raise Unavailable(f"OpenVINO INT8 needs the nncf package ({e})") from None
+        nncf.set_log_level(logging.WARNING)  # one INFO line per operator otherwise
+        if not calibration:
+            raise ValueError("INT8 quantization needs calibration images")
+        names = [i.get_any_name() for i in model.inputs]
+        dataset = nncf.Dataset(calibration, lambda feeds: {k: feeds[k] for k in names})
+        kwargs = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.MIXED}
+        if family.kind == "transformers":
+            kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        scope = _ignored_scope(family)
+        if scope is not None:
+            kwargs["ignored_scope"] = scope
+        model = nncf.quantize(model, dataset, **kwargs)
+    elif precision != "fp32":
+        raise ValueError(f"OpenVINO precision {precision!r}: valid are fp32, int8 (bf16 is a runtime hint)")
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return xml_path
+
+
+def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool = False, workspace_gb: float = 4.0) -> Path:
+    """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package)."""
+    if not torch.cuda.is_available():
+        raise Unavailable("TensorRT: no CUDA device on this machine")
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise Unavailable(f"TensorRT: the tensorrt package is not installed ({e})") from None
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT could not parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    dynamic = False
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        shape = tuple(inp.shape)
+        if shape[0] == -1:
+            dynamic = True
+            one = (1, *shape[1:])
+            profile.set_shape(inp.name, one, one, (8, *shape[1:]))
+    if dynamic:
+        config.add_optimization_profile(profile)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed")
+    engine_path.write_bytes(bytes(blob))
+    return engine_path

@@ -1,0 +1,99 @@
+"""An exported model behind the part of the Detector contract the evaluator and the latency protocol use
+(``predict``, ``class_names``, ``checkpoint``, ``benchmark_forward``), for any runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.families import Family
+from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
+from training.errors import UserError
+
+META = "sigdet_export.json"
+SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt"}
+
+
+class ExportedModel:
+    def __init__(self, family: Family, runner, checkpoint: str, fmt: str):
+        self.family, self.runner, self.checkpoint, self.format = family, runner, Path(checkpoint), fmt
+        self.class_names = family.class_names
+        self.device = getattr(runner, "device", "cpu")
+
+    @property
+    def imgsz(self) -> int:
+        return self.family.imgsz
+
+    def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_):
+        """Detections per image (detectors) in the original frame; ``imgsz`` is fixed by the export."""
+        if imgsz and int(imgsz) != self.family.imgsz and self.format != "pytorch":
+            raise UserError(f"{self.checkpoint}: exported at imgsz={self.family.imgsz}, asked for {imgsz}")
+        out = []
+        for im in images:
+            feeds, ctx = self.family.feeds(im)
+            out.append(self.family.decode(self.runner(feeds), ctx, conf))
+        return out
+
+    def predict_proba(self, crops: list, batch: int = 1) -> np.ndarray:
+        """Class probabilities (classifier), one crop at a time unless the export has a dynamic batch."""
+        rows = [self.family.decode(self.runner(self.family.feeds(c)[0]), ()) for c in crops]
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)))
+
+    def benchmark_forward(self, imgsz: int | None = None):
+        """The runtime alone on one preprocessed page (latency protocol, model-only)."""
+        page = np.full((self.family.imgsz, self.family.imgsz, 3), 255, np.uint8)
+        feeds, _ = self.family.feeds(page)
+        return lambda: self.runner(feeds)
+
+
+def read_meta(path: Path) -> tuple[dict, dict | None]:
+    """The export manifest next to (or one folder above) an exported file, and that file's entry in it."""
+    path = Path(path)
+    for d in (path.parent, path.parent.parent):
+        if (d / META).is_file():
+            meta = json.loads((d / META).read_text(encoding="utf-8"))
+            rel = str(path.resolve().relative_to(d.resolve()))
+            entry = next((a for a in meta.get("artifacts", []) if a["path"] == rel), None)
+            return meta, entry
+    raise UserError(
+        f"{path}: no {META} beside it; export with `python -m export` (it records the preprocessing)"
+    )
+
+
+def is_exported(path: str | Path) -> bool:
+    return Path(path).suffix in SUFFIXES
+
+
+def load_exported(
+    path: str | Path,
+    precision: str | None = None,
+    provider: str = "CPUExecutionProvider",
+    threads: int | None = None,
+) -> ExportedModel:
+    """Load an ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO; ``precision="bf16"`` runs it with the BF16 hint) or
+    ``.engine`` (TensorRT) written by ``python -m export``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: exported model not found")
+    meta, entry = read_meta(path)
+    if entry is not None and entry.get("status") == "failed":
+        raise UserError(
+            f"{path}: this export failed its parity check ({entry.get('reason')}); not loading it"
+        )
+    family = Family.from_meta(meta)
+    kind = SUFFIXES[path.suffix]
+    if kind == "onnx":
+        runner, fmt = OrtRunner(path, provider, threads), "onnx"
+    elif kind == "openvino":
+        prec = precision or (entry or {}).get("precision", "fp32")
+        runner, fmt = OpenVINORunner(path, "bf16" if prec == "bf16" else "fp32", threads), f"openvino_{prec}"
+    else:
+        runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")
+    return ExportedModel(family, runner, str(path), fmt)
+
+
+def reference_model(family: Family, device: str = "cpu") -> ExportedModel:
+    """The PyTorch module through the same pre/post-processing: the reference of every parity check."""
+    return ExportedModel(family, TorchRunner(family, device), family.source, "pytorch")

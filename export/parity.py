@@ -1,0 +1,100 @@
+"""Parity of an exported model with its PyTorch reference: per-image box matching, score and raw-output
+differences, and the evaluator's metrics on the validation split through both."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.backends.base import Detections
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def match_detections(
+    ref: list[Detections], got: list[Detections], score_min: float = 0.25, iou: float = 0.5
+) -> dict:
+    """Greedy matching (by reference score) of the reference's confident boxes to the export's, same label,
+    IoU >= ``iou``. ``match_rate`` = matched / reference boxes (1.0 when the reference has none), ``mean_iou`` and
+    ``max_score_diff`` over matched pairs, ``unmatched_export`` = confident export boxes left over."""
+    n_ref = matched = extra = 0
+    ious, diffs = [], []
+    for r, g in zip(ref, got, strict=True):
+        rk, gk = r.scores >= score_min, g.scores >= score_min
+        rb, rs, rl = r.boxes[rk], r.scores[rk], r.labels[rk]
+        gb, gs, gl = g.boxes[gk], g.scores[gk], g.labels[gk]
+        m = _iou_matrix(rb, gb)
+        used = np.zeros(len(gb), bool)
+        for i in np.argsort(-rs):
+            n_ref += 1
+            cand = np.where((~used) & (gl == rl[i]) & (m[i] >= iou))[0] if len(gb) else []
+            if len(cand):
+                j = cand[np.argmax(m[i, cand])]
+                used[j] = True
+                matched += 1
+                ious.append(m[i, j])
+                diffs.append(abs(float(rs[i]) - float(gs[j])))
+        extra += int((~used).sum())
+    return {
+        "ref_boxes": float(n_ref),
+        "match_rate": matched / n_ref if n_ref else 1.0,
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "max_score_diff": float(np.max(diffs)) if diffs else 0.0,
+        "unmatched_export": float(extra),
+    }
+
+
+def raw_difference(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    """Largest absolute difference of the raw outputs, relative to the reference's largest magnitude."""
+    worst = 0.0
+    for r_outs, g_outs in zip(ref, got, strict=True):
+        for r, g in zip(r_outs, g_outs, strict=True):
+            r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+            if r.shape != g.shape:
+                return float("inf")
+            worst = max(worst, float(np.abs(r - g).max() / max(np.abs(r).max(), 1e-6)))
+    return worst
+
+
+def check(metrics: dict[str, float], bounds: dict) -> list[str]:
+    """The bounds a parity result breaks, as readable phrases (empty = passed).
+
+    ``bounds`` keys (each optional): ``max_map50_drop``, ``max_map_drop`` (mAP50-95), ``max_accuracy_drop``
+    (classifier), ``min_match_rate``, ``max_score_diff``, ``max_raw_diff`` (relative), ``min_top1_agreement``.
+    """
+    problems = []
+
+    def drop(key, bound_key, name):
+        if bounds.get(bound_key) is None or f"ref/{key}" not in metrics:
+            return
+        d = metrics[f"ref/{key}"] - metrics[f"export/{key}"]
+        if not np.isfinite(d) or d > float(bounds[bound_key]):
+            problems.append(
+                f"{name} dropped by {100 * d:.2f} points (bound {100 * float(bounds[bound_key]):.2f})"
+            )
+
+    drop("mAP50", "max_map50_drop", "mAP50")
+    drop("mAP50-95", "max_map_drop", "mAP50-95")
+    drop("accuracy", "max_accuracy_drop", "accuracy")
+    for key, bound_key, low in (
+        ("match_rate", "min_match_rate", True),
+        ("top1_agreement", "min_top1_agreement", True),
+        ("max_score_diff", "max_score_diff", False),
+        ("raw_diff", "max_raw_diff", False),
+    ):
+        if bounds.get(bound_key) is None or key not in metrics:
+            continue
+        v, b = metrics[key], float(bounds[bound_key])
+        bad = (v < b) if low else not (v <= b)
+        if bad:
+            problems.append(f"{key} {v:.4g} {'<' if low else '>'} bound {b:.4g}")
+    return problems

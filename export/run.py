@@ -1,0 +1,233 @@
+"""``python -m export``: export a checkpoint to every configured format, each followed by a parity check."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from evaluation.report import markdown_table, write_csv
+from export.convert import to_onnx, to_openvino, to_tensorrt
+from export.families import Family, load_family, write_meta
+from export.model import META, ExportedModel, reference_model
+from export.parity import check, match_detections, raw_difference
+from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, Unavailable, bf16_supported
+from training.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "openvino_fp32", "openvino_bf16", "openvino_int8", "tensorrt_fp32", "tensorrt_fp16")
+
+
+class ParityError(UserError):
+    """An exported model disagrees with its PyTorch reference beyond the configured bounds."""
+
+
+class ParityData:
+    """What every format is checked on: N images for box / raw-output parity and the whole validation split
+    (detectors: the evaluator's mAP; classifier: accuracy over the validation crops)."""
+
+    def __init__(self, family: Family, cfg):
+        p = cfg.parity
+        self.family = family
+        n_parity, n_calib = int(p.n_images), int(cfg.calibration.n_images)
+        if family.is_detector:
+            from training.data import load_dataset
+
+            splits = list(dict.fromkeys([str(p.split), str(cfg.calibration.split)]))
+            ds = load_dataset(cfg.data, splits)
+            self.split = ds[str(p.split)]
+            self.images = [im.file for im in self.split.images[:n_parity]]
+            self.calibration = [im.file for im in ds[str(cfg.calibration.split)].images[:n_calib]]
+            if family.class_names and list(family.class_names) != ds.class_names:
+                raise UserError(
+                    f"{family.source}: model classes {family.class_names} differ from data '{ds.name}' {ds.class_names}"
+                )
+        else:
+            from training.classifier.crops import build_crop_splits
+
+            crops, _ = build_crop_splits(cfg.crops, cfg.get("data"), family.class_names)
+            self.split = crops[str(p.split)]
+            self.images = [c.image for c in self.split[:n_parity]]
+            self.calibration = [c.image for c in crops[str(cfg.calibration.split)][:n_calib]]
+        if not self.images:
+            raise UserError(f"parity split '{p.split}' is empty")
+
+    def evaluate(self, model: ExportedModel, eval_cfg) -> dict[str, float]:
+        if self.family.is_detector:
+            from evaluation.evaluator import evaluate_detector
+
+            result, _ = evaluate_detector(model, self.split, eval_cfg)
+            return {k: result.metrics[k] for k in ("mAP50", "mAP50-95", "f1")}
+        from evaluation.classification import classification_metrics
+
+        y = np.asarray([c.label for c in self.split])
+        pred = model.predict_proba([c.image for c in self.split]).argmax(1)
+        m = classification_metrics(y, pred, self.family.class_names)
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+    def outputs(self, model: ExportedModel) -> tuple[list, list]:
+        raw, decoded = [], []
+        for im in self.images:
+            feeds, ctx = self.family.feeds(im)
+            out = model.runner(feeds)
+            raw.append(out)
+            decoded.append(self.family.decode(out, ctx))
+        return raw, decoded
+
+
+def _bounds(cfg, fmt: str) -> dict:
+    """``parity.bounds.default`` overridden by ``parity.bounds.<fmt>`` (a null bound is not checked)."""
+    out: dict = {}
+    for key in ("default", fmt):
+        node = cfg.parity.bounds.get(key)
+        if node is not None:
+            out.update(OmegaConf.to_container(node, resolve=True))
+    return out
+
+
+def _build(
+    fmt: str, family: Family, out: Path, onnx_path: Path, data: ParityData, cfg
+) -> tuple[Path, object]:
+    """Write the artifact of ``fmt`` and return it with a runner over it."""
+    threads = cfg.get("threads")
+    if fmt == "onnx":
+        return onnx_path, OrtRunner(onnx_path, "CPUExecutionProvider", threads)
+    if fmt.startswith("openvino"):
+        prec = fmt.split("_")[1]
+        if prec == "bf16":
+            ok, why = bf16_supported()
+            if not ok:
+                raise Unavailable(why)
+        folder = out / ("openvino_int8" if prec == "int8" else "openvino_fp32")
+        xml = folder / "model.xml"
+        if not xml.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            calib = None
+            if prec == "int8":
+                calib = [family.feeds(im)[0] for im in data.calibration]
+                if not calib:
+                    raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
+            to_openvino(onnx_path, xml, family, "int8" if prec == "int8" else "fp32", calib)
+        return xml, OpenVINORunner(xml, prec if prec == "bf16" else "fp32", threads)
+    if fmt.startswith("tensorrt"):
+        engine = out / f"model_{fmt.split('_')[1]}.engine"
+        to_tensorrt(
+            onnx_path, engine, fp16=fmt.endswith("fp16"), workspace_gb=float(cfg.get("trt_workspace_gb", 4))
+        )
+        return engine, TensorRTRunner(engine)
+    raise ConfigError(f"unknown export format {fmt!r}; valid: {list(FORMATS)}")
+
+
+def export_checkpoint(cfg, out: Path) -> dict:
+    """Export ``cfg.checkpoint`` to ``cfg.formats`` in ``out``; returns the manifest. Raises :class:`ParityError`
+    (after writing the manifest and moving the failed files to ``out/failed/``) when a format breaks its bounds."""
+    formats = [str(f) for f in cfg.formats]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"formats: unknown {bad}; valid: {list(FORMATS)}")
+    if (out / META).exists():
+        raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
+    out.mkdir(parents=True, exist_ok=True)
+    family = load_family(str(cfg.checkpoint), str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic))
+    data = ParityData(family, cfg)
+    eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
+    ref = reference_model(family)
+    ref_raw, ref_dets = data.outputs(ref)
+    ref_metrics = data.evaluate(ref, eval_cfg)
+    log.info("PyTorch reference: %s", ref_metrics)
+    onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
+    artifacts, failures = [], []
+    for fmt in formats:
+        entry = {"format": fmt, "precision": fmt.split("_")[1] if "_" in fmt else "fp32"}
+        t0 = time.perf_counter()
+        try:
+            path, runner = _build(fmt, family, out, onnx_path, data, cfg)
+        except Unavailable as e:
+            log.warning("%s: unavailable here (%s)", fmt, e)
+            artifacts.append({**entry, "status": "unavailable", "reason": str(e)})
+            continue
+        entry.update(path=str(path.relative_to(out)), seconds_to_build=round(time.perf_counter() - t0, 2))
+        model = ExportedModel(family, runner, str(path), fmt)
+        raw, dets = data.outputs(model)
+        m = {f"ref/{k}": v for k, v in ref_metrics.items()}
+        m.update({f"export/{k}": v for k, v in data.evaluate(model, eval_cfg).items()})
+        m["raw_diff"] = raw_difference(ref_raw, raw)
+        if family.is_detector:
+            m.update(match_detections(ref_dets, dets, float(cfg.parity.score_min)))
+        else:
+            m["top1_agreement"] = float(
+                np.mean([r.argmax() == d.argmax() for r, d in zip(ref_dets, dets, strict=True)])
+            )
+            m["max_score_diff"] = float(max(np.abs(r - d).max() for r, d in zip(ref_dets, dets, strict=True)))
+        bounds = _bounds(cfg, fmt)
+        problems = check(m, bounds)
+        entry.update(parity=m, bounds=bounds, status="failed" if problems else "passed")
+        if problems:
+            entry["reason"] = "; ".join(problems)
+            failures.append(f"{fmt}: {entry['reason']}")
+        artifacts.append(entry)
+        log.info("%s: %s %s", fmt, entry["status"], entry.get("reason", ""))
+    manifest = {
+        "artifacts": artifacts,
+        "opset": int(cfg.opset),
+        "dynamic": bool(cfg.dynamic),
+        "reference": ref_metrics,
+        "parity_images": len(data.images),
+    }
+    write_meta(family, out / META, manifest)
+    rows = parity_rows(family, artifacts)
+    (out / "parity.md").write_text(
+        markdown_table(rows, f"# Export parity: {family.source}\n"), encoding="utf-8"
+    )
+    write_csv(out / "parity.csv", rows)
+    print(markdown_table(rows, f"# Export parity: {family.source} ({family.kind}, imgsz {family.imgsz})\n"))
+    if failures:
+        _quarantine(out, artifacts)
+        raise ParityError(
+            f"export parity failed for {failures[0]}"
+            + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else "")
+            + f"; details in {out / 'parity.md'}, files moved to {out / 'failed'}"
+        )
+    return manifest
+
+
+def _quarantine(out: Path, artifacts: list[dict]) -> None:
+    """Failed files go to ``failed/`` so that nobody ships them by mistake (the manifest says why)."""
+    keep = {a["path"] for a in artifacts if a.get("status") == "passed" and a.get("path")}
+    for a in artifacts:
+        if a.get("status") != "failed" or a["path"] in keep:
+            continue
+        src = out / a["path"]
+        moved = src.parent if src.suffix == ".xml" else src
+        dst = out / "failed" / moved.relative_to(out)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if moved.exists():
+            shutil.move(str(moved), str(dst))
+
+
+def _f(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
+
+
+def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
+    keys = ("mAP50", "mAP50-95") if family.is_detector else ("accuracy", "macro_f1")
+    rows = []
+    for a in artifacts:
+        m = a.get("parity") or {}
+        row = {"format": a["format"], "status": a["status"]}
+        for k in keys:
+            row[f"{k} (PyTorch)"] = _f(m.get(f"ref/{k}"))
+            row[f"{k} (export)"] = _f(m.get(f"export/{k}"))
+        row["match rate" if family.is_detector else "top-1 agreement"] = _f(
+            m.get("match_rate", m.get("top1_agreement"))
+        )
+        row["max score diff"] = _f(m.get("max_score_diff"))
+        row["raw diff (rel.)"] = f"{m['raw_diff']:.2e}" if "raw_diff" in m else "n/a"
+        row["note"] = a.get("reason", "")
+        rows.append(row)
+    return rows

@@ -1,0 +1,140 @@
+"""Runners: named numpy inputs in, list of numpy outputs out; one per runtime (PyTorch, ONNX Runtime, OpenVINO,
+TensorRT). Each is imported lazily: a missing runtime is an :class:`Unavailable` with the reason, never a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class Unavailable(RuntimeError):
+    """This runtime cannot run here (package missing, no CUDA, CPU without the instruction set)."""
+
+
+class TorchRunner:
+    name = "pytorch"
+
+    def __init__(self, family, device: str = "cpu"):
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise Unavailable("PyTorch CUDA: no CUDA device")
+        self.family = family
+        self.device = device
+        family.module.to(device)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.family.torch_outputs(feeds)
+
+
+class OrtRunner:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise Unavailable(f"onnxruntime not installed ({e})") from None
+        if provider not in ort.get_available_providers():
+            raise Unavailable(f"ONNX Runtime {provider} not available (have {ort.get_available_providers()})")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=[provider])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.device = "cuda" if provider.startswith("CUDA") else "cpu"
+
+    def __call__(self, feeds):
+        return self.session.run(None, {k: feeds[k] for k in self.inputs})
+
+
+def openvino_core():
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise Unavailable(f"openvino not installed ({e})") from None
+    return ov.Core()
+
+
+def bf16_supported() -> tuple[bool, str]:
+    """Whether OpenVINO can run BF16 natively on this CPU (AVX512-BF16 or AMX), with the reason."""
+    try:
+        caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Unavailable as e:
+        return False, str(e)
+    if "BF16" in caps:
+        return True, "CPU reports BF16"
+    return False, f"CPU has no native BF16 (OpenVINO capabilities: {list(caps)}; needs AVX512-BF16 or AMX)"
+
+
+class OpenVINORunner:
+    name = "openvino"
+
+    def __init__(self, xml: str | Path, precision: str = "fp32", threads: int | None = None):
+        core = openvino_core()
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision == "bf16":
+            ok, why = bf16_supported()
+            if not ok:
+                raise Unavailable(f"OpenVINO BF16: {why}")
+            config["INFERENCE_PRECISION_HINT"] = "bf16"
+        else:
+            # f32 explicitly: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = core.compile_model(str(xml), "CPU", config)
+        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+        self.request = self.compiled.create_infer_request()
+        self.device = "cpu"
+
+    def __call__(self, feeds):
+        res = self.request.infer({k: feeds[k] for k in self.inputs})
+        return [np.asarray(res[o]) for o in self.compiled.outputs]
+
+
+class TensorRTRunner:
+    """A serialized TensorRT engine run through torch CUDA tensors (no pycuda needed)."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Unavailable("TensorRT: no CUDA device on this machine")
+        try:
+            import tensorrt as trt
+        except ImportError as e:
+            raise Unavailable(f"TensorRT: the tensorrt package is not installed ({e})") from None
+        self.trt, self.torch = trt, torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        with open(engine_path, "rb") as f:
+            self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.stream = torch.cuda.Stream()
+        self.device = "cuda"
+
+    def __call__(self, feeds):
+        torch, trt = self.torch, self.trt
+        bufs = {}
+        for n in self.inputs:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda()
+            dtype = trt.nptype(self.engine.get_tensor_dtype(n))
+            t = t.to(getattr(torch, np.dtype(dtype).name))
+            self.context.set_input_shape(n, tuple(t.shape))
+            bufs[n] = t
+        for n in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name
+            bufs[n] = torch.empty(shape, dtype=getattr(torch, dtype), device="cuda")
+        for n, t in bufs.items():
+            self.context.set_tensor_address(n, t.data_ptr())
+        self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return [bufs[n].float().cpu().numpy() for n in self.outputs]

@@ -1,0 +1,129 @@
+"""Pre- and post-processing of the ultralytics detectors (YOLOv8 / YOLO11 / YOLOv10 / RT-DETR) outside
+ultralytics, in one place: the exported models (ONNX Runtime, OpenVINO, TensorRT) and their PyTorch reference
+all go through it, so that one image gives the same boxes on every runtime.
+
+Letterbox to a fixed ``imgsz x imgsz`` square (aspect kept, centred, grey 114 padding, RGB, [0, 1]); decoding
+depends on the head's raw export output:
+
+- ``anchors`` (YOLOv8 / YOLO11 ``Detect``): ``(B, 4 + nc, A)``, boxes ``cx, cy, w, h`` in input pixels, class
+  scores after sigmoid; class-aware NMS at ``iou``.
+- ``end2end`` (YOLOv10 one-to-one head): ``(B, max_det, 6)`` = ``x1, y1, x2, y2, score, class``; no NMS.
+- ``rtdetr`` (``RTDETRDecoder``): ``(B, queries, 4 + nc)``, boxes ``cx, cy, w, h`` normalised to the input; no NMS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.backends.base import Detections
+
+PAD_VALUE = 114
+
+
+def letterbox(img: Image.Image, imgsz: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """RGB PIL image -> (``3 x imgsz x imgsz`` float32 in [0, 1], (gain, pad_x, pad_y))."""
+    w, h = img.size
+    gain = min(imgsz / w, imgsz / h)
+    nw, nh = max(1, round(w * gain)), max(1, round(h * gain))
+    px, py = (imgsz - nw) / 2, (imgsz - nh) / 2
+    canvas = np.full((imgsz, imgsz, 3), PAD_VALUE, np.uint8)
+    left, top = round(px - 0.1), round(py - 0.1)  # ultralytics' rounding of the two borders
+    resized = img.resize((nw, nh), Image.Resampling.BILINEAR) if (nw, nh) != (w, h) else img
+    canvas[top : top + nh, left : left + nw] = np.asarray(resized.convert("RGB"))
+    return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, (gain, float(left), float(top))
+
+
+def _unletterbox(
+    xyxy: np.ndarray, meta: tuple[float, float, float], orig_size: tuple[int, int]
+) -> np.ndarray:
+    gain, px, py = meta
+    out = xyxy.astype(np.float64).copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - px) / gain
+    out[:, [1, 3]] = (out[:, [1, 3]] - py) / gain
+    w, h = orig_size
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    return np.stack(
+        [b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1
+    )
+
+
+def decode(
+    output: np.ndarray,
+    head: str,
+    meta: tuple[float, float, float],
+    orig_size: tuple[int, int],
+    imgsz: int,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+) -> Detections:
+    """One image's raw head output (no batch axis) -> Detections in the original frame."""
+    out = np.asarray(output, dtype=np.float32)
+    if head == "anchors":
+        p = out.T  # (A, 4 + nc)
+        scores_all = p[:, 4:]
+        labels = scores_all.argmax(1)
+        scores = scores_all[np.arange(len(p)), labels]
+        keep = scores > conf
+        boxes, scores, labels = _cxcywh_to_xyxy(p[keep, :4]), scores[keep], labels[keep]
+        if len(boxes):
+            from torchvision.ops import batched_nms
+
+            order = np.argsort(-scores, kind="stable")[:30000]
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+            k = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), iou)
+            k = k[:max_det].numpy()
+            boxes, scores, labels = boxes[k], scores[k], labels[k]
+    elif head == "end2end":
+        keep = out[:, 4] > conf
+        boxes, scores, labels = out[keep, :4], out[keep, 4], out[keep, 5].astype(np.int64)
+    elif head == "rtdetr":
+        scores_all = out[:, 4:]
+        labels = scores_all.argmax(1)
+        scores = scores_all[np.arange(len(out)), labels]
+        keep = scores > conf
+        boxes, scores, labels = _cxcywh_to_xyxy(out[keep, :4]) * imgsz, scores[keep], labels[keep]
+    else:
+        raise ValueError(f"unknown head kind {head!r}")
+    order = np.argsort(-scores, kind="stable")[:max_det]
+    return Detections(_unletterbox(boxes[order], meta, orig_size), scores[order], labels[order])
+
+
+def head_kind(model: torch.nn.Module) -> str:
+    """``anchors`` / ``end2end`` / ``rtdetr`` for an ultralytics DetectionModel."""
+    from ultralytics.nn.modules.head import RTDETRDecoder
+
+    if any(isinstance(m, RTDETRDecoder) for m in model.modules()):
+        return "rtdetr"
+    return "end2end" if getattr(model, "end2end", False) else "anchors"
+
+
+def export_module(model: torch.nn.Module, dynamic: bool = False, max_det: int = 300) -> torch.nn.Module:
+    """The DetectionModel in the state ultralytics' exporter puts it in (eval, fused, heads returning one raw
+    tensor): the PyTorch reference of every exported model, and what ``torch.onnx.export`` traces."""
+    import copy
+
+    from ultralytics.nn.modules.head import Detect, RTDETRDecoder
+
+    model = copy.deepcopy(model).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = model.fuse() if hasattr(model, "fuse") else model
+    for m in model.modules():
+        if isinstance(m, (Detect, RTDETRDecoder)):
+            m.dynamic = dynamic
+            m.export = True
+            m.format = "onnx"
+            if hasattr(m, "max_det"):
+                m.max_det = max_det
+            if hasattr(m, "xyxy"):
+                m.xyxy = False
+            m.shape = None
+    return model
