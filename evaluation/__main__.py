@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from evaluation.run import evaluate_run
@@ -23,10 +23,27 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
-        model_cfg = OmegaConf.create({"backend": cfg.backend, "name": cfg.model.name})
-        detector = get_backend(str(cfg.backend))(model_cfg, run_dir, tracker)
-        detector.load(str(cfg.checkpoint))
+        detector = load_any(cfg, run_dir, tracker)
         return evaluate_run(detector, cfg, run_dir, tracker)
+
+
+def load_any(cfg: DictConfig, run_dir, tracker=None):
+    """A checkpoint through its backend, or an exported model (.onnx / .xml / .engine written by
+    ``python -m export``) through its runtime with the family's shared pre/post-processing."""
+    from export.model import is_exported, load_exported
+
+    if is_exported(str(cfg.checkpoint)):
+        model = load_exported(str(cfg.checkpoint), cfg.get("precision"))
+        if not model.family.is_detector:
+            raise UserError(f"{cfg.checkpoint}: a classifier export; evaluate it with python -m export (parity)")
+        with open_dict(cfg):
+            # an export has one input size: evaluate at it
+            cfg.evaluation.imgsz = model.imgsz
+        return model
+    model_cfg = OmegaConf.create({"backend": cfg.backend, "name": cfg.model.name})
+    detector = get_backend(str(cfg.backend))(model_cfg, run_dir, tracker)
+    detector.load(str(cfg.checkpoint))
+    return detector
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -55,7 +55,7 @@ def read_meta(path: Path) -> tuple[dict, dict | None]:
         if (d / META).is_file():
             meta = json.loads((d / META).read_text(encoding="utf-8"))
             rel = str(path.resolve().relative_to(d.resolve()))
-            entry = next((a for a in meta.get("artifacts", []) if a["path"] == rel), None)
+            entry = next((a for a in meta.get("artifacts", []) if a.get("path") == rel), None)
             return meta, entry
     raise UserError(
         f"{path}: no {META} beside it; export with `python -m export` (it records the preprocessing)"

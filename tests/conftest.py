@@ -57,8 +57,8 @@ def compose_cfg(
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "outputs")
             cfg.paths.run_dir = str(tmp_path / "run")
-            for key in ("data",):
-                cfg[key].cache_dir = str(tmp_path / "cache")
+            if "data" in cfg:
+                cfg.data.cache_dir = str(tmp_path / "cache")
     return cfg
 
 

@@ -1,0 +1,260 @@
+"""Export round trips (one model per family + the classifier), parity checks, a deliberately corrupted export,
+the evaluator on exported models, and the latency command with tiny run counts. GPU paths are marked ``gpu``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import EMBEDDED, HF_TINY, ROOT, compose_cfg
+from training.errors import UserError
+
+# small parity / calibration sets and a tiny classifier crop pool: the point is the round trip
+EXPORT_TINY = ["calibration.n_images=4", "parity.n_images=4", "evaluation.n_bootstrap=0"]
+CROPS_TINY = [
+    "crops.detection.enabled=false",
+    "crops.synthetic.pages.train=3",
+    "crops.synthetic.pages.val=3",
+    "crops.synthetic.pages.test=0",
+]
+
+
+def _export(tmp_path, checkpoint, formats, extra=(), sub="export"):
+    from export.run import export_checkpoint
+
+    cfg = compose_cfg(
+        "export",
+        [f"checkpoint={checkpoint}", f"formats=[{','.join(formats)}]", *EXPORT_TINY, *extra],
+        tmp_path,
+    )
+    out = tmp_path / sub
+    return cfg, out, export_checkpoint(cfg, out)
+
+
+def _statuses(manifest):
+    return {a["format"]: a["status"] for a in manifest["artifacts"]}
+
+
+@pytest.fixture(scope="module")
+def yolo_export(tmp_path_factory, trained_run):
+    """A trained tiny YOLOv8n exported to ONNX, OpenVINO FP32 / BF16 (where supported) / INT8."""
+    _, run_dir, _ = trained_run
+    tmp = tmp_path_factory.mktemp("yolo_export")
+    cfg, out, manifest = _export(
+        tmp, run_dir / "weights" / "best.pt", ["onnx", "openvino_fp32", "openvino_bf16", "openvino_int8"]
+    )
+    return run_dir, out, manifest
+
+
+def test_yolo_export_round_trip_passes_parity(yolo_export):
+    from export.families import load_family
+    from export.model import load_exported, reference_model
+
+    run_dir, out, manifest = yolo_export
+    st = _statuses(manifest)
+    assert st["onnx"] == st["openvino_fp32"] == st["openvino_int8"] == "passed", manifest
+    assert st["openvino_bf16"] in ("passed", "unavailable")
+    for f in (
+        "model.onnx",
+        "openvino_fp32/model.xml",
+        "openvino_int8/model.xml",
+        "sigdet_export.json",
+        "parity.md",
+    ):
+        assert (out / f).is_file(), f
+    onnx = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
+    assert onnx["parity"]["raw_diff"] < 1e-4 and onnx["parity"]["match_rate"] == 1.0
+    # the same image gives the same boxes on PyTorch, ONNX Runtime and OpenVINO (shared pre/post-processing)
+    image = sorted((EMBEDDED / "valid").glob("*.jpg"))[0]
+    ref = reference_model(load_family(run_dir / "weights" / "best.pt")).predict([image], conf=0.01)[0]
+    for path in ("model.onnx", "openvino_fp32/model.xml"):
+        got = load_exported(out / path).predict([image], conf=0.01)[0]
+        assert len(got) == len(ref)
+        np.testing.assert_allclose(got.boxes, ref.boxes, atol=0.05)
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
+
+
+def test_evaluator_accepts_exported_models(yolo_export, tmp_path):
+    from evaluation.__main__ import evaluate_checkpoint
+
+    _, out, manifest = yolo_export
+    for path in ("model.onnx", "openvino_int8/model.xml"):
+        cfg = compose_cfg(
+            "evaluate",
+            [f"checkpoint={out / path}", "evaluation.n_bootstrap=0", "evaluation.splits=[val]"],
+            tmp_path / path.replace("/", "_"),
+        )
+        m = evaluate_checkpoint(cfg)
+        fmt = "onnx" if path.endswith("onnx") else "openvino_int8"
+        entry = next(a for a in manifest["artifacts"] if a["format"] == fmt)
+        assert m["val/mAP50"] == pytest.approx(entry["parity"]["export/mAP50"], abs=1e-9)
+        assert json.loads((tmp_path / path.replace("/", "_") / "run" / "metrics.json").read_text())[
+            "provenance"
+        ]["checkpoint"].endswith(path)
+
+
+def test_corrupted_export_fails_parity_loudly(trained_run, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    import export.run as run
+    from export.model import load_exported
+
+    real = run.to_onnx
+
+    def corrupt(family, path, opset=17, dynamic=False):
+        real(family, path, opset, dynamic)
+        m = onnx.load(str(path))
+        for init in m.graph.initializer:  # every conv weight scrambled: same graph, wrong numbers
+            w = numpy_helper.to_array(init)
+            if w.ndim == 4:
+                init.CopyFrom(
+                    numpy_helper.from_array(
+                        np.random.default_rng(0).permutation(w.ravel()).reshape(w.shape), init.name
+                    )
+                )
+        onnx.save(m, str(path))
+        return path
+
+    monkeypatch.setattr(run, "to_onnx", corrupt)
+    _, run_dir, _ = trained_run
+    with pytest.raises(run.ParityError, match="export parity failed for onnx"):
+        _export(tmp_path, run_dir / "weights" / "best.pt", ["onnx"])
+    out = tmp_path / "export"
+    manifest = json.loads((out / "sigdet_export.json").read_text())
+    entry = manifest["artifacts"][0]
+    assert entry["status"] == "failed" and "raw_diff" in entry["reason"]
+    assert not (out / "model.onnx").exists() and (out / "failed" / "model.onnx").is_file()
+    with pytest.raises(UserError, match="failed its parity check"):
+        # the manifest entry still names it: put it back where it was and try to load it
+        (out / "failed" / "model.onnx").rename(out / "model.onnx")
+        load_exported(out / "model.onnx")
+
+
+def test_transformers_export_round_trip(tmp_path):
+    from evaluation.run import evaluate_run, validator
+    from training.train import train
+
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY], tmp_path / "train")
+    train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+    ckpt = Path(cfg.paths.run_dir) / "weights" / "best"
+    _, out, manifest = _export(tmp_path, ckpt, ["onnx", "openvino_fp32"])
+    assert _statuses(manifest) == {"onnx": "passed", "openvino_fp32": "passed"}, manifest
+    meta = json.loads((out / "sigdet_export.json").read_text())
+    assert meta["kind"] == "transformers" and meta["input_names"] == ["pixel_values", "pixel_mask"]
+
+
+def test_classifier_export_round_trip(tmp_path):
+    from export.model import load_exported
+    from training.classifier.model import RegionClassifier
+
+    torch.manual_seed(0)
+    ckpt = RegionClassifier(["signature", "stamp", "thumb"], 32).save(tmp_path / "clf.pt")
+    _, out, manifest = _export(tmp_path, ckpt, ["onnx", "openvino_fp32", "openvino_int8"], CROPS_TINY)
+    st = _statuses(manifest)
+    assert st["onnx"] == st["openvino_fp32"] == "passed", manifest
+    assert st["openvino_int8"] in (
+        "passed",
+        "failed",
+    )  # an untrained 32 px net may not survive INT8; reported
+    onnx = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
+    assert onnx["parity"]["top1_agreement"] == 1.0
+    model = load_exported(out / "model.onnx")
+    probs = model.predict_proba([np.full((40, 90, 3), 200, np.uint8)])
+    assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_latency_command_writes_its_tables(yolo_export, tmp_path):
+    from export.benchmark import benchmark_export
+
+    _, out, _ = yolo_export
+    cfg = compose_cfg(
+        "export_benchmark", [f"export_dir={out}", "warmup=1", "min_runs=2", "min_seconds=0"], tmp_path
+    )
+    doc = benchmark_export(out, cfg)
+    rows = {(r["runtime"], r["device"], r["precision"]): r for r in doc["rows"]}
+    for key in (
+        ("PyTorch eager", "CPU", "fp32"),
+        ("ONNX Runtime", "CPU", "fp32"),
+        ("OpenVINO", "CPU", "fp32"),
+        ("OpenVINO", "CPU", "int8"),
+    ):
+        r = rows[key]
+        assert r["status"] == "ok" and r["model/runs"] >= 2 and r["e2e/p50_ms"] > 0, key
+        assert {"model/p90_ms", "model/p99_ms", "model/std_ms", "e2e/mean_ms"} <= set(r)
+    if not torch.cuda.is_available():
+        for prec in ("fp32", "fp16"):
+            r = rows[("TensorRT", "CUDA", prec)]
+            assert r["status"] == "unavailable" and "CUDA" in r["reason"] and "e2e/p50_ms" not in r
+    run_dir = tmp_path / "run"
+    for f in ("latency.md", "latency.csv", "latency.json", "latency_onnx_vs_tensorrt.csv"):
+        assert (run_dir / f).is_file(), f
+    md = (run_dir / "latency.md").read_text()
+    assert "ONNX (CPU) vs TensorRT (GPU)" in md and "AMD" in md or "Intel" in md or "CPU:" in md
+    assert [r["runtime"] for r in doc["upstream"]] == ["ONNX Runtime (CPU)", "TensorRT (GPU)"]
+    assert doc["environment"]["version/onnxruntime"]
+
+
+def test_export_cli_bad_checkpoint_is_one_line(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            f"checkpoint={tmp_path / 'nope.pt'}",
+            f"hydra.run.dir={tmp_path / 'x'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "nope.pt: checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_tensorrt(), reason="needs CUDA and the tensorrt package")
+def test_tensorrt_export_and_latency(trained_run, tmp_path):
+    from export.benchmark import benchmark_export
+
+    _, run_dir, _ = trained_run
+    _, out, manifest = _export(
+        tmp_path, run_dir / "weights" / "best.pt", ["onnx", "tensorrt_fp32", "tensorrt_fp16"]
+    )
+    assert _statuses(manifest) == {"onnx": "passed", "tensorrt_fp32": "passed", "tensorrt_fp16": "passed"}, (
+        manifest
+    )
+    cfg = compose_cfg(
+        "export_benchmark", [f"export_dir={out}", "warmup=2", "min_runs=5", "min_seconds=0"], tmp_path
+    )
+    doc = benchmark_export(out, cfg)
+    trt = [r for r in doc["rows"] if r["runtime"] == "TensorRT"]
+    assert all(r["status"] == "ok" for r in trt)
+    assert doc["upstream"][1]["inference p50 (ms)"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pytorch_cuda_reference_matches_cpu(trained_run):
+    from export.families import load_family
+    from export.model import reference_model
+
+    _, run_dir, _ = trained_run
+    image = sorted((EMBEDDED / "valid").glob("*.jpg"))[0]
+    cpu = reference_model(load_family(run_dir / "weights" / "best.pt")).predict([image], conf=0.05)[0]
+    gpu = reference_model(load_family(run_dir / "weights" / "best.pt"), "cuda").predict([image], conf=0.05)[0]
+    np.testing.assert_allclose(gpu.scores[:5], cpu.scores[:5], atol=1e-3)
