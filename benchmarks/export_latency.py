@@ -1,0 +1,99 @@
+"""CPU paths vs ONNX Runtime FP32: a randomly initialised 1-class YOLOv8s at 640 (issue 5's reference setting)
+and the ResNet18 region classifier at 224, exported to every format this machine runs, timed per the latency
+protocol. Prints the latency tables and the speed-up of each path over ONNX Runtime FP32 in the same run.
+
+    python benchmarks/export_latency.py --out /tmp/export-bench [--runs 100 --seconds 10 --threads 2]
+
+Accuracy is not meaningful for random weights: the mAP side of the target is checked on a trained model with
+``python -m export checkpoint=<run>/weights/best.pt`` (its parity table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import training  # noqa: E402,F401
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def yolov8s_checkpoint(path: Path, imgsz: int) -> Path:
+    """A 1-class YOLOv8s with random init, saved the way ultralytics saves a trained one."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8s.yaml", nc=1, verbose=False)
+    model.names = {0: "signature"}
+    model.args = {"imgsz": imgsz}
+    torch.save({"model": model.half(), "train_args": {"imgsz": imgsz}, "epoch": -1}, path)
+    return path
+
+
+def classifier_checkpoint(path: Path) -> Path:
+    from training.classifier.model import RegionClassifier
+
+    torch.manual_seed(0)
+    return RegionClassifier(["signature", "stamp", "thumb"], 224).save(path)
+
+
+def run(name: str, checkpoint: Path, out: Path, args, extra: list[str]) -> dict:
+    from export.benchmark import benchmark_export
+    from export.run import export_checkpoint
+
+    over = [f"checkpoint={checkpoint}", "formats=[onnx,openvino_fp32,openvino_bf16,openvino_int8]",
+            f"calibration.n_images={args.calib}", "parity.n_images=4", "evaluation.n_bootstrap=0",
+            f"paths.output_dir={out}", *extra]
+    if args.threads:
+        over.append(f"threads={args.threads}")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("export", over)
+        bcfg = compose("export_benchmark", [f"export_dir={out / name}", f"warmup={args.warmup}",
+                                            f"min_runs={args.runs}", f"min_seconds={args.seconds}",
+                                            f"+paths.run_dir={out / name}"]
+                       + ([f"threads={args.threads}"] if args.threads else []))
+    export_checkpoint(cfg, out / name)
+    doc = benchmark_export(out / name, bcfg)
+    rows = [r for r in doc["rows"] if r["status"] == "ok"]
+    ort = next(r for r in rows if r["runtime"] == "ONNX Runtime" and r["device"] == "CPU")
+    print(f"\n## {name}: speed-up over ONNX Runtime FP32 (model p50 {ort['model/p50_ms']:.1f} ms)\n")
+    print("| path | model p50 (ms) | speed-up | end-to-end p50 (ms) | speed-up |\n|---|---|---|---|---|")
+    for r in rows:
+        if r["device"] != "CPU":
+            continue
+        print(f"| {r['runtime']} {r['precision']} | {r['model/p50_ms']:.1f} | {ort['model/p50_ms'] / r['model/p50_ms']:.2f}x"
+              f" | {r['e2e/p50_ms']:.1f} | {ort['e2e/p50_ms'] / r['e2e/p50_ms']:.2f}x |")
+    return doc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--calib", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--skip-classifier", action="store_true")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    ck = yolov8s_checkpoint(args.out / "yolov8s-random.pt", args.imgsz)
+    run("yolov8s", ck, args.out, args, [])
+    if not args.skip_classifier:
+        ck = classifier_checkpoint(args.out / "resnet18-random.pt")
+        run("resnet18-classifier", ck, args.out, args,
+            ["crops.detection.enabled=false", "crops.synthetic.pages.train=12", "crops.synthetic.pages.val=6",
+             "crops.synthetic.pages.test=0"])
+
+
+if __name__ == "__main__":
+    main()
