@@ -146,21 +146,6 @@ def _pil(image) -> Image.Image:
     return load_rgb(image)
 
 
-class _HFWrapper(torch.nn.Module):
-    """Tensors in, ``(logits, pred_boxes)`` out: the transformers model as a traceable graph."""
-
-    def __init__(self, model, use_mask: bool):
-        super().__init__()
-        self.model, self.use_mask = model, use_mask
-
-    def forward(self, pixel_values, pixel_mask=None):
-        kwargs = {"pixel_values": pixel_values}
-        if self.use_mask and pixel_mask is not None:
-            kwargs["pixel_mask"] = pixel_mask
-        o = self.model(**kwargs)
-        return o.logits, o.pred_boxes
-
-
 def detect_kind(checkpoint: str | Path) -> str:
     """Family of a checkpoint: a transformers run folder, a classifier .pt, or an ultralytics .pt."""
     p = Path(checkpoint)
@@ -213,6 +198,7 @@ def load_family(
     if kind == "transformers":
         from omegaconf import OmegaConf
 
+        from training.backends.hf_processing import GraphWrapper
         from training.backends.transformers import TransformersDetector
 
         det = TransformersDetector(
@@ -230,7 +216,7 @@ def load_family(
             inputs,
             ["logits", "pred_boxes"],
             {"score_mode": det.score_mode, "use_mask": bool(det.use_mask), "max_det": 100},
-            _HFWrapper(model, det.use_mask).eval(),
+            GraphWrapper(model, det.use_mask).eval(),
             src,
         )
     from training.classifier.model import load_classifier

@@ -223,6 +223,8 @@ def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
         for k in keys:
             row[f"{k} (PyTorch)"] = _f(m.get(f"ref/{k}"))
             row[f"{k} (export)"] = _f(m.get(f"export/{k}"))
+        if family.is_detector:
+            row["boxes compared"] = str(int(m["ref_boxes"])) if "ref_boxes" in m else "n/a"
         row["match rate" if family.is_detector else "top-1 agreement"] = _f(
             m.get("match_rate", m.get("top1_agreement"))
         )

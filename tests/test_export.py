@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EMBEDDED, HF_TINY, ROOT, compose_cfg
+from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg
 from training.errors import UserError
 
 # small parity / calibration sets and a tiny classifier crop pool: the point is the round trip
@@ -148,6 +148,18 @@ def test_transformers_export_round_trip(tmp_path):
     assert _statuses(manifest) == {"onnx": "passed", "openvino_fp32": "passed"}, manifest
     meta = json.loads((out / "sigdet_export.json").read_text())
     assert meta["kind"] == "transformers" and meta["input_names"] == ["pixel_values", "pixel_mask"]
+    # the Detector contract's export(fmt, out_dir) writes the same graph
+    from training.backends import build_detector
+
+    det = build_detector(cfg.model, tmp_path / "det")
+    det.load(ckpt)
+    path = det.export("onnx", tmp_path / "contract")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["logits", "pred_boxes"]
+    with pytest.raises(UserError, match="already exists"):
+        det.export("onnx", tmp_path / "contract")
 
 
 def test_classifier_export_round_trip(tmp_path):
@@ -168,6 +180,14 @@ def test_classifier_export_round_trip(tmp_path):
     model = load_exported(out / "model.onnx")
     probs = model.predict_proba([np.full((40, 90, 3), 200, np.uint8)])
     assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    # dynamic batch: one graph, any batch size
+    _, out2, manifest2 = _export(
+        tmp_path, ckpt, ["onnx"], [*CROPS_TINY, "dynamic=true", "opset=18"], sub="dyn"
+    )
+    assert _statuses(manifest2) == {"onnx": "passed"} and manifest2["opset"] == 18
+    dyn = load_exported(out2 / "model.onnx")
+    feeds = dyn.family.batch_feeds([np.full((40, 90, 3), v, np.uint8) for v in (10, 200, 90)])
+    assert dyn.runner(feeds)[0].shape == (3, 3)
 
 
 def test_latency_command_writes_its_tables(yolo_export, tmp_path):
@@ -258,3 +278,30 @@ def test_pytorch_cuda_reference_matches_cpu(trained_run):
     cpu = reference_model(load_family(run_dir / "weights" / "best.pt")).predict([image], conf=0.05)[0]
     gpu = reference_model(load_family(run_dir / "weights" / "best.pt"), "cuda").predict([image], conf=0.05)[0]
     np.testing.assert_allclose(gpu.scores[:5], cpu.scores[:5], atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=debug/conditional-detr", *HF_TINY],
+        ["model=debug/yolos", *HF_TINY],
+        ["experiment=quickstart", "model=yolov10n", *TINY],
+        ["experiment=quickstart", "model=rtdetr-l", *TINY],
+    ],
+    ids=["conditional-detr", "yolos", "yolov10n", "rtdetr-l"],
+)
+def test_every_other_family_exports(overrides, tmp_path):
+    """The remaining heads (sigmoid top-k decoding, no pixel mask, YOLOv10, RT-DETR queries) export and pass
+    the FP32 parity check (RT-DETR's query top-k can reorder near-ties: its raw diff bound is relaxed)."""
+    from evaluation.run import evaluate_run, validator
+    from training.train import train
+
+    cfg = compose_cfg("train", overrides, tmp_path / "train")
+    train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+    run = Path(cfg.paths.run_dir) / "weights"
+    ckpt = run / "best" if (run / "best").is_dir() else run / "best.pt"
+    _, _, manifest = _export(
+        tmp_path, ckpt, ["onnx", "openvino_fp32"], ["parity.bounds.default.max_raw_diff=null"]
+    )
+    assert set(_statuses(manifest).values()) == {"passed"}, manifest

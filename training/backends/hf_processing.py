@@ -81,3 +81,18 @@ def decode(
     keep = scores >= conf
     order = scores[keep].argsort(descending=True)[:max_det]
     return Detections(xyxy[keep][order].numpy(), scores[keep][order].numpy(), labels[keep][order].numpy())
+
+
+class GraphWrapper(torch.nn.Module):
+    """Tensors in, ``(logits, pred_boxes)`` out: a transformers detector as a traceable graph (ONNX export)."""
+
+    def __init__(self, model, use_mask: bool):
+        super().__init__()
+        self.model, self.use_mask = model, use_mask
+
+    def forward(self, pixel_values, pixel_mask=None):
+        kwargs = {"pixel_values": pixel_values}
+        if self.use_mask and pixel_mask is not None:
+            kwargs["pixel_mask"] = pixel_mask
+        o = self.model(**kwargs)
+        return o.logits, o.pred_boxes

@@ -464,7 +464,35 @@ class TransformersDetector(Detector):
         return run
 
     def export(self, fmt: str, out_dir) -> Path:
-        # Visible gap, not a stub: ONNX / OpenVINO / TensorRT export of these models is the export issue's work.
-        raise UserError(
-            f"export of {self.family} models to {fmt} is not implemented yet (tracked by the export issue)"
+        """``onnx`` (static batch, opset 17) into ``out_dir/model.onnx``. OpenVINO / TensorRT, parity checks and
+        the shared pre/post-processing for exported models: ``python -m export checkpoint=...``."""
+        from training.backends.hf_processing import GraphWrapper
+
+        if fmt != "onnx":
+            raise UserError(
+                f"{fmt}: use `python -m export checkpoint={self.checkpoint} formats=[...]` for it"
+            )
+        out = Path(out_dir)
+        path = out / "model.onnx"
+        if path.exists():
+            raise UserError(f"{path} already exists; choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
+        wrapper = GraphWrapper(self._require().cpu().eval(), self.use_mask).eval()
+        s = self.imgsz
+        args = (
+            (torch.rand(1, 3, s, s), torch.ones(1, s, s, dtype=torch.long))
+            if self.use_mask
+            else (torch.rand(1, 3, s, s),)
         )
+        names = ["pixel_values", "pixel_mask"] if self.use_mask else ["pixel_values"]
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=names,
+            output_names=["logits", "pred_boxes"],
+            opset_version=17,
+            dynamo=False,
+        )
+        self.model.to(self.device)
+        return path
