@@ -280,7 +280,6 @@ def test_pytorch_cuda_reference_matches_cpu(trained_run):
     np.testing.assert_allclose(gpu.scores[:5], cpu.scores[:5], atol=1e-3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
