@@ -130,3 +130,15 @@ def test_bad_train_value_types_are_config_errors(tmp_path):
     cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "train.batch=lots"], tmp_path)
     with pytest.raises(ConfigError, match="train.batch='lots' is not of type int"):
         build_detector(cfg.model, tmp_path).train(cfg)
+
+
+@pytest.mark.parametrize("root", ["export", "export_benchmark", "generate", "classify"])
+def test_other_roots_compose_and_resolve(root, tmp_path):
+    overrides = {
+        "export": ["checkpoint=x.pt"],
+        "export_benchmark": ["export_dir=x"],
+        "generate": ["out=x"],
+        "classify": ["checkpoint=x.pt", "pages=x", "out=y"],
+    }[root]
+    cfg = compose_cfg(root, overrides, tmp_path)
+    OmegaConf.to_container(cfg, resolve=True)
