@@ -133,12 +133,12 @@ def test_bad_train_value_types_are_config_errors(tmp_path):
 
 
 @pytest.mark.parametrize("root", ["export", "export_benchmark", "generate", "classify"])
-def test_other_roots_compose_and_resolve(root, tmp_path):
+def test_other_roots_compose_and_resolve(root):
     overrides = {
         "export": ["checkpoint=x.pt"],
         "export_benchmark": ["export_dir=x"],
         "generate": ["out=x"],
         "classify": ["checkpoint=x.pt", "pages=x", "out=y"],
     }[root]
-    cfg = compose_cfg(root, overrides, tmp_path)
+    cfg = compose_cfg(root, overrides)
     OmegaConf.to_container(cfg, resolve=True)
