@@ -181,7 +181,7 @@ def load_family(
         )
         det.load(src)
         net = det.model.model.cpu()
-        size = int(imgsz or (det.model.ckpt or {}).get("train_args", {}).get("imgsz", 640) or 640)
+        size = det._imgsz(imgsz)
         names = det.model.names
         classes = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
         head = head_kind(net)

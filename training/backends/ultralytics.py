@@ -259,6 +259,27 @@ class UltralyticsDetector(Detector):
             raise UserError("no model loaded: train first or load a checkpoint")
         return self.model
 
+    def _net(self):
+        """The network in the state ultralytics' exporter puts it in (fused, head returning one raw tensor),
+        cached per loaded model: the same module an export traces, so both decode the same output."""
+        import torch
+
+        from training.backends.yolo_processing import export_module, head_kind
+
+        model = self._require()
+        if getattr(self, "_net_of", None) is not model:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self._infer_net = export_module(model.model).to(device)
+            self._head = head_kind(model.model)
+            self._net_of = model
+        return self._infer_net
+
+    def _imgsz(self, imgsz: int | None) -> int:
+        if imgsz:
+            return int(imgsz)
+        args = getattr(self._require(), "ckpt", None) or {}
+        return int((args.get("train_args") or {}).get("imgsz", 640) or 640)
+
     def predict(
         self,
         images: list[ImageInput],
@@ -267,18 +288,29 @@ class UltralyticsDetector(Detector):
         iou: float = 0.7,
         max_det: int = 300,
     ) -> list[Detections]:
-        model = self._require()
-        kwargs = {"conf": conf, "iou": iou, "max_det": max_det, "verbose": False}
-        if imgsz:
-            kwargs["imgsz"] = int(imgsz)
+        """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
+        that one image gives the same boxes in PyTorch, ONNX Runtime, OpenVINO and TensorRT)."""
+        import torch
+        from PIL import Image
+
+        from training.backends.yolo_processing import decode, letterbox
+        from training.data.images import load_rgb
+
+        net = self._net()
+        size = self._imgsz(imgsz)
+        device = next(net.parameters()).device
         out: list[Detections] = []
         for img in images:
-            # ultralytics takes numpy images as BGR; our arrays are RGB.
-            src = img[..., ::-1] if isinstance(img, np.ndarray) else str(img)
-            r = model.predict(src, **kwargs)[0]
-            b = r.boxes
+            pil = (
+                Image.fromarray(np.asarray(img, dtype=np.uint8))
+                if isinstance(img, np.ndarray)
+                else load_rgb(img)
+            )
+            x, meta = letterbox(pil, size)
+            with torch.inference_mode():
+                raw = net(torch.from_numpy(x)[None].to(device))
             out.append(
-                Detections(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(np.int64))
+                decode(raw[0].float().cpu().numpy(), self._head, meta, pil.size, size, conf, iou, max_det)
             )
         return out
 
@@ -288,12 +320,9 @@ class UltralyticsDetector(Detector):
     def benchmark_forward(self, imgsz: int | None = None):
         import torch
 
-        model = self._require()
-        size = int(imgsz or 640)
-        # one prediction sets up ultralytics' predictor (fused, eval mode): time exactly what predict runs
-        model.predict(np.zeros((size, size, 3), dtype=np.uint8), imgsz=size, verbose=False)
-        net = model.predictor.model
-        x = torch.zeros(1, 3, size, size, device=model.device)
+        net = self._net()
+        size = self._imgsz(imgsz)
+        x = torch.zeros(1, 3, size, size, device=next(net.parameters()).device)
 
         @torch.inference_mode()
         def run():
