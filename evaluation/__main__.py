@@ -35,7 +35,9 @@ def load_any(cfg: DictConfig, run_dir, tracker=None):
     if is_exported(str(cfg.checkpoint)):
         model = load_exported(str(cfg.checkpoint), cfg.get("precision"))
         if not model.family.is_detector:
-            raise UserError(f"{cfg.checkpoint}: a classifier export; evaluate it with python -m export (parity)")
+            raise UserError(
+                f"{cfg.checkpoint}: a classifier export; evaluate it with python -m export (parity)"
+            )
         with open_dict(cfg):
             # an export has one input size: evaluate at it
             cfg.evaluation.imgsz = model.imgsz

@@ -264,6 +264,37 @@ def _metrics_of(run_dir: Path) -> dict:
     return json.loads(f.read_text())["metrics"] if f.is_file() else {}
 
 
+def _provenance_of(run_dir: Path) -> dict:
+    f = Path(run_dir) / "metrics.json"
+    return json.loads(f.read_text(encoding="utf-8")).get("provenance", {}) if f.is_file() else {}
+
+
+def _log_summary(scfg, out_dir: Path, rows: list[dict], trials, plots: dict) -> None:
+    """With ``sweep.logger=wandb``: one "summary" run in the study's group holding the base-vs-best and trials
+    tables and the Optuna plots (history, importances, parallel coordinates), so the project page shows the
+    sweep without building panels by hand."""
+    if scfg.get("logger", "none") == "none":
+        return
+    from training.tracking import tracked
+
+    cfg = compose_run(scfg, [], out_dir / "summary_run", "summary")
+    with open_dict(cfg):
+        cfg.logger.tags = [*cfg.logger.tags, "sweep-summary"]
+        cfg.logger.job_type = "sweep-summary"
+    with tracked(cfg.logger, out_dir, cfg) as tracker:
+        tracker.log_table("sweep/base_vs_best", list(rows[0]), [list(r.values()) for r in rows])
+        cols = ["number", "state", "value", *scfg.search_space.keys()]
+        tracker.log_table(
+            "sweep/trials",
+            cols,
+            [
+                [t.number, t.state.name, t.value, *[t.params.get(k) for k in scfg.search_space]]
+                for t in trials
+            ],
+        )
+        tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
+
+
 def summarize(scfg, out_dir: Path, run_fn) -> dict:
     """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table."""
     import optuna
@@ -400,6 +431,23 @@ def summarize(scfg, out_dir: Path, run_fn) -> dict:
         f"Run the best parameters: `python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}`",
     ]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    base_prov = _provenance_of(base_dir)
+    summary = {
+        "study_name": str(scfg.study_name),
+        "experiment": str(scfg.experiment),
+        "metric": str(scfg.metric),
+        "direction": str(scfg.direction),
+        "data": base_prov.get("data"),
+        "counts": {k: n for k, n in counts.items() if n},
+        "best_number": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "base": base,
+        "best": best_metrics,
+        "plots": plots,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    _log_summary(scfg, out_dir, rows, trials, plots)
     print("\n".join(md))
     return {
         "best_number": best.number,

@@ -1,0 +1,352 @@
+"""``python -m evaluation.full_report``: finished runs -> one Markdown + HTML report, ours beside the published.
+
+Sections (each optional; a missing run is a line saying which command produces it):
+
+1. model selection (``python -m evaluation.model_selection``): CPU ms, mAP50, mAP50-95 per model;
+2. base vs tuned (``python -m training.sweep``): mAP50, mAP50-95, precision, recall, F1;
+3. final test results (a ``python -m training`` or ``python -m evaluation`` run with ``test/*`` metrics);
+4. ONNX (CPU) vs TensorRT (GPU) latency (``python -m export.benchmark``);
+5. the region classifier's per-class table (``python -m training experiment=classifier_two_stage``).
+
+Every number is ours, the published one (``conf/report/published.yaml``, with its source), and the difference;
+every section says which data, hardware and weights ours came from. Published numbers are never shown alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import training  # noqa: F401
+from evaluation.report import markdown_table
+from training.errors import UserError, exit_on_user_error
+
+HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
+
+
+def _f(v, digits: int = 4) -> str:
+    return "" if v is None else f"{float(v):.{digits}f}"
+
+
+def compare(ours, published, digits: int = 4, scale: float = 1.0) -> dict[str, str]:
+    """Ours, published and ours - published (in points for fractions: ``scale=100``)."""
+    diff = (
+        ""
+        if ours is None or published is None
+        else f"{scale * (float(ours) - float(published)):+.{2 if scale != 1 else digits}f}"
+    )
+    return {"ours": _f(ours, digits), "published": _f(published, digits), "difference": diff}
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e.__class__.__name__})") from None
+
+
+def _need(folder, name: str, files: tuple[str, ...]) -> Path | None:
+    if not folder:
+        return None
+    d = Path(str(folder)).expanduser()
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise UserError(f"{name}={d}: not a finished {name} run (missing {', '.join(missing)})")
+    return d
+
+
+class Report:
+    def __init__(self, out: Path, published: dict):
+        self.out, self.pub, self.md, self.figures = out, published, [], []
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    def figure(self, src: Path, caption: str) -> None:
+        if not src.is_file():
+            return
+        dst = self.out / "figures" / f"{len(self.figures):02d}_{src.name}"
+        shutil.copyfile(src, dst)
+        self.figures.append((dst, caption))
+        self.md.append(f"![{caption}](figures/{dst.name})\n\n*{caption}*\n")
+
+    def table(self, rows: list[dict], title: str, name: str) -> None:
+        if not rows:
+            return
+        self.md.append(markdown_table(rows, f"### {title}\n"))
+        with open(self.out / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    # -- sections ---------------------------------------------------------------------------------------
+    def model_selection(self, d: Path | None) -> None:
+        self.md.append("## 1. Model selection\n")
+        if d is None:
+            self.md.append(
+                "_No run given (`model_selection=DIR` of `python -m evaluation.model_selection`)._\n"
+            )
+            return
+        doc = _json(d / "model_selection.json")
+        env, split = doc["environment"], doc["split"]
+        pub = (self.pub.get("model_selection") or {}).get("rows") or {}
+        self.md.append(
+            f"Ours: data `{doc['data']}`, split `{split}`; CPU {env['cpu']} ({env.get('cpu_count')} cores), torch "
+            f"{env.get('version/torch')}; weights: as trained by that run ({d}). Published: "
+            f"{(self.pub.get('model_selection') or {}).get('source', 'n/a')} "
+            f"(split {(self.pub.get('model_selection') or {}).get('split', 'n/a')}).\n"
+        )
+        rows = []
+        for r in doc["results"]:
+            m, p = r["metrics"], pub.get(r["model"], {})
+            row = {"model": r["model"]}
+            for key, ours, digits, scale in (
+                ("CPU ms", r["latency"].get("model/p50_ms"), 1, 1.0),
+                ("mAP50", m.get(f"{split}/mAP50"), 4, 100.0),
+                ("mAP50-95", m.get(f"{split}/mAP50-95"), 4, 100.0),
+            ):
+                c = compare(ours, p.get({"CPU ms": "cpu_ms"}.get(key, key)), digits, scale)
+                row[f"{key} ours"], row[f"{key} published"], row[f"{key} diff"] = (
+                    c["ours"],
+                    c["published"],
+                    c["difference"],
+                )
+            rows.append(row)
+        self.table(rows, "Per model (differences of mAP in points)", "model_selection")
+        self.figure(d / "model_selection.png", "CPU latency vs mAP50-95 (ours)")
+
+    def sweep(self, d: Path | None) -> None:
+        self.md.append("## 2. Hyperparameter tuning: base vs tuned\n")
+        if d is None:
+            self.md.append("_No run given (`sweep=DIR` of `python -m training.sweep`)._\n")
+            return
+        doc = _json(d / "summary.json")
+        pub = (self.pub.get("base_vs_tuned") or {}).get("rows") or {}
+        self.md.append(
+            f"Ours: study `{doc['study_name']}` on experiment `{doc['experiment']}`, data `{doc.get('data')}`, "
+            f"{doc['counts']}; objective `{doc['metric']}`; best trial {doc['best_number']} "
+            f"({', '.join(f'{k}={v}' for k, v in doc['best_params'].items())}). Validation split. Published: "
+            f"{(self.pub.get('base_vs_tuned') or {}).get('source', 'n/a')}.\n"
+        )
+        rows = []
+        for k in HEADLINE:
+            for which, ours in (
+                ("base", doc["base"].get(f"val/{k}")),
+                ("tuned", doc["best"].get(f"val/{k}")),
+            ):
+                c = compare(ours, (pub.get(which) or {}).get(k), 4, 100.0)
+                rows.append({"metric": k, "model": which, **c})
+        self.table(rows, "Base vs tuned (differences in points)", "base_vs_tuned")
+        for name, caption in (
+            ("history", "Sweep history"),
+            ("importances", "Parameter importances"),
+            ("parallel_coordinates", "Trials, parallel coordinates"),
+        ):
+            self.figure(d / f"{name}.png", caption)
+
+    def final_test(self, d: Path | None) -> None:
+        self.md.append("## 3. Final test results\n")
+        if d is None:
+            self.md.append(
+                "_No run given (`test=RUN_DIR` of `python -m training` or `python -m evaluation`)._\n"
+            )
+            return
+        doc = _json(d / "metrics.json")
+        m, prov = doc["metrics"], doc.get("provenance", {})
+        if "test/mAP50" not in m:
+            raise UserError(
+                f"test={d}: its metrics.json has no test/* metrics (evaluate with evaluation.splits=[test])"
+            )
+        pub = (self.pub.get("final_test") or {}).get("metrics") or {}
+        self.md.append(
+            f"Ours: data `{prov.get('data')}`, model `{prov.get('model')}`, weights `{prov.get('checkpoint')}`, "
+            f"hardware {prov.get('hardware')} ({prov.get('device')}), torch {prov.get('torch')}. Published: "
+            f"{(self.pub.get('final_test') or {}).get('source', 'n/a')}.\n"
+        )
+        rows = []
+        for k in HEADLINE:
+            lo, hi = m.get(f"test/{k}_ci_low"), m.get(f"test/{k}_ci_high")
+            rows.append(
+                {
+                    "metric": k,
+                    **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0),
+                    "ours 95% CI": f"[{_f(lo)}, {_f(hi)}]" if lo is not None else "",
+                }
+            )
+        self.table(rows, "Test split (differences in points)", "final_test")
+        self.figure(d / "pr_curve_test.png", "Precision-recall at IoU 0.5, test (ours)")
+        self.figure(d / "f1_conf_test.png", "F1 vs confidence, test (ours)")
+
+    def latency(self, d: Path | None) -> None:
+        self.md.append("## 4. Latency: ONNX (CPU) vs TensorRT (GPU)\n")
+        if d is None:
+            self.md.append("_No run given (`latency=DIR` of `python -m export.benchmark`)._\n")
+            return
+        doc = _json(d / "latency.json")
+        env = doc["environment"]
+        pub = self.pub.get("latency") or {}
+        prow = pub.get("rows") or {}
+        self.md.append(
+            f"Ours: `{doc['source']}` ({doc['kind']}) at {doc['imgsz']}x{doc['imgsz']}, batch 1; CPU {env['cpu']} "
+            f"({env.get('cpu_count')} cores), GPU {env.get('gpu') or 'none'}; onnxruntime "
+            f"{env.get('version/onnxruntime')}, tensorrt {env.get('version/tensorrt')}. Published: "
+            f"{pub.get('source', 'n/a')} ({pub.get('hardware', 'hardware not stated')}).\n"
+        )
+        rows = []
+        for r in doc["rows"]:
+            if (r["runtime"], r["device"]) not in (("ONNX Runtime", "CPU"), ("TensorRT", "CUDA")):
+                continue
+            key = "onnx_cpu_ms" if r["runtime"] == "ONNX Runtime" else "tensorrt_gpu_ms"
+            ours = r.get("model/p50_ms") if r["status"] == "ok" else None
+            rows.append(
+                {
+                    "runtime": f"{r['runtime']} ({r['device']}, {r['precision']})",
+                    **compare(ours, prow.get(key), 2),
+                    "note": "" if r["status"] == "ok" else f"unavailable: {r.get('reason', '')}",
+                }
+            )
+        self.table(rows, "Inference p50 (ms)", "latency")
+
+    def classifier(self, d: Path | None) -> None:
+        self.md.append("## 5. Region classifier (signature / stamp / thumb)\n")
+        if d is None:
+            self.md.append(
+                "_No run given (`classifier=RUN_DIR` of `python -m training experiment=classifier_two_stage`)._\n"
+            )
+            return
+        doc = _json(d / "metrics.json")
+        m, prov, classes = doc["metrics"], doc.get("provenance", {}), doc.get("classes", [])
+        pub = (self.pub.get("classifier") or {}).get("per_class") or {}
+        self.md.append(
+            f"Ours: {prov.get('data')}; initial weights {prov.get('weights')}; checkpoint {prov.get('checkpoint')}; "
+            f"hardware {prov.get('hardware')}, torch {prov.get('torch')}. Published: "
+            f"{(self.pub.get('classifier') or {}).get('source', 'none found')}.\n"
+        )
+        rows = []
+        for c in classes:
+            for k in ("precision", "recall", "f1"):
+                rows.append(
+                    {
+                        "class": c,
+                        "metric": k,
+                        **compare(m.get(f"test/{k}/{c}"), (pub.get(c) or {}).get(k), 4, 100.0),
+                    }
+                )
+        overall = (self.pub.get("classifier") or {}).get("overall") or {}
+        for name, key, pkey in (
+            ("accuracy", "test/accuracy", "accuracy"),
+            ("macro F1", "test/macro_f1", "f1"),
+        ):
+            rows.append({"class": "all", "metric": name, **compare(m.get(key), overall.get(pkey), 4, 100.0)})
+        self.table(rows, "Test split, per class (differences in points)", "classifier")
+        counts = doc.get("counts") or {}
+        pc = (self.pub.get("classifier") or {}).get("training_data_counts") or {}
+        crows = [
+            {
+                "class": c,
+                "count": col,
+                **compare((counts.get(c) or {}).get(col), (pc.get(col) or {}).get(c), 0),
+            }
+            for c in classes
+            for col in ("original", "augmented", "misclassified", "augmented_misclassified")
+        ]
+        self.table(
+            crows,
+            "Training crops per class (ours: total = the training set; the published total also counts the "
+            "misclassified originals)",
+            "classifier_counts",
+        )
+        self.figure(d / "confusion_test.png", "Confusion matrix, test (ours)")
+
+    def overview(self) -> Path | None:
+        """All figures on one page: the picture of the report."""
+        if not self.figures:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        n = len(self.figures)
+        cols = min(3, n)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), dpi=100, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (path, caption) in zip(axes.flat, self.figures, strict=False):
+            ax.imshow(Image.open(path))
+            ax.set_title(caption, fontsize=9)
+        fig.tight_layout()
+        path = self.out / "report_overview.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def to_html(md: str, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:600px}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head><body>{body}</body></html>"
+
+
+def build_report(cfg) -> dict[str, Path]:
+    out = Path(str(cfg.out)).expanduser()
+    if (out / "report.md").exists():
+        raise UserError(f"{out} already holds a report; choose another out=")
+    pub_path = Path(str(cfg.published)).expanduser()
+    if not pub_path.is_absolute() and not pub_path.is_file():
+        pub_path = Path(__file__).resolve().parents[1] / "conf" / pub_path
+    published = (
+        OmegaConf.to_container(OmegaConf.load(pub_path), resolve=True) if pub_path.is_file() else {}
+    ) or {}
+    inputs = {
+        "model_selection": _need(cfg.get("model_selection"), "model_selection", ("model_selection.json",)),
+        "sweep": _need(cfg.get("sweep"), "sweep", ("summary.json",)),
+        "test": _need(cfg.get("test"), "test", ("metrics.json",)),
+        "latency": _need(cfg.get("latency"), "latency", ("latency.json",)),
+        "classifier": _need(cfg.get("classifier"), "classifier", ("metrics.json",)),
+    }
+    if not any(inputs.values()):
+        raise UserError(
+            "no runs given: set at least one of model_selection= sweep= test= latency= classifier="
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    r = Report(out, published)
+    r.md.append(
+        "# Signature detection: reproduced results\n\n"
+        f"Each table: ours, the published number, and ours - published. Published numbers from "
+        f"`{pub_path.name}` ({(published.get('source') or {}).get('blog', 'no source file')}); ours from the runs "
+        "named in each section. Small CPU runs reproduce the pipeline, not the published accuracy.\n"
+    )
+    r.model_selection(inputs["model_selection"])
+    r.sweep(inputs["sweep"])
+    r.final_test(inputs["test"])
+    r.latency(inputs["latency"])
+    r.classifier(inputs["classifier"])
+    overview = r.overview()
+    md = "\n".join(r.md)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "report.html").write_text(to_html(md, "Signature detection report"), encoding="utf-8")
+    print(md)
+    return {"md": out / "report.md", "html": out / "report.html", "overview": overview}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    paths = build_report(cfg)
+    print(f"wrote {paths['md']} and {paths['html']}")
+
+
+if __name__ == "__main__":
+    main()
