@@ -3,7 +3,7 @@
 Sections (each optional; a missing run is a line saying which command produces it):
 
 1. model selection (``python -m evaluation.model_selection``): CPU ms, mAP50, mAP50-95 per model;
-2. base vs tuned (``python -m training.sweep``): mAP50, mAP50-95, precision, recall, F1;
+2. base vs tuned (``tuning=``, a ``python -m training.sweep`` folder): mAP50, mAP50-95, precision, recall, F1;
 3. final test results (a ``python -m training`` or ``python -m evaluation`` run with ``test/*`` metrics);
 4. ONNX (CPU) vs TensorRT (GPU) latency (``python -m export.benchmark``);
 5. the region classifier's per-class table (``python -m training experiment=classifier_two_stage``).
@@ -121,7 +121,7 @@ class Report:
     def sweep(self, d: Path | None) -> None:
         self.md.append("## 2. Hyperparameter tuning: base vs tuned\n")
         if d is None:
-            self.md.append("_No run given (`sweep=DIR` of `python -m training.sweep`)._\n")
+            self.md.append("_No run given (`tuning=DIR` of `python -m training.sweep`)._\n")
             return
         doc = _json(d / "summary.json")
         pub = (self.pub.get("base_vs_tuned") or {}).get("rows") or {}
@@ -311,7 +311,7 @@ def build_report(cfg) -> dict[str, Path]:
     ) or {}
     inputs = {
         "model_selection": _need(cfg.get("model_selection"), "model_selection", ("model_selection.json",)),
-        "sweep": _need(cfg.get("sweep"), "sweep", ("summary.json",)),
+        "sweep": _need(cfg.get("tuning"), "tuning", ("summary.json",)),
         "test": _need(cfg.get("test"), "test", ("metrics.json",)),
         "latency": _need(cfg.get("latency"), "latency", ("latency.json",)),
         "classifier": _need(cfg.get("classifier"), "classifier", ("metrics.json",)),
