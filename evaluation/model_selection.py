@@ -58,6 +58,18 @@ def _training_command(
     cmd += data_overrides
     cmd += flatten_overrides(cfg.train_overrides) + flatten_overrides(cfg.backend_overrides.get(backend))
     cmd += [f"seed={cfg.seed}", f"hydra.run.dir={run_dir}"]
+    lg = cfg.get("logger") or {}
+    if lg.get("type") == "wandb":
+        # one group per selection, one run per model, tagged: the project page compares them as they finish
+        cmd += [
+            "logger=wandb",
+            f"logger.project={lg.get('project')}",
+            f"logger.mode={lg.get('mode', 'auto')}",
+            f"logger.group=model-selection-{cfg.name}",
+            f"logger.name={name.replace('/', '-')}",
+            "logger.job_type=model-selection",
+            "logger.tags=[signature-detection,model-selection]",
+        ]
     if (run_dir / "weights").exists():
         cmd.append("resume=true")  # an earlier attempt was interrupted: continue it
     return cmd
@@ -257,8 +269,16 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
     env = environment()
     out = write_selection(run_dir, results, str(cfg.split), env, str(cfg.data.name))
     rows = out.pop("rows")
+    if (cfg.get("logger") or {}).get("type") == "wandb":
+        with open_dict(cfg):
+            cfg.logger.group, cfg.logger.name = f"model-selection-{cfg.name}", "summary"
+            cfg.logger.job_type, cfg.logger.tags = (
+                "model-selection-summary",
+                ["signature-detection", "model-selection"],
+            )
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
         tracker.log_table("model_selection", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_images("model_selection/plots", [out["png"]])
     print(out["md"].read_text())
     if failed:
         raise UserError(f"models that failed (re-run the same command to retry them): {failed}")

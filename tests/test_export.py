@@ -304,3 +304,34 @@ def test_every_other_family_exports(overrides, tmp_path):
         tmp_path, ckpt, ["onnx", "openvino_fp32"], ["parity.bounds.default.max_raw_diff=null"]
     )
     assert set(_statuses(manifest).values()) == {"passed"}, manifest
+
+
+def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run, tmp_path):
+    from evaluation.full_report import build_report
+    from export.benchmark import benchmark_export
+
+    _, out, _ = yolo_export
+    _, run_dir, metrics = trained_run
+    bcfg = compose_cfg(
+        "export_benchmark", [f"export_dir={out}", "warmup=1", "min_runs=2", "min_seconds=0"], tmp_path
+    )
+    benchmark_export(out, bcfg)
+    cfg = compose_cfg(
+        "report", [f"out={tmp_path / 'report'}", f"test={run_dir}", f"latency={tmp_path / 'run'}"]
+    )
+    paths = build_report(cfg)
+    md = paths["md"].read_text()
+    # final test: ours, published (model card: mAP50 0.94499), difference in points, and where ours came from
+    assert "| mAP50 | " + f"{metrics['test/mAP50']:.4f} | 0.9450 | " in md
+    assert "signatures-xc8up-mini" in md and "best.pt" in md
+    assert "| ONNX Runtime (CPU, fp32) |" in md and "171.56" in md
+    # sections without a run say which command makes them
+    assert "python -m evaluation.model_selection" in md and "python -m training.sweep" in md
+    assert paths["html"].read_text().startswith("<!doctype html>") and "<table>" in paths["html"].read_text()
+    assert paths["overview"].is_file()
+    from training.errors import UserError
+
+    with pytest.raises(UserError, match="tuning=.*not a finished tuning run"):
+        build_report(compose_cfg("report", [f"out={tmp_path / 'r2'}", f"tuning={run_dir}"]))
+    with pytest.raises(UserError, match="already holds a report"):
+        build_report(cfg)

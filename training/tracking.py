@@ -60,6 +60,7 @@ class WandbTracker(Tracker):
         group: str | None = None,
         tags: list[str] | None = None,
         mode: str = "auto",
+        job_type: str | None = None,
     ):
         import wandb
 
@@ -74,6 +75,7 @@ class WandbTracker(Tracker):
             name=name,
             group=group,
             tags=list(tags or []),
+            job_type=job_type,
             mode=mode,
             dir=str(run_dir),
             config=redact(cfg_dict),
@@ -188,6 +190,7 @@ def build_tracker(logger_cfg, run_dir: Path, cfg_dict: dict) -> Tracker:
             group=logger_cfg.get("group"),
             tags=logger_cfg.get("tags"),
             mode=logger_cfg.get("mode", "auto"),
+            job_type=logger_cfg.get("job_type"),
         )
     from training.errors import ConfigError
 
