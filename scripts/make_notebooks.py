@@ -66,7 +66,7 @@ show(out / "report_01" / "report.md")""",
     args = ["sweep=quickstart_tiny", "sweep.n_trials=2", "sweep.overrides.train.epochs=1"]
     study = "quickstart_tiny"
 else:
-    args = ["sweep=yolov8s_optuna", "sweep.logger=wandb", "+sweep.overrides.data=hf_signature_detection"]
+    args = ["sweep=yolov8s_optuna", "sweep.logger=wandb"]  # the yolov8s experiment reads the real dataset
     study = "yolov8s_optuna"
 run("training.sweep", *args, f"paths.output_dir={out}")
 sweep_dir = out / "sweeps" / study""",
@@ -142,8 +142,9 @@ def main() -> None:
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        for src in cells:
+        for i, src in enumerate(cells):
             cell = new_markdown_cell(str(src)) if isinstance(src, md) else new_code_cell(src)
+            cell.id = f"cell-{i:02d}"  # stable ids: regenerating does not churn the diff
             if src is PARAMS:
                 cell.metadata["tags"] = ["parameters"]
             nb.cells.append(cell)
