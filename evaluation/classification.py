@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.report import markdown_table, write_csv, write_metrics_json
+from evaluation.report import _fmt, markdown_table, write_csv, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,6 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
 def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], prefix: str = "") -> list[dict]:
@@ -203,16 +199,14 @@ def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, lim
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, index = [], ["file\tsource\n"]
     for i in np.flatnonzero(y_true != y_pred)[:limit]:
         name = f"{i:05d}_{classes[y_true[i]]}_as_{classes[y_pred[i]]}_{probs[i].max():.2f}.png"
         Image.fromarray(crops[i].image).save(out_dir / name)
         paths.append(out_dir / name)
+        index.append(f"{name}\t{crops[i].ref}\n")
     if paths:
-        (out_dir / "index.tsv").write_text(
-            "file\tsource\n" + "".join(f"{p.name}\t{crops[int(p.name[:5])].ref}\n" for p in paths),
-            encoding="utf-8",
-        )
+        (out_dir / "index.tsv").write_text("".join(index), encoding="utf-8")
     return paths
 
 

@@ -82,14 +82,15 @@ class Report:
             w.writeheader()
             w.writerows(rows)
 
+    def missing(self, arg: str, *commands: str) -> None:
+        """The line a section gets when no run was given: which argument, which command makes it."""
+        self.md.append(f"_No run given (`{arg}` of {' or '.join(f'`{c}`' for c in commands)})._\n")
+
     # -- sections ---------------------------------------------------------------------------------------
     def model_selection(self, d: Path | None) -> None:
         self.md.append("## 1. Model selection\n")
         if d is None:
-            self.md.append(
-                "_No run given (`model_selection=DIR` of `python -m evaluation.model_selection`)._\n"
-            )
-            return
+            return self.missing("model_selection=DIR", "python -m evaluation.model_selection")
         doc = _json(d / "model_selection.json")
         env, split = doc["environment"], doc["split"]
         pub = (self.pub.get("model_selection") or {}).get("rows") or {}
@@ -121,8 +122,7 @@ class Report:
     def sweep(self, d: Path | None) -> None:
         self.md.append("## 2. Hyperparameter tuning: base vs tuned\n")
         if d is None:
-            self.md.append("_No run given (`tuning=DIR` of `python -m training.sweep`)._\n")
-            return
+            return self.missing("tuning=DIR", "python -m training.sweep")
         doc = _json(d / "summary.json")
         pub = (self.pub.get("base_vs_tuned") or {}).get("rows") or {}
         self.md.append(
@@ -150,10 +150,7 @@ class Report:
     def final_test(self, d: Path | None) -> None:
         self.md.append("## 3. Final test results\n")
         if d is None:
-            self.md.append(
-                "_No run given (`test=RUN_DIR` of `python -m training` or `python -m evaluation`)._\n"
-            )
-            return
+            return self.missing("test=RUN_DIR", "python -m training", "python -m evaluation")
         doc = _json(d / "metrics.json")
         m, prov = doc["metrics"], doc.get("provenance", {})
         if "test/mAP50" not in m:
@@ -183,8 +180,7 @@ class Report:
     def latency(self, d: Path | None) -> None:
         self.md.append("## 4. Latency: ONNX (CPU) vs TensorRT (GPU)\n")
         if d is None:
-            self.md.append("_No run given (`latency=DIR` of `python -m export.benchmark`)._\n")
-            return
+            return self.missing("latency=DIR", "python -m export.benchmark")
         doc = _json(d / "latency.json")
         env = doc["environment"]
         pub = self.pub.get("latency") or {}
@@ -213,10 +209,7 @@ class Report:
     def classifier(self, d: Path | None) -> None:
         self.md.append("## 5. Region classifier (signature / stamp / thumb)\n")
         if d is None:
-            self.md.append(
-                "_No run given (`classifier=RUN_DIR` of `python -m training experiment=classifier_two_stage`)._\n"
-            )
-            return
+            return self.missing("classifier=RUN_DIR", "python -m training experiment=classifier_two_stage")
         doc = _json(d / "metrics.json")
         m, prov, classes = doc["metrics"], doc.get("provenance", {}), doc.get("classes", [])
         pub = (self.pub.get("classifier") or {}).get("per_class") or {}

@@ -182,13 +182,11 @@ def load_family(
         det.load(src)
         net = det.model.model.cpu()
         size = det._imgsz(imgsz)
-        names = det.model.names
-        classes = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
         head = head_kind(net)
         return Family(
             kind,
             size,
-            classes,
+            list(det.class_names),
             ["images"],
             ["output0"],
             {"head": head, "iou": 0.7, "max_det": 300},
