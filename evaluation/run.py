@@ -63,8 +63,7 @@ def evaluate_run(
             f"'{dataset.name}' {dataset.class_names}"
         )
     metrics: dict[str, float] = dict(prior or {})
-    for name, n in dataset.skipped.items():
-        metrics[f"data/skipped/{name}"] = float(n)
+    metrics.update(dataset.skipped_metrics())
     data_yaml = None
     for split in splits:
         result, preds = evaluate_detector(detector, dataset[split], ev)

@@ -21,7 +21,7 @@ import training  # noqa: F401
 from evaluation.latency import benchmark_detector, environment
 from evaluation.report import markdown_table, write_csv
 from export.families import Family, load_family
-from export.model import META, ExportedModel
+from export.model import META, ExportedModel, load_meta
 from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner, Unavailable
 from training.errors import UserError, exit_on_user_error
 
@@ -84,7 +84,7 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     out = Path(export_dir)
     if not (out / META).is_file():
         raise UserError(f"{out}: not an export folder (no {META}); run python -m export first")
-    meta = json.loads((out / META).read_text(encoding="utf-8"))
+    meta = load_meta(out / META)
     base = Family.from_meta(meta)
     try:
         family = (
@@ -102,6 +102,10 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         except (Unavailable, ImportError) as e:
             rows.append({**row, "status": "unavailable", "reason": str(e)})
             log.info("%s %s %s: unavailable (%s)", runtime, device, prec, e)
+            continue
+        except UserError as e:  # a damaged artefact: its row says so, the other rows are still measured
+            rows.append({**row, "status": "failed", "reason": str(e)})
+            log.warning("%s %s %s: failed (%s)", runtime, device, prec, e)
             continue
         model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
         r = benchmark_detector(

@@ -153,13 +153,18 @@ def detect_kind(checkpoint: str | Path) -> str:
         raise UserError(f"{p}: checkpoint not found")
     if p.is_dir():
         return "transformers"
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "fc.weight" in obj):
-            return "classifier"
-    except Exception:  # ultralytics checkpoints pickle whole modules: not loadable with weights_only
-        pass
-    return "ultralytics"
+    from training.checkpoints import check_ultralytics_checkpoint, checkpoint_globals, load_weights
+
+    # what the pickle names decides, without unpickling it: ultralytics checkpoints name its model classes
+    check_ultralytics_checkpoint(p)
+    if any(g.startswith("ultralytics.") for g in checkpoint_globals(p)):
+        return "ultralytics"
+    obj = load_weights(p)
+    if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "fc.weight" in obj or "state_dict" in obj):
+        return "classifier"
+    raise UserError(
+        f"{p}: not a checkpoint of any family {list(KINDS)} (a {type(obj).__name__} of plain tensors/data)"
+    )
 
 
 def load_family(

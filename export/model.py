@@ -10,7 +10,7 @@ import numpy as np
 
 from export.families import Family
 from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
-from training.errors import UserError
+from training.errors import DataError, UserError
 
 META = "sigdet_export.json"
 SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt"}
@@ -53,13 +53,27 @@ def read_meta(path: Path) -> tuple[dict, dict | None]:
     path = Path(path)
     for d in (path.parent, path.parent.parent):
         if (d / META).is_file():
-            meta = json.loads((d / META).read_text(encoding="utf-8"))
+            meta = load_meta(d / META)
             rel = str(path.resolve().relative_to(d.resolve()))
             entry = next((a for a in meta.get("artifacts", []) if a.get("path") == rel), None)
             return meta, entry
     raise UserError(
         f"{path}: no {META} beside it; export with `python -m export` (it records the preprocessing)"
     )
+
+
+def load_meta(path: Path) -> dict:
+    """``sigdet_export.json``, checked: one line naming the file when it is not an export manifest."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a valid export manifest ({e.__class__.__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a valid export manifest (expected a JSON object)")
+    missing = [k for k in ("kind", "imgsz", "class_names", "input_names", "output_names") if k not in meta]
+    if missing:
+        raise DataError(f"{path}: not a valid export manifest (missing {missing})")
+    return meta
 
 
 def is_exported(path: str | Path) -> bool:

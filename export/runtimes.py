@@ -7,9 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from training.errors import DataError
+
 
 class Unavailable(RuntimeError):
     """This runtime cannot run here (package missing, no CUDA, CPU without the instruction set)."""
+
+
+def _unloadable(path, what: str, e: Exception) -> DataError:
+    # each runtime has its own exception types for a damaged file (onnxruntime's InvalidProtobuf / Fail,
+    # OpenVINO's RuntimeError, TensorRT's None engine): one line naming the file instead
+    msg = " ".join(str(e).split())[:160]
+    return DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {msg})")
 
 
 class TorchRunner:
@@ -42,7 +51,10 @@ class OrtRunner:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=[provider])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=[provider])
+        except Exception as e:
+            raise _unloadable(path, "ONNX model", e) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.device = "cuda" if provider.startswith("CUDA") else "cpu"
 
@@ -85,7 +97,10 @@ class OpenVINORunner:
         else:
             # f32 explicitly: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model
             config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = core.compile_model(str(xml), "CPU", config)
+        try:
+            self.compiled = core.compile_model(str(xml), "CPU", config)
+        except Exception as e:
+            raise _unloadable(xml, "OpenVINO IR", e) from None
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
         self.device = "cpu"
@@ -112,7 +127,11 @@ class TensorRTRunner:
         self.trt, self.torch = trt, torch
         logger = trt.Logger(trt.Logger.WARNING)
         with open(engine_path, "rb") as f:
+            # engines never carry host code here: TensorRT refuses plugins serialised in an engine unless
+            # `engine_host_code_allowed` is set, which we never do
             self.engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise _unloadable(engine_path, "TensorRT engine", RuntimeError("deserialisation failed"))
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

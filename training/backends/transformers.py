@@ -315,7 +315,9 @@ class TransformersDetector(Detector):
             monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
         start_epoch, best, bad_epochs = 0, None, 0
         if resume:
-            state = torch.load(last_dir / STATE, map_location="cpu", weights_only=False)
+            from training.checkpoints import load_weights
+
+            state = load_weights(last_dir / STATE, "trainer state (resume)")
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
                 scheduler.load_state_dict(state["scheduler"])
@@ -396,6 +398,7 @@ class TransformersDetector(Detector):
             "train/images_per_s": steps_done * int(t.batch) / elapsed if elapsed > 0 else math.nan,
             f"train/best_{monitor.replace('/', '_')}": float(best) if best is not None else math.nan,
             "train/images": float(n_train),
+            **dataset.skipped_metrics(),
         }
 
     # -- inference ---------------------------------------------------------------------------------

@@ -25,10 +25,35 @@ FOREIGN_TRACKERS = ("ultralytics.utils.callbacks.wb",)
 ASSET_URL = "https://github.com/ultralytics/assets/releases"
 
 
-def _ultralytics():
-    import ultralytics
+def load_yolo(path: str | Path, what: str = "checkpoint"):
+    """An ultralytics model from a ``.pt`` through the safe path (training/checkpoints.py); one line on failure."""
+    from ultralytics import YOLO
 
-    return ultralytics
+    from training.checkpoints import (
+        check_ultralytics_checkpoint,
+        checkpoint_globals,
+        enable_ultralytics_safe_load,
+        load_weights,
+    )
+
+    enable_ultralytics_safe_load()
+    path = check_ultralytics_checkpoint(path)
+    if not any(g.startswith("ultralytics.") for g in checkpoint_globals(path)):
+        # plain tensors / dicts: a state dict of another model (the region classifier's, a transformers one...)
+        obj = load_weights(path, what)
+        kind = (
+            "the region classifier's checkpoint (run it with python -m training.classifier.infer, or export it with python -m export)"
+            if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "state_dict" in obj)
+            else f"a {type(obj).__name__} without an ultralytics model"
+        )
+        raise UserError(f"{path}: not an ultralytics {what}: it holds {kind}")
+    try:
+        model = YOLO(str(path))  # YOLO() loads RT-DETR weights too (it only cannot build RT-DETR from YAML)
+    except (TypeError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
+        # ultralytics' restricted loader raises TypeError for files outside its format
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"{path}: not a loadable ultralytics {what} ({msg})") from None
+    return model
 
 
 def check_train_args(args: dict) -> dict:
@@ -115,9 +140,12 @@ class UltralyticsDetector(Detector):
     def _build(self):
         from ultralytics import YOLO
 
+        from training.checkpoints import enable_ultralytics_safe_load
+
+        enable_ultralytics_safe_load()  # model YAMLs are parsed without eval() too
         weights = self.model_cfg.get("weights")
         if weights:
-            return YOLO(resolve_weights(str(weights)))
+            return load_yolo(resolve_weights(str(weights)), "weights file (model.weights)")
         arch = self.model_cfg.get("arch")
         if not arch:
             raise ConfigError(
@@ -189,16 +217,18 @@ class UltralyticsDetector(Detector):
                 raise UserError(
                     f"resume=true but {last} does not exist (point hydra.run.dir at the interrupted run)"
                 )
-            import torch
-            from ultralytics import YOLO
+            # every checkpoint of the run is vetted: ultralytics' final evaluation re-reads best.pt unrestricted
+            from training.checkpoints import check_ultralytics_checkpoint
 
-            if torch.load(last, map_location="cpu", weights_only=False).get("epoch", 0) == -1:
+            for pt in sorted(last.parent.glob("*.pt")):
+                check_ultralytics_checkpoint(pt)
+            model = load_yolo(last, "checkpoint (resume)")
+            if (model.ckpt or {}).get("epoch", 0) == -1:
                 # ultralytics marks a finished training with epoch -1 and refuses to resume it: the training
                 # part is done (an evaluation after it failed), so load the best weights and go on
                 best = last.with_name("best.pt")
                 self.load(best if best.is_file() else last)
                 return {"train/resumed_finished_run": 1.0}
-            model = YOLO(str(last))
         else:
             model = self._build()
         dataset = load_dataset(cfg.data, ("train", "val"))
@@ -232,6 +262,7 @@ class UltralyticsDetector(Detector):
             if elapsed > 0
             else math.nan,
         }
+        out.update(dataset.skipped_metrics())
         if trainer.metrics:
             out.update(
                 {
@@ -244,12 +275,10 @@ class UltralyticsDetector(Detector):
 
     # -- inference ------------------------------------------------------------------------------------
     def load(self, checkpoint) -> None:
-        from ultralytics import YOLO
-
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise UserError(f"checkpoint {checkpoint} not found")
-        self.model = YOLO(str(checkpoint))
+        self.model = load_yolo(checkpoint)
         self._checkpoint = checkpoint
         names = self.model.names
         self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)

@@ -136,10 +136,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> RegionClassi
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classifier checkpoint not found")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt file, pickle of arbitrary objects, ...
-        raise DataError(f"{path}: not a loadable PyTorch state dict ({e.__class__.__name__})") from None
+    from training.checkpoints import load_weights
+
+    obj = load_weights(path, "classifier checkpoint", map_location)  # weights_only: never runs code
     if isinstance(obj, dict) and "state_dict" in obj and "classes" in obj:
         model = RegionClassifier(
             obj["classes"], int(obj.get("imgsz", 224)), str(obj.get("normalize", "imagenet"))

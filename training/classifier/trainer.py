@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from training.classifier.crops import Crop, as_kind, build_crop_splits, class_counts
 from training.classifier.model import RegionClassifier, build_classifier, preprocess
-from training.errors import ConfigError
+from training.errors import ConfigError, DataError
 from training.loops import train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,12 @@ def train_classifier(
     def phase(name: str, stage: dict, train: list[Crop], k: int) -> None:
         path = weights / f"{name}.pt"
         if resume and path.exists():
-            model.net.load_state_dict(torch.load(path, map_location=device, weights_only=True)["state_dict"])
+            from training.checkpoints import load_weights
+
+            state = load_weights(path, "classifier checkpoint (resume)", device)
+            if not isinstance(state, dict) or "state_dict" not in state:
+                raise DataError(f"{path}: not a classifier checkpoint written by this run (no state_dict)")
+            model.net.load_state_dict(state["state_dict"])
             log.info("resume: %s loaded from %s", name, path)
             return
         runner.run(

@@ -1,42 +1,221 @@
-"""Image file helpers shared by readers, validation and prediction."""
+"""One decode for every image everywhere: validation, the conversion cache, training, evaluation, the classifier.
+
+Pages come from others: any mode PIL or cv2 can open (8/16-bit, gray, RGBA, palette, CMYK, EXIF-rotated),
+truncated files, decompression bombs. :func:`decode_rgb` turns each into the same RGB uint8 pixels:
+
+- EXIF orientation applied (as cv2 and ultralytics do);
+- 16/32-bit integer samples keep their high byte (what cv2 and ultralytics' ``imread`` do: PIL's own
+  ``convert("RGB")`` clips ``I;16`` to 255, a white page);
+- transparency is composited on white: a page with an alpha channel is a page on paper (cv2 drops alpha and
+  shows whatever colour sits under transparent pixels, often black);
+- a truncated file is an error, never a partly grey page (PIL raises; cv2 would fill the rest silently).
+
+ultralytics reads images itself (cv2): the YOLO conversion cache (``loader.prepare_yolo``) links an image only
+when ultralytics' reader gives exactly these pixels, and otherwise stores these pixels as a lossless PNG.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from training.errors import DataError
 
+# bump when decode_rgb's output changes, so that cached checks and converted images are not reused
+DECODE_VERSION = 1
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, with EXIF orientation applied like the trainers do."""
-    path = Path(path)
+
+class ImageError(DataError):
+    """An image that cannot be used; ``kind`` is what ``data.strict=false`` counts it as."""
+
+    def __init__(self, message: str, kind: str = "unreadable_image"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open(path: Path, max_pixels: int | None):
     if not path.is_file():
-        raise DataError(f"{path}: image file not found")
+        raise ImageError(f"{path}: image file not found", "missing_image")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            try:
-                orientation = im.getexif().get(0x0112, 1)
-            except Exception:  # malformed EXIF is not worth failing for
-                orientation = 1
-    except (UnidentifiedImageError, OSError, ImportError) as e:
-        # ImportError: ultralytics patches Image.open to try a HEIF plugin on unknown files.
-        raise DataError(f"{path}: unreadable image ({e.__class__.__name__})") from None
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: our own limit decides, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large ({e})", "too_large_image") from None
+    except (UnidentifiedImageError, OSError, ImportError, ValueError, SyntaxError) as e:
+        # ImportError: ultralytics patches Image.open to try a HEIF plugin on unknown files
+        raise ImageError(f"{path}: unreadable image ({e.__class__.__name__})") from None
+    w, h = im.size
+    if max_pixels and w * h > max_pixels:
+        im.close()
+        raise ImageError(
+            f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} MP), above data.max_image_pixels={max_pixels}",
+            "too_large_image",
+        )
+    return im
+
+
+ORIENTATION = 0x0112
+# EXIF orientation -> the transposition that makes the page upright (as PIL's ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        tags = im.tag_v2 if im.format == "TIFF" else im.getexif()
+        o = int(tags.get(ORIENTATION, 1))
+    except Exception:  # malformed EXIF is not worth failing for; the pixels are still used unrotated
+        return 1
+    return o if o in _UPRIGHT else 1
+
+
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from the file header, with EXIF orientation applied like the trainers do. Cheap: the
+    pixels are not decoded (validation does that, see :class:`ImageChecker`)."""
+    path = Path(path)
+    im = _open(path, max_pixels)
+    with im:
+        w, h = im.size
+        # PIL's TIFF reader applies the orientation itself (its size is already rotated)
+        orientation = _orientation(im) if im.format != "TIFF" else 1
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     if w <= 0 or h <= 0:
-        raise DataError(f"{path}: image has size {w}x{h}")
+        raise ImageError(f"{path}: image has size {w}x{h}")
     return w, h
 
 
-def load_rgb(path: str | Path):
-    """Load an image as an RGB PIL image with EXIF orientation applied."""
-    from PIL import ImageOps
-
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        # 16-bit (I;16*) and 32-bit integer / float gray: keep the high byte of 16-bit samples like cv2
+        a = np.asarray(im)
+        if mode == "F":
+            a = np.clip(a * 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else a, 0, 255)
+            a = np.nan_to_num(a).astype(np.uint8)
+        elif a.size and int(a.max()) > 255:
+            a = (a.astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        else:
+            a = a.clip(0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        page = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        page.alpha_composite(rgba)
+        return np.asarray(page.convert("RGB"))
     try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ImportError) as e:
-        raise DataError(f"{path}: unreadable image ({e.__class__.__name__})") from None
+        return np.asarray(im.convert("RGB"))
+    except ValueError as e:  # modes PIL cannot convert to RGB (LAB, HSV...)
+        raise ImageError(f"{getattr(im, 'filename', 'image')}: unsupported image mode {mode} ({e})") from None
+
+
+def decode_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """The page as ``HxWx3`` RGB uint8, decoded completely (a truncated file raises :class:`ImageError`)."""
+    path = Path(path)
+    im = _open(path, max_pixels)
+    try:
+        with im:
+            orientation = _orientation(im)  # before load: PIL's TIFF reader consumes the tag when it rotates
+            upright_size = im.size if im.format == "TIFF" else None  # PIL gives TIFFs their upright size
+            try:
+                im.load()
+            except OSError as e:
+                truncated = "truncated" in str(e) or "broken" in str(e)
+                kind = "truncated_image" if truncated else "unreadable_image"
+                raise ImageError(f"{path}: truncated or corrupt image data ({e})", kind) from None
+            except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
+            # PIL never applies EXIF orientation on load, except for TIFFs, where it does on some load paths
+            # and not on others (Pillow 13: an RGB TIFF comes out upright, an L one not): the size tells
+            done = upright_size is not None and (im.size == upright_size or orientation in (2, 3, 4))
+            upright = im.transpose(_UPRIGHT[orientation]) if orientation != 1 and not done else im
+            arr = _to_rgb8(upright)
+    except ImageError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
+        raise ImageError(f"{path}: decoded to an unusable array of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """:func:`decode_rgb` as a PIL image (for code that resizes / crops with PIL)."""
+    return Image.fromarray(decode_rgb(path, max_pixels))
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, memoised per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+class ImageChecker:
+    """Decodes every pixel of an image once per content: the result (size, or why it is unusable) is cached
+    under ``cache_dir`` keyed by the file's sha256, the decoder version and the pixel limit, so that a second
+    validation of the same data reads hashes, not pixels."""
+
+    def __init__(self, cache_dir: Path | None, max_pixels: int | None):
+        self.max_pixels = int(max_pixels) if max_pixels else None
+        import PIL
+
+        tag = f"v{DECODE_VERSION}-pil{PIL.__version__}-max{self.max_pixels or 0}"
+        self.dir = Path(cache_dir) / "image-checks" / tag if cache_dir else None
+
+    def size(self, path: str | Path) -> tuple[int, int]:
+        """(width, height) of a fully decodable image; :class:`ImageError` naming the file otherwise."""
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: image file not found", "missing_image")
+        entry = self.dir / file_digest(path) if self.dir else None
+        if entry is not None and entry.is_file():
+            kind, _, rest = entry.read_text(encoding="utf-8").partition(" ")
+            if kind == "ok":
+                w, h = rest.split()
+                return int(w), int(h)
+            raise ImageError(f"{path}: {rest}", kind)
+        try:
+            h, w = decode_rgb(path, self.max_pixels).shape[:2]
+            record = f"ok {w} {h}"
+        except ImageError as e:
+            record = f"{e.kind} {str(e).removeprefix(f'{path}: ')}"
+            self._store(entry, record)
+            raise
+        self._store(entry, record)
+        return w, h
+
+    @staticmethod
+    def _store(entry: Path | None, record: str) -> None:
+        if entry is None:
+            return
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
+            tmp.write_text(record, encoding="utf-8")
+            tmp.replace(entry)  # atomic: parallel workers validating the same data never read half a record
+        except OSError:  # a read-only cache only costs speed
+            pass

@@ -10,10 +10,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from training.data.coco import read_coco
 from training.data.hub import ANNOTATION_FILE, download_roboflow, materialize_hf
+from training.data.images import DECODE_VERSION, ImageChecker, decode_rgb, file_digest
 from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
 from training.data.validate import validate_split
@@ -24,7 +27,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "yolo", "hf", "roboflow")
 # bump when the layout written by prepare_yolo changes, so that old caches are not reused
-YOLO_CACHE_VERSION = 1
+YOLO_CACHE_VERSION = 2
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -63,23 +66,12 @@ class Dataset:
             h.update(name.encode())
             h.update(json.dumps(s.to_coco("basename"), sort_keys=True).encode())
             for im in s.images:
-                h.update(_file_digest(im.file).encode())
+                h.update(file_digest(im.file).encode())
         return h.hexdigest()
 
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+    def skipped_metrics(self) -> dict[str, float]:
+        """``data/skipped/<split>/<kind>`` counts of what ``data.strict=false`` dropped, for metrics.json."""
+        return {f"data/skipped/{k}": float(n) for k, n in sorted(self.skipped.items())}
 
 
 def _split_folder(data_cfg, split: str) -> str:
@@ -123,14 +115,23 @@ def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val"
     """Read and validate ``splits`` of the dataset described by ``data_cfg`` (a ``conf/data/*.yaml``)."""
     issues = IssueLog(strict=bool(data_cfg.get("strict", True)))
     tol = float(data_cfg.get("box_tolerance_px", 1.0))
+    max_pixels = data_cfg.get("max_image_pixels")
+    if max_pixels and int(max_pixels) > (Image.MAX_IMAGE_PIXELS or 0):
+        # PIL refuses pages above twice its own limit before we can apply ours: the configured limit decides
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+    checker = ImageChecker(cache_root(data_cfg), max_pixels)
     out: dict[str, DetectionSplit] = {}
+    skipped: dict[str, int] = {}
     for split in splits:
-        out[split] = validate_split(_read_split(data_cfg, split, issues), issues, tol)
+        before = len(issues.issues)
+        out[split] = validate_split(_read_split(data_cfg, split, issues), issues, tol, checker)
+        for issue in issues.issues[before:]:
+            skipped[f"{split}/{issue.kind}"] = skipped.get(f"{split}/{issue.kind}", 0) + 1
     names = {s: tuple(v.class_names) for s, v in out.items()}
     if len(set(names.values())) > 1:
         raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
     issues.warn(f"data '{data_cfg.get('name')}'")
-    return Dataset(str(data_cfg.get("name", "dataset")), out, issues.summary())
+    return Dataset(str(data_cfg.get("name", "dataset")), out, skipped)
 
 
 def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
@@ -138,7 +139,9 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
 
     Returns the path of the cache's ``data.yaml``. The source dataset is never written.
     """
-    key = hashlib.sha256(f"yolo-v{YOLO_CACHE_VERSION}:{dataset.content_hash()}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        f"yolo-v{YOLO_CACHE_VERSION}-decode{DECODE_VERSION}:{dataset.content_hash()}".encode()
+    ).hexdigest()[:20]
     root = cache_dir / "yolo" / key
     data_yaml = root / "data.yaml"
     if data_yaml.is_file():
@@ -152,6 +155,7 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     for split, s in dataset.splits.items():
         write_yolo_split(s, tmp, split)
+    _same_pixels_for_ultralytics(tmp / "images")
     doc = {"path": str(root), "names": dict(enumerate(dataset.class_names))}
     doc.update({split: f"images/{split}" for split in dataset.splits})
     for required in ("train", "val"):  # ultralytics insists on both keys even for val-only use
@@ -163,3 +167,42 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote YOLO conversion cache %s", root)
     return data_yaml
+
+
+def _ultralytics_imread():
+    """ultralytics' own image reader (what its datasets train and validate on), as RGB."""
+    from ultralytics.utils.patches import imread
+
+    def read(path: Path):
+        im = imread(str(path))
+        if im is None or im.ndim != 3 or im.shape[2] != 3:
+            return None
+        return im[..., ::-1]
+
+    return read
+
+
+def _same_pixels_for_ultralytics(images_dir: Path) -> int:
+    """Replace each linked image that ultralytics would decode differently from :func:`decode_rgb` (16-bit,
+    alpha, CMYK, EXIF cases, formats cv2 reads otherwise) by a lossless PNG of our decode: training and
+    evaluation then see the same pixels. Returns how many were replaced."""
+    import cv2
+
+    read = _ultralytics_imread()
+    replaced = 0
+    for link in sorted(p for p in images_dir.rglob("*") if p.is_symlink() or p.is_file()):
+        ours = decode_rgb(link)
+        theirs = read(link)
+        if theirs is not None and theirs.shape == ours.shape and np.array_equal(theirs, ours):
+            continue
+        png = link.with_suffix(".png")
+        link.unlink()
+        # cv2 writes BGR; PNG is lossless, so ultralytics' reader returns exactly `ours`
+        if not cv2.imwrite(str(png), np.ascontiguousarray(ours[..., ::-1])):
+            raise DataError(f"{png}: could not write the converted image into the cache")
+        replaced += 1
+    if replaced:
+        log.info(
+            "%s: %d images stored as PNG so that ultralytics decodes the same pixels", images_dir, replaced
+        )
+    return replaced

@@ -5,27 +5,37 @@ from __future__ import annotations
 
 import math
 
-from training.data.images import image_size
+from training.data.images import ImageChecker, ImageError
 from training.data.issues import IssueLog
 from training.data.schema import Annotation, DetectionSplit, ImageRecord
 from training.errors import DataError
 
 
-def validate_split(split: DetectionSplit, issues: IssueLog, box_tolerance_px: float = 1.0) -> DetectionSplit:
-    """Return a cleaned copy of ``split``; boxes overhanging the image by at most the tolerance are clipped."""
+def validate_split(
+    split: DetectionSplit,
+    issues: IssueLog,
+    box_tolerance_px: float = 1.0,
+    checker: ImageChecker | None = None,
+) -> DetectionSplit:
+    """Return a cleaned copy of ``split``; boxes overhanging the image by at most the tolerance are clipped.
+
+    Every image is decoded completely by ``checker`` (cached by content hash): a truncated or oversized page
+    fails here, naming the file and the split, not hours later in evaluation.
+    """
+    checker = checker or ImageChecker(None, None)
     src = split.source
     images: list[ImageRecord] = []
     seen_ids: set[int] = set()
     for im in split.images:
-        entry = f"image id {im.id} ({im.file.name})"
+        entry = f"split '{split.name}', image id {im.id} ({im.file})"
         if im.id in seen_ids:
             issues.add(src, entry, "duplicate image id", "duplicate_id")
             continue
         seen_ids.add(im.id)
         try:
-            w, h = image_size(im.file)
-        except DataError as e:
-            issues.add(src, entry, str(e), "unreadable_image")
+            w, h = checker.size(im.file)
+        except ImageError as e:
+            issues.add(src, entry, str(e).removeprefix(f"{im.file}: "), e.kind)
             continue
         if im.width > 0 and (im.width, im.height) != (w, h):
             issues.add(

@@ -1,0 +1,184 @@
+"""Checkpoints from others are untrusted: loading one must never run code.
+
+A PyTorch ``.pt`` is a pickle, and unpickling can call any function the file names (``os.system``...). Every
+checkpoint the framework reads goes through here:
+
+- :func:`load_weights`: ``torch.load(weights_only=True)`` (tensors, plain containers and a few numpy data types
+  only), with one-line errors for empty, text, truncated or foreign files;
+- :func:`check_ultralytics_checkpoint` + :func:`enable_ultralytics_safe_load`: ultralytics pickles whole
+  modules, so its checkpoints cannot load with plain ``weights_only=True``. Ultralytics (>= 8.4.67) has its own
+  restricted loader (``ULTRALYTICS_SAFE_LOAD``: ``weights_only=True`` plus an allow-list of its model classes);
+  we switch it on for the whole process and, before ultralytics sees a file, refuse any checkpoint that names a
+  global outside model classes and plain data, naming the offending globals in one line.
+
+Formats that cannot carry code need none of this: transformers run folders load ``model.safetensors``; exports
+are ONNX / OpenVINO IR / TensorRT engines.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+from training.errors import DataError
+
+# Globals a genuine ultralytics checkpoint names (torch.serialization.get_unsafe_globals_in_checkpoint lists
+# those outside torch's own safe set): model classes, plus the data types ultralytics' loader maps itself.
+# ultralytics' restricted unpickler checks each again (model classes must be nn.Module subclasses; its
+# `builtins.getattr` stand-in only reaches attributes of modules).
+_MODEL_PREFIXES = (
+    "torch.nn.modules.",
+    "ultralytics.nn.modules.",
+    "ultralytics.nn.tasks.",
+    "ultralytics.utils.loss.",
+    "ultralytics.utils.tal.",
+    "torchvision.transforms.",
+    "numpy.dtypes.",
+)
+_DATA_GLOBALS = frozenset(
+    {
+        "numpy.dtype",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "ultralytics.utils.IterableSimpleNamespace",
+        "ultralytics.yolo.utils.IterableSimpleNamespace",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib._local.PosixPath",
+        "pathlib._local.WindowsPath",
+        "builtins.getattr",
+    }
+)
+# numpy arrays and scalars in plain state files (RNG states, metrics): data, reconstructed without calls into
+# user code. torch documents this set for weights_only loads of numpy content.
+_NUMPY_DATA = (
+    ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"),
+    ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"),
+)
+
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
+ULTRALYTICS_MIN = "8.4.67"  # first release with the restricted (weights_only) checkpoint loader
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: empty file, not a {what}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (since torch 1.6); the legacy format is a raw pickle (protocol 2: 0x80 0x02)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise DataError(f"{path}: not a PyTorch {what} (neither a zip archive nor a pickle)")
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: truncated or corrupted {what} (broken zip archive)")
+
+
+def checkpoint_globals(path: str | Path) -> list[str]:
+    """Globals (``module.name``) the checkpoint's pickle refers to beyond torch's own safe set."""
+    import torch
+
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except ValueError:  # legacy (non-zip) format: the weights_only unpickler still guards the load
+        return []
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: truncated or corrupted checkpoint ({e.__class__.__name__})") from None
+
+
+def _refuse(path: Path, bad: list[str]) -> DataError:
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return DataError(
+        f"{path}: refused to load: it names {shown}, which no model checkpoint needs "
+        "(unpickling it could run code; only load checkpoints you trust the origin of)"
+    )
+
+
+def is_model_global(name: str) -> bool:
+    """A model class (or a data type) of torch / ultralytics: never a function such as a hook registrar."""
+    if name in _DATA_GLOBALS:
+        return True
+    if not name.startswith(_MODEL_PREFIXES):
+        return False
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr, None)
+    except ImportError:  # a class of another ultralytics release: its own loader maps or refuses it
+        return module.startswith("ultralytics.")
+    return isinstance(obj, type)
+
+
+def check_ultralytics_checkpoint(path: str | Path) -> Path:
+    """Refuse a file that is not a PyTorch checkpoint or names a global that is not a model class / plain data."""
+    path = Path(path)
+    _check_file(path, "checkpoint")
+    bad = [g for g in checkpoint_globals(path) if not is_model_global(g)]
+    if bad:
+        raise _refuse(path, bad)
+    return path
+
+
+def _numpy_globals() -> list:
+    import importlib
+
+    out = []
+    for names in _NUMPY_DATA:
+        for name in names:
+            module, _, attr = name.rpartition(".")
+            try:
+                out.append((getattr(importlib.import_module(module), attr), name))
+            except (ImportError, AttributeError):
+                continue
+    import numpy as np
+
+    out += [np.ndarray, np.dtype]
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "uint32", "uint8", "bool")]
+    return out
+
+
+def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(weights_only=True)`` with numpy data allowed; one line naming the file on any failure."""
+    import torch
+
+    path = Path(path)
+    _check_file(path, what)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        bad = [g for g in checkpoint_globals(path) if g not in {n for ns in _NUMPY_DATA for n in ns}]
+        if bad:
+            raise _refuse(path, bad) from None
+        raise DataError(f"{path}: not a loadable {what} ({str(e).splitlines()[0][:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise DataError(
+            f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
+
+
+def enable_ultralytics_safe_load() -> None:
+    """Switch ultralytics' restricted checkpoint loader on for this process and its children (DDP workers).
+
+    ultralytics reads ``ULTRALYTICS_SAFE_LOAD`` once, at import, into module constants: set both. An ultralytics
+    without that loader cannot load a checkpoint safely, so it is refused rather than used.
+    """
+    os.environ[SAFE_LOAD_ENV] = "true"  # "true" is what every release with the loader accepts
+    import ultralytics.nn.tasks as tasks
+    import ultralytics.utils as uutils
+
+    safe = getattr(tasks, "_SafeLoad", None)
+    if safe is None or not getattr(safe, "SUPPORTED", False):
+        import torch
+        import ultralytics
+
+        raise DataError(
+            f"ultralytics {ultralytics.__version__} / torch {torch.__version__} cannot load checkpoints without "
+            f"unpickling arbitrary code; install ultralytics>={ULTRALYTICS_MIN} and torch>=2.6"
+        )
+    tasks.SAFE_LOAD = True
+    uutils.SAFE_LOAD = True
