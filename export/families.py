@@ -153,11 +153,11 @@ def detect_kind(checkpoint: str | Path) -> str:
         raise UserError(f"{p}: checkpoint not found")
     if p.is_dir():
         return "transformers"
-    from training.checkpoints import check_ultralytics_checkpoint, checkpoint_globals, load_weights
+    from training.checkpoints import check_ultralytics_checkpoint, load_weights, names_ultralytics_classes
 
     # what the pickle names decides, without unpickling it: ultralytics checkpoints name its model classes
     check_ultralytics_checkpoint(p)
-    if any(g.startswith("ultralytics.") for g in checkpoint_globals(p)):
+    if names_ultralytics_classes(p):
         return "ultralytics"
     obj = load_weights(p)
     if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "fc.weight" in obj or "state_dict" in obj):

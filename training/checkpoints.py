@@ -89,6 +89,36 @@ def checkpoint_globals(path: str | Path) -> list[str]:
         raise DataError(f"{path}: truncated or corrupted checkpoint ({e.__class__.__name__})") from None
 
 
+def names_ultralytics_classes(path: str | Path) -> bool:
+    """Whether the checkpoint's pickle names ultralytics classes (an ultralytics checkpoint), read without
+    unpickling. Not from :func:`checkpoint_globals`: ultralytics registers the classes it loaded as safe for the
+    whole process, and torch's scan then stops listing them."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            record = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+            if record is None:
+                raise DataError(f"{path}: not a PyTorch checkpoint (no data.pkl in the archive)")
+            data = z.read(record)
+    except zipfile.BadZipFile:
+        return False  # legacy format: ultralytics never writes it
+    try:
+        from torch._weights_only_unpickler import get_globals_in_pkl  # the scanner torch's own check uses
+    except ImportError:  # a torch that moved it: the class names are plain strings in a protocol-2 pickle
+        return b"\nultralytics." in data or b"cultralytics." in data
+    import io
+
+    try:
+        return any(g.startswith("ultralytics.") for g in get_globals_in_pkl(io.BytesIO(data)))
+    except Exception as e:  # a damaged pickle stream
+        raise DataError(f"{path}: truncated or corrupted checkpoint ({e.__class__.__name__})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:160] if lines else e.__class__.__name__
+
+
 def _refuse(path: Path, bad: list[str]) -> DataError:
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     return DataError(
@@ -154,10 +184,10 @@ def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu")
         bad = [g for g in checkpoint_globals(path) if g not in {n for ns in _NUMPY_DATA for n in ns}]
         if bad:
             raise _refuse(path, bad) from None
-        raise DataError(f"{path}: not a loadable {what} ({str(e).splitlines()[0][:160]})") from None
+        raise DataError(f"{path}: not a loadable {what} ({_first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise DataError(
-            f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})"
+            f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {_first_line(e)})"
         ) from None
 
 

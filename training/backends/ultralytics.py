@@ -31,14 +31,14 @@ def load_yolo(path: str | Path, what: str = "checkpoint"):
 
     from training.checkpoints import (
         check_ultralytics_checkpoint,
-        checkpoint_globals,
         enable_ultralytics_safe_load,
         load_weights,
+        names_ultralytics_classes,
     )
 
     enable_ultralytics_safe_load()
     path = check_ultralytics_checkpoint(path)
-    if not any(g.startswith("ultralytics.") for g in checkpoint_globals(path)):
+    if not names_ultralytics_classes(path):
         # plain tensors / dicts: a state dict of another model (the region classifier's, a transformers one...)
         obj = load_weights(path, what)
         kind = (

@@ -1,0 +1,205 @@
+"""Checkpoints from others never run code: a booby-trapped ``.pt`` leaves no marker, through every CLI and
+path that loads one (evaluate, export, start-from weights, resume, classifier, transformers), and damaged or
+foreign files are one line naming the file, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import HF_TINY, ROOT, TINY, compose_cfg
+from training.errors import UserError
+
+
+class _Payload:
+    """Unpickling this runs ``fn(*args)``: what a malicious checkpoint does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _touch_cmd(marker: Path) -> str:
+    return f"touch {marker}"
+
+
+def evil_checkpoints(d: Path, marker: Path) -> dict[str, Path]:
+    """Booby-trapped files in the shapes a user might receive: an ultralytics-looking dict, a classifier-looking
+    state dict, a legacy (non-zip) pickle, and a payload hidden beside real tensors."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    out["system"] = d / "evil_system.pt"
+    torch.save({"model": _Payload(os.system, _touch_cmd(marker)), "epoch": 1}, out["system"])
+    out["exec"] = d / "evil_exec.pt"
+    torch.save(
+        {"arch": "resnet18", "state_dict": _Payload(exec, f"open({str(marker)!r}, 'w').close()")}, out["exec"]
+    )
+    out["legacy"] = d / "evil_legacy.pt"
+    torch.save(
+        {"model": _Payload(os.system, _touch_cmd(marker))},
+        out["legacy"],
+        _use_new_zipfile_serialization=False,
+    )
+    out["hidden"] = d / "evil_hidden.pt"
+    torch.save(
+        {"fc.weight": torch.zeros(3, 512), "extra": _Payload(os.system, _touch_cmd(marker))}, out["hidden"]
+    )
+    return out
+
+
+def damaged_checkpoints(d: Path, genuine: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    out = {"empty": d / "empty.pt", "text": d / "text.pt", "truncated": d / "truncated.pt"}
+    out["empty"].write_bytes(b"")
+    out["text"].write_text("this is not a checkpoint\n")
+    data = genuine.read_bytes()
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["pickle_junk"] = d / "junk.pt"
+    out["pickle_junk"].write_bytes(pickle.dumps([1, 2, 3], protocol=2)[:5])
+    return out
+
+
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
+
+
+def _one_line_error(r: subprocess.CompletedProcess, name: str) -> None:
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and name in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    m = tmp_path / "PWNED"
+    yield m
+    assert not m.exists(), "a checkpoint ran code while being loaded"
+
+
+@pytest.mark.parametrize("cli", ["evaluation", "export"])
+def test_booby_trapped_checkpoint_is_refused_by_the_clis(cli, tmp_path, marker):
+    evil = evil_checkpoints(tmp_path / "in", marker)["system"]
+    r = _cli(cli, f"checkpoint={evil}", f"hydra.run.dir={tmp_path / 'out'}")
+    _one_line_error(r, evil.name)
+    assert "posix.system" in r.stderr or "os.system" in r.stderr
+
+
+def test_every_trap_is_refused_by_every_loader(tmp_path, marker):
+    from export.families import detect_kind
+    from training.backends.ultralytics import load_yolo
+    from training.checkpoints import load_weights
+    from training.classifier.model import load_classifier
+
+    for name, evil in evil_checkpoints(tmp_path, marker).items():
+        for load in (load_yolo, load_weights, load_classifier, detect_kind):
+            with pytest.raises(UserError) as e:
+                load(evil)
+            assert evil.name in str(e.value), (name, load.__name__, e.value)
+
+
+def test_damaged_and_foreign_files_are_one_line(tmp_path, trained_run):
+    from export.families import detect_kind
+    from training.backends.ultralytics import load_yolo
+    from training.classifier.model import load_classifier
+
+    _, run_dir, _ = trained_run
+    genuine = run_dir / "weights" / "best.pt"
+    for name, bad in damaged_checkpoints(tmp_path, genuine).items():
+        for load in (load_yolo, load_classifier, detect_kind):
+            with pytest.raises(UserError) as e:
+                load(bad)
+            assert bad.name in str(e.value) and "\n" not in str(e.value), (name, load.__name__)
+    # a region-classifier state dict given to the detector: said as such, not "use an official model"
+    clf = tmp_path / "clf.pt"
+    torch.save({"arch": "resnet18", "classes": ["a"], "state_dict": {"fc.weight": torch.zeros(1, 512)}}, clf)
+    with pytest.raises(UserError, match="region classifier"):
+        load_yolo(clf)
+    assert detect_kind(clf) == "classifier"
+    assert detect_kind(genuine) == "ultralytics"
+
+
+def test_genuine_checkpoint_still_loads_through_the_safe_path(trained_run):
+    import ultralytics.nn.tasks as tasks
+
+    from training.backends.ultralytics import load_yolo
+
+    _, run_dir, _ = trained_run
+    model = load_yolo(run_dir / "weights" / "best.pt")
+    assert tasks.SAFE_LOAD is True and os.environ["ULTRALYTICS_SAFE_LOAD"] == "true"
+    assert type(model.model).__name__ == "DetectionModel"
+
+
+def test_training_from_booby_trapped_weights_is_refused(tmp_path, marker):
+    from training.train import train
+
+    evil = evil_checkpoints(tmp_path / "in", marker)["system"]
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY, f"model.weights={evil}"], tmp_path)
+    with pytest.raises(UserError, match=evil.name):
+        train(cfg)
+
+
+def test_resume_refuses_a_booby_trapped_checkpoint_in_the_run(tmp_path, trained_run, marker):
+    """last.pt is loaded on resume; best.pt is re-read unrestricted by ultralytics' final evaluation, so a
+    trapped best.pt beside a genuine last.pt is refused before training starts too."""
+    from training.train import train
+
+    _, run_dir, _ = trained_run
+    evil = evil_checkpoints(tmp_path / "in", marker)["system"]
+    for victim in ("last.pt", "best.pt"):
+        rd = tmp_path / f"run_{victim}"
+        (rd / "weights").mkdir(parents=True)
+        for f in ("last.pt", "best.pt"):
+            shutil.copy(run_dir / "weights" / f, rd / "weights" / f)
+        shutil.copy(evil, rd / "weights" / victim)
+        cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "resume=true"], tmp_path)
+        cfg.paths.run_dir = str(rd)
+        with pytest.raises(UserError, match=victim):
+            train(cfg)
+
+
+def test_classifier_cli_refuses_a_booby_trapped_checkpoint(tmp_path, marker):
+    evil = evil_checkpoints(tmp_path / "in", marker)["exec"]
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    r = _cli("training.classifier.infer", f"checkpoint={evil}", f"pages={pages}", f"out={tmp_path / 'res'}")
+    _one_line_error(r, evil.name)
+
+
+def test_transformers_run_folder_and_resume_state_never_unpickle_code(tmp_path, marker):
+    from training.backends.transformers import STATE, TransformersDetector
+    from training.train import train
+
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY], tmp_path)
+    train(cfg)
+    run = Path(cfg.paths.run_dir)
+    best = run / "weights" / "best"
+    # a run folder whose weights are a trapped pickle instead of safetensors
+    trapped = tmp_path / "trapped_folder"
+    shutil.copytree(best, trapped)
+    (trapped / "model.safetensors").unlink()
+    torch.save({"w": _Payload(os.system, _touch_cmd(marker))}, trapped / "pytorch_model.bin")
+    det = TransformersDetector(compose_cfg("train", ["model=debug/detr"]).model, tmp_path / "x")
+    with pytest.raises(Exception):  # noqa: B017 (transformers' own error; what matters is the marker)
+        det.load(trapped)
+    # a trapped trainer state on resume
+    evil = evil_checkpoints(tmp_path / "in", marker)["system"]
+    shutil.copy(evil, run / "weights" / "last" / STATE)
+    (run / "metrics.json").unlink(missing_ok=True)
+    cfg.resume = True
+    with pytest.raises(UserError, match=STATE):
+        train(cfg)
