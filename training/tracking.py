@@ -1,4 +1,5 @@
-"""Experiment trackers: W&B (online with a key, offline without) and a no-op. Secrets never reach a log."""
+"""Experiment trackers: W&B (online with a key, offline without, WANDB_MODE first) and a no-op; the masking of
+secrets (:func:`redact`) for everything written or logged."""
 
 from __future__ import annotations
 
@@ -9,26 +10,100 @@ import os
 import re
 from pathlib import Path
 
+from training.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # whole words at the end of a key: `hf_token`, `api_key`; not `num_detection_tokens`
 SECRET_KEY = re.compile(r"(^|[_\-.])(api[_-]?key|key|token|secret|passw(or)?d|credentials?)$", re.I)
-SECRET_ENV = ("WANDB_API_KEY", "ROBOFLOW_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# PGPASSWORD: libpq's (psycopg's) password for a PostgreSQL study storage given without one in its URL
+SECRET_ENV = ("WANDB_API_KEY", "ROBOFLOW_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PGPASSWORD")
+MASK = "***"
+# `scheme://user:PASSWORD@host`: the password runs to the last `@` before the next URL, so that a raw (not
+# percent-encoded) `@`, `/` or `:` in it, which SQLAlchemy accepts, is masked too; the user part may hold an `@`
+# (`me@corp.com:pw@host`), and Hydra escapes the `:`s of a swept value (`postgresql\://u\:pw@host`). A URL
+# without a password but with an `@` later in its text loses that stretch as well: too much masked beats a
+# password on disk.
+URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*\\?://[^\s:/?#]*:)(?P<password>(?:(?!://).)*)@", re.S
+)
+# `key=value` where the text starts or a new item starts (Hydra's override strings and their comma-joined
+# `override_dirname`, URL query strings); `+`/`++`/`~` are Hydra's override prefixes
+ASSIGNMENT = re.compile(r"(?:^|(?<=[\s,?&;]))[+~]{0,2}(?P<key>[\w.\-/]+)=")
+# W&B's own values for WANDB_MODE and wandb.init(mode=...): dryrun is offline, run is online
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
+
+def is_secret_key(key: object) -> bool:
+    """A config key (or the dotted key of an override) whose value is a credential; also a secret env var's name
+    (``hydra.job.env_set.PGPASSWORD``)."""
+    key = str(key)
+    return key.rsplit(".", 1)[-1] in SECRET_ENV or (bool(SECRET_KEY.search(key)) and not key.endswith("_env"))
+
+
+def mask_url_credentials(text: str) -> str:
+    """``postgresql://user:PASSWORD@host/db`` -> ``postgresql://user:***@host/db``, anywhere in ``text``."""
+    return URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+
+
+def mask_text(text: str, values: set[str] | frozenset[str] = frozenset()) -> str:
+    """``text`` with URL passwords masked and, in ``key=value`` text (a Hydra override), everything after the
+    ``=`` masked when the key looks secret or the value starts with one of ``values`` (secret env values); text
+    equal to one of ``values`` is masked whole.
+
+    Everything after the ``=``, not just up to the next ``,``: a secret may hold the separators themselves.
+    """
+    if text in values:
+        return MASK
+    # URLs first: a password may itself hold `,token=`, which must not split it
+    text = mask_url_credentials(text)
+    for m in ASSIGNMENT.finditer(text):
+        if is_secret_key(m["key"]) or any(text.startswith(v, m.end()) for v in values):
+            return text[: m.end()] + MASK
+    return text
 
 
 def redact(obj, secrets: tuple[str, ...] | None = None):
-    """Copy of a config container with secret-looking keys and any value equal to a secret env var masked."""
-    values = {os.environ[e] for e in (secrets or SECRET_ENV) if os.environ.get(e)}
+    """Copy of a config container with its credentials masked: values of secret-looking keys, values equal to a
+    secret env var (``secrets``, default :data:`SECRET_ENV`), URL passwords and secret ``key=value`` overrides.
+
+    The one masking function for everything we (or Hydra, through training/runfiles.py) write: W&B config, the
+    run's ``config.yaml`` and Hydra's ``.hydra/*.yaml`` and ``multirun.yaml``.
+    """
+    values = frozenset(os.environ[e] for e in (secrets or SECRET_ENV) if os.environ.get(e))
+    return _redact(obj, values)
+
+
+def _redact(obj, values: frozenset[str]):
     if isinstance(obj, dict):
-        return {
-            k: ("***" if SECRET_KEY.search(str(k)) and not str(k).endswith("_env") else redact(v, secrets))
-            for k, v in obj.items()
-        }
+        return {k: (MASK if is_secret_key(k) else _redact(v, values)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact(v, secrets) for v in obj]
-    if isinstance(obj, str) and obj in values:
-        return "***"
+        return [_redact(v, values) for v in obj]
+    if isinstance(obj, str):
+        return mask_text(obj, values)
     return obj
+
+
+def wandb_mode(configured: str = "auto") -> tuple[str, str]:
+    """The W&B mode of a run and why: ``WANDB_MODE`` from the environment wins (a machine without network sets
+    it, and an online run there hangs), then ``logger.mode``; ``auto`` is online iff WANDB_API_KEY is set.
+
+    Raises:
+        ConfigError: ``WANDB_MODE`` or ``logger.mode`` is not a mode W&B knows.
+    """
+    env = os.environ.get("WANDB_MODE", "").strip()
+    if env:
+        if env not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE={env!r}: valid values are {list(WANDB_MODES)}")
+        over = f", over logger.mode={configured}" if configured != env else ""
+        return env, f"WANDB_MODE={env} in the environment{over}"
+    if configured not in ("auto", *WANDB_MODES):
+        raise ConfigError(f"logger.mode={configured!r}: valid values are {['auto', *WANDB_MODES]}")
+    if configured != "auto":
+        return configured, f"logger.mode={configured}"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online", "logger.mode=auto and WANDB_API_KEY is set"
+    return "offline", "logger.mode=auto and no WANDB_API_KEY"
 
 
 class Tracker:
@@ -48,7 +123,8 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
-    """One W&B run. ``mode``: ``auto`` (online iff WANDB_API_KEY is set), ``online``, ``offline``, ``disabled``."""
+    """One W&B run. ``mode``: ``auto`` (online iff WANDB_API_KEY is set) or one of :data:`WANDB_MODES`;
+    ``WANDB_MODE`` in the environment wins over both (see :func:`wandb_mode`)."""
 
     def __init__(
         self,
@@ -64,8 +140,9 @@ class WandbTracker(Tracker):
     ):
         import wandb
 
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        # decided before wandb.init: its mode= argument beats WANDB_MODE, and the choice is logged
+        mode, why = wandb_mode(mode)
+        log.info("W&B mode %s (%s)", mode, why)
         self.mode = mode
         self._wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +269,4 @@ def build_tracker(logger_cfg, run_dir: Path, cfg_dict: dict) -> Tracker:
             mode=logger_cfg.get("mode", "auto"),
             job_type=logger_cfg.get("job_type"),
         )
-    from training.errors import ConfigError
-
     raise ConfigError(f"logger.type={kind!r}: valid values are ['none', 'wandb']")

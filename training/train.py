@@ -42,8 +42,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a run dir that holds a finished run, or an interrupted one without ``resume=true``.
+
+    Also Hydra's guard (conf/train.yaml ``hydra.callbacks.run_files.guard``): a refused dir gets no ``.hydra/``
+    files and no job log lines either.
+
+    Raises:
+        UserError: the run dir must not be touched.
+    """
+    if (run_dir / "metrics.json").exists():
+        raise UserError(
+            f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir"
+        )
+    if (run_dir / "weights").exists() and not bool(cfg.get("resume", False)):
+        raise UserError(
+            f"{run_dir} holds an interrupted run (weights/); add resume=true to continue it, or choose another hydra.run.dir"
+        )
+
+
 def save_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """The resolved config, secrets masked, as ``config.yaml`` in the run dir."""
+    """The resolved config, secrets masked, as ``config.yaml`` in the run dir.
+
+    Resolved, so an ``${oc.env:...}`` holding a URL with a password is masked by :func:`redact` here too.
+    """
     path = run_dir / "config.yaml"
     container = redact(OmegaConf.to_container(cfg, resolve=True))
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)), encoding="utf-8")
@@ -64,15 +86,8 @@ def train(
     Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
     """
     run_dir = run_dir_of(cfg)
-    if (run_dir / "metrics.json").exists():
-        raise UserError(
-            f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir"
-        )
+    check_run_dir(cfg, run_dir)
     resume = bool(cfg.get("resume", False))
-    if (run_dir / "weights").exists() and not resume:
-        raise UserError(
-            f"{run_dir} holds an interrupted run (weights/); add resume=true to continue it, or choose another hydra.run.dir"
-        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run_dir)
