@@ -70,21 +70,70 @@ def as_overrides(params: dict) -> list[str]:
     return out
 
 
+# -- settings ------------------------------------------------------------------------------------------
+def check_sweep(scfg) -> None:
+    """Reject sweep settings no study can run with, before any storage, run dir or trial is touched."""
+    n = scfg.get("n_trials")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"sweep.n_trials={n!r}: must be a positive integer (the number of finished trials)")
+    direction = scfg.get("direction")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"sweep.direction={direction!r}: valid values are ['minimize', 'maximize']")
+
+
 # -- storage -------------------------------------------------------------------------------------------
-def make_storage(url: str):
-    """sqlite:///PATH, journal:///PATH, or an RDB URL (PostgreSQL) with heartbeats and one retry of lost trials."""
+def _storage_folder(path: Path, out_dir: Path | None, setting: str) -> None:
+    """Make sure the folder of a file storage exists; create it only inside the sweep's own output dir.
+
+    A typo in ``sweep.storage`` (``sqlite:///tmp/x/y.db`` for ``sqlite:////tmp/...``) must not leave folders
+    anywhere the user can write; the default storage lives in the output dir, which is the sweep's to create.
+    """
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if parent.exists():
+        raise ConfigError(f"{setting}: {parent} is not a folder")
+    if out_dir is not None and parent.resolve().is_relative_to(Path(out_dir).resolve()):
+        parent.mkdir(parents=True, exist_ok=True)
+        return
+    raise ConfigError(f"{setting}: folder {parent} does not exist (create it first)")
+
+
+def make_storage(url: str, out_dir: Path | None = None):
+    """The study storage of a ``sweep.storage`` URL (``$SIGDET_STORAGE`` wins when set).
+
+    Args:
+        url: ``sqlite:///PATH``, ``journal:///PATH``, or an RDB URL (PostgreSQL), which gets heartbeats and
+            one retry of trials lost with their worker.
+        out_dir: The sweep's output dir: the one place where a file storage's missing folder is created.
+            Elsewhere the folder must exist.
+
+    Returns:
+        An Optuna storage.
+
+    Raises:
+        ConfigError: The file storage's folder is missing, or the storage cannot be opened (one line).
+    """
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
-    url = os.environ.get("SIGDET_STORAGE") or str(url)
-    if url.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    env = os.environ.get("SIGDET_STORAGE")
+    setting = "$SIGDET_STORAGE" if env else "sweep.storage"
+    url = env or str(url)
+    if url.startswith(("journal:///", "sqlite:///")):
+        journal = url.startswith("journal:///")
+        # journal:///abs/path keeps its leading '/'; sqlite:///rel/path is relative (sqlite:////abs/path)
+        path = Path(url[len("journal://") :] if journal else url[len("sqlite:///") :])
+        _storage_folder(path, out_dir, setting)
+        try:
+            if journal:
+                from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len("journal://") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+                return JournalStorage(JournalFileBackend(str(path)))
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        except Exception as e:  # a folder in its place, not a database, no permission: one line
+            raise ConfigError(
+                f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {_first_line(e)})"
+            ) from None
     try:
         return RDBStorage(
             url,
@@ -95,8 +144,13 @@ def make_storage(url: str):
     except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
         safe = url.split("@")[-1]
         raise UserError(
-            f"sweep.storage: cannot open study storage at ...@{safe} ({e.__class__.__name__})"
+            f"{setting}: cannot open study storage at ...@{safe} ({e.__class__.__name__})"
         ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def fail_dead_local_trials(study) -> list[int]:
@@ -232,8 +286,9 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
     import optuna
     from optuna.trial import TrialState
 
+    check_sweep(scfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is our log's job
-    storage = make_storage(scfg.storage)
+    storage = make_storage(scfg.storage, out_dir)
     study = optuna.create_study(
         study_name=str(scfg.study_name),
         storage=storage,
@@ -300,7 +355,14 @@ def summarize(scfg, out_dir: Path, run_fn) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=str(scfg.study_name), storage=make_storage(scfg.storage))
+    try:
+        study = optuna.load_study(
+            study_name=str(scfg.study_name), storage=make_storage(scfg.storage, out_dir)
+        )
+    except KeyError:  # optuna's "Record does not exist"
+        raise UserError(
+            f"sweep.study_name: no study {scfg.study_name!r} in the storage yet; run mode=optimize first"
+        ) from None
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -476,6 +538,7 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.mode not in ("optimize", "summary", "all"):
         raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'summary', 'all']")
+    check_sweep(scfg)
     if cfg.mode in ("optimize", "all"):
         optimize(scfg, out_dir, run_fn, worker=int(os.environ.get("SIGDET_WORKER", "0")))
     if cfg.mode in ("summary", "all"):

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import reprlib
 from pathlib import Path
 
-from training.data.issues import IssueLog
-from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord
+from training.data.issues import IssueLog, read_utf8
+from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord, Origin
 from training.errors import DataError
 
 
 def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: annotation file is empty")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # an integer longer than Python's int-conversion limit (its advice is for coders)
+        raise DataError(f"{path}: malformed JSON ({str(e).split(':')[0]})") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "categories"):
@@ -35,27 +41,64 @@ def _load_json(path: Path) -> dict:
 
 def _int(v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
-        raise ValueError(f"{v!r} is not an integer")
+        raise ValueError(f"{reprlib.repr(v)} is not an integer")
     return int(v)
 
 
-def read_coco(
-    path: str | Path, split: str, issues: IssueLog, image_dir: str | Path | None = None
-) -> DetectionSplit:
-    """Read one COCO annotation file. Image paths resolve against ``image_dir`` (default: the file's folder).
+def _unsafe_image_path(name: str, base: Path, real_base: Path) -> str | None:
+    """Why ``file_name`` ``name`` must not be opened (it leaves ``base``), or None when it stays inside.
 
-    Malformed entries go to ``issues``; geometric / file checks happen in :func:`training.data.validate`.
+    The annotation file comes with the data and is no more trusted than it: ``../../etc/passwd``, an
+    absolute path or a symlink out of the folder would make training read, and ``convert`` copy, any file
+    the user can read.
+    """
+    if Path(name).is_absolute():
+        return f"file_name {name!r} is an absolute path; image paths must be relative to {base}"
+    target = base / name
+    # lexical check first so that '../x.jpg' is reported as such even when no such file exists
+    if not Path(os.path.normpath(target)).is_relative_to(os.path.normpath(base)):
+        return f"file_name {name!r} points outside {base}"
+    try:
+        real = target.resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop
+        return f"file_name {name!r} cannot be resolved ({e.__class__.__name__})"
+    if not real.is_relative_to(real_base):
+        return f"file_name {name!r} leads through a symlink to {real}, outside {base}"
+    return None
+
+
+def read_coco(
+    path: str | Path,
+    split: str,
+    issues: IssueLog,
+    image_dir: str | Path | None = None,
+    allow_outside: bool = False,
+) -> DetectionSplit:
+    """Read one COCO annotation file.
+
+    Args:
+        path: The ``_annotations.coco.json`` file.
+        split: Name of the split it holds (``train`` / ``val`` / ``test``).
+        issues: Where malformed entries go (raised in strict mode, skipped and counted otherwise).
+        image_dir: Folder the ``file_name`` entries are relative to (default: the annotation file's folder).
+        allow_outside: Accept absolute ``file_name`` entries and ones that lead out of ``image_dir``. Only
+            for files the caller wrote itself (e.g. ``write_coco(..., file_names="absolute")``); user data is
+            read with the default, which reports such entries as ``unsafe_path`` issues.
+
+    Returns:
+        The split as read; geometric / file checks happen in :func:`training.data.validate.validate_split`.
     """
     path = Path(path)
     doc = _load_json(path)
     base = Path(image_dir) if image_dir is not None else path.parent
+    real_base = base.resolve()
 
     categories: list[Category] = []
     supercategories: set[str] = set()
     for i, c in enumerate(doc["categories"]):
         try:
             categories.append(Category(_int(c["id"]), str(c["name"])))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise DataError(f"{path}: categories[{i}]: malformed category ({e})") from None
         if isinstance(c.get("supercategory"), str) and c["supercategory"] != c["name"]:
             supercategories.add(c["supercategory"])
@@ -69,23 +112,36 @@ def read_coco(
             name = im["file_name"]
             if not isinstance(name, str) or not name:
                 raise ValueError("empty file_name")
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+                # no real image name holds one; a newline would also split the one-line error message
+                raise ValueError(f"file_name {reprlib.repr(name)} contains a control character")
             w = _int(im["width"]) if "width" in im else -1
             h = _int(im["height"]) if "height" in im else -1
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             issues.add(path, f"images[{i}]", f"malformed image entry ({e})", "malformed")
             continue
+        entry = f"images[{i}]"
+        if not allow_outside:
+            problem = _unsafe_image_path(name, base, real_base)
+            if problem:
+                issues.add(path, entry, problem, "unsafe_path")
+                continue
         f = Path(name)
-        images.append(ImageRecord(iid, f if f.is_absolute() else base / f, w, h))
+        origin = Origin(str(path), f"{entry} (image id {iid}, {f.name})")
+        images.append(ImageRecord(iid, f if f.is_absolute() else base / f, w, h, origin))
 
     annotations: list[Annotation] = []
     for i, a in enumerate(doc.get("annotations", [])):
         try:
             bbox = a["bbox"]
             if not isinstance(bbox, list) or len(bbox) != 4:
-                raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
+                raise ValueError(f"bbox {reprlib.repr(bbox)} is not [x, y, w, h]")
             box = tuple(float(v) for v in bbox)
-            annotations.append(Annotation(_int(a["id"]), _int(a["image_id"]), _int(a["category_id"]), box))
-        except (KeyError, TypeError, ValueError) as e:
+            aid, image_id = _int(a["id"]), _int(a["image_id"])
+            # the ids stay in the entry: they are what the user searches the file for
+            origin = Origin(str(path), f"annotations[{i}] (annotation id {aid}, image id {image_id})")
+            annotations.append(Annotation(aid, image_id, _int(a["category_id"]), box, origin))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             issues.add(path, f"annotations[{i}]", f"malformed annotation ({e})", "malformed")
 
     categories = _drop_roboflow_placeholder(categories, supercategories, annotations)

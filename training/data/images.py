@@ -48,9 +48,14 @@ def _open(path: Path, max_pixels: int | None):
             im = Image.open(path)
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image too large ({e})", "too_large_image") from None
-    except (UnidentifiedImageError, OSError, ImportError, ValueError, SyntaxError) as e:
-        # ImportError: ultralytics patches Image.open to try a HEIF plugin on unknown files
-        raise ImageError(f"{path}: unreadable image ({e.__class__.__name__})") from None
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: ultralytics patches Image.open to try a HEIF plugin on files PIL does not recognise; the
+        # user's problem is the file, not a missing module
+        head = path.read_bytes()[:8] if path.stat().st_size else b""
+        what = "an empty file" if not head else f"not an image format PIL can read (starts with {head!r})"
+        raise ImageError(f"{path}: unreadable image: {what}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
     w, h = im.size
     if max_pixels and w * h > max_pixels:
         im.close()

@@ -17,11 +17,28 @@ class Category:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where an entry was read from, as the user sees it: a file and an entry in it (``line 3``, ``images[4]``).
+
+    Readers set it so that later checks can name the label file and line rather than the split's ``source``
+    and an id the reader invented (YOLO ids are just counters).
+    """
+
+    file: str
+    entry: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.entry}"
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     id: int
     file: Path
     width: int
     height: int
+    # not part of equality: the same image read from a COCO or a YOLO copy is the same record
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,8 @@ class Annotation:
     image_id: int
     category_id: int
     bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+    # not part of equality: the same box read from a COCO or a YOLO copy is the same annotation
+    origin: Origin | None = field(default=None, compare=False)
 
     @property
     def area(self) -> float:

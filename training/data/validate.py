@@ -4,6 +4,7 @@ lenient (``data.strict=false``): bad entries are dropped and counted."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from training.data.images import ImageChecker, ImageError
 from training.data.issues import IssueLog
@@ -42,26 +43,32 @@ def validate_split(
                 src, entry, f"declared {im.width}x{im.height} but the file is {w}x{h}", "size_mismatch"
             )
             continue
-        images.append(ImageRecord(im.id, im.file, w, h))
+        images.append(replace(im, width=w, height=h))
 
     sizes = {im.id: (im.width, im.height) for im in images}
     cat_ids = {c.id for c in split.categories}
     annotations: list[Annotation] = []
     seen_ann: set[int] = set()
     for a in split.annotations:
-        entry = f"annotation id {a.id} (image id {a.image_id})"
+        # the reader's record of where the box came from (a YOLO label file and line) beats the split's
+        # source and an id the reader invented
+        file, entry = (
+            (a.origin.file, a.origin.entry)
+            if a.origin
+            else (src, f"annotation id {a.id} (image id {a.image_id})")
+        )
         if a.id in seen_ann:
-            issues.add(src, entry, "duplicate annotation id", "duplicate_id")
+            issues.add(file, entry, "duplicate annotation id", "duplicate_id")
             continue
         seen_ann.add(a.id)
         if a.image_id not in seen_ids:
-            issues.add(src, entry, "refers to an unknown image id", "unknown_image")
+            issues.add(file, entry, "refers to an unknown image id", "unknown_image")
             continue
         if a.image_id not in sizes:
             continue  # its image was skipped above
         if a.category_id not in cat_ids:
             issues.add(
-                src,
+                file,
                 entry,
                 f"unknown category id {a.category_id} (known: {sorted(cat_ids)})",
                 "unknown_category",
@@ -69,24 +76,27 @@ def validate_split(
             continue
         x, y, w, h = a.bbox
         if not all(math.isfinite(v) for v in a.bbox):
-            issues.add(src, entry, f"non-finite box {list(a.bbox)}", "bad_box")
+            issues.add(file, entry, f"non-finite box {list(a.bbox)}", "bad_box")
             continue
         if w <= 0 or h <= 0:
-            issues.add(src, entry, f"box {list(a.bbox)} has non-positive size", "bad_box")
+            issues.add(file, entry, f"box {list(a.bbox)} has non-positive size", "bad_box")
             continue
         iw, ih = sizes[a.image_id]
         t = box_tolerance_px
         if x < -t or y < -t or x + w > iw + t or y + h > ih + t:
             issues.add(
-                src, entry, f"box {[round(v, 2) for v in a.bbox]} lies outside the {iw}x{ih} image", "bad_box"
+                file,
+                entry,
+                f"box {[round(v, 2) for v in a.bbox]} lies outside the {iw}x{ih} image",
+                "bad_box",
             )
             continue
         x0, y0 = max(0.0, x), max(0.0, y)
         x1, y1 = min(float(iw), x + w), min(float(ih), y + h)
         if x1 - x0 <= 0 or y1 - y0 <= 0:
-            issues.add(src, entry, f"box {list(a.bbox)} has no area inside the image", "bad_box")
+            issues.add(file, entry, f"box {list(a.bbox)} has no area inside the image", "bad_box")
             continue
-        annotations.append(Annotation(a.id, a.image_id, a.category_id, (x0, y0, x1 - x0, y1 - y0)))
+        annotations.append(replace(a, bbox=(x0, y0, x1 - x0, y1 - y0)))
 
     if not images:
         raise DataError(f"{src}: split '{split.name}' has no usable images")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import shutil
 from pathlib import Path
 
 import yaml
 
 from training.data.images import image_size
-from training.data.issues import IssueLog
-from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord
+from training.data.issues import IssueLog, read_bytes, read_utf8, utf8_problem
+from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord, Origin
 from training.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -22,16 +23,23 @@ def read_data_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: data.yaml not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as e:
         raise DataError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed YAML (nested too deeply)") from None
     if not isinstance(doc, dict) or "names" not in doc:
         raise DataError(f"{path}: expected a mapping with 'names' and split paths")
     names = doc["names"]
     if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
+        # ultralytics writes {0: a, 1: b}: the keys are the class indices, so they must be 0..n-1
+        if not all(type(k) is int for k in names) or set(names) != set(range(len(names))):
+            raise DataError(f"{path}: 'names' keys must be the class indices 0..{len(names) - 1}")
+        names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: 'names' must be a non-empty list or mapping")
+    if not all(isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names):
+        raise DataError(f"{path}: 'names' entries must be plain names (strings)")
     doc["names"] = [str(n) for n in names]
     return doc
 
@@ -39,6 +47,10 @@ def read_data_yaml(path: str | Path) -> dict:
 def _resolve_split_dir(yaml_path: Path, doc: dict, key: str) -> Path:
     if key not in doc or doc[key] in (None, ""):
         raise DataError(f"{yaml_path}: no '{key}' split")
+    for k in ("path", key):
+        # ultralytics also accepts lists of folders and image-list files; this reader takes one folder
+        if doc.get(k) is not None and not isinstance(doc[k], str):
+            raise DataError(f"{yaml_path}: '{k}' must be one folder path, not {type(doc[k]).__name__}")
     root = Path(doc.get("path") or ".")
     root = root if root.is_absolute() else yaml_path.parent / root
     p = Path(str(doc[key]))
@@ -46,7 +58,7 @@ def _resolve_split_dir(yaml_path: Path, doc: dict, key: str) -> Path:
     if not cand.exists() and str(doc[key]).startswith("../"):
         # Roboflow writes '../train/images' although the folders sit beside data.yaml.
         cand = root / str(doc[key])[3:]
-    if not cand.exists():
+    if not cand.is_dir():
         raise DataError(f"{yaml_path}: {key}: folder {cand} not found")
     return cand
 
@@ -83,29 +95,71 @@ def read_yolo(yaml_path: str | Path, key: str, split: str, issues: IssueLog) -> 
         try:
             w, h = image_size(f)
         except DataError as e:
-            issues.add(f, "image", str(e).split(": ", 1)[-1], "unreadable_image")
+            issues.add(f, "image", str(e).split(": ", 1)[-1], getattr(e, "kind", "unreadable_image"))
             continue
-        images.append(ImageRecord(iid, f, w, h))
         lab = labels_dir / f"{f.stem}.txt"
-        if not lab.is_file():
-            continue  # no label file: an image without boxes (YOLO convention)
-        for ln, line in enumerate(lab.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
+        # no label file: an image without boxes (YOLO convention)
+        lines = _label_lines(lab, issues) if lab.is_file() else []
+        if lines is None:
+            continue  # unreadable label file (lenient mode): its boxes are unknown, so the image is skipped too
+        images.append(ImageRecord(iid, f, w, h, Origin(str(f), "image")))
+        for ln, line in lines:
             try:
-                if len(fields) != 5:
-                    raise ValueError(f"expected 'class cx cy w h', got {len(fields)} fields")
-                cls = int(fields[0])
-                cx, cy, bw, bh = (float(v) for v in fields[1:])
-                if not 0 <= cls < len(names):
-                    raise ValueError(f"class {cls} not in 0..{len(names) - 1}")
+                cls, (cx, cy, bw, bh) = _parse_label(line, len(names))
             except ValueError as e:
                 issues.add(lab, f"line {ln}", f"malformed label ({e})", "malformed")
                 continue
             box = ((cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h)
-            annotations.append(Annotation(len(annotations) + 1, iid, cls, box))
+            annotations.append(
+                Annotation(len(annotations) + 1, iid, cls, box, Origin(str(lab), f"line {ln}"))
+            )
     return DetectionSplit(split, str(yaml_path), images, annotations, categories)
+
+
+def _label_lines(lab: Path, issues: IssueLog) -> list[tuple[int, str]] | None:
+    """Non-blank ``(line number, text)`` pairs of a label file; None (after reporting) if it is not readable text."""
+    try:
+        data = read_bytes(lab)
+    except DataError as e:
+        issues.add(lab, "label file", str(e).split(": ", 1)[-1], "unreadable_label")
+        return None
+    problem = utf8_problem(data)
+    if problem:
+        issues.add(lab, "label file", problem, "encoding")
+        return None
+    # split on '\n' only (not str.splitlines, which also breaks at \x0b, \x1c, \u2028, ...) so that line
+    # numbers are the ones an editor shows
+    text = data.decode("utf-8-sig")
+    return [(n, ln) for n, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
+
+
+def _parse_label(line: str, n_classes: int) -> tuple[int, tuple[float, float, float, float]]:
+    """``class cx cy w h`` (normalised) of one label line; ``ValueError`` with a short reason otherwise.
+
+    Out-of-image boxes are left to validation (it applies ``data.box_tolerance_px``); what no tolerance can
+    make valid is rejected here, where the line is known.
+    """
+    fields = line.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 'class cx cy w h', got {len(fields)} fields")
+    try:
+        cls = int(fields[0])
+    except ValueError:
+        raise ValueError(f"class {reprlib.repr(fields[0])} is not an integer") from None
+    if not 0 <= cls < n_classes:
+        raise ValueError(f"class {reprlib.repr(fields[0])} not in 0..{n_classes - 1}")
+    vals = []
+    for name, v in zip(("cx", "cy", "w", "h"), fields[1:], strict=True):
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError(f"{name} {reprlib.repr(v)} is not a number") from None
+        if not math.isfinite(x):
+            raise ValueError(f"{name} {reprlib.repr(v)} is not finite")
+        vals.append(x)
+    if vals[2] <= 0 or vals[3] <= 0:
+        raise ValueError(f"box size {vals[2]:g}x{vals[3]:g} is not positive")
+    return cls, (vals[0], vals[1], vals[2], vals[3])
 
 
 def write_yolo_split(split: DetectionSplit, root: Path, folder: str, link: bool = True) -> None:

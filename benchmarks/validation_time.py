@@ -1,0 +1,60 @@
+"""Validation time of a dataset: a first run (empty cache) and a second one (cached), each in a fresh process.
+
+    python benchmarks/validation_time.py --yaml ../shared/data/signatures-xc8up/data.yaml
+
+Since validation decodes every pixel (truncated pages fail here, not in evaluation), the first run costs a
+full decode of every page; the second reads the per-content results from the cache (sha256 of each file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from omegaconf import OmegaConf
+import training  # noqa: F401
+from training.data import load_dataset
+cfg = OmegaConf.load(sys.argv[1])
+cfg.yaml, cfg.cache_dir = sys.argv[2], sys.argv[3]
+t1 = time.perf_counter()
+ds = load_dataset(cfg, ("train", "val", "test"))
+t2 = time.perf_counter()
+print(json.dumps({"validate_s": t2 - t1, "images": sum(len(s.images) for s in ds.splits.values())}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--yaml", required=True, help="data.yaml of a YOLO-format dataset")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    rows = []
+    for _ in range(a.repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            for run in ("first", "second"):
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(ROOT / "conf/data/yolo_folder.yaml"), a.yaml, cache],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"run": run, **r})
+    for run in ("first", "second"):
+        times = sorted(r["validate_s"] for r in rows if r["run"] == run)
+        n = rows[0]["images"]
+        print(f"{run:6s} run: median {times[len(times) // 2]:.2f} s over {len(times)} ({n} images), all {times}")
+
+
+if __name__ == "__main__":
+    main()
