@@ -335,3 +335,39 @@ def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run,
         build_report(compose_cfg("report", [f"out={tmp_path / 'r2'}", f"tuning={run_dir}"]))
     with pytest.raises(UserError, match="already holds a report"):
         build_report(cfg)
+
+
+def test_garbage_onnx_beside_a_valid_manifest_is_one_line_and_a_failed_latency_row(yolo_export, tmp_path):
+    """A damaged model.onnx: the evaluator stops with one line naming it; the latency command still measures the
+    other runtimes and gives the ONNX rows a reason instead of a traceback."""
+    import shutil
+
+    from export.benchmark import benchmark_export
+
+    _, out, _ = yolo_export
+    bad = tmp_path / "bad_export"
+    shutil.copytree(out, bad)
+    (bad / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluation",
+            f"checkpoint={bad / 'model.onnx'}",
+            f"hydra.run.dir={tmp_path / 'ev'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert "model.onnx" in line and "not a loadable ONNX model" in line
+    cfg = compose_cfg(
+        "export_benchmark", [f"export_dir={bad}", "warmup=1", "min_runs=2", "min_seconds=0"], tmp_path
+    )
+    rows = {(r["runtime"], r["device"], r["precision"]): r for r in benchmark_export(bad, cfg)["rows"]}
+    onnx_cpu = rows[("ONNX Runtime", "CPU", "fp32")]
+    assert onnx_cpu["status"] == "failed" and "model.onnx" in onnx_cpu["reason"]
+    assert rows[("OpenVINO", "CPU", "fp32")]["status"] == "ok"

@@ -233,3 +233,17 @@ def test_any_decodable_page_reaches_ultralytics_with_our_pixels(tmp_path, mode, 
     loader_mod._same_pixels_for_ultralytics(d / "images")
     (cached,) = list((d / "images").iterdir())
     np.testing.assert_array_equal(_ultralytics_rgb(cached), out)
+
+
+def test_bomb_page_in_the_data_is_one_line_or_skipped_with_a_count(embedded_copy, tmp_path):
+    ann, doc = _coco_copy(embedded_copy)
+    bomb = _png_header_only(embedded_copy / "train" / "bomb.png", 15000, 12000)
+    doc["images"].append({"id": 99999, "file_name": bomb.name, "width": 15000, "height": 12000})
+    ann.write_text(json.dumps(doc))
+    cfg = compose_cfg("train", ["data=coco_folder", f"data.root={embedded_copy}"], tmp_path)
+    with pytest.raises(DataError) as e:
+        load_dataset(cfg.data, ("train",))
+    assert "bomb.png" in str(e.value) and "\n" not in str(e.value)
+    cfg.data.strict = False
+    ds = load_dataset(cfg.data, ("train",))
+    assert ds.skipped_metrics() == {"data/skipped/train/too_large_image": 1.0}

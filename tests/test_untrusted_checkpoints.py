@@ -203,3 +203,23 @@ def test_transformers_run_folder_and_resume_state_never_unpickle_code(tmp_path, 
     cfg.resume = True
     with pytest.raises(UserError, match=STATE):
         train(cfg)
+
+
+def test_resume_repairs_torn_checkpoints_of_its_own_run_but_never_trapped_ones(tmp_path, trained_run, marker):
+    """A kill mid-save tears last.pt (ultralytics writes it in place): resume restores it from the atomic copy
+    kept after each save; a torn best.pt is set aside; a trapped file is still refused."""
+    from training.backends.ultralytics import LAST_COMPLETE, _vet_run_checkpoints
+
+    _, run_dir, _ = trained_run
+    w = tmp_path / "weights"
+    w.mkdir()
+    genuine = (run_dir / "weights" / "last.pt").read_bytes()
+    (w / LAST_COMPLETE).write_bytes(genuine)
+    (w / "last.pt").write_bytes(genuine[:1000])
+    (w / "best.pt").write_bytes(b"")
+    _vet_run_checkpoints(w)
+    assert (w / "last.pt").read_bytes() == genuine
+    assert not (w / "best.pt").exists() and (w / "best.pt.torn").exists()
+    shutil.copy(evil_checkpoints(tmp_path / "in", marker)["system"], w / "best.pt")
+    with pytest.raises(UserError, match="refused"):
+        _vet_run_checkpoints(w)

@@ -114,14 +114,18 @@ def names_ultralytics_classes(path: str | Path) -> bool:
         raise DataError(f"{path}: truncated or corrupted checkpoint ({e.__class__.__name__})") from None
 
 
+class UnsafeCheckpoint(DataError):
+    """A checkpoint whose pickle names globals that no model needs: never loaded, never repaired."""
+
+
 def _first_line(e: Exception) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:160] if lines else e.__class__.__name__
 
 
-def _refuse(path: Path, bad: list[str]) -> DataError:
+def _refuse(path: Path, bad: list[str]) -> UnsafeCheckpoint:
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    return DataError(
+    return UnsafeCheckpoint(
         f"{path}: refused to load: it names {shown}, which no model checkpoint needs "
         "(unpickling it could run code; only load checkpoints you trust the origin of)"
     )

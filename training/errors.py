@@ -36,7 +36,8 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            # one line even when a path or a value holds a newline
+            print("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
             sys.exit(e.exit_code)
 
     return wrapper

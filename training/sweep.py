@@ -134,17 +134,25 @@ def make_storage(url: str, out_dir: Path | None = None):
             raise ConfigError(
                 f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {_first_line(e)})"
             ) from None
+    import warnings
+
+    from training.tracking import mask_url_credentials
+
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=30,
-            grace_period=120,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-        )
+        with warnings.catch_warnings():
+            # optuna marks RetryFailedTrialCallback experimental/deprecated on stderr; it is still what retries a
+            # killed worker's trial, and a user's one-line error must stay one line
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            return RDBStorage(
+                url,
+                heartbeat_interval=30,
+                grace_period=120,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            )
     except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
-        safe = url.split("@")[-1]
         raise UserError(
-            f"{setting}: cannot open study storage at ...@{safe} ({e.__class__.__name__})"
+            f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
         ) from None
 
 

@@ -56,6 +56,44 @@ def load_yolo(path: str | Path, what: str = "checkpoint"):
     return model
 
 
+# an atomic copy of last.pt after each save: ultralytics writes last.pt in place, so a run killed mid-save leaves
+# a torn last.pt, and resume=true starts from this copy instead
+LAST_COMPLETE = "last_complete.pt"
+
+
+def _keep_complete_last(trainer) -> None:
+    last = Path(trainer.last)
+    if last.is_file():
+        tmp = last.with_name(f".{LAST_COMPLETE}.tmp")
+        shutil.copyfile(last, tmp)
+        os.replace(tmp, last.with_name(LAST_COMPLETE))
+
+
+def _vet_run_checkpoints(weights: Path) -> None:
+    """Before resuming, check every checkpoint of the run: ultralytics' final evaluation re-reads best.pt without
+    restriction, so a booby-trapped one is refused here. A file torn by a kill mid-save is this run's own: last.pt
+    is restored from its atomic copy, a torn best.pt is set aside (the resumed run writes a new one)."""
+    from training.checkpoints import UnsafeCheckpoint, check_ultralytics_checkpoint
+
+    for pt in sorted(weights.glob("*.pt")):
+        try:
+            check_ultralytics_checkpoint(pt)
+        except UnsafeCheckpoint:
+            raise
+        except UserError as e:
+            complete = weights / LAST_COMPLETE
+            if pt.name == "last.pt" and complete.is_file():
+                check_ultralytics_checkpoint(complete)
+                log.warning("%s; resuming from %s, saved after the last complete epoch", e, complete)
+                shutil.copyfile(complete, pt)
+            elif pt.name == "best.pt":
+                aside = pt.with_suffix(".pt.torn")
+                log.warning("%s; set aside as %s", e, aside)
+                pt.rename(aside)
+            else:
+                raise
+
+
 def check_train_args(args: dict) -> dict:
     """Reject unknown or framework-owned ultralytics arguments with the closest valid names."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -204,6 +242,7 @@ class UltralyticsDetector(Detector):
             tracker.log_metrics(logs, step=epoch)
 
         model.add_callback("on_train_epoch_end", on_train_epoch_end)
+        model.add_callback("on_model_save", _keep_complete_last)
         model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
 
     def train(self, cfg) -> dict[str, float]:
@@ -217,11 +256,7 @@ class UltralyticsDetector(Detector):
                 raise UserError(
                     f"resume=true but {last} does not exist (point hydra.run.dir at the interrupted run)"
                 )
-            # every checkpoint of the run is vetted: ultralytics' final evaluation re-reads best.pt unrestricted
-            from training.checkpoints import check_ultralytics_checkpoint
-
-            for pt in sorted(last.parent.glob("*.pt")):
-                check_ultralytics_checkpoint(pt)
+            _vet_run_checkpoints(last.parent)
             model = load_yolo(last, "checkpoint (resume)")
             if (model.ckpt or {}).get("epoch", 0) == -1:
                 # ultralytics marks a finished training with epoch -1 and refuses to resume it: the training
