@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from training.errors import OfflineError, UserError
+from training.errors import DataError, OfflineError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,15 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
             data = row["image"].get("bytes")
             if data is None and row["image"].get("path"):
                 data = Path(row["image"]["path"]).read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                fmt = (im.format or "PNG").lower()
-                w, h = im.size
+            try:
+                with Image.open(io.BytesIO(data or b"")) as im:
+                    fmt = (im.format or "PNG").lower()
+                    w, h = im.size
+            except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as e:
+                # the pixels are checked again, fully, when the materialised folder is validated
+                raise DataError(
+                    f"{path}: split '{folder}', row {row_i}: unreadable image ({e.__class__.__name__})"
+                ) from None
             name = f"{iid}.{'jpg' if fmt == 'jpeg' else fmt}"
             (out / name).write_bytes(data)
             images.append(
