@@ -12,6 +12,24 @@ from training.data.schema import Annotation, DetectionSplit, ImageRecord
 from training.errors import DataError
 
 
+def _decode_all(checker: ImageChecker, files: list) -> list:
+    """``checker.size`` of every file, in order, an :class:`ImageError` in place of a failure. Decoding runs on
+    all cores (PIL releases the GIL while it decodes); the issues are still reported in file order."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f):
+        try:
+            return checker.size(f)
+        except ImageError as e:
+            return e
+
+    unique = list(dict.fromkeys(files))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(unique), os.cpu_count() or 1))) as pool:
+        done = dict(zip(unique, pool.map(one, unique), strict=True))
+    return [done[f] for f in files]
+
+
 def validate_split(
     split: DetectionSplit,
     issues: IssueLog,
@@ -25,19 +43,19 @@ def validate_split(
     """
     checker = checker or ImageChecker(None, None)
     src = split.source
+    sizes_or_errors = _decode_all(checker, [im.file for im in split.images])
     images: list[ImageRecord] = []
     seen_ids: set[int] = set()
-    for im in split.images:
+    for im, checked in zip(split.images, sizes_or_errors, strict=True):
         entry = f"split '{split.name}', image id {im.id} ({im.file})"
         if im.id in seen_ids:
             issues.add(src, entry, "duplicate image id", "duplicate_id")
             continue
         seen_ids.add(im.id)
-        try:
-            w, h = checker.size(im.file)
-        except ImageError as e:
-            issues.add(src, entry, str(e).removeprefix(f"{im.file}: "), e.kind)
+        if isinstance(checked, ImageError):
+            issues.add(src, entry, str(checked).removeprefix(f"{im.file}: "), checked.kind)
             continue
+        w, h = checked
         if im.width > 0 and (im.width, im.height) != (w, h):
             issues.add(
                 src, entry, f"declared {im.width}x{im.height} but the file is {w}x{h}", "size_mismatch"
