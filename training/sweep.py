@@ -138,22 +138,27 @@ def make_storage(url: str, out_dir: Path | None = None):
 
     from training.tracking import mask_url_credentials
 
-    try:
-        with warnings.catch_warnings():
-            # optuna marks RetryFailedTrialCallback experimental/deprecated on stderr; it is still what retries a
-            # killed worker's trial, and a user's one-line error must stay one line
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=30,
-                grace_period=120,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-            )
-    except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
-        raise UserError(
-            f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
-        ) from None
+    for attempt in (1, 2):
+        try:
+            with warnings.catch_warnings():
+                # optuna marks RetryFailedTrialCallback and heartbeats experimental on stderr; they are still what
+                # retries a killed worker's trial, and a user's one-line error must stay one line
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=30,
+                    grace_period=120,
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+                )
+        except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
+            if attempt == 1 and e.__class__.__name__ == "IntegrityError":
+                # workers started together on a new database race to create optuna's schema and version row;
+                # the loser fails on the winner's row, and a second attempt finds the schema in place
+                continue
+            raise UserError(
+                f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
+            ) from None
 
 
 def _first_line(e: BaseException) -> str:
