@@ -134,17 +134,24 @@ def make_storage(url: str, out_dir: Path | None = None):
             raise ConfigError(
                 f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {_first_line(e)})"
             ) from None
+    import random
+    import time
     import warnings
+
+    from optuna.exceptions import ExperimentalWarning
 
     from training.tracking import mask_url_credentials
 
-    for attempt in (1, 2):
+    # workers started together on a new database race to create optuna's tables and version row: the loser gets
+    # an IntegrityError (or waits on the winner's transaction and then gets one); after a pause the schema is there
+    schema_race_attempts = 4
+    for attempt in range(1, schema_race_attempts + 1):
         try:
             with warnings.catch_warnings():
                 # optuna marks RetryFailedTrialCallback and heartbeats experimental on stderr; they are still what
                 # retries a killed worker's trial, and a user's one-line error must stay one line
                 warnings.simplefilter("ignore", FutureWarning)
-                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", ExperimentalWarning)
                 return RDBStorage(
                     url,
                     heartbeat_interval=30,
@@ -152,9 +159,8 @@ def make_storage(url: str, out_dir: Path | None = None):
                     failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
                 )
         except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
-            if attempt == 1 and e.__class__.__name__ == "IntegrityError":
-                # workers started together on a new database race to create optuna's schema and version row;
-                # the loser fails on the winner's row, and a second attempt finds the schema in place
+            if attempt < schema_race_attempts and e.__class__.__name__ == "IntegrityError":
+                time.sleep(attempt * (0.5 + random.random()))  # jittered: the racers do not meet again
                 continue
             raise UserError(
                 f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
