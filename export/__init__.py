@@ -1,4 +1,2 @@
-"""Export (ONNX / OpenVINO / TensorRT) with parity checks: not built yet (tracked as its own issue).
-
-Until then, an ultralytics detector exports through ``Detector.export(fmt, out_dir)``.
-"""
+"""Export (ONNX / OpenVINO FP32, BF16, INT8 / TensorRT) with a parity check per artefact, and the latency
+benchmark: ``python -m export checkpoint=...``, ``python -m export.benchmark export_dir=...`` (see README.md)."""

@@ -1,7 +1,6 @@
 """The Detector contract, for every registered backend: train a couple of steps, predict, evaluate, reload."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +144,7 @@ def test_offline_hub_id_is_one_clear_line(tmp_path, monkeypatch):
     )
 
 
-def test_from_pretrained_local_directory_gets_a_new_head(tmp_path):
+def test_from_pretrained_local_directory_gets_a_new_head(tmp_path, monkeypatch):
     """A local directory (as downloaded from the hub) loads with a head resized to our classes."""
     import transformers
 
@@ -157,10 +156,17 @@ def test_from_pretrained_local_directory_gets_a_new_head(tmp_path):
 
     with open_dict(cfg):
         cfg.model.weights = str(tmp_path / "hub_copy")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"a local directory must load without the network (tried {args})")
+
+    import socket
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the guarantee must not rest on the offline flag
     model = build_detector(cfg.model, tmp_path)._build(["signature"])
     assert isinstance(model, transformers.DetrForObjectDetection)
     assert model.config.num_labels == 1 and model.class_labels_classifier.out_features == 2
-    os.environ.get("HF_HUB_OFFLINE")  # no network was needed
 
 
 def test_transformers_early_stopping_on_the_monitored_metric(tmp_path):

@@ -171,10 +171,10 @@ def test_classifier_export_round_trip(tmp_path):
     _, out, manifest = _export(tmp_path, ckpt, ["onnx", "openvino_fp32", "openvino_int8"], CROPS_TINY)
     st = _statuses(manifest)
     assert st["onnx"] == st["openvino_fp32"] == "passed", manifest
-    assert st["openvino_int8"] in (
-        "passed",
-        "failed",
-    )  # an untrained 32 px net may not survive INT8; reported
+    int8 = next(a for a in manifest["artifacts"] if a["format"] == "openvino_int8")
+    # an untrained 32 px net may not survive INT8: then it is reported as failed, with the parity that failed
+    assert int8["status"] == "passed" or (int8["status"] == "failed" and int8.get("reason")), int8
+    assert "parity" in int8
     onnx = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
     assert onnx["parity"]["top1_agreement"] == 1.0
     model = load_exported(out / "model.onnx")
@@ -216,7 +216,8 @@ def test_latency_command_writes_its_tables(yolo_export, tmp_path):
     for f in ("latency.md", "latency.csv", "latency.json", "latency_onnx_vs_tensorrt.csv"):
         assert (run_dir / f).is_file(), f
     md = (run_dir / "latency.md").read_text()
-    assert "ONNX (CPU) vs TensorRT (GPU)" in md and "AMD" in md or "Intel" in md or "CPU:" in md
+    assert "ONNX (CPU) vs TensorRT (GPU)" in md
+    assert f"CPU: {doc['environment']['cpu']} ({doc['environment']['cpu_count']} cores)" in md
     assert [r["runtime"] for r in doc["upstream"]] == ["ONNX Runtime (CPU)", "TensorRT (GPU)"]
     assert doc["environment"]["version/onnxruntime"]
 
@@ -286,7 +287,8 @@ def test_pytorch_cuda_reference_matches_cpu(trained_run):
         ["model=debug/conditional-detr", *HF_TINY],
         ["model=debug/yolos", *HF_TINY],
         ["experiment=quickstart", "model=yolov10n", *TINY],
-        ["experiment=quickstart", "model=rtdetr-l", *TINY],
+        # a 32M-parameter model: half a minute, so in the slow run
+        pytest.param(["experiment=quickstart", "model=rtdetr-l", *TINY], marks=pytest.mark.slow),
     ],
     ids=["conditional-detr", "yolos", "yolov10n", "rtdetr-l"],
 )

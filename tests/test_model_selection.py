@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -21,6 +23,7 @@ def run(tmp_path, *extra):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_tiny_model_selection_end_to_end_and_resumable(tmp_path):
     r = run(tmp_path, "models=[yolov8n,debug/detr]")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -23,6 +23,7 @@ def test_the_four_notebooks_exist_and_are_stripped():
         assert len(params) == 1 and 'SETTING = "tiny"' in params[0].source, p.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_its_tiny_setting(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient

@@ -126,6 +126,7 @@ enqueue:
 """
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_with_pruned_and_failed_trials(tmp_path):
     """Real tiny trainings: one completes, one is pruned at epoch 3, one fails; then the summary."""
     conf = tmp_path / "conf" / "sweep"
@@ -200,6 +201,7 @@ def _journal_study(path):
     )
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_study(tmp_path):
     journal = tmp_path / "journal.log"
     cmd = _sweep_cmd(
@@ -217,6 +219,7 @@ def test_two_workers_share_a_journal_study(tmp_path):
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_the_study_completable(tmp_path):
     journal = tmp_path / "journal.log"
     cmd = _sweep_cmd(
@@ -249,6 +252,7 @@ def test_killed_worker_leaves_the_study_completable(tmp_path):
     assert not any(t.state == TrialState.RUNNING for t in trials)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("SIGDET_TEST_POSTGRES_URL"),
     reason="no PostgreSQL server (set SIGDET_TEST_POSTGRES_URL)",

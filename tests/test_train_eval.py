@@ -123,6 +123,7 @@ def test_offline_weight_name_fails_with_instructions(tmp_path, monkeypatch):
         resolve_weights(str(tmp_path / "dir" / "w.pt"))
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_run(tmp_path):
     """Kill a run after its first checkpoint, resume it, and finish all epochs."""
     run_dir = tmp_path / "run"

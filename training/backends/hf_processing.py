@@ -1,5 +1,5 @@
-"""Pre- and post-processing of the transformers detectors, in one place (training, prediction and, later,
-exported models all go through it).
+"""Pre- and post-processing of the transformers detectors, in one place (training, prediction and exported
+models all go through it).
 
 Resize the longest side to ``imgsz`` (keeping the aspect ratio), normalise with ImageNet statistics, pad at the
 bottom / right to ``imgsz x imgsz`` with a pixel mask. Boxes are normalised ``cx, cy, w, h`` relative to that
