@@ -311,7 +311,7 @@ def build_report(cfg) -> dict[str, Path]:
     }
     if not any(inputs.values()):
         raise UserError(
-            "no runs given: set at least one of model_selection= sweep= test= latency= classifier="
+            "no runs given: set at least one of model_selection= tuning= test= latency= classifier="
         )
     out.mkdir(parents=True, exist_ok=True)
     r = Report(out, published)
