@@ -53,7 +53,9 @@ def main() -> None:
     for run in ("first", "second"):
         times = sorted(r["validate_s"] for r in rows if r["run"] == run)
         n = rows[0]["images"]
-        print(f"{run:6s} run: median {times[len(times) // 2]:.2f} s over {len(times)} ({n} images), all {times}")
+        print(
+            f"{run:6s} run: median {times[len(times) // 2]:.2f} s over {len(times)} ({n} images), all {times}"
+        )
 
 
 if __name__ == "__main__":

@@ -159,8 +159,10 @@ def detect_kind(checkpoint: str | Path) -> str:
     check_ultralytics_checkpoint(p)
     if names_ultralytics_classes(p):
         return "ultralytics"
+    from training.classifier.model import is_classifier_checkpoint
+
     obj = load_weights(p)
-    if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "fc.weight" in obj or "state_dict" in obj):
+    if is_classifier_checkpoint(obj):
         return "classifier"
     raise UserError(
         f"{p}: not a checkpoint of any family {list(KINDS)} (a {type(obj).__name__} of plain tensors/data)"

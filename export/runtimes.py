@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.errors import DataError
+from training.errors import DataError, first_line
 
 
 class Unavailable(RuntimeError):
@@ -17,8 +17,7 @@ class Unavailable(RuntimeError):
 def _unloadable(path, what: str, e: Exception) -> DataError:
     # each runtime has its own exception types for a damaged file (onnxruntime's InvalidProtobuf / Fail,
     # OpenVINO's RuntimeError, TensorRT's None engine): one line naming the file instead
-    msg = " ".join(str(e).split())[:160]
-    return DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {msg})")
+    return DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {first_line(e)})")
 
 
 class TorchRunner:

@@ -22,7 +22,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
-from training.errors import DataError
+from training.errors import DataError, first_line
 
 # Globals a genuine ultralytics checkpoint names (torch.serialization.get_unsafe_globals_in_checkpoint lists
 # those outside torch's own safe set): model classes, plus the data types ultralytics' loader maps itself.
@@ -118,11 +118,6 @@ class UnsafeCheckpoint(DataError):
     """A checkpoint whose pickle names globals that no model needs: never loaded, never repaired."""
 
 
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:160] if lines else e.__class__.__name__
-
-
 def _refuse(path: Path, bad: list[str]) -> UnsafeCheckpoint:
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     return UnsafeCheckpoint(
@@ -188,10 +183,10 @@ def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu")
         bad = [g for g in checkpoint_globals(path) if g not in {n for ns in _NUMPY_DATA for n in ns}]
         if bad:
             raise _refuse(path, bad) from None
-        raise DataError(f"{path}: not a loadable {what} ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a loadable {what} ({first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise DataError(
-            f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {_first_line(e)})"
+            f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {first_line(e)})"
         ) from None
 
 

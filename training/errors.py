@@ -28,6 +28,13 @@ class OfflineError(UserError):
     """A hub / network resource was asked for and cannot be reached."""
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first non-blank line of an exception's message (libraries' messages run over several lines), cut to
+    ``limit`` characters; the exception's class name when it has no message."""
+    lines = str(e).strip().splitlines()
+    return lines[0].strip()[:limit] if lines else e.__class__.__name__
+
+
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn a UserError raised by a CLI entry point into one stderr line and exit code 2."""
 

@@ -22,6 +22,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from training.errors import UserError
+from training.fileio import write_atomic
 from training.tracking import redact
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,6 @@ def masked_yaml(cfg: DictConfig | ListConfig) -> str:
     """``OmegaConf.to_yaml(cfg)`` (unresolved, as Hydra saves it) with every credential masked."""
     container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     return OmegaConf.to_yaml(OmegaConf.create(redact(container)))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file: a reader never sees half a file, and workers of one
-    sweep (same run dir) never write into each other's."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _drop_file_handlers(logging_cfg: DictConfig | None) -> None:

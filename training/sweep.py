@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver)
-from training.errors import ConfigError, UserError, exit_on_user_error
+from training.errors import ConfigError, UserError, exit_on_user_error, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
@@ -132,7 +132,7 @@ def make_storage(url: str, out_dir: Path | None = None):
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         except Exception as e:  # a folder in its place, not a database, no permission: one line
             raise ConfigError(
-                f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {_first_line(e)})"
+                f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {first_line(e)})"
             ) from None
     import random
     import time
@@ -165,11 +165,6 @@ def make_storage(url: str, out_dir: Path | None = None):
             raise UserError(
                 f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
             ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def fail_dead_local_trials(study) -> list[int]:
@@ -557,7 +552,6 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.mode not in ("optimize", "summary", "all"):
         raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'summary', 'all']")
-    check_sweep(scfg)
     if cfg.mode in ("optimize", "all"):
         optimize(scfg, out_dir, run_fn, worker=int(os.environ.get("SIGDET_WORKER", "0")))
     if cfg.mode in ("summary", "all"):

@@ -14,7 +14,7 @@ import numpy as np
 
 from training.backends.base import Detections, Detector, ImageInput
 from training.data import cache_root, load_dataset, prepare_yolo
-from training.errors import ConfigError, OfflineError, UserError
+from training.errors import ConfigError, OfflineError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ def load_yolo(path: str | Path, what: str = "checkpoint"):
     path = check_ultralytics_checkpoint(path)
     if not names_ultralytics_classes(path):
         # plain tensors / dicts: a state dict of another model (the region classifier's, a transformers one...)
+        from training.classifier.model import is_classifier_checkpoint
+
         obj = load_weights(path, what)
         kind = (
             "the region classifier's checkpoint (run it with python -m training.classifier.infer, or export it with python -m export)"
-            if isinstance(obj, dict) and (obj.get("arch") == "resnet18" or "state_dict" in obj)
+            if is_classifier_checkpoint(obj)
             else f"a {type(obj).__name__} without an ultralytics model"
         )
         raise UserError(f"{path}: not an ultralytics {what}: it holds {kind}")
@@ -51,8 +53,7 @@ def load_yolo(path: str | Path, what: str = "checkpoint"):
         model = YOLO(str(path))  # YOLO() loads RT-DETR weights too (it only cannot build RT-DETR from YAML)
     except (TypeError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
         # ultralytics' restricted loader raises TypeError for files outside its format
-        msg = " ".join(str(e).split())[:200]
-        raise UserError(f"{path}: not a loadable ultralytics {what} ({msg})") from None
+        raise UserError(f"{path}: not a loadable ultralytics {what} ({first_line(e, 200)})") from None
     return model
 
 

@@ -131,6 +131,14 @@ def _strip_prefix(sd: dict) -> dict:
     return sd
 
 
+def is_classifier_checkpoint(obj) -> bool:
+    """Whether a (safely) loaded checkpoint is one :func:`load_classifier` reads: ours (``arch``,
+    ``state_dict``) or a published bare ResNet18 state dict (``fc.weight``)."""
+    return isinstance(obj, dict) and (
+        obj.get("arch") == "resnet18" or "state_dict" in obj or "fc.weight" in obj
+    )
+
+
 def load_classifier(path: str | Path, map_location: str = "cpu") -> RegionClassifier:
     """A checkpoint written by :meth:`RegionClassifier.save`, or a published bare state dict (compatibility)."""
     path = Path(path)

@@ -17,7 +17,6 @@ when ultralytics' reader gives exactly these pixels, and otherwise stores these 
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from training.errors import DataError
+from training.fileio import write_atomic
 
 # bump when decode_rgb's output changes, so that cached checks and converted images are not reused
 DECODE_VERSION = 1
@@ -179,48 +179,67 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def pixel_digest(pixels: np.ndarray) -> str:
+    """sha256 of decoded pixels (with their shape): two readers agree on an image iff the digests agree."""
+    h = hashlib.sha256(str(pixels.shape).encode())
+    h.update(np.ascontiguousarray(pixels).data)
+    return h.hexdigest()
+
+
 class ImageChecker:
-    """Decodes every pixel of an image once per content: the result (size, or why it is unusable) is cached
-    under ``cache_dir`` keyed by the file's sha256, the decoder version and the pixel limit, so that a second
-    validation of the same data reads hashes, not pixels."""
+    """Decodes every pixel of an image once per content: the result (size and pixel digest, or why it is
+    unusable) is cached under ``cache_dir`` keyed by the file's sha256, the decoder version and the pixel limit,
+    so that a second validation of the same data reads hashes, not pixels, and the YOLO cache compares
+    ultralytics' pixels with ours without decoding ours again."""
+
+    # bump when the record layout changes
+    RECORD = 2
 
     def __init__(self, cache_dir: Path | None, max_pixels: int | None):
         self.max_pixels = int(max_pixels) if max_pixels else None
         import PIL
 
-        tag = f"v{DECODE_VERSION}-pil{PIL.__version__}-max{self.max_pixels or 0}"
+        tag = f"v{DECODE_VERSION}-r{self.RECORD}-pil{PIL.__version__}-max{self.max_pixels or 0}"
         self.dir = Path(cache_dir) / "image-checks" / tag if cache_dir else None
+        self._memo: dict[str, str] = {}  # file sha256 -> record, for checkers without a cache dir too
+
+    def _record(self, path: Path) -> str:
+        """``ok W H DIGEST`` or ``<kind> <reason>`` for the content of ``path``, decoding it at most once."""
+        if not path.is_file():
+            raise ImageError(f"{path}: image file not found", "missing_image")
+        key = file_digest(path)
+        if key in self._memo:
+            return self._memo[key]
+        entry = self.dir / key if self.dir else None
+        if entry is not None and entry.is_file():
+            record = entry.read_text(encoding="utf-8")
+        else:
+            try:
+                pixels = decode_rgb(path, self.max_pixels)
+                h, w = pixels.shape[:2]
+                record = f"ok {w} {h} {pixel_digest(pixels)}"
+            except ImageError as e:
+                record = f"{e.kind} {str(e).removeprefix(f'{path}: ')}"
+            if entry is not None:
+                try:
+                    entry.parent.mkdir(parents=True, exist_ok=True)
+                    write_atomic(entry, record)  # parallel workers never read half a record
+                except OSError:  # a read-only cache only costs speed
+                    pass
+        self._memo[key] = record
+        return record
+
+    def _ok(self, path: Path) -> list[str]:
+        kind, _, rest = self._record(path).partition(" ")
+        if kind != "ok":
+            raise ImageError(f"{path}: {rest}", kind)
+        return rest.split()
 
     def size(self, path: str | Path) -> tuple[int, int]:
         """(width, height) of a fully decodable image; :class:`ImageError` naming the file otherwise."""
-        path = Path(path)
-        if not path.is_file():
-            raise ImageError(f"{path}: image file not found", "missing_image")
-        entry = self.dir / file_digest(path) if self.dir else None
-        if entry is not None and entry.is_file():
-            kind, _, rest = entry.read_text(encoding="utf-8").partition(" ")
-            if kind == "ok":
-                w, h = rest.split()
-                return int(w), int(h)
-            raise ImageError(f"{path}: {rest}", kind)
-        try:
-            h, w = decode_rgb(path, self.max_pixels).shape[:2]
-            record = f"ok {w} {h}"
-        except ImageError as e:
-            record = f"{e.kind} {str(e).removeprefix(f'{path}: ')}"
-            self._store(entry, record)
-            raise
-        self._store(entry, record)
-        return w, h
+        w, h, _ = self._ok(Path(path))
+        return int(w), int(h)
 
-    @staticmethod
-    def _store(entry: Path | None, record: str) -> None:
-        if entry is None:
-            return
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
-            tmp.write_text(record, encoding="utf-8")
-            tmp.replace(entry)  # atomic: parallel workers validating the same data never read half a record
-        except OSError:  # a read-only cache only costs speed
-            pass
+    def digest(self, path: str | Path) -> str:
+        """:func:`pixel_digest` of :func:`decode_rgb` of the image; :class:`ImageError` if it is unusable."""
+        return self._ok(Path(path))[2]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from training.data.coco import read_coco
 from training.data.hub import ANNOTATION_FILE, download_roboflow, materialize_hf
-from training.data.images import DECODE_VERSION, ImageChecker, decode_rgb, file_digest
+from training.data.images import DECODE_VERSION, ImageChecker, decode_rgb, file_digest, pixel_digest
 from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
 from training.data.validate import validate_split
@@ -48,6 +48,8 @@ class Dataset:
     name: str
     splits: dict[str, DetectionSplit]
     skipped: dict[str, int] = field(default_factory=dict)
+    # what validated the images: it knows each image's decoded pixels (their digest) without decoding again
+    checker: ImageChecker | None = field(default=None, repr=False, compare=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -131,7 +133,7 @@ def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val"
     if len(set(names.values())) > 1:
         raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
     issues.warn(f"data '{data_cfg.get('name')}'")
-    return Dataset(str(data_cfg.get("name", "dataset")), out, skipped)
+    return Dataset(str(data_cfg.get("name", "dataset")), out, skipped, checker)
 
 
 def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
@@ -155,7 +157,7 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     for split, s in dataset.splits.items():
         write_yolo_split(s, tmp, split)
-    _same_pixels_for_ultralytics(tmp / "images")
+    _same_pixels_for_ultralytics(tmp / "images", dataset.checker)
     doc = {"path": str(root), "names": dict(enumerate(dataset.class_names))}
     doc.update({split: f"images/{split}" for split in dataset.splits})
     for required in ("train", "val"):  # ultralytics insists on both keys even for val-only use
@@ -169,32 +171,28 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
     return data_yaml
 
 
-def _ultralytics_imread():
-    """ultralytics' own image reader (what its datasets train and validate on), as RGB."""
+def _ultralytics_rgb(path: Path) -> np.ndarray | None:
+    """The pixels ultralytics' own reader gives (what its datasets train and validate on), as RGB."""
     from ultralytics.utils.patches import imread
 
-    def read(path: Path):
-        im = imread(str(path))
-        if im is None or im.ndim != 3 or im.shape[2] != 3:
-            return None
-        return im[..., ::-1]
-
-    return read
+    im = imread(str(path))
+    return None if im is None or im.ndim != 3 or im.shape[2] != 3 else im[..., ::-1]
 
 
-def _same_pixels_for_ultralytics(images_dir: Path) -> int:
+def _same_pixels_for_ultralytics(images_dir: Path, checker: ImageChecker | None = None) -> int:
     """Replace each linked image that ultralytics would decode differently from :func:`decode_rgb` (16-bit,
     alpha, CMYK, EXIF cases, formats cv2 reads otherwise) by a lossless PNG of our decode: training and
-    evaluation then see the same pixels. Returns how many were replaced."""
+    evaluation then see the same pixels. Ours are compared by the digest ``checker`` kept when it validated the
+    image, so only the images that differ are decoded again. Returns how many were replaced."""
     import cv2
 
-    read = _ultralytics_imread()
+    checker = checker or ImageChecker(None, None)
     replaced = 0
     for link in sorted(p for p in images_dir.rglob("*") if p.is_symlink() or p.is_file()):
-        ours = decode_rgb(link)
-        theirs = read(link)
-        if theirs is not None and theirs.shape == ours.shape and np.array_equal(theirs, ours):
+        theirs = _ultralytics_rgb(link)
+        if theirs is not None and pixel_digest(theirs) == checker.digest(link):
             continue
+        ours = decode_rgb(link)
         png = link.with_suffix(".png")
         link.unlink()
         # cv2 writes BGR; PNG is lossless, so ultralytics' reader returns exactly `ours`
