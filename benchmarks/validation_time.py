@@ -1,9 +1,12 @@
-"""Validation time of a dataset: a first run (empty cache) and a second one (cached), each in a fresh process.
+"""Validation time of a dataset: a first run (empty cache) and a second one (cached), each in a fresh process;
+and the time to build ultralytics' YOLO conversion cache after the first validation.
 
     python benchmarks/validation_time.py --yaml ../shared/data/signatures-xc8up/data.yaml
 
 Since validation decodes every pixel (truncated pages fail here, not in evaluation), the first run costs a
-full decode of every page; the second reads the per-content results from the cache (sha256 of each file).
+full decode of every page; the second reads the per-content results from the cache (sha256 of each file). The
+YOLO cache build reads every page with ultralytics' own reader and compares it with the pixel digest that
+validation kept.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ import json, sys, time
 t0 = time.perf_counter()
 from omegaconf import OmegaConf
 import training  # noqa: F401
-from training.data import load_dataset
+from pathlib import Path
+from training.data import load_dataset, prepare_yolo
 cfg = OmegaConf.load(sys.argv[1])
 cfg.yaml, cfg.cache_dir = sys.argv[2], sys.argv[3]
 t1 = time.perf_counter()
 ds = load_dataset(cfg, ("train", "val", "test"))
 t2 = time.perf_counter()
-print(json.dumps({"validate_s": t2 - t1, "images": sum(len(s.images) for s in ds.splits.values())}))
+prepare_yolo(ds, Path(sys.argv[3]))
+t3 = time.perf_counter()
+n = sum(len(s.images) for s in ds.splits.values())
+print(json.dumps({"validate_s": t2 - t1, "yolo_cache_s": t3 - t2, "images": n}))
 """
 
 
@@ -50,9 +57,11 @@ def main() -> None:
                 )
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append({"run": run, **r})
+    n = rows[0]["images"]
+    builds = sorted(r["yolo_cache_s"] for r in rows if r["run"] == "first")
+    print(f"YOLO cache build: median {builds[len(builds) // 2]:.2f} s over {len(builds)}, all {builds}")
     for run in ("first", "second"):
         times = sorted(r["validate_s"] for r in rows if r["run"] == run)
-        n = rows[0]["images"]
         print(
             f"{run:6s} run: median {times[len(times) // 2]:.2f} s over {len(times)} ({n} images), all {times}"
         )
