@@ -224,6 +224,12 @@ class TransformersDetector(Detector):
             torch.save(extra_state, folder / STATE)
 
     def train(self, cfg) -> dict[str, float]:
+        recipe = cfg.get("recipe")
+        if recipe and (recipe.get("copy_paste") or recipe.get("scan")):
+            raise ConfigError(
+                f"recipe={recipe.get('name')}: recipes plug into the ultralytics detectors only; use recipe=none "
+                "with a transformers model (its augmentation is train.augment in conf/trainer/transformers.yaml)"
+            )
         t = cfg.train
         numeric = {
             "epochs": int,

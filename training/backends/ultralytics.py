@@ -146,8 +146,9 @@ def resolve_weights(weights: str) -> str:
         ) from None
 
 
-def _trainer_class(base):
-    """Subclass the model's trainer to drop ultralytics' own tracker callbacks (we own the W&B run)."""
+def _trainer_class(base, paste=None):
+    """Subclass the model's trainer to drop ultralytics' own tracker callbacks (we own the W&B run) and, with a
+    recipe's copy-paste, to hook it into the training dataset (``paste``: see training.augment.Recipe.paster)."""
 
     class SigdetTrainer(base):
         def __init__(self, *args, **kwargs):
@@ -156,6 +157,12 @@ def _trainer_class(base):
                 self.callbacks[event] = [
                     f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS
                 ]
+
+        def build_dataset(self, img_path, mode="train", batch=None):
+            dataset = super().build_dataset(img_path, mode, batch)
+            if paste is not None and mode == "train":
+                paste(dataset)
+            return dataset
 
     SigdetTrainer.__name__ = SigdetTrainer.__qualname__ = f"Sigdet{base.__name__}"
     return SigdetTrainer
@@ -249,7 +256,15 @@ class UltralyticsDetector(Detector):
     def train(self, cfg) -> dict[str, float]:
         from omegaconf import OmegaConf
 
+        from training.augment import Recipe
+
         args = check_train_args(OmegaConf.to_container(cfg.train, resolve=True) or {})
+        recipe = Recipe.from_cfg(
+            OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None
+        )
+        augmentations = recipe.augmentations()
+        if augmentations is not None:
+            args["augmentations"] = augmentations  # ultralytics runs them (albumentations, boxes follow)
         resume = bool(cfg.get("resume", False))
         last = self.run_dir / "weights" / "last.pt"
         if resume:
@@ -272,7 +287,8 @@ class UltralyticsDetector(Detector):
         self.class_names = dataset.class_names
         epoch_state: dict = {}
         self._callbacks(model, epoch_state)
-        trainer_cls = _trainer_class(model._smart_load("trainer"))
+        paste = recipe.paster(dataset["train"], cfg.data.get("max_image_pixels"))
+        trainer_cls = _trainer_class(model._smart_load("trainer"), paste)
         t0 = time.perf_counter()
         if resume:
             model.train(resume=str(last), trainer=trainer_cls)
@@ -299,6 +315,8 @@ class UltralyticsDetector(Detector):
             else math.nan,
         }
         out.update(dataset.skipped_metrics())
+        if paste is not None:
+            out["recipe/paste_crops"] = float(len(paste.bank))
         if trainer.metrics:
             out.update(
                 {

@@ -1,0 +1,172 @@
+"""The document recipe (training/augment): copy-paste and scan effects keep boxes valid and never leak."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from tests.conftest import compose_cfg
+from training.augment import CropBank, PasteConfig, Recipe, paste_crops
+from training.errors import ConfigError
+
+
+def _bank(rng: np.random.Generator, n: int = 6) -> CropBank:
+    bank = CropBank()
+    for _ in range(n):
+        h, w = int(rng.integers(8, 60)), int(rng.integers(20, 160))
+        crop = np.full((h, w, 3), 235, np.uint8)
+        crop[h // 3 : h // 3 + 2, 2 : w - 2] = (90, 40, 20)  # a stroke of ink on grey-white paper
+        bank.crops.append(crop)
+        bank.classes.append(int(rng.integers(0, 2)))
+        bank.rel_width.append(float(rng.uniform(0.05, 0.5)))
+    bank.centers = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+    return bank
+
+
+boxes_strategy = st.lists(
+    st.tuples(st.floats(0, 0.9), st.floats(0, 0.9), st.floats(0.02, 0.5), st.floats(0.02, 0.5)), max_size=8
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.tuples(st.integers(32, 400), st.integers(32, 400)),
+    rel_boxes=boxes_strategy,
+    n_max=st.integers(0, 6),
+)
+def test_paste_never_lands_on_a_box_and_labels_what_it_draws(seed, size, rel_boxes, n_max):
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = np.full((h, w, 3), 250, np.uint8)
+    boxes = np.array(
+        [[x * w, y * h, min(w, (x + bw) * w), min(h, (y + bh) * h)] for x, y, bw, bh in rel_boxes], np.float32
+    ).reshape(-1, 4)
+    before = img.copy()
+    cfg = PasteConfig(n=(0, n_max), recolor_p=0.5, gap_px=2)
+    bank = _bank(rng)
+    out, pasted, cls = paste_crops(img, boxes, bank, cfg, rng)
+    assert out.shape == before.shape and len(pasted) == len(cls) <= n_max
+    assert set(cls.tolist()) <= set(bank.classes)
+    changed = np.any(out != before, axis=2)
+    inside = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in pasted:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert x1 - x0 >= cfg.min_side_px and y1 - y0 >= cfg.min_side_px
+        # never onto (nor within gap_px of) an existing box, nor onto another pasted crop
+        for bx0, by0, bx1, by1 in boxes:
+            assert x1 <= bx0 - 2 or x0 >= bx1 + 2 or y1 <= by0 - 2 or y0 >= by1 + 2
+        inside[int(y0) : int(y1), int(x0) : int(x1)] = True
+    assert not changed[~inside].any()  # ink only inside the labelled boxes
+    for x0, y0, x1, y1 in pasted:  # and every labelled box holds ink (the crop's stroke, darker than paper)
+        assert changed[int(y0) : int(y1), int(x0) : int(x1)].any()
+    for i in range(len(pasted)):
+        for j in range(i + 1, len(pasted)):
+            a, b = pasted[i], pasted[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_paste_removes_the_source_paper_tint():
+    """A crop from a grey page leaves no grey rectangle: it is divided by its own paper colour."""
+    rng = np.random.default_rng(0)
+    bank = CropBank(crops=[np.full((20, 60, 3), 180, np.uint8)], classes=[0], rel_width=[0.3])
+    bank.crops[0][10, 5:55] = 20
+    img = np.full((100, 200, 3), 255, np.uint8)
+    out, pasted, _ = paste_crops(img, np.zeros((0, 4)), bank, PasteConfig(n=(1, 1), recolor_p=0.0), rng)
+    assert len(pasted) == 1
+    x0, y0, x1, y1 = pasted[0].astype(int)
+    region = out[y0:y1, x0:x1]
+    assert np.median(region) == 255 and region.min() < 60
+
+
+def _ultralytics_train_set(tmp_path, overrides):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from training.data import load_dataset, prepare_yolo
+
+    cfg = compose_cfg("train", ["recipe=document", "train.imgsz=128", *overrides], tmp_path)
+    ds = load_dataset(cfg.data, ("train", "val"))
+    data_yaml = prepare_yolo(ds, tmp_path / "cache")
+    recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True))
+    keys = ("imgsz", "degrees", "shear", "scale", "fliplr", "mosaic", "translate")
+    hyp = get_cfg(overrides={k: cfg.train[k] for k in keys if k in cfg.train})
+    hyp.augmentations = recipe.augmentations()
+    data = check_det_dataset(str(data_yaml))
+    dataset = build_yolo_dataset(hyp, data["train"], 4, data, mode="train")
+    paste = recipe.paster(ds["train"])
+    paste(dataset)
+    return dataset, paste, ds
+
+
+@pytest.fixture(scope="module")
+def recipe_set(tmp_path_factory):
+    return _ultralytics_train_set(tmp_path_factory.mktemp("recipe"), ["recipe.copy_paste.p=1.0"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), index=st.integers(0, 10**6))
+def test_the_whole_ultralytics_pipeline_keeps_boxes_valid(recipe_set, seed, index):
+    """Paste -> mosaic -> affine -> scan effects (incl. aspect jitter) -> HSV / flip: every box stays a box."""
+    dataset, paste, _ = recipe_set
+    random.seed(seed)
+    item = dataset[index % len(dataset)]
+    b = item["bboxes"].numpy()
+    assert item["img"].shape[1:] == (128, 128)
+    assert len(b) == len(item["cls"])
+    assert np.all(np.isfinite(b)) and np.all((b >= 0) & (b <= 1))
+    assert np.all(b[:, 2] > 0) and np.all(b[:, 3] > 0)
+
+
+def test_crops_come_from_the_training_split_only(recipe_set):
+    dataset, paste, ds = recipe_set
+    n_train = sum(1 for a in ds["train"].annotations if a.bbox[2] >= 4 and a.bbox[3] >= 4)
+    assert len(paste.bank) == n_train
+    train_files = {im.file for im in ds["train"].images}
+    assert train_files.isdisjoint({im.file for im in ds["val"].images})
+
+
+def test_pasted_pages_carry_more_boxes(recipe_set):
+    """With p=1 every page gets crops: the loader returns more boxes than the label file holds."""
+    dataset, _, _ = recipe_set
+    random.seed(0)
+    extra = 0
+    for i in range(len(dataset)):
+        label = dataset.get_image_and_label(i)
+        extra += len(label["cls"]) - len(dataset.labels[i]["cls"])
+    assert extra > 0
+
+
+def test_recipe_config_names_albumentations_transforms_only():
+    with pytest.raises(ConfigError, match="not an albumentations transform"):
+        Recipe.from_cfg({"scan": [{"name": "os.system"}]})
+    with pytest.raises(ConfigError, match="not an albumentations transform"):
+        Recipe.from_cfg({"scan": [{"name": "__builtins__"}]})
+    with pytest.raises(ConfigError, match="GaussianBlur"):
+        Recipe.from_cfg({"scan": [{"name": "GaussianBlur", "blurr_limit": 3}]})
+    with pytest.raises(ConfigError, match="unknown settings"):
+        Recipe.from_cfg({"copy_paste": {"probability": 0.5}})
+    with pytest.raises(ConfigError, match="probabilities"):
+        Recipe.from_cfg({"copy_paste": {"p": 1.5}})
+
+
+def test_recipe_none_changes_nothing():
+    cfg = compose_cfg("train", [])
+    recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True))
+    assert not recipe.active and recipe.augmentations() is None and recipe.paster(None) is None
+
+
+def test_transformers_models_refuse_a_recipe(tmp_path):
+    from tests.conftest import HF_TINY
+    from training.backends import build_detector
+
+    cfg = compose_cfg("train", ["model=debug/detr", "recipe=document", *HF_TINY], tmp_path)
+    det = build_detector(cfg.model, tmp_path / "run", None)
+    with pytest.raises(ConfigError, match="ultralytics detectors only"):
+        det.train(cfg)
