@@ -25,7 +25,7 @@ from training.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("coco", "yolo", "hf", "roboflow")
+FORMATS = ("coco", "yolo", "hf", "roboflow", "synthetic")
 # bump when the layout written by prepare_yolo changes, so that old caches are not reused
 YOLO_CACHE_VERSION = 2
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -100,6 +100,10 @@ def _read_split(data_cfg, split: str, issues: IssueLog) -> DetectionSplit:
                 "data.format=coco needs data.root=/path/to/folder (with <split>/_annotations.coco.json)"
             )
         root = Path(str(data_cfg.root)).expanduser()
+    elif fmt == "synthetic":
+        from training.data.synthetic import materialize
+
+        root = materialize(data_cfg.synthetic, dict(data_cfg.splits), cache_root(data_cfg))
     elif fmt == "hf":
         root = materialize_hf(
             str(data_cfg.path), data_cfg.get("revision"), dict(data_cfg.splits), cache_root(data_cfg)

@@ -1,0 +1,173 @@
+"""Recipe ablation: plain ultralytics vs the framework's document recipe with each component switched off.
+
+Every row trains a YOLOv8n from scratch for the same wall budget (ultralytics' ``time`` argument: it re-plans
+its epochs and schedule after the first epoch to fit) at the same seed on the same data, and every row is scored
+by the framework's own evaluator (python -m evaluation) on valid and test with 95% bootstrap intervals.
+
+    python benchmarks/recipe_ablation.py --yaml ../shared/data/signatures-xc8up/data.yaml --minutes 26 \
+        --pretrained outputs/synthetic_pretrain/<run>/weights/best.pt --out outputs/ablation
+
+Rows run one after the other (the machine has 2 cores: never two trainings at once); a row whose run dir already
+holds metrics.json is read, not re-run, so the script can be resumed or extended (``--rows``). Prints a markdown
+table and writes it to <out>/ablation.md. Choices are made on valid; test is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name -> (description, overrides of `python -m training experiment=signatures_cpu`); None: plain ultralytics
+ROWS: dict[str, tuple[str, list[str] | None]] = {
+    "ultralytics": ("plain YOLO('yolov8n.yaml').train(), its defaults, 416 px", None),
+    "defaults": ("framework, recipe=none, 416 px (its plain defaults)", ["recipe=none", "train.imgsz=416"]),
+    "recipe": ("framework recipe: copy-paste + scan effects + synthetic init, 320 px", []),
+    "no_paste": ("recipe without copy-paste", ["recipe.copy_paste=null"]),
+    "no_scan": ("recipe without scan effects", ["recipe.scan=null"]),
+    "no_pretrain": ("recipe without synthetic pretraining (random init)", ["model.weights=null"]),
+    "imgsz_416": ("recipe at 416 px instead of 320", ["train.imgsz=416"]),
+}
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if rc != 0:
+        sys.exit(f"error: {' '.join(cmd[:4])} ... failed with exit code {rc}; see {log}")
+    return time.perf_counter() - t0
+
+
+def _data_args(args) -> list[str]:
+    return ["data=yolo_folder", f"data.yaml={Path(args.yaml).resolve()}"]
+
+
+def plain_ultralytics(args, run_dir: Path) -> dict:
+    """ultralytics as a user would run it, then our evaluator on its best.pt."""
+    from hydra import compose, initialize_config_dir
+
+    import training  # noqa: F401  (registers the config resolvers)
+    from training.data import cache_root, load_dataset, prepare_yolo
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=_data_args(args))
+    data_yaml = prepare_yolo(load_dataset(cfg.data, ("train", "val")), cache_root(cfg.data))
+    code = (
+        "from ultralytics import YOLO; "
+        f"YOLO('yolov8n.yaml').train(data={str(data_yaml)!r}, epochs=1000, time={args.minutes / 60!r}, imgsz=416, "
+        f"batch=16, seed={args.seed}, workers=2, project={str(run_dir.resolve())!r}, name='ultralytics', exist_ok=True)"
+    )
+    wall = _run([sys.executable, "-c", code], run_dir / "train.log")
+    best = run_dir / "ultralytics" / "weights" / "best.pt"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "evaluation",
+            f"checkpoint={best}",
+            *_data_args(args),
+            "train.imgsz=416",
+            "evaluation.splits=[val,test]",
+            f"hydra.run.dir={run_dir / 'eval'}",
+        ],
+        run_dir / "eval.log",
+    )
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    metrics["wall_s"] = wall
+    return metrics
+
+
+def framework(args, run_dir: Path, overrides: list[str]) -> dict:
+    init = [f"model.weights={Path(args.pretrained).resolve()}"] if args.pretrained else ["model.weights=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "experiment=signatures_cpu",
+        *_data_args(args),
+        *init,
+        f"+train.time={args.minutes / 60}",
+        "train.epochs=1000",
+        f"seed={args.seed}",
+        *overrides,
+        f"hydra.run.dir={run_dir / 'run'}",
+    ]
+    wall = _run(cmd, run_dir / "train.log")
+    metrics = json.loads((run_dir / "run" / "metrics.json").read_text(encoding="utf-8"))
+    metrics["wall_s"] = wall
+    return metrics
+
+
+def _cell(m: dict, split: str, key: str) -> str:
+    v, lo, hi = m.get(f"{split}/{key}"), m.get(f"{split}/{key}_ci_low"), m.get(f"{split}/{key}_ci_high")
+    if v is None:
+        return "-"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--yaml", required=True, help="data.yaml of the YOLO-format signatures-xc8up export")
+    ap.add_argument("--minutes", type=float, default=26.0, help="training wall budget per row")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pretrained",
+        default=None,
+        help="the synthetic-pretraining checkpoint (python -m training experiment=synthetic_pretrain)",
+    )
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {list(ROWS)}")
+    ap.add_argument("--out", default="outputs/ablation")
+    args = ap.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"error: unknown rows {unknown}; valid: {list(ROWS)}")
+    if not Path(args.yaml).is_file():
+        sys.exit(f"error: {args.yaml}: no such data.yaml")
+    out = Path(args.out)
+    results = {}
+    for name in rows:
+        run_dir = out / name
+        done = run_dir / "row.json"
+        if done.is_file():
+            results[name] = json.loads(done.read_text(encoding="utf-8"))
+            continue
+        if name == "no_pretrain" and not args.pretrained:
+            print(
+                f"skip {name}: no --pretrained checkpoint, so the recipe row already starts from random init"
+            )
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"{name}: {ROWS[name][0]} ...", flush=True)
+        overrides = ROWS[name][1]
+        m = plain_ultralytics(args, run_dir) if overrides is None else framework(args, run_dir, overrides)
+        done.write_text(json.dumps(m, indent=1), encoding="utf-8")
+        results[name] = m
+    lines = [
+        f"Recipe ablation: YOLOv8n from scratch, {args.minutes:g} min training budget per row, seed {args.seed}, "
+        f"data {args.yaml}" + (f", synthetic init {args.pretrained}" if args.pretrained else ""),
+        "",
+        "| row | what | epochs | valid mAP50 | valid mAP50-95 | valid F1 | test mAP50 | test mAP50-95 | test F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results.items():
+        epochs = m.get("train/epochs")
+        lines.append(
+            f"| {name} | {ROWS[name][0]} | {int(epochs) if epochs else '-'} | "
+            + " | ".join(_cell(m, s, k) for s in ("val", "test") for k in ("mAP50", "mAP50-95", "f1"))
+            + " |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    (out / "ablation.md").write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Synthetic pretraining pages (training/data/synthetic.py): labels match the ink drawn, pages are seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import compose_cfg
+from training.data.synthetic import PageConfig, generate_page, handwriting
+from training.errors import ConfigError
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), index=st.integers(0, 10**6))
+def test_each_box_is_the_tight_bounds_of_one_signatures_ink(seed, index):
+    img, boxes, ink = generate_page(np.random.default_rng([seed, index]))
+    h, w = ink.shape
+    assert img.shape == (h, w, 3) and img.dtype == np.uint8
+    covered = np.zeros_like(ink)
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        inside = ink[y0:y1, x0:x1]
+        # tight: ink on every edge of the box
+        assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+        # and the ink is really on the page: darker than the paper around the page
+        assert img[y0:y1, x0:x1][inside].mean() < np.median(img) - 20
+        covered[y0:y1, x0:x1] = True
+    assert not ink[~covered].any()  # no signature ink outside the labels
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_pages_depend_only_on_seed_and_index():
+    a = generate_page(np.random.default_rng([3, 7]))
+    b = generate_page(np.random.default_rng([3, 7]))
+    c = generate_page(np.random.default_rng([3, 8]))
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_pages_hold_distractors_that_are_not_labelled():
+    """Print, stamps and non-signature handwriting darken the page outside the signature boxes."""
+    cfg = PageConfig(signatures=(0, 0), blank_p=0.0, initials=(2, 2), notes=(3, 3), stamps=(1, 1))
+    img, boxes, ink = generate_page(np.random.default_rng(0), cfg)
+    assert boxes == [] and not ink.any()
+    assert (img.min(axis=2) < 120).mean() > 0.01
+
+
+def test_handwriting_is_ink_of_the_requested_scale():
+    rng = np.random.default_rng(0)
+    small = handwriting(rng, 4.0, words=(1, 1), letters=(3, 3))
+    large = handwriting(rng, 16.0, words=(1, 1), letters=(3, 3))
+    assert 0 < small.max() <= 1 and large.shape[0] > small.shape[0]
+
+
+def test_materialised_pages_load_as_a_dataset(tmp_path):
+    from training.data import load_dataset
+
+    over = [
+        "data=synthetic",
+        "data.synthetic.pages.train=6",
+        "data.synthetic.pages.val=2",
+        f"data.cache_dir={tmp_path}",
+    ]
+    cfg = compose_cfg("train", over)
+    ds = load_dataset(cfg.data, ("train", "val"))
+    assert len(ds["train"].images) == 6 and len(ds["val"].images) == 2 and ds.class_names == ["signature"]
+    roots = list((tmp_path / "synthetic").iterdir())
+    assert len(roots) == 1
+    again = load_dataset(cfg.data, ("train",))  # the cache is reused, not regenerated
+    assert [im.file for im in again["train"].images] == [im.file for im in ds["train"].images]
+    assert list((tmp_path / "synthetic").iterdir()) == roots
+
+
+def test_unknown_page_settings_fail_clearly():
+    with pytest.raises(ConfigError, match="unknown settings"):
+        PageConfig.from_cfg({"signaturs": [1, 2]})

@@ -1,0 +1,571 @@
+"""Seeded synthetic document pages for pretraining a signature detector without downloaded weights.
+
+A page holds what a detector must learn to *ignore* as much as what it must find: printed text in several fonts
+(the DejaVu / STIX / Computer Modern faces matplotlib ships, so no font download), headings, tables, rules and
+"Signature: ____" lines, logos, stamps, and handwriting that is not a signature (initials, dates, short notes).
+Signatures are pen trajectories: cursive letters built from loops, arches, cups, ascenders and descenders,
+a larger capital, slant, baseline drift, pressure, pen lifts and an optional flourish, placed where signatures
+sit (above a signature line, at the foot of a letter, in a table cell).
+
+Labels are exact by construction: every signature is drawn on its own layer and its box is the bounding box of
+that layer's visible ink. Page ``i`` of a set depends only on ``(seed, i)`` (``np.random.default_rng([seed, i])``).
+The pages are written as a Roboflow-style COCO folder (``data=synthetic`` materialises them into the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# bump when the pages a (seed, index) produces change: it keys the materialised cache
+GENERATOR_VERSION = 1
+CLASS_NAME = "signature"
+_WORDS = [
+    "agreement",
+    "contract",
+    "party",
+    "hereby",
+    "date",
+    "total",
+    "amount",
+    "invoice",
+    "payment",
+    "terms",
+    "conditions",
+    "page",
+    "section",
+    "account",
+    "received",
+    "approved",
+    "signed",
+    "witness",
+    "name",
+    "address",
+    "office",
+    "department",
+    "reference",
+    "number",
+    "copy",
+    "director",
+    "manager",
+    "company",
+    "limited",
+    "schedule",
+    "certificate",
+    "records",
+    "annual",
+    "report",
+    "notice",
+    "client",
+    "the",
+    "of",
+    "and",
+    "for",
+    "with",
+    "to",
+    "by",
+    "on",
+    "in",
+    "this",
+    "that",
+    "shall",
+    "be",
+    "is",
+    "are",
+    "as",
+    "per",
+    "your",
+    "our",
+]
+
+
+@dataclass(frozen=True)
+class PageConfig:
+    """What a page holds; counts are inclusive ``[min, max]``; sizes in pixels at the page size."""
+
+    page_size: tuple[int, int] = (640, 640)
+    signatures: tuple[int, int] = (1, 3)
+    signature_width: tuple[int, int] = (70, 280)
+    initials: tuple[int, int] = (0, 2)
+    notes: tuple[int, int] = (0, 3)  # handwritten dates and short notes
+    stamps: tuple[int, int] = (0, 1)
+    tables_p: float = 0.35
+    logo_p: float = 0.5
+    text_blocks: tuple[int, int] = (2, 6)
+    font_px: tuple[int, int] = (7, 15)
+    blank_p: float = 0.08  # a page without signatures (only distractors)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> PageConfig:
+        from training.errors import ConfigError
+
+        raw = dict(cfg or {})
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"data.synthetic.page: unknown settings {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**{k: tuple(v) if not isinstance(v, str | float | int) else v for k, v in raw.items()})
+
+
+@lru_cache(maxsize=1)
+def _font_files() -> tuple[str, ...]:
+    import matplotlib
+
+    d = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    names = [
+        "DejaVuSans.ttf",
+        "DejaVuSans-Bold.ttf",
+        "DejaVuSans-Oblique.ttf",
+        "DejaVuSerif.ttf",
+        "DejaVuSerif-Bold.ttf",
+        "DejaVuSerif-Italic.ttf",
+        "DejaVuSansMono.ttf",
+        "STIXGeneral.ttf",
+        "STIXGeneralBol.ttf",
+        "STIXGeneralItalic.ttf",
+        "cmr10.ttf",
+        "cmss10.ttf",
+        "cmtt10.ttf",
+    ]
+    return tuple(str(d / n) for n in names if (d / n).is_file())
+
+
+@lru_cache(maxsize=256)
+def _font(index: int, size: int) -> ImageFont.ImageFont:
+    files = _font_files()
+    if not files:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(files[index % len(files)], size)
+
+
+# -- handwriting -------------------------------------------------------------------------------------------
+def _letter(rng: np.random.Generator, kind: str, n: int = 24) -> np.ndarray:
+    """One cursive letter as points (x, y), x-height 1, baseline y=0, y up; it starts and ends on the baseline."""
+    t = np.linspace(0, 1, n)
+    w = rng.uniform(0.6, 1.1)
+    if kind == "arch":  # n, m, h's hump
+        x, y = w * t, np.sin(np.pi * t) * rng.uniform(0.8, 1.1)
+    elif kind == "cup":  # u, w
+        x, y = w * t, 0.9 * (1 - np.sin(np.pi * t))
+    elif kind == "oval":  # o, a, d's bowl
+        a = 2 * np.pi * t + np.pi / 2
+        x, y = w / 2 * (1 + np.cos(a)) * 0.9 + 0.05 * t, 0.5 + 0.5 * np.sin(a)
+    elif kind == "loop_up":  # l, b, h, k: an ascender loop
+        h = rng.uniform(1.8, 2.6)
+        x = w * t + 0.35 * w * np.sin(2 * np.pi * t)
+        y = h * np.sin(np.pi * t)
+    elif kind == "loop_down":  # g, j, y: a descender loop
+        h = rng.uniform(1.2, 1.8)
+        x = w * t - 0.35 * w * np.sin(2 * np.pi * t)
+        y = -h * np.sin(np.pi * t)
+    elif kind == "eye":  # e: a small loop
+        x = w * t - 0.3 * w * np.sin(2 * np.pi * t)
+        y = 0.7 * np.sin(np.pi * t)
+    else:  # "zig": i, r, s, t - a spike
+        x = w * t
+        y = np.interp(t, [0, 0.45, 1], [0, rng.uniform(0.7, 1.3), 0])
+    return np.stack([x, y], 1)
+
+
+_SMALL = ("arch", "cup", "oval", "eye", "zig", "arch", "oval", "loop_up", "loop_down")
+
+
+def _capital(rng: np.random.Generator, n: int = 48) -> np.ndarray:
+    """A large opening letter: a tall loop or oval with a lead-in stem, 2-3.5 x-heights high."""
+    t = np.linspace(0, 1, n)
+    h = rng.uniform(2.0, 3.5)
+    w = rng.uniform(0.8, 1.8)
+    if rng.random() < 0.5:
+        a = 2 * np.pi * t * rng.uniform(1.0, 1.4) + np.pi
+        x, y = w * (0.5 + 0.5 * np.cos(a)), h * (0.5 + 0.5 * np.sin(a))
+    else:
+        x = w * t + 0.4 * w * np.sin(2 * np.pi * t)
+        y = h * np.sin(np.pi * t) ** 0.7
+    return np.stack([x, y], 1)
+
+
+def _smooth(pts: np.ndarray, k: int) -> np.ndarray:
+    if len(pts) < 3 or k < 2:
+        return pts
+    kernel = np.ones(k) / k
+    pad = np.pad(pts, ((k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
+    return np.stack([np.convolve(pad[:, i], kernel, mode="valid") for i in range(2)], 1)
+
+
+def handwriting(
+    rng: np.random.Generator,
+    x_height: float,
+    words: tuple[int, int] = (1, 2),
+    letters: tuple[int, int] = (3, 8),
+    capital_p: float = 0.8,
+    flourish_p: float = 0.4,
+    slant: tuple[float, float] = (0.1, 0.5),
+    width: tuple[float, float] = (1.0, 2.6),
+) -> np.ndarray:
+    """Ink coverage in [0, 1] of a cursive pen trajectory (a signature, initials or a note)."""
+    strokes: list[np.ndarray] = []
+    x0 = 0.0
+    for _ in range(int(rng.integers(words[0], words[1] + 1))):
+        parts = []
+        if rng.random() < capital_p:
+            parts.append(_capital(rng))
+        for _ in range(int(rng.integers(letters[0], letters[1] + 1))):
+            parts.append(_letter(rng, str(rng.choice(_SMALL))))
+        word, cursor = [], x0
+        for p in parts:
+            word.append(p + [cursor - p[0, 0], 0])
+            cursor += p[-1, 0] - p[0, 0] + rng.uniform(0.0, 0.25)
+        w = np.concatenate(word)
+        w[:, 1] += np.cumsum(rng.normal(0, 0.02, len(w)))  # baseline drift
+        # pen lifts: a word may be split into pieces
+        cuts = (
+            sorted(
+                rng.choice(
+                    np.arange(10, len(w) - 10),
+                    size=min(int(rng.integers(0, 3)), max(0, len(w) - 20)),
+                    replace=False,
+                ).tolist()
+            )
+            if len(w) > 30
+            else []
+        )
+        strokes.extend(np.split(w, cuts))
+        x0 = cursor + rng.uniform(0.6, 1.6)
+    if rng.random() < flourish_p:  # an underline or a return stroke under the name
+        t = np.linspace(0, 1, 40)
+        span = x0
+        fx = span * (0.05 + 0.95 * t) if rng.random() < 0.5 else span * (1 - 0.9 * t)
+        fy = -rng.uniform(0.3, 1.0) + 0.4 * np.sin(np.pi * t) * rng.uniform(-1, 1)
+        strokes.append(np.stack([fx, fy + 0 * t], 1))
+    s = rng.uniform(*slant)
+    pts_all = np.concatenate(strokes)
+    lo = pts_all.min(0)
+    hi = pts_all.max(0)
+    lw = rng.uniform(*width)
+    pad = lw + 2
+    size = ((hi - lo) * x_height).astype(int)
+    W = int(size[0] + size[1] * s + 2 * pad) + 1
+    H = int(size[1] + 2 * pad) + 1
+    canvas = np.zeros((H, W), np.uint8)
+    jitter = x_height * 0.04
+    for st in strokes:
+        if len(st) < 2:
+            continue
+        p = (st - lo) * x_height
+        p = _smooth(p + rng.normal(0, jitter, p.shape), 3)
+        px = p[:, 0] + p[:, 1] * s + pad
+        py = H - 1 - (p[:, 1] + pad)
+        pts = np.round(np.stack([px, py], 1) * 4).astype(np.int32)  # 2 fractional bits: smooth strokes
+        thick = max(1, int(round(lw * rng.uniform(0.8, 1.2))))
+        cv2.polylines(canvas, [pts], False, 255, thick, cv2.LINE_AA, shift=2)
+    return canvas.astype(np.float32) / 255.0
+
+
+# -- printed matter ----------------------------------------------------------------------------------------
+def _sentence(rng: np.random.Generator, n: int) -> str:
+    words = [str(rng.choice(_WORDS)) for _ in range(n)]
+    if rng.random() < 0.3:
+        words.insert(int(rng.integers(len(words) + 1)), str(int(rng.integers(1, 99999))))
+    s = " ".join(words)
+    return s[0].upper() + s[1:]
+
+
+def _text_block(draw, rng, box, font_px, taken):
+    x0, y0, x1, y1 = box
+    font = _font(int(rng.integers(0, 64)), font_px)
+    gray = int(rng.integers(0, 80))
+    y = y0
+    step = int(font_px * rng.uniform(1.25, 1.8))
+    while y + font_px < y1:
+        line = _sentence(rng, int(rng.integers(3, 14)))
+        draw.text((x0, y), line, fill=(gray,) * 3, font=font)
+        y += step
+    taken.append((x0, y0, x1, y))
+
+
+def _table(draw, rng, box, font_px):
+    x0, y0, x1, y1 = box
+    cols = int(rng.integers(2, 6))
+    rows = int(rng.integers(2, 8))
+    xs = np.linspace(x0, x1, cols + 1).astype(int)
+    ys = np.linspace(y0, y1, rows + 1).astype(int)
+    gray = int(rng.integers(0, 90))
+    lw = int(rng.integers(1, 3))
+    for x in xs:
+        draw.line([(x, y0), (x, y1)], fill=(gray,) * 3, width=lw)
+    for y in ys:
+        draw.line([(x0, y), (x1, y)], fill=(gray,) * 3, width=lw)
+    font = _font(int(rng.integers(0, 64)), font_px)
+    for r in range(rows):
+        for c in range(cols):
+            if rng.random() < 0.7:
+                text = str(rng.choice(_WORDS)) if rng.random() < 0.5 else f"{rng.uniform(0, 9999):.2f}"
+                draw.text((xs[c] + 3, ys[r] + 2), text, fill=(gray,) * 3, font=font)
+    return list(zip(xs[:-1], ys[:-1], xs[1:], ys[1:], strict=False))
+
+
+def _logo(draw, rng, x, y, size):
+    colour = tuple(int(c) for c in rng.integers(0, 200, 3))
+    shape = int(rng.integers(3))
+    if shape == 0:
+        draw.ellipse([x, y, x + size, y + size], fill=colour)
+    elif shape == 1:
+        draw.rectangle([x, y, x + size, y + size * 0.7], fill=colour)
+    else:
+        draw.polygon([(x, y + size), (x + size / 2, y), (x + size, y + size)], fill=colour)
+    font = _font(int(rng.integers(0, 64)), max(10, int(size * rng.uniform(0.4, 0.7))))
+    name = " ".join(str(rng.choice(_WORDS)).upper() for _ in range(int(rng.integers(1, 3))))
+    draw.text((x + size * 1.2, y + size * 0.1), name, fill=colour, font=font)
+
+
+def _stamp(rng: np.random.Generator, d: int) -> np.ndarray:
+    """A round or rectangular office stamp (ink coverage)."""
+    im = Image.new("L", (d, d), 0)
+    draw = ImageDraw.Draw(im)
+    lw = max(1, d // 40)
+    font = _font(int(rng.integers(0, 64)), max(7, d // 8))
+    word = " ".join(str(rng.choice(_WORDS)).upper() for _ in range(int(rng.integers(1, 3))))
+    if rng.random() < 0.5:
+        draw.ellipse([lw, lw, d - lw - 1, d - lw - 1], outline=255, width=lw * 2)
+        draw.ellipse([d * 0.18, d * 0.18, d * 0.82, d * 0.82], outline=255, width=lw)
+        draw.text((d * 0.25, d * 0.42), word[:10], fill=255, font=font)
+    else:
+        draw.rectangle([lw, d * 0.25, d - lw - 1, d * 0.75], outline=255, width=lw * 2)
+        draw.text((d * 0.08, d * 0.4), word[:12], fill=255, font=font)
+    alpha = np.asarray(im.rotate(float(rng.uniform(-25, 25)), resample=Image.BICUBIC), np.float32) / 255.0
+    return alpha * rng.uniform(0.5, 0.95)
+
+
+# -- a page -----------------------------------------------------------------------------------------------
+_INKS = np.array([(28, 58, 176), (25, 25, 30), (20, 40, 120), (60, 60, 70)], np.float32)  # RGB
+_STAMP_INKS = np.array([(196, 28, 40), (28, 58, 176), (106, 40, 146)], np.float32)
+
+
+def _multiply(page: np.ndarray, alpha: np.ndarray, x: int, y: int, rgb) -> None:
+    """Ink on paper: the layer multiplies the page (overlaps darken), clipped to the page."""
+    H, W = page.shape[:2]
+    h, w = alpha.shape
+    ax0, ay0 = max(0, -x), max(0, -y)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    a = alpha[ay0 : ay0 + y1 - y0, ax0 : ax0 + x1 - x0, None]
+    page[y0:y1, x0:x1] *= 1 - a * (1 - np.asarray(rgb, np.float32) / 255.0)
+
+
+def _free(box, taken, gap=4) -> bool:
+    return all(
+        box[2] + gap <= t[0] or box[0] >= t[2] + gap or box[3] + gap <= t[1] or box[1] >= t[3] + gap
+        for t in taken
+    )
+
+
+def generate_page(
+    rng: np.random.Generator, cfg: PageConfig = PageConfig()
+) -> tuple[np.ndarray, list, np.ndarray]:
+    """One page (HxWx3 uint8 RGB), its signature boxes ``[x0, y0, x1, y1]`` (exclusive ends, pixels) and the
+    signatures' ink mask (HxW bool: where a signature put visible ink, what the boxes are the bounds of)."""
+    W, H = cfg.page_size
+    s = min(W, H) / 640
+    base = rng.uniform(225, 253)
+    paper = Image.new("RGB", (W, H), tuple(int(base + d) for d in rng.uniform(-5, 3, 3)))
+    draw = ImageDraw.Draw(paper)
+    printed: list[
+        tuple
+    ] = []  # regions with print: signatures may overlap them slightly, handwriting avoids most
+    margin = int(W * rng.uniform(0.04, 0.1))
+    y = int(H * rng.uniform(0.02, 0.06))
+    if rng.random() < cfg.logo_p:
+        size = int(rng.uniform(20, 50) * s)
+        _logo(draw, rng, margin, y, size)
+        printed.append((margin, y, margin + size * 5, y + size))
+        y += size + int(10 * s)
+    anchors: list[tuple[int, int]] = []  # (x, y) spots where a signature belongs: above lines, in cells
+    n_blocks = int(rng.integers(cfg.text_blocks[0], cfg.text_blocks[1] + 1))
+    for _ in range(n_blocks):
+        if y > H * 0.85:
+            break
+        fpx = int(rng.integers(cfg.font_px[0], cfg.font_px[1] + 1) * s)
+        if rng.random() < cfg.tables_p / max(1, n_blocks / 2):
+            h = int(rng.uniform(0.12, 0.3) * H)
+            box = (margin, y, W - margin, min(int(H * 0.95), y + h))
+            cells = _table(draw, rng, box, fpx)
+            printed.append(box)
+            for c in cells:
+                if rng.random() < 0.15 and c[2] - c[0] > 40 * s:
+                    anchors.append(((c[0] + c[2]) // 2, c[3] - 2))
+            y = box[3] + int(rng.uniform(8, 30) * s)
+        else:
+            h = int(rng.uniform(0.05, 0.22) * H)
+            x1 = W - margin if rng.random() < 0.8 else int(W * rng.uniform(0.45, 0.7))
+            _text_block(draw, rng, (margin, y, x1, min(int(H * 0.95), y + h)), fpx, printed)
+            y = printed[-1][3] + int(rng.uniform(10, 45) * s)
+        if rng.random() < 0.45 and y < H * 0.92:  # a signature line with its printed caption
+            lx0 = int(rng.uniform(margin, W * 0.55))
+            lx1 = min(W - margin, lx0 + int(rng.uniform(120, 260) * s))
+            ly = y + int(rng.uniform(25, 50) * s)
+            if ly < H - 20 * s:
+                draw.line([(lx0, ly), (lx1, ly)], fill=(40, 40, 40), width=max(1, int(s)))
+                fpx = int(rng.integers(cfg.font_px[0], cfg.font_px[1] + 1) * s)
+                caption = str(
+                    rng.choice(["Signature", "Signed", "Authorized signatory", "Witness", "Name", "Date"])
+                )
+                draw.text(
+                    (lx0, ly + 3), caption, fill=(40, 40, 40), font=_font(int(rng.integers(0, 64)), fpx)
+                )
+                anchors.append(((lx0 + lx1) // 2, ly + int(rng.uniform(-2, 6) * s)))
+                printed.append((lx0, ly, lx1, ly + fpx + 4))
+                y = ly + fpx + int(rng.uniform(15, 40) * s)
+    page = np.asarray(paper, np.float32).copy()
+    page -= rng.uniform(0, 10) * cv2.resize(rng.random((4, 4)).astype(np.float32), (W, H))[..., None]
+
+    boxes: list[list[int]] = []
+    taken: list[tuple] = []
+    signature_ink = np.zeros((H, W), bool)
+    n_sig = 0 if rng.random() < cfg.blank_p else int(rng.integers(cfg.signatures[0], cfg.signatures[1] + 1))
+    ink = _INKS[int(rng.integers(len(_INKS)))]
+    for _ in range(n_sig):
+        target_w = rng.uniform(*cfg.signature_width) * s
+        xh = target_w / rng.uniform(6, 14)
+        alpha = handwriting(rng, xh, words=(1, 2), letters=(3, 8), capital_p=0.85, flourish_p=0.45)
+        alpha *= rng.uniform(0.65, 1.0) * (
+            0.8 + 0.2 * cv2.resize(rng.random((3, 3)).astype(np.float32), alpha.shape[::-1])
+        )
+        ys, xs = np.nonzero(alpha > 0.25)
+        if len(xs) == 0:
+            continue
+        alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        h, w = alpha.shape
+        if w >= W or h >= H:
+            continue
+        for _try in range(30):
+            if anchors and rng.random() < 0.7:
+                ax, ay = anchors[int(rng.integers(len(anchors)))]
+                x, yy = int(ax - w * rng.uniform(0.3, 0.7)), int(ay - h * rng.uniform(0.6, 1.0))
+            else:
+                x, yy = (
+                    int(rng.integers(0, W - w)),
+                    int(rng.integers(int(H * 0.3), H - h)) if H - h > H * 0.3 else 0,
+                )
+            x, yy = int(np.clip(x, 0, W - w)), int(np.clip(yy, 0, H - h))
+            box = (x, yy, x + w, yy + h)
+            if _free(box, taken, int(6 * s)):
+                break
+        else:
+            continue
+        _multiply(page, alpha, x, yy, ink if rng.random() < 0.8 else _INKS[int(rng.integers(len(_INKS)))])
+        signature_ink[yy : yy + h, x : x + w] |= alpha > 0.25
+        taken.append(box)
+        boxes.append(list(box))
+
+    # distractors: never labelled, kept off the signatures so every label box holds one signature only
+    distract = []
+    for _ in range(int(rng.integers(cfg.initials[0], cfg.initials[1] + 1))):
+        distract.append(
+            handwriting(
+                rng, rng.uniform(5, 10) * s, words=(1, 1), letters=(0, 1), capital_p=1.0, flourish_p=0.2
+            )
+        )
+    for _ in range(int(rng.integers(cfg.notes[0], cfg.notes[1] + 1))):
+        distract.append(
+            handwriting(
+                rng,
+                rng.uniform(3.5, 7) * s,
+                words=(1, 4),
+                letters=(2, 6),
+                capital_p=0.3,
+                flourish_p=0.0,
+                slant=(0.0, 0.3),
+                width=(0.8, 1.8),
+            )
+        )
+    for _ in range(int(rng.integers(cfg.stamps[0], cfg.stamps[1] + 1))):
+        distract.append(("stamp", _stamp(rng, int(rng.uniform(70, 150) * s))))
+    for item in distract:
+        is_stamp = isinstance(item, tuple)
+        alpha = item[1] if is_stamp else item
+        h, w = alpha.shape
+        if w >= W or h >= H:
+            continue
+        for _try in range(30):
+            x, yy = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
+            box = (x, yy, x + w, yy + h)
+            if _free(box, taken, int(4 * s)):
+                break
+        else:
+            continue
+        rgb = (
+            _STAMP_INKS[int(rng.integers(len(_STAMP_INKS)))]
+            if is_stamp
+            else _INKS[int(rng.integers(len(_INKS)))]
+        )
+        _multiply(page, alpha, x, yy, rgb)
+        taken.append(box)
+    page += rng.normal(0, rng.uniform(0.5, 3.0), page.shape[:2])[..., None]
+    return np.clip(page, 0, 255).astype(np.uint8), boxes, signature_ink
+
+
+def write_split(out: Path, n: int, seed: int, cfg: PageConfig, split_offset: int) -> None:
+    """``n`` pages as ``out/_annotations.coco.json`` + PNGs; page ``i`` from ``default_rng([seed, offset + i])``."""
+    out.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        img, boxes, _ = generate_page(np.random.default_rng([seed, split_offset + i]), cfg)
+        name = f"synthetic_{split_offset + i:06d}.png"
+        Image.fromarray(img).save(out / name, compress_level=1)
+        images.append({"id": i + 1, "file_name": name, "width": img.shape[1], "height": img.shape[0]})
+        for x0, y0, x1, y1 in boxes:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    cats = [{"id": 1, "name": CLASS_NAME, "supercategory": "mark"}]
+    (out / "_annotations.coco.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats}), encoding="utf-8"
+    )
+
+
+def materialize(syn_cfg, splits: dict, cache: Path) -> Path:
+    """Generate (once) the pages ``data=synthetic`` describes into the cache; returns the COCO root.
+
+    Keyed by the generator version, seed, page counts and page settings: the same settings reuse the folder, any
+    change writes a new one. Valid pages use indices after the train ones, so the splits never share a page.
+    """
+    page = PageConfig.from_cfg(syn_cfg.get("page"))
+    counts = {k: int(v) for k, v in dict(syn_cfg.pages).items()}
+    seed = int(syn_cfg.seed)
+    key = json.dumps(
+        {"v": GENERATOR_VERSION, "seed": seed, "pages": counts, "page": asdict(page)}, sort_keys=True
+    )
+    root = cache / "synthetic" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    if (root / "DONE").is_file():
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    offset = 0
+    for split in ("train", "val", "test"):
+        if split in counts:
+            write_split(tmp / str(splits.get(split, split)), counts[split], seed, page, offset)
+            offset += 10**6  # disjoint page indices per split
+    (tmp / "DONE").write_text(key, encoding="utf-8")
+    if root.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return root
+    tmp.rename(root)
+    return root
