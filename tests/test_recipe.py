@@ -170,3 +170,45 @@ def test_transformers_models_refuse_a_recipe(tmp_path):
     det = build_detector(cfg.model, tmp_path / "run", None)
     with pytest.raises(ConfigError, match="ultralytics detectors only"):
         det.train(cfg)
+
+
+def _train(cfg):
+    from evaluation.run import evaluate_run
+    from training.train import train
+
+    return train(cfg, evaluate=lambda d, c, r, t, p: evaluate_run(d, c, r, t, p))
+
+
+def test_signatures_cpu_runs_two_epochs_with_the_recipe(tmp_path):
+    """experiment=signatures_cpu on the embedded pages (its real data is a download): paste hooked, scan effects
+    handed to ultralytics (its args.yaml records them), valid and test evaluated."""
+    import yaml
+
+    from tests.conftest import TINY
+
+    over = ["experiment=signatures_cpu", "data=embedded", "model.weights=null", *TINY, "train.epochs=2"]
+    metrics = _train(compose_cfg("train", over, tmp_path))
+    assert metrics["train/epochs"] == 2 and metrics["recipe/paste_crops"] > 0
+    assert "val/mAP50" in metrics and "test/mAP50" in metrics
+    args = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
+    names = [t["transform"]["__class_fullname__"] for t in args["augmentations"]]
+    assert "ImageCompression" in names and "Affine" in names
+    assert args["degrees"] == 3.0 and args["fliplr"] == 0.5
+
+
+def test_synthetic_pretrain_runs_two_epochs_and_its_checkpoint_starts_another_run(tmp_path):
+    from tests.conftest import TINY
+
+    over = [
+        "experiment=synthetic_pretrain",
+        "data.synthetic.pages.train=8",
+        "data.synthetic.pages.val=4",
+        *TINY,
+        "train.epochs=2",
+    ]
+    metrics = _train(compose_cfg("train", over, tmp_path / "pre"))
+    assert metrics["train/epochs"] == 2 and "val/mAP50" in metrics
+    best = tmp_path / "pre" / "run" / "weights" / "best.pt"
+    over = ["experiment=quickstart", f"model.weights={best}", *TINY]
+    metrics = _train(compose_cfg("train", over, tmp_path / "fine"))
+    assert metrics["train/epochs"] == 1
