@@ -141,3 +141,45 @@ def plot_curves(
     ax.legend(loc="best", fontsize=8)
     paths.append(save_figure(fig, ax, run_dir / f"f1_conf_{split}.png"))
     return paths
+
+
+def plot_pages(
+    run_dir: Path, split_name: str, split, preds: dict, metrics: dict[str, float], n: int = 6
+) -> Path | None:
+    """``pages_<split>.png``: the first ``n`` pages with true boxes (green) and the predictions kept at the
+    max-F1 confidence (red, with scores): what the model does, beside the curves that summarise it."""
+    if n <= 0 or not split.images:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from training.data.images import load_rgb
+
+    conf = metrics.get(f"{split_name}/conf_at_max_f1", 0.25)
+    images = split.images[:n]
+    cols = min(3, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im in zip(axes.flat, images, strict=False):
+        ax.imshow(load_rgb(im.file))
+        for a in split.annotations_for(im.id):
+            x, y, w, h = a.bbox
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, ec="limegreen", lw=2))
+        det = preds.get(im.id)
+        if det is not None:
+            for (x0, y0, x1, y1), s in zip(det.boxes, det.scores, strict=True):
+                if s >= conf:
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+                    ax.text(x0, y0 - 2, f"{s:.2f}", color="red", fontsize=7)
+        ax.set_title(Path(im.file).name[:40], fontsize=7)
+    fig.suptitle(f"{split_name}: true boxes (green), predictions at conf >= {conf:.2f} (red)", fontsize=9)
+    fig.tight_layout()
+    path = run_dir / f"pages_{split_name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

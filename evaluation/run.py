@@ -9,7 +9,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from evaluation.evaluator import evaluate_detector
-from evaluation.report import markdown_table, plot_curves, table_rows, write_metrics_json, write_tables
+from evaluation.report import (
+    markdown_table,
+    plot_curves,
+    plot_pages,
+    table_rows,
+    write_metrics_json,
+    write_tables,
+)
 from training.backends.base import Detector
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import UserError
@@ -69,6 +76,7 @@ def evaluate_run(
         result, preds = evaluate_detector(detector, dataset[split], ev)
         metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
         plot_curves(run_dir, split, result.curves, metrics)
+        plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.get("n_page_figures", 6)))
         if ev.get("ultralytics_metrics", True) and hasattr(detector, "ultralytics_val"):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
             data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))
