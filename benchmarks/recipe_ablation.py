@@ -85,7 +85,8 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
 
 
 def framework(args, run_dir: Path, overrides: list[str]) -> dict:
-    init = [f"model.weights={Path(args.pretrained).resolve()}"] if args.pretrained else ["model.weights=null"]
+    # default: the experiment's own starting point (the shipped synthetic-pretrained checkpoint)
+    init = [f"model.weights={Path(args.pretrained).resolve()}"] if args.pretrained else []
     cmd = [
         sys.executable,
         "-m",
