@@ -27,7 +27,10 @@ sys.path.insert(0, str(ROOT))
 # name -> (description, overrides of `python -m training experiment=signatures_cpu`); None: plain ultralytics
 ROWS: dict[str, tuple[str, list[str] | None]] = {
     "ultralytics": ("plain YOLO('yolov8n.yaml').train(), its defaults, 416 px", None),
-    "defaults": ("framework, recipe=none, 416 px (its plain defaults)", ["recipe=none", "train.imgsz=416"]),
+    "defaults": (
+        "framework, recipe=none, random init, 416 px (its plain defaults)",
+        ["recipe=none", "model.weights=null", "train.imgsz=416"],
+    ),
     "recipe": ("framework recipe: copy-paste + scan effects + synthetic init, 320 px", []),
     "no_paste": ("recipe without copy-paste", ["recipe.copy_paste=null"]),
     "no_scan": ("recipe without scan effects", ["recipe.scan=null"]),
@@ -87,6 +90,8 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
 def framework(args, run_dir: Path, overrides: list[str]) -> dict:
     # default: the experiment's own starting point (the shipped synthetic-pretrained checkpoint)
     init = [f"model.weights={Path(args.pretrained).resolve()}"] if args.pretrained else []
+    if any(o.startswith("model.weights=") for o in overrides):
+        init = []  # the row sets its own starting point
     cmd = [
         sys.executable,
         "-m",
