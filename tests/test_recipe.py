@@ -244,3 +244,16 @@ def test_quickstart_learns(tmp_path):
     m = json.loads((run / "metrics.json").read_text())["metrics"]
     assert m["val/mAP50"] >= 0.5, m["val/mAP50"]
     assert (run / "pages_val.png").is_file() and (run / "pr_curve_val.png").is_file()
+
+
+def test_the_synthetic_checkpoint_follows_the_model_and_never_builds_another():
+    """quickstart / signatures_cpu start yolov8n from the shipped checkpoint, other models from random init;
+    explicit weights of another architecture are refused instead of silently training that architecture."""
+    from training.backends import build_detector
+
+    assert compose_cfg("train", ["experiment=quickstart"]).model.weights.endswith("yolov8n-synthetic.pt")
+    assert compose_cfg("train", ["experiment=signatures_cpu", "model=yolo11n"]).model.weights is None
+    shipped = compose_cfg("train", ["experiment=quickstart"]).model.weights
+    cfg = compose_cfg("train", ["experiment=quickstart", "model=yolov10n", f"model.weights={shipped}"])
+    with pytest.raises(ConfigError, match="holds a yolov8n but model=yolov10n"):
+        build_detector(cfg.model, None)._build()

@@ -190,9 +190,17 @@ class UltralyticsDetector(Detector):
 
         enable_ultralytics_safe_load()  # model YAMLs are parsed without eval() too
         weights = self.model_cfg.get("weights")
-        if weights:
-            return load_yolo(resolve_weights(str(weights)), "weights file (model.weights)")
         arch = self.model_cfg.get("arch")
+        if weights:
+            model = load_yolo(resolve_weights(str(weights)), "weights file (model.weights)")
+            held = str((getattr(model.model, "yaml", None) or {}).get("yaml_file") or "")
+            if arch and held and Path(held).stem != Path(str(arch)).stem:
+                # training a yolov10n run from yolov8n weights would silently train a yolov8n
+                raise ConfigError(
+                    f"model.weights={weights} holds a {Path(held).stem} but model={self.model_cfg.get('name')} is a "
+                    f"{Path(str(arch)).stem}; choose the matching model=..., or model.weights=null for random init"
+                )
+            return model
         if not arch:
             raise ConfigError(
                 f"model '{self.model_cfg.get('name')}': set model.arch (a YAML) or model.weights"
