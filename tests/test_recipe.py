@@ -246,7 +246,7 @@ def test_quickstart_learns(tmp_path):
     assert (run / "pages_val.png").is_file() and (run / "pr_curve_val.png").is_file()
 
 
-def test_the_synthetic_checkpoint_follows_the_model_and_never_builds_another():
+def test_the_synthetic_checkpoint_follows_the_model_and_never_builds_another(tmp_path):
     """quickstart / signatures_cpu start yolov8n from the shipped checkpoint, other models from random init;
     explicit weights of another architecture are refused instead of silently training that architecture."""
     from training.backends import build_detector
@@ -256,4 +256,4 @@ def test_the_synthetic_checkpoint_follows_the_model_and_never_builds_another():
     shipped = compose_cfg("train", ["experiment=quickstart"]).model.weights
     cfg = compose_cfg("train", ["experiment=quickstart", "model=yolov10n", f"model.weights={shipped}"])
     with pytest.raises(ConfigError, match="holds a yolov8n but model=yolov10n"):
-        build_detector(cfg.model, None)._build()
+        build_detector(cfg.model, tmp_path)._build()
