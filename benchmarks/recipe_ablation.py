@@ -82,7 +82,9 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
         ],
         run_dir / "eval.log",
     )
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    train_csv = run_dir / "ultralytics" / "results.csv"
+    metrics["train/epochs"] = float(len(train_csv.read_text(encoding="utf-8").strip().splitlines()) - 1)
     metrics["wall_s"] = wall
     return metrics
 
@@ -99,14 +101,14 @@ def framework(args, run_dir: Path, overrides: list[str]) -> dict:
         "experiment=signatures_cpu",
         *_data_args(args),
         *init,
-        f"+train.time={args.minutes / 60}",
+        f"++train.time={args.minutes / 60}",
         "train.epochs=1000",
         f"seed={args.seed}",
         *overrides,
         f"hydra.run.dir={run_dir / 'run'}",
     ]
     wall = _run(cmd, run_dir / "train.log")
-    metrics = json.loads((run_dir / "run" / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / "run" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     metrics["wall_s"] = wall
     return metrics
 
@@ -143,7 +145,8 @@ def main() -> None:
         run_dir = out / name
         done = run_dir / "row.json"
         if done.is_file():
-            results[name] = json.loads(done.read_text(encoding="utf-8"))
+            row = json.loads(done.read_text(encoding="utf-8"))
+            results[name] = row.get("metrics", row)
             continue
         if name == "no_pretrain" and not args.pretrained:
             print(
