@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -70,7 +71,7 @@ from it: `model.weights=${{asset:pretrained/{args.name}.pt}}` (the quickstart do
 - pages: {syn["pages"]} (seed {syn["seed"]}; page i of a split depends only on (seed, i)), page settings {syn.get("page") or "default"}
 - recipe: {cfg["recipe"]["name"]} (copy-paste {"off" if not cfg["recipe"].get("copy_paste") else "on"})
 - training: {int(m["train/epochs"])} epochs at {train["imgsz"]} px, batch {train["batch"]}, {train["optimizer"]} lr0 {train["lr0"]}, seed {cfg["seed"]}
-- time: {m["train/time_s"] / 60:.1f} min training on {cpu_name()} ({__import__("os").cpu_count()} cores)
+- time: {m["train/time_s"] / 60:.1f} min training on {cpu_name()} ({os.cpu_count()} cores)
 - valid (synthetic pages) mAP50 {m.get("val/mAP50", float("nan")):.3f}, mAP50-95 {m.get("val/mAP50-95", float("nan")):.3f}
 - sha256: {digest}
 """

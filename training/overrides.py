@@ -1,8 +1,11 @@
-"""Nested config maps -> Hydra command-line overrides (used by sweeps and model selection)."""
+"""Config maps: nested maps -> Hydra command-line overrides (sweeps, model selection), and mappings -> the
+keyword arguments of a frozen settings dataclass (the generators' and the recipe's ``from_cfg``)."""
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
+
+from training.errors import ConfigError
 
 
 def flatten_overrides(node, prefix: str = "") -> list[str]:
@@ -24,3 +27,20 @@ def flatten_overrides(node, prefix: str = "") -> list[str]:
         else:
             out.append(f"++{key}={v}")
     return out
+
+
+def _tuples(v):
+    if isinstance(v, str | bytes) or not hasattr(v, "__len__"):
+        return v
+    return tuple(_tuples(x) for x in v)
+
+
+def settings_kwargs(cls, cfg, where: str) -> dict:
+    """A mapping (a Hydra node) as keyword arguments of the dataclass ``cls``: unknown keys fail naming the valid
+    ones, sequences (nested too) become tuples so the frozen dataclass stays hashable."""
+    raw = dict(cfg or {})
+    valid = sorted(cls.__dataclass_fields__)
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown}; valid: {valid}")
+    return {k: _tuples(v) for k, v in raw.items()}

@@ -41,17 +41,9 @@ class PasteConfig:
 
     @classmethod
     def from_cfg(cls, cfg) -> PasteConfig:
-        raw = dict(cfg or {})
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"recipe.copy_paste: unknown settings {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        for k, v in raw.items():
-            if k == "inks":
-                raw[k] = tuple(tuple(int(c) for c in ink) for ink in v)
-            elif not isinstance(v, str) and hasattr(v, "__len__"):
-                raw[k] = tuple(v)
+        from training.overrides import settings_kwargs
+
+        raw = settings_kwargs(cls, cfg, "recipe.copy_paste")
         out = cls(**raw)
         if not 0.0 <= out.p <= 1.0 or not 0.0 <= out.recolor_p <= 1.0 or not 0 <= out.position_prior_p <= 1:
             raise ConfigError(

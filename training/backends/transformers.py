@@ -224,10 +224,14 @@ class TransformersDetector(Detector):
             torch.save(extra_state, folder / STATE)
 
     def train(self, cfg) -> dict[str, float]:
-        recipe = cfg.get("recipe")
-        if recipe and (recipe.get("copy_paste") or recipe.get("scan")):
+        from omegaconf import OmegaConf
+
+        from training.augment import Recipe
+
+        recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None)
+        if recipe.active:
             raise ConfigError(
-                f"recipe={recipe.get('name')}: recipes plug into the ultralytics detectors only; use recipe=none "
+                f"recipe={recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
                 "with a transformers model (its augmentation is train.augment in conf/trainer/transformers.yaml)"
             )
         t = cfg.train

@@ -66,16 +66,9 @@ class SynthConfig:
     def from_cfg(cls, cfg) -> SynthConfig:
         """From a mapping (a Hydra node); lists become tuples, unknown keys fail."""
         from training.errors import ConfigError
+        from training.overrides import settings_kwargs
 
-        raw = dict(cfg or {})
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"unknown synthetic-page settings {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        for k, v in raw.items():
-            if isinstance(v, list | tuple) or hasattr(v, "__len__") and not isinstance(v, str):
-                raw[k] = tuple(v)
+        raw = settings_kwargs(cls, cfg, "synthetic-page")
         for k in ("signature_inks", "stamp_inks", "thumb_inks"):
             bad = [i for i in raw.get(k, ()) if i not in INKS]
             if bad:

@@ -105,15 +105,9 @@ class PageConfig:
 
     @classmethod
     def from_cfg(cls, cfg) -> PageConfig:
-        from training.errors import ConfigError
+        from training.overrides import settings_kwargs
 
-        raw = dict(cfg or {})
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"data.synthetic.page: unknown settings {unknown}; valid: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**{k: tuple(v) if not isinstance(v, str | float | int) else v for k, v in raw.items()})
+        return cls(**settings_kwargs(cls, cfg, "data.synthetic.page"))
 
 
 @lru_cache(maxsize=1)
