@@ -49,17 +49,30 @@ def run(name: str, checkpoint: Path, out: Path, args, extra: list[str]) -> dict:
     from export.benchmark import benchmark_export
     from export.run import export_checkpoint
 
-    over = [f"checkpoint={checkpoint}", "formats=[onnx,openvino_fp32,openvino_bf16,openvino_int8]",
-            f"calibration.n_images={args.calib}", "parity.n_images=4", "evaluation.n_bootstrap=0",
-            f"paths.output_dir={out}", *extra]
+    over = [
+        f"checkpoint={checkpoint}",
+        "formats=[onnx,openvino_fp32,openvino_bf16,openvino_int8]",
+        f"calibration.n_images={args.calib}",
+        "parity.n_images=4",
+        "evaluation.n_bootstrap=0",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
     if args.threads:
         over.append(f"threads={args.threads}")
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("export", over)
-        bcfg = compose("export_benchmark", [f"export_dir={out / name}", f"warmup={args.warmup}",
-                                            f"min_runs={args.runs}", f"min_seconds={args.seconds}",
-                                            f"+paths.run_dir={out / name}"]
-                       + ([f"threads={args.threads}"] if args.threads else []))
+        bcfg = compose(
+            "export_benchmark",
+            [
+                f"export_dir={out / name}",
+                f"warmup={args.warmup}",
+                f"min_runs={args.runs}",
+                f"min_seconds={args.seconds}",
+                f"+paths.run_dir={out / name}",
+            ]
+            + ([f"threads={args.threads}"] if args.threads else []),
+        )
     export_checkpoint(cfg, out / name)
     doc = benchmark_export(out / name, bcfg)
     rows = [r for r in doc["rows"] if r["status"] == "ok"]
@@ -69,8 +82,10 @@ def run(name: str, checkpoint: Path, out: Path, args, extra: list[str]) -> dict:
     for r in rows:
         if r["device"] != "CPU":
             continue
-        print(f"| {r['runtime']} {r['precision']} | {r['model/p50_ms']:.1f} | {ort['model/p50_ms'] / r['model/p50_ms']:.2f}x"
-              f" | {r['e2e/p50_ms']:.1f} | {ort['e2e/p50_ms'] / r['e2e/p50_ms']:.2f}x |")
+        print(
+            f"| {r['runtime']} {r['precision']} | {r['model/p50_ms']:.1f} | {ort['model/p50_ms'] / r['model/p50_ms']:.2f}x"
+            f" | {r['e2e/p50_ms']:.1f} | {ort['e2e/p50_ms'] / r['e2e/p50_ms']:.2f}x |"
+        )
     return doc
 
 
@@ -90,9 +105,18 @@ def main() -> None:
     run("yolov8s", ck, args.out, args, [])
     if not args.skip_classifier:
         ck = classifier_checkpoint(args.out / "resnet18-random.pt")
-        run("resnet18-classifier", ck, args.out, args,
-            ["crops.detection.enabled=false", "crops.synthetic.pages.train=12", "crops.synthetic.pages.val=6",
-             "crops.synthetic.pages.test=0"])
+        run(
+            "resnet18-classifier",
+            ck,
+            args.out,
+            args,
+            [
+                "crops.detection.enabled=false",
+                "crops.synthetic.pages.train=12",
+                "crops.synthetic.pages.val=6",
+                "crops.synthetic.pages.test=0",
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.report import _fmt, markdown_table, write_csv, write_metrics_json
+from evaluation.report import fmt_num, markdown_table, write_csv, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], pr
     rows = [
         {
             "class": c,
-            "precision": _fmt(metrics.get(f"{k}precision/{c}")),
-            "recall": _fmt(metrics.get(f"{k}recall/{c}")),
-            "f1": _fmt(metrics.get(f"{k}f1/{c}")),
+            "precision": fmt_num(metrics.get(f"{k}precision/{c}")),
+            "recall": fmt_num(metrics.get(f"{k}recall/{c}")),
+            "f1": fmt_num(metrics.get(f"{k}f1/{c}")),
             "support": str(int(metrics.get(f"{k}support/{c}", 0))),
         }
         for c in classes
@@ -124,14 +124,14 @@ def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], pr
 
     def ci(name):
         lo, hi = metrics.get(f"{k}{name}_ci_low"), metrics.get(f"{k}{name}_ci_high")
-        return f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else ""
+        return f" [{fmt_num(lo)}, {fmt_num(hi)}]" if lo is not None else ""
 
     rows.append(
         {
             "class": "macro avg",
             "precision": "",
             "recall": "",
-            "f1": _fmt(metrics.get(f"{k}macro_f1")) + ci("macro_f1"),
+            "f1": fmt_num(metrics.get(f"{k}macro_f1")) + ci("macro_f1"),
             "support": str(n),
         }
     )
@@ -140,7 +140,7 @@ def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], pr
             "class": "accuracy",
             "precision": "",
             "recall": "",
-            "f1": _fmt(metrics.get(f"{k}accuracy")) + ci("accuracy"),
+            "f1": fmt_num(metrics.get(f"{k}accuracy")) + ci("accuracy"),
             "support": str(n),
         }
     )
@@ -159,8 +159,8 @@ def mining_rows(metrics: dict[str, float], splits: list[str], classes: list[str]
                 {
                     "split": split,
                     "metric": name,
-                    "without mining": _fmt(a),
-                    "with mining": _fmt(b),
+                    "without mining": fmt_num(a),
+                    "with mining": fmt_num(b),
                     "difference (points)": f"{100 * (b - a):+.1f}",
                 }
             )
@@ -210,6 +210,24 @@ def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, lim
     return paths
 
 
+def evaluate_classifier_run(backend, cfg, run_dir: Path, tracker=None, metrics: dict | None = None):
+    """The evaluator ``python -m training`` injects for the classifier backend (``train(cfg, evaluate=...)``):
+    :func:`evaluate_classifier` over what its training run left (``backend.run``)."""
+    run = backend.run
+    return evaluate_classifier(
+        run.model,
+        run.crops,
+        cfg,
+        run_dir,
+        tracker,
+        metrics,
+        pages=run.pages,
+        base=run.base,
+        weights_note=run.weights_note,
+        counts=run.counts,
+    )
+
+
 def evaluate_classifier(
     model,
     crops: dict,
@@ -240,7 +258,7 @@ def evaluate_classifier(
         y = np.asarray([c.label for c in items], int)
         probs = model.predict_proba([c.image for c in items])
         pred = probs.argmax(1)
-        m = classification_metrics(y, pred, classes, int(ev.get("n_bootstrap", 1000)), int(ev.get("seed", 0)))
+        m = classification_metrics(y, pred, classes, int(ev.n_bootstrap), int(ev.seed))
         metrics.update({f"{split}/{k}": v for k, v in m.items()})
         cm = confusion(y, pred, len(classes))
         images.append(
@@ -255,13 +273,11 @@ def evaluate_classifier(
             probs,
             classes,
             run_dir / "misclassified" / split,
-            int(ev.get("save_misclassified", 100)),
+            int(ev.save_misclassified),
         )
         if base is not None:
             bp = base.predict_proba([c.image for c in items]).argmax(1)
-            mb = classification_metrics(
-                y, bp, classes, int(ev.get("n_bootstrap", 1000)), int(ev.get("seed", 0))
-            )
+            mb = classification_metrics(y, bp, classes, int(ev.n_bootstrap), int(ev.seed))
             metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
     # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
     test_pages = (pages or {}).get("test") or []
@@ -271,7 +287,7 @@ def evaluate_classifier(
             {f"test/{k}": v for k, v in proposal_recall(test_pages, classes, proposals_cfg).items()}
         )
         context = float(cfg.crops.get("context", 0.08))
-        for i, p in enumerate(test_pages[: int(ev.get("n_pages", 4))]):
+        for i, p in enumerate(test_pages[: int(ev.n_pages)]):
             res = classify_page(p.image, model, proposals_cfg, context=context)
             write_page_result(
                 p.image, res, run_dir / "pages", f"test_page_{i:05d}", f"synthetic test page {i}"

@@ -57,19 +57,18 @@ def predict_split(
 def evaluate_detector(
     detector: Detector, split: DetectionSplit, eval_cfg
 ) -> tuple[EvalResult, dict[int, Detections]]:
-    """Predict over ``split`` and compute the metrics; returns the result and the raw predictions."""
+    """Predict over ``split`` and compute the metrics; returns the result and the raw predictions.
+
+    ``eval_cfg``: the ``evaluation`` group (conf/evaluation/default.yaml; its keys are read, none is assumed).
+    """
     ev = DetectionEvaluator(
         split,
-        conf_fixed=float(eval_cfg.get("conf_fixed", 0.25)),
-        n_bootstrap=int(eval_cfg.get("n_bootstrap", 1000)),
-        seed=int(eval_cfg.get("seed", 0)),
+        conf_fixed=float(eval_cfg["conf_fixed"]),
+        n_bootstrap=int(eval_cfg["n_bootstrap"]),
+        seed=int(eval_cfg["seed"]),
     )
     preds = predict_split(
-        detector,
-        split,
-        float(eval_cfg.get("conf_min", 0.001)),
-        eval_cfg.get("imgsz"),
-        int(eval_cfg.get("batch", 8)),
+        detector, split, float(eval_cfg["conf_min"]), eval_cfg["imgsz"], int(eval_cfg["batch"])
     )
     ev.process(list(preds), list(preds.values()))
     return ev.evaluate(), preds

@@ -14,7 +14,6 @@ every section says which data, hardware and weights ours came from. Published nu
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -23,14 +22,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import training  # noqa: F401
-from evaluation.report import markdown_table
+from evaluation.metrics import HEADLINE
+from evaluation.report import fmt_num, markdown_table, write_csv
 from training.errors import UserError, exit_on_user_error
-
-HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 
 
 def _f(v, digits: int = 4) -> str:
-    return "" if v is None else f"{float(v):.{digits}f}"
+    return fmt_num(v, digits, missing="")
 
 
 def compare(ours, published, digits: int = 4, scale: float = 1.0) -> dict[str, str]:
@@ -77,10 +75,7 @@ class Report:
         if not rows:
             return
         self.md.append(markdown_table(rows, f"### {title}\n"))
-        with open(self.out / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(self.out / f"{name}.csv", rows)
 
     def missing(self, arg: str, *commands: str) -> None:
         """The line a section gets when no run was given: which argument, which command makes it."""

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver)
 from evaluation.latency import benchmark_detector, environment
-from evaluation.report import _fmt, save_figure, write_csv
+from evaluation.metrics import HEADLINE
+from evaluation.report import fmt_num, markdown_table, save_figure, write_csv
 from training.backends import build_detector
 from training.data import load_dataset
 from training.data.images import load_rgb
@@ -30,7 +31,6 @@ from training.train import run_dir_of
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
-HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 
 
 def _model_backend(name: str) -> str:
@@ -156,7 +156,9 @@ def selection_rows(results: list[dict], split: str) -> list[dict[str, str]]:
         }
         for k in HEADLINE:
             v, lo, hi = m.get(f"{split}/{k}"), m.get(f"{split}/{k}_ci_low"), m.get(f"{split}/{k}_ci_high")
-            row[k] = _fmt(v) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "")
+            row[k] = fmt_num(v) + (
+                f" [{fmt_num(lo)}, {fmt_num(hi)}]" if lo is not None and hi is not None else ""
+            )
         rows.append(row)
     return rows
 
@@ -206,7 +208,6 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
 def write_selection(
     run_dir: Path, results: list[dict], split: str, env: dict, data_name: str
 ) -> dict[str, Path]:
-    from evaluation.report import markdown_table
 
     rows = selection_rows(results, split)
     hl = highlights(results, split)

@@ -28,10 +28,11 @@ ROWS = [
 ]
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:.4f}"
+def fmt_num(v, digits: int = 4, missing: str = "n/a") -> str:
+    """A number for a table: ``digits`` decimals; ``missing`` for None, NaN and infinities."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return missing
+    return f"{float(v):.{digits}f}"
 
 
 def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, str]]:
@@ -54,9 +55,9 @@ def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, s
         row = {"metric": name}
         for split in splits:
             k = key(split)
-            row[split] = _fmt(metrics.get(k)) if k in metrics else ""
+            row[split] = fmt_num(metrics.get(k)) if k in metrics else ""
             lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
-            row[f"{split} 95% CI"] = f"[{_fmt(lo)}, {_fmt(hi)}]" if has_ci and lo is not None else ""
+            row[f"{split} 95% CI"] = f"[{fmt_num(lo)}, {fmt_num(hi)}]" if has_ci and lo is not None else ""
         rows.append(row)
     return rows
 

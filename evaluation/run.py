@@ -76,18 +76,18 @@ def evaluate_run(
         result, preds = evaluate_detector(detector, dataset[split], ev)
         metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
         plot_curves(run_dir, split, result.curves, metrics)
-        plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.get("n_page_figures", 6)))
-        if ev.get("ultralytics_metrics", True) and hasattr(detector, "ultralytics_val"):
+        plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.n_page_figures))
+        if ev.ultralytics_metrics and hasattr(detector, "ultralytics_val"):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
             data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))
-            metrics.update(detector.ultralytics_val(data_yaml, split, ev.get("imgsz")))
+            metrics.update(detector.ultralytics_val(data_yaml, split, ev.imgsz))
         if tracker is not None and split == splits[0]:
             tracker.log_predictions(
                 f"{split}/predictions",
                 dataset[split],
                 preds,
                 detector.class_names,
-                int(ev.get("n_log_images", 8)),
+                int(ev.n_log_images),
             )
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(

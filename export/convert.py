@@ -39,20 +39,21 @@ def to_onnx(family: Family, path: Path, opset: int = 17, dynamic: bool = False) 
     return path
 
 
-def _ignored_scope(family: Family):
-    """Keep the box decoding of YOLO heads in FP32: INT8 there costs far more mAP than it saves time
-    (the same scope ultralytics' OpenVINO INT8 export uses)."""
+def _quantize_kwargs(family: Family) -> dict:
+    """NNCF arguments from the backend's quantization hints (``ExportSpec.int8``)."""
     import nncf
 
-    if family.kind != "ultralytics":
-        return None
-    head = len(list(family.module.model)) - 1  # model.<last>
-    ops = ("Add", "Sub", "Mul", "Div", "Concat", "Sigmoid", "Softmax")
-    return nncf.IgnoredScope(
-        patterns=[f".*model\\.{head}/.*{op}.*" for op in ops] + [f".*model\\.{head}/dfl.*"],
-        types=["Sigmoid"],
-        validate=False,
-    )
+    hints = family.int8 or {}
+    kwargs = {}
+    if hints.get("model_type") == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if hints.get("ignored_patterns") or hints.get("ignored_types"):
+        kwargs["ignored_scope"] = nncf.IgnoredScope(
+            patterns=list(hints.get("ignored_patterns") or []),
+            types=list(hints.get("ignored_types") or []),
+            validate=False,
+        )
+    return kwargs
 
 
 def to_openvino(
@@ -79,11 +80,7 @@ def to_openvino(
         names = [i.get_any_name() for i in model.inputs]
         dataset = nncf.Dataset(calibration, lambda feeds: {k: feeds[k] for k in names})
         kwargs = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.MIXED}
-        if family.kind == "transformers":
-            kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        scope = _ignored_scope(family)
-        if scope is not None:
-            kwargs["ignored_scope"] = scope
+        kwargs.update(_quantize_kwargs(family))
         model = nncf.quantize(model, dataset, **kwargs)
     elif precision != "fp32":
         raise ValueError(f"OpenVINO precision {precision!r}: valid are fp32, int8 (bf16 is a runtime hint)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from evaluation.report import markdown_table, write_csv
+from evaluation.report import fmt_num, markdown_table, write_csv
 from export.convert import to_onnx, to_openvino, to_tensorrt
 from export.families import Family, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
@@ -210,10 +210,6 @@ def _quarantine(out: Path, artifacts: list[dict]) -> None:
             shutil.move(str(moved), str(dst))
 
 
-def _f(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
-
-
 def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
     keys = ("mAP50", "mAP50-95") if family.is_detector else ("accuracy", "macro_f1")
     rows = []
@@ -221,14 +217,14 @@ def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
         m = a.get("parity") or {}
         row = {"format": a["format"], "status": a["status"]}
         for k in keys:
-            row[f"{k} (PyTorch)"] = _f(m.get(f"ref/{k}"))
-            row[f"{k} (export)"] = _f(m.get(f"export/{k}"))
+            row[f"{k} (PyTorch)"] = fmt_num(m.get(f"ref/{k}"))
+            row[f"{k} (export)"] = fmt_num(m.get(f"export/{k}"))
         if family.is_detector:
             row["boxes compared"] = str(int(m["ref_boxes"])) if "ref_boxes" in m else "n/a"
-        row["match rate" if family.is_detector else "top-1 agreement"] = _f(
+        row["match rate" if family.is_detector else "top-1 agreement"] = fmt_num(
             m.get("match_rate", m.get("top1_agreement"))
         )
-        row["max score diff"] = _f(m.get("max_score_diff"))
+        row["max score diff"] = fmt_num(m.get("max_score_diff"))
         row["raw diff (rel.)"] = f"{m['raw_diff']:.2e}" if "raw_diff" in m else "n/a"
         row["note"] = a.get("reason", "")
         rows.append(row)

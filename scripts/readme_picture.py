@@ -1,6 +1,6 @@
 """The README picture from a finished run: its valid PR curve beside pages with true and predicted boxes.
 
-    python scripts/readme_picture.py outputs/quickstart/<run> docs/quickstart.png
+python scripts/readme_picture.py outputs/quickstart/<run> docs/quickstart.png
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import CONF, ROOT
 from training.classifier.crops import Crop, detection_crops, folder_crops
 from training.classifier.generate import generate
 from training.classifier.model import RegionClassifier, load_classifier, preprocess
@@ -160,7 +161,9 @@ def test_mining_adds_exactly_the_misclassified_crops_times_k():
     probs = model.predict_proba([c.image for c in pool])
     expected = [c.ref for c, p in zip(pool, probs.argmax(1), strict=True) if p != c.label]
     assert expected, "an untrained model should get some of these wrong"
-    wrong, new = mine(model, pool, 3, augmenter({}), seed=0)
+    wrong, new = mine(
+        model, pool, 3, augmenter(OmegaConf.load(CONF / "trainer" / "classifier.yaml").augment), seed=0
+    )
     assert [c.ref for c in wrong] == expected
     assert len(new) == 3 * len(wrong)
     assert [c.ref for c in new] == [r for r in expected for _ in range(3)]
@@ -168,7 +171,9 @@ def test_mining_adds_exactly_the_misclassified_crops_times_k():
     assert [c.label for c in new] == [c.label for c in wrong for _ in range(3)]
     # copies are augmented, not duplicates, and reproducible from the seed
     assert not all(np.array_equal(a.image, b.image) for a, b in zip(new[::3], new[1::3], strict=True))
-    _, again = mine(model, pool, 3, augmenter({}), seed=0)
+    _, again = mine(
+        model, pool, 3, augmenter(OmegaConf.load(CONF / "trainer" / "classifier.yaml").augment), seed=0
+    )
     assert all(np.array_equal(a.image, b.image) for a, b in zip(new, again, strict=True))
 
 
@@ -234,12 +239,12 @@ def test_detection_categories_must_map_to_classes(embedded_copy):
 
 
 def test_classifier_two_stage_end_to_end(cfg_factory, tmp_path):
-    from evaluation.classification import evaluate_classifier, validation_metrics
+    from evaluation.classification import evaluate_classifier_run, validation_metrics
     from training.train import train
 
     cfg = cfg_factory(CLF_TINY)
     run = tmp_path / "run"
-    m = train(cfg, evaluate=evaluate_classifier, validate=validation_metrics)
+    m = train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
     for f in (
         "metrics.json",
         "classifier.md",
@@ -278,7 +283,7 @@ def test_classifier_two_stage_end_to_end(cfg_factory, tmp_path):
     (run / "metrics.json").unlink()
     (run / "weights" / "best.pt").unlink()
     cfg2 = cfg_factory([*CLF_TINY, "resume=true"])
-    m2 = train(cfg2, evaluate=evaluate_classifier, validate=validation_metrics)
+    m2 = train(cfg2, evaluate=evaluate_classifier_run, validate=validation_metrics)
     assert m2["train/epochs"] == 0
     assert m2["test/accuracy"] == m["test/accuracy"]
 
@@ -330,12 +335,12 @@ def test_page_inference_cli_writes_json_and_refuses_to_overwrite(tmp_path):
 
 
 def test_classifier_wandb_offline_run_holds_tables_and_figures(cfg_factory, tmp_path, monkeypatch):
-    from evaluation.classification import evaluate_classifier, validation_metrics
+    from evaluation.classification import evaluate_classifier_run, validation_metrics
     from training.train import train
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cfg = cfg_factory([*CLF_TINY, "train.mining.rounds=0", "crops.detection.enabled=false", "logger=wandb"])
-    train(cfg, evaluate=evaluate_classifier, validate=validation_metrics)
+    train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     blob = b"".join(f.read_bytes() for f in runs[0].rglob("*") if f.is_file())

@@ -28,11 +28,9 @@ def test_every_upstream_model_has_a_config_and_an_experiment():
 def test_experiment_composes_and_resolves(name, tmp_path):
     cfg = compose_cfg("train", [f"experiment={name}"], tmp_path)
     OmegaConf.resolve(cfg)
-    assert cfg.model.backend in {*BACKENDS, "classifier"}
+    assert cfg.model.backend in BACKENDS
     if cfg.model.backend == "classifier":
-        from training.classifier.trainer import _check_train_cfg
-
-        _check_train_cfg(cfg.train)
+        assert OmegaConf.get_type(cfg.train).__name__ == "ClassifierTrainer"
         assert cfg.crops.synthetic.pages.train > 0
     elif cfg.model.backend == "ultralytics":
         # ultralytics ignores lr0 under optimizer=auto: our defaults must name one
@@ -144,3 +142,28 @@ def test_other_roots_compose_and_resolve(root):
     }[root]
     cfg = compose_cfg(root, overrides)
     OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_schema_groups_set_every_key_and_refuse_unknown_ones(tmp_path):
+    """The structured configs (training/config.py): each YAML of a schema-backed group sets every field (no
+    value lives in Python), and a key the schema lacks is refused, from an experiment file as from an override."""
+    from omegaconf.errors import ConfigKeyError
+
+    from training.config import SCHEMAS
+
+    for group, name in SCHEMAS:
+        files = [p.stem for p in (CONF / group).glob("*.yaml")]
+        assert any(name in (CONF / group / f"{f}.yaml").read_text() for f in files), (group, name)
+    for option, schema in (("default", "DetectionEvaluation"), ("classifier", "ClassifierEvaluation")):
+        cfg = compose_cfg("train", [f"evaluation={option}"], tmp_path)
+        assert OmegaConf.get_type(cfg.evaluation).__name__ == schema
+        assert not [k for k in cfg.evaluation if OmegaConf.is_missing(cfg.evaluation, k)], option
+    exp = tmp_path / "sp" / "experiment"
+    exp.mkdir(parents=True)
+    (exp / "typo.yaml").write_text("# @package _global_\nevaluation:\n  n_bootstap: 5\n")
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises((ConfigKeyError, ConfigCompositionException), match="n_bootstap"):
+        compose_cfg("train", [f"hydra.searchpath=[file://{tmp_path / 'sp'}]", "experiment=typo"], tmp_path)
+    with pytest.raises(ConfigCompositionException, match="n_bootstap"):
+        compose_cfg("train", ["evaluation.n_bootstap=5"], tmp_path)

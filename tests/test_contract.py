@@ -1,10 +1,12 @@
-"""The Detector contract, for every registered backend: train a couple of steps, predict, evaluate, reload."""
+"""The backend contract, for every registered backend: train a couple of steps, predict, evaluate, reload,
+export through the backend's export_spec and pass the parity check."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from evaluation.evaluator import evaluate_detector
@@ -18,6 +20,7 @@ from training.data import load_dataset
 CONTRACT_MODELS = {
     "ultralytics": ["yolov8n"],
     "transformers": ["debug/detr", "debug/conditional-detr", "debug/yolos"],
+    "classifier": ["resnet18-classifier"],
 }
 CASES = [(b, m) for b, models in CONTRACT_MODELS.items() for m in models]
 
@@ -32,6 +35,13 @@ def trained(request, tmp_path_factory):
 
     backend, model = request.param
     tmp = tmp_path_factory.mktemp(model.replace("/", "_"))
+    if backend == "classifier":
+        from evaluation.classification import evaluate_classifier_run, validation_metrics
+        from tests.test_classifier import CLF_TINY
+
+        cfg = compose_cfg("train", CLF_TINY, tmp)
+        metrics = train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
+        return backend, cfg, Path(cfg.paths.run_dir) / "weights" / "best.pt", metrics
     overrides = (
         [f"model={model}", *HF_TINY]
         if backend == "transformers"
@@ -45,9 +55,39 @@ def trained(request, tmp_path_factory):
     return backend, cfg, Path(checkpoint), metrics
 
 
+def test_export_contract(trained, tmp_path):
+    """Every backend: the checkpoint is recognised as its own, exports to ONNX through export_spec, and the
+    exported graph with the backend's shared pre/post-processing passes the parity check."""
+    from export.model import load_exported
+    from export.run import export_checkpoint
+    from tests.test_export import CROPS_TINY, EXPORT_TINY
+    from training.backends import backend_of
+
+    backend, cfg, checkpoint, _ = trained
+    assert backend_of(checkpoint) == backend
+    extra = CROPS_TINY if backend == "classifier" else []
+    ecfg = compose_cfg(
+        "export", [f"checkpoint={checkpoint}", "formats=[onnx]", *EXPORT_TINY, *extra], tmp_path
+    )
+    manifest = export_checkpoint(ecfg, tmp_path / "export")
+    (onnx,) = manifest["artifacts"]
+    assert onnx["status"] == "passed", onnx
+    model = load_exported(tmp_path / "export" / "model.onnx")
+    assert model.family.kind == backend and model.family.is_detector == (backend != "classifier")
+
+
 def test_contract(trained, tmp_path):
     backend, cfg, checkpoint, metrics = trained
     assert cfg.model.backend == backend
+    if backend == "classifier":
+        from training.backends import get_backend
+
+        clf = get_backend(backend).from_checkpoint(checkpoint)
+        assert clf.num_parameters() > 0 and clf.class_names == list(cfg.model.classes)
+        probs = clf.predict_proba([np.full((40, 90, 3), 200, np.uint8), np.zeros((20, 20, 3), np.uint8)])
+        assert probs.shape == (2, len(clf.class_names)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert "test/accuracy" in metrics and "train/epochs" in metrics
+        return
     for k in ("val/mAP50", "val/mAP50-95", "val/f1", "test/mAP50", "train/epochs"):
         assert k in metrics, k
     if backend == "transformers":
@@ -76,7 +116,7 @@ def test_contract(trained, tmp_path):
     np.testing.assert_allclose(det.predict([arr], conf=0.0)[0].boxes, out[0].boxes, atol=1e-2)
     # the shared evaluator on the reloaded model reproduces the run's numbers
     split = load_dataset(cfg.data, ("val",))["val"]
-    result, _ = evaluate_detector(det, split, {"n_bootstrap": 0, "imgsz": cfg.evaluation.imgsz})
+    result, _ = evaluate_detector(det, split, OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0}))
     assert result.metrics["mAP50"] == pytest.approx(metrics["val/mAP50"], abs=1e-6)
     det.benchmark_forward(64)()
 

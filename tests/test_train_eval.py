@@ -54,12 +54,28 @@ def test_run_dir_has_every_artefact(trained_run):
     assert "| mAP50 |" in md and "95% CI" in md and "signatures-xc8up-mini" in md
 
 
-def test_ultralytics_export_goes_through_its_exporter(trained_run, tmp_path):
+def test_ultralytics_export_spec_is_what_predict_runs(trained_run, tmp_path):
+    """The contract's export_spec: the traced module with the backend's own pre/post-processing gives the boxes
+    predict() gives."""
+    import numpy as np
+
+    from export.families import Family
+
     cfg, run_dir, _ = trained_run
     det = build_detector(cfg.model, tmp_path)
-    det.load(run_dir / "weights" / "best.pt")
-    exported = det.export("torchscript", tmp_path / "export")  # torchscript needs no extra package
-    assert exported.is_file() and exported.parent == tmp_path / "export"
+    det.load(run_dir / "weights" / "best.pt", device="cpu")
+    fam = Family.from_spec(det.export_spec(64))
+    assert (
+        fam.kind == "ultralytics"
+        and fam.input_names == ["images"]
+        and fam.int8["ignored_types"] == ["Sigmoid"]
+    )
+    page = np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    feeds, ctx = fam.feeds(page)
+    ours = fam.decode(fam.torch_outputs(feeds), ctx)
+    theirs = det.predict([page], imgsz=64)[0]
+    np.testing.assert_allclose(ours.boxes, theirs.boxes, atol=1e-3)
+    np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-5)
 
 
 def test_evaluation_cli_reproduces_training_numbers(trained_run, tmp_path):

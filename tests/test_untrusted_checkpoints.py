@@ -100,27 +100,27 @@ def test_booby_trapped_checkpoint_is_refused_by_the_clis(cli, tmp_path, marker):
 
 
 def test_every_trap_is_refused_by_every_loader(tmp_path, marker):
-    from export.families import detect_kind
+    from training.backends import backend_of
     from training.backends.ultralytics import load_yolo
     from training.checkpoints import load_weights
     from training.classifier.model import load_classifier
 
     for name, evil in evil_checkpoints(tmp_path, marker).items():
-        for load in (load_yolo, load_weights, load_classifier, detect_kind):
+        for load in (load_yolo, load_weights, load_classifier, backend_of):
             with pytest.raises(UserError) as e:
                 load(evil)
             assert evil.name in str(e.value), (name, load.__name__, e.value)
 
 
 def test_damaged_and_foreign_files_are_one_line(tmp_path, trained_run):
-    from export.families import detect_kind
+    from training.backends import backend_of
     from training.backends.ultralytics import load_yolo
     from training.classifier.model import load_classifier
 
     _, run_dir, _ = trained_run
     genuine = run_dir / "weights" / "best.pt"
     for name, bad in damaged_checkpoints(tmp_path, genuine).items():
-        for load in (load_yolo, load_classifier, detect_kind):
+        for load in (load_yolo, load_classifier, backend_of):
             with pytest.raises(UserError) as e:
                 load(bad)
             assert bad.name in str(e.value) and "\n" not in str(e.value), (name, load.__name__)
@@ -129,8 +129,8 @@ def test_damaged_and_foreign_files_are_one_line(tmp_path, trained_run):
     torch.save({"arch": "resnet18", "classes": ["a"], "state_dict": {"fc.weight": torch.zeros(1, 512)}}, clf)
     with pytest.raises(UserError, match="region classifier"):
         load_yolo(clf)
-    assert detect_kind(clf) == "classifier"
-    assert detect_kind(genuine) == "ultralytics"
+    assert backend_of(clf) == "classifier"
+    assert backend_of(genuine) == "ultralytics"
 
 
 def test_genuine_checkpoint_still_loads_through_the_safe_path(trained_run):

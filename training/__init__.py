@@ -17,4 +17,8 @@ from training.data.loader import asset_path
 if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
 
+from training.config import register as _register_schemas
+
+_register_schemas()  # the structured configs the conf/ groups name in their defaults lists
+
 __all__ = ["asset_path"]

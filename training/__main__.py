@@ -6,17 +6,18 @@ import hydra
 from omegaconf import DictConfig
 
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
+from training.backends import get_backend
 from training.errors import exit_on_user_error
-from training.train import CLASSIFIER, train
+from training.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    if cfg.model.get("backend") == CLASSIFIER:
-        from evaluation.classification import evaluate_classifier, validation_metrics
+    if not get_backend(str(cfg.model.get("backend"))).is_detector:
+        from evaluation.classification import evaluate_classifier_run, validation_metrics
 
-        metrics = train(cfg, evaluate=evaluate_classifier, validate=validation_metrics)
+        metrics = train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
     else:
         from evaluation.run import evaluate_run, validator
 

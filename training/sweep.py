@@ -20,12 +20,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers the ${asset:} resolver)
+from evaluation.metrics import HEADLINE
+from evaluation.report import write_csv
 from training.errors import ConfigError, UserError, exit_on_user_error, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
 log = logging.getLogger(__name__)
-HEADLINE = ("mAP50", "mAP50-95", "precision", "recall", "f1")
 
 
 # -- search space --------------------------------------------------------------------------------------
@@ -364,8 +365,19 @@ def _log_summary(scfg, out_dir: Path, rows: list[dict], trials, plots: dict) -> 
         tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
 
 
-def summarize(scfg, out_dir: Path, run_fn) -> dict:
-    """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table."""
+def train_base(scfg, out_dir: Path, run_fn) -> dict:
+    """The base run: the swept experiment with its default parameters, trained and evaluated like a trial
+    (``<out_dir>/base``), unless it is already there. ``mode=base`` (and ``mode=all``) runs it."""
+    base_dir = out_dir / "base"
+    base = _metrics_of(base_dir)
+    if not base:
+        base = run_fn(compose_run(scfg, [], base_dir, "base"), None)
+    return base
+
+
+def summarize(scfg, out_dir: Path) -> dict:
+    """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table. Only reads:
+    a base run not trained yet (``mode=base``) is shown as n/a."""
     import optuna
     from optuna.trial import TrialState
 
@@ -403,12 +415,11 @@ def summarize(scfg, out_dir: Path, run_fn) -> dict:
     ]
     (exp_dir / f"{name}.yaml").write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(exp), encoding="utf-8")
 
-    # base: the experiment with its default parameters, trained and evaluated the same way
+    # base: the experiment with its default parameters, trained and evaluated the same way (train_base)
     base_dir = out_dir / "base"
     base = _metrics_of(base_dir)
     if not base:
-        cfg = compose_run(scfg, [], base_dir, "base")
-        base = run_fn(cfg, None)
+        log.warning("no base run in %s yet: the base column is n/a (mode=base trains it)", base_dir)
     best_metrics = _metrics_of(Path(best.user_attrs.get("run_dir", "")))
     rows = []
     for k in HEADLINE:
@@ -470,10 +481,7 @@ def summarize(scfg, out_dir: Path, run_fn) -> dict:
                     t.user_attrs.get("run_dir", ""),
                 ]
             )
-    with open(out_dir / "base_vs_best.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "base_vs_best.csv", rows)
     inert = {k: v for k, v in (scfg.get("inert") or {}).items() if k in scfg.search_space}
     cols = list(rows[0])
     md = [
@@ -550,12 +558,14 @@ def main(cfg: DictConfig) -> None:
             train_cfg, evaluate=evaluate_run, validate=validator(train_cfg.evaluation), wrap_tracker=wrap
         )
 
-    if cfg.mode not in ("optimize", "summary", "all"):
-        raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'summary', 'all']")
+    if cfg.mode not in ("optimize", "base", "summary", "all"):
+        raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'base', 'summary', 'all']")
     if cfg.mode in ("optimize", "all"):
         optimize(scfg, out_dir, run_fn, worker=int(os.environ.get("SIGDET_WORKER", "0")))
+    if cfg.mode in ("base", "all"):
+        train_base(scfg, out_dir, run_fn)
     if cfg.mode in ("summary", "all"):
-        summarize(scfg, out_dir, run_fn)
+        summarize(scfg, out_dir)
 
 
 if __name__ == "__main__":

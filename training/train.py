@@ -16,11 +16,9 @@ from training.tracking import redact, tracked
 
 log = logging.getLogger(__name__)
 
-# (detector, cfg, run_dir, tracker, training metrics) -> all metrics; the entry point injects the evaluator so
+# (backend, cfg, run_dir, tracker, training metrics) -> all metrics; the entry point injects the evaluator so
 # that this package does not import `evaluation` (DESIGN.md: evaluation imports training, not the reverse).
 EvaluateFn = Callable[..., dict[str, float]]
-# model.backend of the two-stage region classifier (not a Detector: it has its own pipeline and evaluator)
-CLASSIFIER = "classifier"
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -75,12 +73,11 @@ def save_config(cfg: DictConfig, run_dir: Path) -> Path:
 def train(
     cfg: DictConfig, evaluate: EvaluateFn | None = None, validate=None, wrap_tracker=None
 ) -> dict[str, float]:
-    """Train the configured detector on the configured data, then evaluate it (when ``evaluate`` is given).
+    """Train the configured backend on the configured data, then evaluate it (when ``evaluate`` is given).
 
-    ``model.backend=classifier`` runs the region-classifier pipeline instead (training/classifier); the entry
-    point then injects the classification evaluator and validation metrics.
-
-    ``validate(detector, split) -> metrics`` is used for periodic validation by backends with their own loop;
+    The entry point injects the evaluator and the per-epoch ``validate`` that suit the backend (detectors:
+    ``validate(detector, split) -> metrics``; the region classifier: ``validate(y_true, y_pred, classes)``);
+    ``validate`` is used for periodic validation by backends with their own loop;
     ``wrap_tracker(tracker) -> tracker`` lets a caller observe per-epoch metrics (a sweep's pruning).
 
     Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
@@ -93,16 +90,12 @@ def train(
         save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     with tracked(cfg.get("logger"), run_dir, cfg, wrap_tracker) as tracker:
-        if cfg.model.get("backend") == CLASSIFIER:
-            from training.classifier.trainer import train_classifier
-
-            return train_classifier(cfg, run_dir, tracker, evaluate, validate)
-        if evaluate is not None and cfg.get("evaluation"):
+        detector = build_detector(cfg.model, run_dir, tracker, validate)
+        if evaluate is not None and cfg.get("evaluation") and detector.is_detector:
             from training.data import load_dataset
 
             # fail on a missing or bad evaluation split now, not after hours of training
             load_dataset(cfg.data, list(cfg.evaluation.splits))
-        detector = build_detector(cfg.model, run_dir, tracker, validate)
         metrics = detector.train(cfg)
         if evaluate is not None:
             metrics = evaluate(detector, cfg, run_dir, tracker, metrics)

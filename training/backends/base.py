@@ -1,10 +1,12 @@
-"""The Detector contract every backend implements, and the Detections it returns."""
+"""The contract every backend implements (:class:`Backend`, :class:`Detector`), the Detections it returns and
+the :class:`ExportSpec` it hands to the export layer."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,18 +45,46 @@ class Detections:
 ImageInput = str | Path | np.ndarray
 
 
-class Detector(ABC):
-    """What the trainer, evaluator and exporter rely on. One subclass per library.
+@dataclass
+class ExportSpec:
+    """What the export layer needs from a loaded model, given by :meth:`Backend.export_spec`.
+
+    ``options`` is JSON (saved in the export's ``sigdet_export.json``): everything the backend's
+    :meth:`~Backend.preprocess` / :meth:`~Backend.postprocess` need, so an exported model runs without the
+    checkpoint. ``int8`` holds quantization hints for NNCF (``model_type``, ``ignored_patterns``,
+    ``ignored_types``), plain data so that this layer does not import NNCF.
+    """
+
+    kind: str  # the registry name of the backend (training.backends.BACKENDS)
+    imgsz: int
+    class_names: list[str]
+    input_names: list[str]
+    output_names: list[str]
+    options: dict = field(default_factory=dict)
+    module: Any = None  # the traceable torch module (CPU, eval mode): the reference of every parity check
+    source: str = ""  # the checkpoint it came from
+    int8: dict = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """What the trainer, evaluator and exporter rely on. One subclass per library, registered in
+    ``training.backends.BACKENDS`` under its :attr:`name`.
 
     Args:
         model_cfg: the ``model:`` config group (``backend``, ``name``, weights / architecture, ...).
         run_dir: where this run writes weights and artefacts.
         tracker: experiment tracker (``training.tracking``) for per-epoch logs.
 
-    ``validator`` (set by ``build_detector``) is ``(detector, split) -> metrics``: the shared evaluator, injected
-    so that backends with their own loop validate with the same metric definitions without importing
+    ``validator`` (set by ``build_detector``) is the shared evaluator's per-epoch metric function, injected so
+    that backends with their own loop validate with the same metric definitions without importing
     ``evaluation``.
+
+    Export goes through three public pieces: :meth:`export_spec` (the traceable module and its inputs and
+    outputs), and the static :meth:`preprocess` / :meth:`postprocess` that every runtime shares.
     """
+
+    name: ClassVar[str] = ""
+    is_detector: ClassVar[bool] = True
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):
         self.model_cfg = model_cfg
@@ -63,23 +93,27 @@ class Detector(ABC):
         self.class_names: list[str] = []
         self.validator = None
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | None = None, run_dir: str | Path = "."):
+        """A backend instance holding ``checkpoint`` (``device``: where to put it; None = the backend's choice)."""
+        from omegaconf import OmegaConf
+
+        inst = cls(OmegaConf.create({"backend": cls.name, "name": "inference"}), run_dir, None)
+        inst.load(checkpoint, device=device)
+        return inst
+
+    @classmethod
+    def owns(cls, path: Path) -> bool:
+        """Whether ``path`` is a checkpoint of this backend, decided without executing anything in it."""
+        return False
+
     @abstractmethod
     def train(self, cfg) -> dict[str, float]:
         """Train on ``cfg.data`` with ``cfg.train``; return final training-side metrics (namespaced keys)."""
 
     @abstractmethod
-    def predict(
-        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
-    ) -> list[Detections]:
-        """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""
-
-    @abstractmethod
-    def export(self, fmt: str, out_dir: str | Path) -> Path:
-        """Export the loaded model to ``fmt`` under ``out_dir``; return the artefact path."""
-
-    @abstractmethod
-    def load(self, checkpoint: str | Path) -> None:
-        """Load weights from a checkpoint written by ``train``."""
+    def load(self, checkpoint: str | Path, device: str | None = None) -> None:
+        """Load weights from a checkpoint written by ``train``; ``device`` None lets the backend choose."""
 
     @property
     @abstractmethod
@@ -93,3 +127,38 @@ class Detector(ABC):
     @abstractmethod
     def benchmark_forward(self, imgsz: int | None = None):
         """Zero-argument callable running the loaded model alone on one preprocessed image (for latency)."""
+
+    @abstractmethod
+    def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
+        """The loaded model as the export layer needs it; ``dynamic`` makes the batch axis symbolic."""
+
+    @staticmethod
+    @abstractmethod
+    def preprocess(image, imgsz: int, options: dict) -> tuple[dict[str, np.ndarray], tuple]:
+        """One RGB PIL image -> the named batch-1 input arrays of the exported graph, and what decoding needs."""
+
+    @staticmethod
+    @abstractmethod
+    def postprocess(outputs: list[np.ndarray], ctx: tuple, imgsz: int, options: dict, conf: float = 0.001):
+        """Raw outputs of one image -> :class:`Detections` in its original frame (or class probabilities)."""
+
+    @staticmethod
+    def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:
+        """Tracing inputs of the exported graph."""
+        import torch
+
+        return (torch.rand(batch, 3, imgsz, imgsz),)
+
+
+class Detector(Backend):
+    """A backend whose model finds boxes: :meth:`predict` returns :class:`Detections`.
+
+    Export is not a method of its own: ``python -m export`` (export/) converts what :meth:`export_spec` gives,
+    for every backend alike, with a parity check per artefact.
+    """
+
+    @abstractmethod
+    def predict(
+        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
+    ) -> list[Detections]:
+        """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""

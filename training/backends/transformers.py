@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from training.backends.base import Detections, Detector, ImageInput
-from training.backends.hf_processing import boxes_to_targets, decode, resize_pad
+from training.backends.base import Detections, Detector, ExportSpec, ImageInput
+from training.backends.hf_processing import GraphWrapper, boxes_to_targets, decode, resize_pad
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
@@ -150,6 +150,8 @@ def _collate(batch):
 class TransformersDetector(Detector):
     """DETR-family and YOLOS models through ``transformers``."""
 
+    name = "transformers"
+
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
         self.family = str(model_cfg.get("family", "detr"))
@@ -158,6 +160,12 @@ class TransformersDetector(Detector):
         self.imgsz = 640
         self._checkpoint: Path | None = None
         self.device = torch.device("cpu")
+        self._train_device: torch.device | None = None  # set by train(): load() then keeps the model there
+
+    @classmethod
+    def owns(cls, path: Path) -> bool:
+        """A run folder (``from_pretrained`` layout plus our ``sigdet.json``)."""
+        return path.is_dir()
 
     # -- building ----------------------------------------------------------------------------------
     def _build(self, class_names: list[str]):
@@ -228,7 +236,9 @@ class TransformersDetector(Detector):
 
         from training.augment import Recipe
 
-        recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None)
+        recipe = Recipe.from_cfg(
+            OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None
+        )
         if recipe.active:
             raise ConfigError(
                 f"recipe={recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
@@ -263,9 +273,8 @@ class TransformersDetector(Detector):
                     f"trainer@train=transformers, which their experiments set; valid: {sorted(TRAIN_KEYS)})"
                 )
         self.imgsz = int(t.imgsz)
-        self._device_fixed = True  # train.device decides; load() must not move the model
         dev = t.get("device")
-        self.device = torch.device(
+        self.device = self._train_device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu")
             if dev in (None, "")
             else (f"cuda:{dev}" if str(dev).isdigit() else str(dev))
@@ -412,7 +421,7 @@ class TransformersDetector(Detector):
         }
 
     # -- inference ---------------------------------------------------------------------------------
-    def load(self, checkpoint) -> None:
+    def load(self, checkpoint, device: str | None = None) -> None:
         path = Path(checkpoint)
         if path.is_dir() and not (path / META).is_file() and (path / "weights" / "best" / META).is_file():
             path = path / "weights" / "best"
@@ -427,8 +436,12 @@ class TransformersDetector(Detector):
             list(meta["class_names"]),
         )
         _, model_cls, self.score_mode, self.use_mask = _family(self.family)
-        if not getattr(self, "_device_fixed", False) and torch.cuda.is_available():
-            self.device = torch.device("cuda")
+        if device is not None:
+            self.device = torch.device(device)
+        elif self._train_device is not None:  # train.device decides for the run's own reloads
+            self.device = self._train_device
+        else:
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()
         self._checkpoint = path
 
@@ -476,36 +489,48 @@ class TransformersDetector(Detector):
 
         return run
 
-    def export(self, fmt: str, out_dir) -> Path:
-        """``onnx`` (static batch, opset 17) into ``out_dir/model.onnx``. OpenVINO / TensorRT, parity checks and
-        the shared pre/post-processing for exported models: ``python -m export checkpoint=...``."""
-        from training.backends.hf_processing import GraphWrapper
+    # -- export (the contract of training.backends.base.Backend) -----------------------------------------
+    def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
+        """The model (moved to the CPU) wrapped to return plain ``(logits, pred_boxes)`` tensors."""
+        model = self._require().cpu().eval()
+        self.device = torch.device("cpu")
+        inputs = ["pixel_values", "pixel_mask"] if self.use_mask else ["pixel_values"]
+        return ExportSpec(
+            self.name,
+            int(imgsz or self.imgsz),
+            list(self.class_names),
+            inputs,
+            ["logits", "pred_boxes"],
+            {"score_mode": self.score_mode, "use_mask": bool(self.use_mask), "max_det": 100},
+            GraphWrapper(model, self.use_mask).eval(),
+            str(self._checkpoint or ""),
+            int8={"model_type": "transformer"},
+        )
 
-        if fmt != "onnx":
-            raise UserError(
-                f"{fmt}: use `python -m export checkpoint={self.checkpoint} formats=[...]` for it"
-            )
-        out = Path(out_dir)
-        path = out / "model.onnx"
-        if path.exists():
-            raise UserError(f"{path} already exists; choose another folder")
-        out.mkdir(parents=True, exist_ok=True)
-        wrapper = GraphWrapper(self._require().cpu().eval(), self.use_mask).eval()
-        s = self.imgsz
-        args = (
-            (torch.rand(1, 3, s, s), torch.ones(1, s, s, dtype=torch.long))
-            if self.use_mask
-            else (torch.rand(1, 3, s, s),)
+    @staticmethod
+    def preprocess(image, imgsz: int, options: dict):
+        pixels, mask, scale = resize_pad(image, imgsz)
+        feeds = {"pixel_values": pixels[None].numpy()}
+        if options.get("use_mask"):
+            feeds["pixel_mask"] = mask[None].numpy().astype(np.int64)
+        return feeds, (scale, image.size)
+
+    @staticmethod
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
+        scale, size = ctx
+        return decode(
+            torch.from_numpy(np.asarray(outputs[0][0])),
+            torch.from_numpy(np.asarray(outputs[1][0])),
+            scale,
+            size,
+            imgsz,
+            options["score_mode"],
+            conf,
+            int(options.get("max_det", 100)),
         )
-        names = ["pixel_values", "pixel_mask"] if self.use_mask else ["pixel_values"]
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            input_names=names,
-            output_names=["logits", "pred_boxes"],
-            opset_version=17,
-            dynamo=False,
-        )
-        self.model.to(self.device)
-        return path
+
+    @staticmethod
+    def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:
+        if options.get("use_mask"):
+            return torch.rand(batch, 3, imgsz, imgsz), torch.ones(batch, imgsz, imgsz, dtype=torch.long)
+        return (torch.rand(batch, 3, imgsz, imgsz),)

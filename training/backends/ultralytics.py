@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import Detections, Detector, ImageInput
+from training.backends.base import Detections, Detector, ExportSpec, ImageInput
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import ConfigError, OfflineError, UserError, first_line
 
@@ -177,10 +177,21 @@ def _metric_key(k: str) -> str:
 class UltralyticsDetector(Detector):
     """YOLO-family and RT-DETR models through ``ultralytics``."""
 
+    name = "ultralytics"
+
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
         self.model = None
         self._checkpoint: Path | None = None
+        self._device: str | None = None
+
+    @classmethod
+    def owns(cls, path: Path) -> bool:
+        """A ``.pt`` whose pickle names ultralytics classes (read without unpickling; a file naming anything but
+        model classes and plain data is refused here, whatever backend it was meant for)."""
+        from training.checkpoints import check_ultralytics_checkpoint, names_ultralytics_classes
+
+        return path.is_file() and names_ultralytics_classes(check_ultralytics_checkpoint(path))
 
     # -- building -------------------------------------------------------------------------------------
     def _build(self):
@@ -336,12 +347,13 @@ class UltralyticsDetector(Detector):
         return out
 
     # -- inference ------------------------------------------------------------------------------------
-    def load(self, checkpoint) -> None:
+    def load(self, checkpoint, device: str | None = None) -> None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise UserError(f"checkpoint {checkpoint} not found")
         self.model = load_yolo(checkpoint)
         self._checkpoint = checkpoint
+        self._device = device
         names = self.model.names
         self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
 
@@ -359,7 +371,7 @@ class UltralyticsDetector(Detector):
 
         model = self._require()
         if getattr(self, "_net_of", None) is not model:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            device = torch.device(self._device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self._infer_net = export_module(model.model).to(device)
             self._head = head_kind(model.model)
             self._net_of = model
@@ -442,14 +454,50 @@ class UltralyticsDetector(Detector):
             if k.startswith("metrics/")
         }
 
-    def export(self, fmt: str, out_dir) -> Path:
-        model = self._require()
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        produced = Path(model.export(format=fmt))
-        target = out_dir / produced.name
-        if produced.resolve() != target.resolve():
-            if target.exists():
-                raise UserError(f"{target} exists; refusing to overwrite an export")
-            shutil.move(str(produced), target)
-        return target
+    # -- export (the contract of training.backends.base.Backend) -----------------------------------------
+    def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
+        from training.backends.yolo_processing import export_module, head_kind
+
+        net = self._require().model.cpu()
+        head = len(list(net.model)) - 1  # model.<last>
+        ops = ("Add", "Sub", "Mul", "Div", "Concat", "Sigmoid", "Softmax")
+        return ExportSpec(
+            self.name,
+            self._imgsz(imgsz),
+            list(self.class_names),
+            ["images"],
+            ["output0"],
+            {"head": head_kind(net), "iou": 0.7, "max_det": 300},
+            export_module(net, dynamic=dynamic),
+            str(self._checkpoint or ""),
+            # the box decoding of YOLO heads stays FP32: INT8 there costs far more mAP than it saves time
+            # (the scope ultralytics' own OpenVINO INT8 export ignores)
+            int8={
+                "ignored_patterns": [f".*model\\.{head}/.*{op}.*" for op in ops]
+                + [f".*model\\.{head}/dfl.*"],
+                "ignored_types": ["Sigmoid"],
+            },
+        )
+
+    @staticmethod
+    def preprocess(image, imgsz: int, options: dict):
+        from training.backends.yolo_processing import letterbox
+
+        x, meta = letterbox(image, imgsz)
+        return {"images": x[None]}, (meta, image.size)
+
+    @staticmethod
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
+        from training.backends.yolo_processing import decode
+
+        meta, size = ctx
+        return decode(
+            outputs[0][0],
+            options["head"],
+            meta,
+            size,
+            imgsz,
+            conf,
+            float(options.get("iou", 0.7)),
+            int(options.get("max_det", 300)),
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,61 +30,29 @@ log = logging.getLogger(__name__)
 # (y_true, y_pred, classes) -> metrics without split prefix (accuracy, macro_f1, ...): injected by the entry point
 ValidateFn = Callable[[np.ndarray, np.ndarray, list[str]], dict[str, float]]
 COUNT_COLUMNS = ("original", "augmented", "misclassified", "augmented_misclassified", "total")
-STAGE_KEYS = {"epochs", "lr", "weight_decay"}
-AUGMENT_KEYS = {
-    "copies",
-    "rotation",
-    "scale",
-    "translate",
-    "brightness",
-    "contrast",
-    "saturation",
-    "hue",
-    "blur_p",
-    "blur_sigma",
-}
-MINING_KEYS = {"rounds", "k", "epochs", "lr"}
-TRAIN_KEYS = {
-    "batch",
-    "workers",
-    "device",
-    "stage1",
-    "stage2",
-    "patience",
-    "monitor",
-    "augment",
-    "mining",
-    "max_steps",
-}
 
 
 def augmenter(aug_cfg):
     """Augmentation for ink on paper: small rotation and scale on a white fill, colour / contrast jitter, blur."""
     from torchvision.transforms import v2
 
-    a = dict(aug_cfg or {})
-    unknown = sorted(set(a) - AUGMENT_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown train.augment.* keys {unknown}; valid: {sorted(AUGMENT_KEYS)}")
-    blur_p = float(a.get("blur_p", 0.3))
+    a = aug_cfg  # train.augment (conf/trainer/classifier.yaml; its schema guarantees every key)
     ops = [
         v2.RandomAffine(
-            degrees=float(a.get("rotation", 10.0)),
-            scale=tuple(a.get("scale", (0.85, 1.15))),
-            translate=(float(a.get("translate", 0.05)),) * 2,
+            degrees=float(a.rotation),
+            scale=tuple(a.scale),
+            translate=(float(a.translate),) * 2,
             fill=255,  # paper, not black borders
         ),
         v2.ColorJitter(
-            brightness=float(a.get("brightness", 0.25)),
-            contrast=float(a.get("contrast", 0.25)),
-            saturation=float(a.get("saturation", 0.3)),
-            hue=float(a.get("hue", 0.03)),
+            brightness=float(a.brightness),
+            contrast=float(a.contrast),
+            saturation=float(a.saturation),
+            hue=float(a.hue),
         ),
     ]
-    if blur_p > 0:
-        ops.append(
-            v2.RandomApply([v2.GaussianBlur(5, sigma=tuple(a.get("blur_sigma", (0.1, 1.5))))], p=blur_p)
-        )
+    if float(a.blur_p) > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=tuple(a.blur_sigma))], p=float(a.blur_p)))
     return v2.Compose(ops)
 
 
@@ -149,21 +118,6 @@ def mine(model: RegionClassifier, pool: list[Crop], k: int, aug, seed: int, batc
     return wrong, augment_copies(wrong, k, aug, seed, "mined")
 
 
-def _check_train_cfg(t) -> None:
-    unknown = sorted(set(t) - TRAIN_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown train.* keys {unknown} for the classifier; valid: {sorted(TRAIN_KEYS)}")
-    for group, valid in (
-        ("stage1", STAGE_KEYS),
-        ("stage2", STAGE_KEYS),
-        ("augment", AUGMENT_KEYS),
-        ("mining", MINING_KEYS),
-    ):
-        bad = sorted(set(t.get(group) or {}) - valid)
-        if bad:
-            raise ConfigError(f"unknown train.{group}.* keys {bad}; valid: {sorted(valid)}")
-
-
 def _device(name: str) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -176,7 +130,7 @@ class PhaseRunner:
     def __init__(self, model, val: list[Crop], t, device, validate: ValidateFn | None, tracker, classes):
         self.model, self.val, self.t, self.device = model, val, t, device
         self.validate, self.tracker, self.classes = validate, tracker, classes
-        self.monitor = str(t.get("monitor", "val/macro_f1"))
+        self.monitor = str(t.monitor)
         self.epoch = 0  # global, across phases (the tracker's step)
         self.history: list[dict] = []
 
@@ -189,12 +143,10 @@ class PhaseRunner:
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-        loader = _loader(
-            train, self.model, int(self.t.get("batch", 32)), aug, seed, int(self.t.get("workers", 0))
-        )
+        loader = _loader(train, self.model, int(self.t.batch), aug, seed, int(self.t.workers))
         best, best_state, bad = -float("inf"), None, 0
-        patience = int(self.t.get("patience", 3))
-        max_steps = self.t.get("max_steps")
+        patience = int(self.t.patience)
+        max_steps = self.t.max_steps
         for e in range(epochs):
             out = train_one_epoch(self.model, opt, loader, self.device, _step, max_steps=max_steps)
             sched.step()
@@ -229,24 +181,31 @@ class PhaseRunner:
         return best
 
 
-def train_classifier(
-    cfg, run_dir: Path, tracker, evaluate=None, validate: ValidateFn | None = None
-) -> dict[str, float]:
-    """Run the whole pipeline of ``python -m training experiment=classifier_two_stage`` (see module docstring).
+@dataclass
+class ClassifierRun:
+    """What a training run leaves for its evaluation (``evaluation.classification.evaluate_classifier_run``)."""
 
-    ``evaluate(model, crops, cfg, run_dir, tracker, prior, pages=..., base=...) -> metrics`` is the shared
-    evaluator (injected, as for the detectors); without it the training metrics are returned.
-    """
+    model: RegionClassifier
+    crops: dict  # split -> list[Crop]
+    pages: dict  # split -> held-out generated pages (the pipeline end to end)
+    base: RegionClassifier | None  # the model before hard-negative mining, when mining changed it
+    weights_note: str
+    counts: dict  # class -> training-crop counts (COUNT_COLUMNS)
+    metrics: dict[str, float]
+
+
+def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = None) -> ClassifierRun:
+    """Run the training pipeline of ``python -m training experiment=classifier_two_stage`` (see module
+    docstring); ``validate(y_true, y_pred, classes) -> metrics`` is the per-epoch monitor (injected)."""
     t = cfg.train
-    _check_train_cfg(t)
     classes = list(cfg.model.classes)
     seed = int(cfg.seed)
-    device = _device(t.get("device", "auto"))
+    device = _device(t.device)
     model, weights_note = build_classifier(cfg.model)
     model.to(device)
     crops, pages = build_crop_splits(cfg.crops, cfg.get("data"), classes)
-    aug = augmenter(t.get("augment"))
-    n_copies = int((t.get("augment") or {}).get("copies", 0))
+    aug = augmenter(t.augment)
+    n_copies = int(t.augment.copies)
     original = as_kind(crops["train"], "original")
     augmented = augment_copies(original, n_copies, aug, seed, "augmented")
     train_set = original + augmented
@@ -281,9 +240,9 @@ def train_classifier(
         runner.run(
             name,
             train,
-            int(stage.get("epochs", 1)),
-            float(stage.get("lr", 1e-4)),
-            float(stage.get("weight_decay", 1e-4)),
+            int(stage["epochs"]),
+            float(stage["lr"]),
+            float(stage["weight_decay"]),
             aug,
             seed + k,
         )
@@ -296,12 +255,12 @@ def train_classifier(
     base = copy.deepcopy(model).cpu()
     model.save(weights / "base.pt")
 
-    mining = t.get("mining") or {}
-    rounds, k = int(mining.get("rounds", 0)), int(mining.get("k", 3))
+    mining = t.mining
+    rounds, k = int(mining.rounds), int(mining.k)
     retrain = {
-        "epochs": mining.get("epochs", t.stage2.get("epochs")),
-        "lr": mining.get("lr", t.stage2.get("lr")),
-        "weight_decay": t.stage2.get("weight_decay", 1e-4),
+        "epochs": mining.epochs,
+        "lr": mining.lr,
+        "weight_decay": t.stage2.weight_decay,
     }
     mined_rounds = 0
     for r in range(1, rounds + 1):
@@ -332,19 +291,14 @@ def train_classifier(
         for col in COUNT_COLUMNS:
             metrics[f"counts/{c}/{col}"] = float(counts[c][col])
     _write_history(run_dir, runner.history)
-    if evaluate is None:
-        return {**metrics, **(runner.val_metrics() if crops["val"] else {})}
-    return evaluate(
+    return ClassifierRun(
         model.cpu(),
         crops,
-        cfg,
-        run_dir,
-        tracker,
+        pages,
+        base if mined_rounds else None,  # "before vs after mining" only when mining changed the model
+        weights_note,
+        counts,
         metrics,
-        pages=pages,
-        base=base if mined_rounds else None,  # "before vs after mining" only when mining changed the model
-        weights_note=weights_note,
-        counts=counts,
     )
 
 

@@ -1,0 +1,104 @@
+"""The region classifier (signature / stamp / thumb over colour-region crops) as a registered backend
+(``model.backend: classifier``): trained by :func:`training.classifier.trainer.train_classifier`, exported
+through the same :class:`~training.backends.base.ExportSpec` contract as the detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.backends.base import Backend, ExportSpec
+from training.errors import UserError
+
+
+class ClassifierBackend(Backend):
+    """Not a detector: :meth:`predict_proba` gives class probabilities of crops, and ``postprocess`` too."""
+
+    name = "classifier"
+    is_detector = False
+
+    def __init__(self, model_cfg, run_dir, tracker=None):
+        super().__init__(model_cfg, run_dir, tracker)
+        self.model = None
+        self.run = None  # the ClassifierRun of train(): what the evaluation needs beyond the model
+        self._checkpoint: Path | None = None
+
+    @classmethod
+    def owns(cls, path: Path) -> bool:
+        from training.checkpoints import load_weights
+        from training.classifier.model import is_classifier_checkpoint
+
+        return path.is_file() and is_classifier_checkpoint(load_weights(path))
+
+    def train(self, cfg) -> dict[str, float]:
+        """The whole pipeline (stages, mining); ``self.run`` keeps the crops and pages for the evaluation."""
+        from training.classifier.trainer import train_classifier
+
+        self.run = train_classifier(cfg, self.run_dir, self.tracker, self.validator)
+        self.model = self.run.model
+        self.class_names = list(self.model.classes)
+        self._checkpoint = self.run_dir / "weights" / "best.pt"
+        return dict(self.run.metrics)
+
+    def load(self, checkpoint, device: str | None = None) -> None:
+        from training.classifier.model import load_classifier
+
+        self.model = load_classifier(checkpoint).to(device or "cpu").eval()
+        self.class_names = list(self.model.classes)
+        self._checkpoint = Path(checkpoint)
+
+    def _require(self):
+        if self.model is None:
+            raise UserError("no classifier loaded: train first or load a checkpoint")
+        return self.model
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self._checkpoint
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self._require().parameters())
+
+    def predict_proba(self, crops: list) -> np.ndarray:
+        """Class probabilities of RGB crops (PIL images or ``HxWx3`` uint8 arrays), ``(len(crops), n_classes)``."""
+        return self._require().predict_proba(crops)
+
+    def benchmark_forward(self, imgsz: int | None = None):
+        import torch
+
+        model = self._require().eval()
+        size = int(imgsz or model.imgsz)
+        x = torch.zeros(1, 3, size, size, device=model.device)
+
+        @torch.inference_mode()
+        def run():
+            model(x)
+
+        return run
+
+    def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
+        clf = self._require().cpu().eval()
+        return ExportSpec(
+            self.name,
+            int(imgsz or clf.imgsz),
+            list(clf.classes),
+            ["input"],
+            ["logits"],
+            {"normalize": clf.normalize},
+            clf,
+            str(self._checkpoint or ""),
+        )
+
+    @staticmethod
+    def preprocess(image, imgsz: int, options: dict):
+        from training.classifier.model import preprocess
+
+        return {"input": preprocess([image], imgsz, options.get("normalize", "imagenet")).numpy()}, ()
+
+    @staticmethod
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001) -> np.ndarray:
+        """Softmax of the logits, ``(batch, n_classes)``."""
+        logits = np.asarray(outputs[0], dtype=np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
