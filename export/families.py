@@ -10,7 +10,7 @@ runs without the checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,9 @@ from training.errors import UserError
 
 
 @dataclass
-class Family:
-    """A loaded or exported model as the export layer sees it: the backend's :class:`ExportSpec` data plus the
+class Family(ExportSpec):
+    """A loaded or exported model as the export layer sees it: the backend's :class:`ExportSpec` plus the
     backend class whose static ``preprocess`` / ``postprocess`` / ``example_inputs`` every runtime shares."""
-
-    kind: str  # the backend's registry name
-    imgsz: int
-    class_names: list[str]
-    input_names: list[str]
-    output_names: list[str]
-    options: dict = field(default_factory=dict)
-    module: torch.nn.Module | None = None
-    source: str = ""  # the checkpoint it came from
-    int8: dict = field(default_factory=dict)
 
     @property
     def backend(self) -> type[Backend]:
@@ -47,7 +37,7 @@ class Family:
 
     @classmethod
     def from_spec(cls, spec: ExportSpec) -> Family:
-        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(spec)})
 
     def meta(self) -> dict:
         keys = ("kind", "imgsz", "class_names", "input_names", "output_names", "options", "source")
@@ -64,8 +54,7 @@ class Family:
             list(meta["input_names"]),
             list(meta["output_names"]),
             dict(meta.get("options") or {}),
-            None,
-            str(meta.get("source", "")),
+            source=str(meta.get("source", "")),
         )
 
     # ---- pre-processing: one image -> named batch-1 arrays, plus what decoding needs ----

@@ -27,6 +27,7 @@ from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
 log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 # -- search space --------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def _storage_folder(path: Path, out_dir: Path | None, setting: str) -> None:
     raise ConfigError(f"{setting}: folder {parent} does not exist (create it first)")
 
 
-def make_storage(url: str, out_dir: Path | None = None):
+def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
     """The study storage of a ``sweep.storage`` URL (``$SIGDET_STORAGE`` wins when set).
 
     Args:
@@ -108,6 +109,8 @@ def make_storage(url: str, out_dir: Path | None = None):
             one retry of trials lost with their worker.
         out_dir: The sweep's output dir: the one place where a file storage's missing folder is created.
             Elsewhere the folder must exist.
+        heartbeat: ``sweep.heartbeat`` (``heartbeat_s``, ``grace_s``, ``max_retry``) for RDB storages; None
+            reads the sweep group's own file (conf/sweep/yolov8s_optuna.yaml), so there is one home for them.
 
     Returns:
         An Optuna storage.
@@ -143,6 +146,11 @@ def make_storage(url: str, out_dir: Path | None = None):
 
     from training.tracking import mask_url_credentials
 
+    hb = (
+        heartbeat
+        if heartbeat is not None
+        else OmegaConf.load(CONF / "sweep" / "yolov8s_optuna.yaml").heartbeat
+    )
     # workers started together on a new database race to create optuna's tables and version row: the loser gets
     # an IntegrityError (or waits on the winner's transaction and then gets one); after a pause the schema is there
     schema_race_attempts = 4
@@ -155,9 +163,9 @@ def make_storage(url: str, out_dir: Path | None = None):
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return RDBStorage(
                     url,
-                    heartbeat_interval=30,
-                    grace_period=120,
-                    failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+                    heartbeat_interval=int(hb.heartbeat_s),
+                    grace_period=int(hb.grace_s),
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=int(hb.max_retry)),
                 )
         except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
             if attempt < schema_race_attempts and e.__class__.__name__ == "IntegrityError":
@@ -303,7 +311,7 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
 
     check_sweep(scfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is our log's job
-    storage = make_storage(scfg.storage, out_dir)
+    storage = make_storage(scfg.storage, out_dir, scfg.heartbeat)
     study = optuna.create_study(
         study_name=str(scfg.study_name),
         storage=storage,
@@ -383,7 +391,7 @@ def summarize(scfg, out_dir: Path) -> dict:
 
     try:
         study = optuna.load_study(
-            study_name=str(scfg.study_name), storage=make_storage(scfg.storage, out_dir)
+            study_name=str(scfg.study_name), storage=make_storage(scfg.storage, out_dir, scfg.heartbeat)
         )
     except KeyError:  # optuna's "Record does not exist"
         raise UserError(
@@ -402,7 +410,7 @@ def summarize(scfg, out_dir: Path) -> dict:
     exp_dir = out_dir / "experiment"
     exp_dir.mkdir(exist_ok=True)
     name = f"{scfg.study_name}_best"
-    src = Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"{scfg.experiment}.yaml"
+    src = CONF / "experiment" / f"{scfg.experiment}.yaml"
     exp = OmegaConf.load(src)
     exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
     for k, v in best.params.items():

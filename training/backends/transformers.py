@@ -360,7 +360,7 @@ class TransformersDetector(Detector):
                 self.device,
                 self._step,
                 scaler,
-                float(t.get("grad_clip", 0.0)),
+                float(t.grad_clip or 0.0),
                 left,
             )
             steps_done += int(stats["steps"])
@@ -368,7 +368,7 @@ class TransformersDetector(Detector):
             if scheduler is not None:
                 scheduler.step()
             logs = {"train/loss": stats["loss"], "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            if (epoch + 1) % int(t.get("eval_every", 1)) == 0 or epoch + 1 == epochs:
+            if (epoch + 1) % int(t.eval_every) == 0 or epoch + 1 == epochs:
                 logs["val/loss"] = evaluate_loss(model, val_loader, self.device, self._step)
                 if self.validator is not None:
                     logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
@@ -400,7 +400,7 @@ class TransformersDetector(Detector):
                     "loader_rng": gen.get_state(),
                 },
             )
-            patience = int(t.get("patience", 0) or 0)
+            patience = int(t.patience or 0)
             if patience and bad_epochs >= patience:
                 log.info("early stop: %s did not improve for %d evaluations", monitor, patience)
                 break
@@ -458,6 +458,7 @@ class TransformersDetector(Detector):
 
         model = self._require().eval()
         size = int(imgsz or self.imgsz)
+        options = {"score_mode": self.score_mode, "use_mask": bool(self.use_mask), "max_det": max_det}
         out = []
         for img in images:
             pil = (
@@ -465,14 +466,10 @@ class TransformersDetector(Detector):
                 if isinstance(img, np.ndarray)
                 else load_rgb(img)
             )
-            pixels, mask, scale = resize_pad(pil, size)
-            kwargs = {"pixel_values": pixels[None].to(self.device)}
-            if self.use_mask:
-                kwargs["pixel_mask"] = mask[None].to(self.device)
-            o = model(**kwargs)
-            out.append(
-                decode(o.logits[0], o.pred_boxes[0], scale, pil.size, size, self.score_mode, conf, max_det)
-            )
+            feeds, ctx = self.preprocess(pil, size, options)
+            o = model(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+            outputs = [o.logits.float().cpu().numpy(), o.pred_boxes.float().cpu().numpy()]
+            out.append(self.postprocess(outputs, ctx, size, options, conf))
         return out
 
     def benchmark_forward(self, imgsz: int | None = None):

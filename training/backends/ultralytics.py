@@ -396,12 +396,12 @@ class UltralyticsDetector(Detector):
         import torch
         from PIL import Image
 
-        from training.backends.yolo_processing import decode, letterbox
         from training.data.images import load_rgb
 
         net = self._net()
         size = self._imgsz(imgsz)
         device = next(net.parameters()).device
+        options = {"head": self._head, "iou": iou, "max_det": max_det}
         out: list[Detections] = []
         for img in images:
             pil = (
@@ -409,12 +409,10 @@ class UltralyticsDetector(Detector):
                 if isinstance(img, np.ndarray)
                 else load_rgb(img)
             )
-            x, meta = letterbox(pil, size)
+            feeds, ctx = self.preprocess(pil, size, options)
             with torch.inference_mode():
-                raw = net(torch.from_numpy(x)[None].to(device))
-            out.append(
-                decode(raw[0].float().cpu().numpy(), self._head, meta, pil.size, size, conf, iou, max_det)
-            )
+                raw = net(torch.from_numpy(feeds["images"]).to(device))
+            out.append(self.postprocess([raw.float().cpu().numpy()], ctx, size, options, conf))
         return out
 
     def num_parameters(self) -> int:

@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> None:
             detector,
             float(cfg.min_conf),
             float(cfg.context),
-            float(cfg.detector.get("min_score", 0.25)),
+            float(cfg.detector.min_score),
         )
         path = write_page_result(image, res, out, f.stem, str(f))
         counts = {c: sum(r["class"] == c for r in res) for c in model.classes}

@@ -191,9 +191,9 @@ def build_classifier(model_cfg) -> tuple[RegionClassifier, str]:
         return model, f"published state dict {weights} (compatibility mode)"
     model = RegionClassifier(
         classes,
-        int(model_cfg.get("imgsz", 224)),
-        str(model_cfg.get("normalize", "imagenet")),
-        float(model_cfg.get("dropout", 0.0) or 0.0),
+        int(model_cfg.imgsz),
+        str(model_cfg.normalize),
+        float(model_cfg.dropout or 0.0),
     )
     if weights is None:
         return model, "random init"
