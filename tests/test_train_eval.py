@@ -17,6 +17,7 @@ from training.errors import UserError
 
 def test_run_dir_has_every_artefact(trained_run):
     cfg, run_dir, metrics = trained_run
+    assert metrics["recipe/paste_crops"] > 0  # the quickstart's document recipe pastes training crops
     for name in (
         "config.yaml",
         "metrics.json",
