@@ -208,7 +208,6 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
 def write_selection(
     run_dir: Path, results: list[dict], split: str, env: dict, data_name: str
 ) -> dict[str, Path]:
-
     rows = selection_rows(results, split)
     hl = highlights(results, split)
     note = (

@@ -43,7 +43,7 @@ def _quantize_kwargs(family: Family) -> dict:
     """NNCF arguments from the backend's quantization hints (``ExportSpec.int8``)."""
     import nncf
 
-    hints = family.int8 or {}
+    hints = family.int8
     kwargs = {}
     if hints.get("model_type") == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER

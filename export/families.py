@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from training.backends import BACKENDS, Backend, ExportSpec, backend_of, get_backend
-from training.data.images import load_rgb
+from training.data.images import as_pil
 from training.errors import UserError
 
 
@@ -27,8 +27,9 @@ class Family(ExportSpec):
     """A loaded or exported model as the export layer sees it: the backend's :class:`ExportSpec` plus the
     backend class whose static ``preprocess`` / ``postprocess`` / ``example_inputs`` every runtime shares."""
 
-    @property
+    @cached_property
     def backend(self) -> type[Backend]:
+        """Looked up once: feeds / decode run per image."""
         return get_backend(self.kind)
 
     @property
@@ -59,7 +60,7 @@ class Family(ExportSpec):
 
     # ---- pre-processing: one image -> named batch-1 arrays, plus what decoding needs ----
     def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:
-        return self.backend.preprocess(_pil(image), self.imgsz, self.options)
+        return self.backend.preprocess(as_pil(image), self.imgsz, self.options)
 
     def batch_feeds(self, images: list) -> dict[str, np.ndarray]:
         """Stacked feeds of several images (calibration, batched classification)."""
@@ -83,14 +84,6 @@ class Family(ExportSpec):
             out = self.module(*args)
         out = out if isinstance(out, (tuple, list)) else (out,)
         return [o.float().cpu().numpy() for o in out]
-
-
-def _pil(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(np.ascontiguousarray(image.astype(np.uint8)))
-    return load_rgb(image)
 
 
 def load_family(

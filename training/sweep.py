@@ -109,8 +109,8 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
             one retry of trials lost with their worker.
         out_dir: The sweep's output dir: the one place where a file storage's missing folder is created.
             Elsewhere the folder must exist.
-        heartbeat: ``sweep.heartbeat`` (``heartbeat_s``, ``grace_s``, ``max_retry``) for RDB storages; None
-            reads the sweep group's own file (conf/sweep/yolov8s_optuna.yaml), so there is one home for them.
+        heartbeat: ``sweep.heartbeat`` (``heartbeat_s``, ``grace_s``, ``max_retry``); needed by RDB storages
+            only (conf/sweep/yolov8s_optuna.yaml is its one home).
 
     Returns:
         An Optuna storage.
@@ -146,11 +146,10 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
 
     from training.tracking import mask_url_credentials
 
-    hb = (
-        heartbeat
-        if heartbeat is not None
-        else OmegaConf.load(CONF / "sweep" / "yolov8s_optuna.yaml").heartbeat
-    )
+    if heartbeat is None:
+        raise ConfigError(
+            f"{setting}: an RDB storage needs sweep.heartbeat (heartbeat_s, grace_s, max_retry)"
+        )
     # workers started together on a new database race to create optuna's tables and version row: the loser gets
     # an IntegrityError (or waits on the winner's transaction and then gets one); after a pause the schema is there
     schema_race_attempts = 4
@@ -163,9 +162,9 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return RDBStorage(
                     url,
-                    heartbeat_interval=int(hb.heartbeat_s),
-                    grace_period=int(hb.grace_s),
-                    failed_trial_callback=RetryFailedTrialCallback(max_retry=int(hb.max_retry)),
+                    heartbeat_interval=int(heartbeat.heartbeat_s),
+                    grace_period=int(heartbeat.grace_s),
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=int(heartbeat.max_retry)),
                 )
         except Exception as e:  # unreachable server, bad URL: one line, without echoing the password
             if attempt < schema_race_attempts and e.__class__.__name__ == "IntegrityError":

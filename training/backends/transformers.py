@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from training.backends.base import Detections, Detector, ExportSpec, ImageInput
 from training.backends.hf_processing import GraphWrapper, boxes_to_targets, decode, resize_pad
 from training.data import load_dataset
-from training.data.images import load_rgb
+from training.data.images import as_pil, load_rgb
 from training.data.schema import DetectionSplit
 from training.errors import ConfigError, OfflineError, UserError
 from training.loops import evaluate_loss, train_one_epoch
@@ -232,8 +232,6 @@ class TransformersDetector(Detector):
             torch.save(extra_state, folder / STATE)
 
     def train(self, cfg) -> dict[str, float]:
-        from omegaconf import OmegaConf
-
         from training.augment import Recipe
 
         recipe = Recipe.from_cfg(
@@ -454,18 +452,12 @@ class TransformersDetector(Detector):
     def predict(
         self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None, max_det: int = 100
     ) -> list[Detections]:
-        from PIL import Image
-
         model = self._require().eval()
         size = int(imgsz or self.imgsz)
         options = {"score_mode": self.score_mode, "use_mask": bool(self.use_mask), "max_det": max_det}
         out = []
         for img in images:
-            pil = (
-                Image.fromarray(np.asarray(img, dtype=np.uint8))
-                if isinstance(img, np.ndarray)
-                else load_rgb(img)
-            )
+            pil = as_pil(img)
             feeds, ctx = self.preprocess(pil, size, options)
             o = model(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
             outputs = [o.logits.float().cpu().numpy(), o.pred_boxes.float().cpu().numpy()]
@@ -523,7 +515,7 @@ class TransformersDetector(Detector):
             imgsz,
             options["score_mode"],
             conf,
-            int(options.get("max_det", 100)),
+            int(options["max_det"]),
         )
 
     @staticmethod

@@ -10,8 +10,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from training.backends.base import Detections, Detector, ExportSpec, ImageInput
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import ConfigError, OfflineError, UserError, first_line
@@ -394,9 +392,8 @@ class UltralyticsDetector(Detector):
         """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
         that one image gives the same boxes in PyTorch, ONNX Runtime, OpenVINO and TensorRT)."""
         import torch
-        from PIL import Image
 
-        from training.data.images import load_rgb
+        from training.data.images import as_pil
 
         net = self._net()
         size = self._imgsz(imgsz)
@@ -404,11 +401,7 @@ class UltralyticsDetector(Detector):
         options = {"head": self._head, "iou": iou, "max_det": max_det}
         out: list[Detections] = []
         for img in images:
-            pil = (
-                Image.fromarray(np.asarray(img, dtype=np.uint8))
-                if isinstance(img, np.ndarray)
-                else load_rgb(img)
-            )
+            pil = as_pil(img)
             feeds, ctx = self.preprocess(pil, size, options)
             with torch.inference_mode():
                 raw = net(torch.from_numpy(feeds["images"]).to(device))
@@ -496,6 +489,6 @@ class UltralyticsDetector(Detector):
             size,
             imgsz,
             conf,
-            float(options.get("iou", 0.7)),
-            int(options.get("max_det", 300)),
+            float(options["iou"]),
+            int(options["max_det"]),
         )

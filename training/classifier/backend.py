@@ -94,7 +94,7 @@ class ClassifierBackend(Backend):
     def preprocess(image, imgsz: int, options: dict):
         from training.classifier.model import preprocess
 
-        return {"input": preprocess([image], imgsz, options.get("normalize", "imagenet")).numpy()}, ()
+        return {"input": preprocess([image], imgsz, options["normalize"]).numpy()}, ()
 
     @staticmethod
     def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001) -> np.ndarray:

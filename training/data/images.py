@@ -163,6 +163,16 @@ def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     return Image.fromarray(decode_rgb(path, max_pixels))
 
 
+def as_pil(image) -> Image.Image:
+    """Any image input of the prediction paths as an RGB PIL image: a PIL image, an ``HxWx3`` array, or a file
+    (decoded by :func:`load_rgb`)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(image.astype(np.uint8)))
+    return load_rgb(image)
+
+
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
