@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from evaluation.run import evaluate_run
 from training.backends import get_backend
-from training.errors import UserError, exit_on_user_error
+from training.errors import UserError, exit_on_user_error, run_cli
 from training.tracking import tracked
 from training.train import run_dir_of, save_config
 
@@ -55,4 +55,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

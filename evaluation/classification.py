@@ -281,12 +281,12 @@ def evaluate_classifier(
             metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
     # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
     test_pages = (pages or {}).get("test") or []
-    proposals_cfg = cfg.model.get("proposals")
+    proposals_cfg = cfg.model.proposals
     if test_pages:
         metrics.update(
             {f"test/{k}": v for k, v in proposal_recall(test_pages, classes, proposals_cfg).items()}
         )
-        context = float(cfg.crops.get("context", 0.08))
+        context = float(cfg.crops.context)
         for i, p in enumerate(test_pages[: int(ev.n_pages)]):
             res = classify_page(p.image, model, proposals_cfg, context=context)
             write_page_result(
@@ -294,10 +294,10 @@ def evaluate_classifier(
             )
             images.append(run_dir / "pages" / f"test_page_{i:05d}.png")
 
+    syn, real = cfg.crops.synthetic, cfg.get("data") is not None and cfg.crops.detection.enabled
     prov = {
-        "data": f"crops: synthetic pages {dict((cfg.crops.get('synthetic') or {}).get('pages') or {})} "
-        f"(seed {(cfg.crops.get('synthetic') or {}).get('seed')}); real crops from "
-        f"{cfg.data.get('name') if cfg.get('data') and (cfg.crops.get('detection') or {}).get('enabled', True) else 'none'}",
+        "data": f"crops: synthetic pages {dict(syn.pages) if syn.enabled else 'none'} (seed {syn.seed}); real "
+        f"crops from {cfg.data.name if real else 'none'}",
         "weights": weights_note,
         "checkpoint": str(run_dir / "weights" / "best.pt"),
         "hardware": platform.processor() or platform.machine(),

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 import training  # noqa: F401
 from evaluation.metrics import HEADLINE
 from evaluation.report import fmt_num, markdown_table, write_csv
-from training.errors import UserError, exit_on_user_error
+from training.errors import UserError, exit_on_user_error, run_cli
 
 
 def _f(v, digits: int = 4) -> str:
@@ -337,4 +337,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,7 +24,7 @@ from evaluation.report import fmt_num, markdown_table, save_figure, write_csv
 from training.backends import build_detector
 from training.data import load_dataset
 from training.data.images import load_rgb
-from training.errors import ConfigError, UserError, exit_on_user_error
+from training.errors import ConfigError, UserError, exit_on_user_error, run_cli
 from training.overrides import flatten_overrides
 from training.tracking import tracked
 from training.train import run_dir_of
@@ -292,4 +292,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
-from training.errors import UserError, exit_on_user_error
+from training.errors import UserError, exit_on_user_error, run_cli
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

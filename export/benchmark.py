@@ -23,7 +23,7 @@ from evaluation.report import markdown_table, write_csv
 from export.families import Family, load_family
 from export.model import META, ExportedModel, load_meta
 from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner, Unavailable
-from training.errors import UserError, exit_on_user_error
+from training.errors import UserError, exit_on_user_error, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -233,4 +233,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

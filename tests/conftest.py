@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers resolvers)
 from training.data import asset_path
@@ -46,6 +46,23 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(__import__("tempfile").mkdtemp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
+
+
+FORMAT_OPTIONS = {
+    "coco": "coco_folder",
+    "yolo": "yolo_folder",
+    "hf": "hf_signature_detection",
+    "roboflow": "roboflow",
+    "synthetic": "synthetic",
+}
+
+
+def data_node(values: dict | None = None, /, **more) -> DictConfig:
+    """The ``data:`` node Hydra composes for ``values["format"]`` (its conf/data option: schema and every value),
+    with ``values`` merged over it: tests describe only what differs, like a user's override."""
+    values = {**(values or {}), **more}
+    node = compose_cfg("train", [f"data={FORMAT_OPTIONS[values['format']]}"]).data
+    return OmegaConf.merge(node, values)
 
 
 def compose_cfg(

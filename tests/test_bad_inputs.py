@@ -22,9 +22,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tests.conftest import EMBEDDED, ROOT, TINY, compose_cfg
+from tests.conftest import EMBEDDED, ROOT, TINY, compose_cfg, data_node
 from training.data import load_dataset
 from training.data.coco import read_coco, write_coco
 from training.data.issues import IssueLog
@@ -55,7 +55,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def data_cfg(cache: Path, **kw) -> DictConfig:
     base = {"name": "bad", "splits": {"train": "train"}, "strict": True, "cache_dir": str(cache)}
     base.update(kw)
-    return OmegaConf.create(base)
+    return data_node(base)
 
 
 def assert_one_line(text: str, *needles: str) -> None:
@@ -564,7 +564,20 @@ def sweep_cfg(*overrides: str) -> DictConfig:
     return compose_cfg("sweep", ["sweep=quickstart_tiny", *overrides]).sweep
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "2.5", "ten", "null", "true"])
+@pytest.mark.parametrize("value", ["2.5", "ten", "null", "true"])
+def test_sweep_n_trials_of_another_type_is_refused_by_its_schema(value, tmp_path):
+    """Not an integer: the sweep schema (training/config.py) refuses it while Hydra composes, and the CLI prints
+    that as one line naming the key."""
+    from hydra.errors import ConfigCompositionException
+
+    from training.errors import config_error_line
+
+    with pytest.raises(ConfigCompositionException) as e:
+        sweep_cfg(f"sweep.n_trials={value}")
+    assert_one_line(config_error_line(e.value), "sweep.n_trials")
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
 def test_sweep_n_trials_must_be_a_positive_integer(value, tmp_path):
     from training.sweep import optimize
 

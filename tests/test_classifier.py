@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, compose_cfg, data_node
 from training.classifier.crops import Crop, detection_crops, folder_crops
 from training.classifier.generate import generate
 from training.classifier.model import RegionClassifier, load_classifier, preprocess
@@ -103,9 +103,8 @@ def test_generated_dataset_reads_as_coco_and_crop_folders(tmp_path):
         "splits": {"train": "train", "val": "valid", "test": "test"},
         "strict": True,
     }
-    from omegaconf import OmegaConf
 
-    ds = load_dataset(OmegaConf.create(cfg), ["train", "val", "test"])
+    ds = load_dataset(data_node(cfg), ["train", "val", "test"])
     assert ds.class_names == list(CLASSES)
     assert len(ds["train"].annotations) == summary["train"][1]
     crops = folder_crops(out / "crops" / "train", list(CLASSES))
@@ -383,7 +382,8 @@ def test_user_coco_files_with_stamp_and_thumb_categories_feed_the_crops(tmp_path
 
     out = tmp_path / "gen"
     summary = generate(out, {"train": 2, "val": 1}, seed=5, crops=False)
-    crops_cfg = OmegaConf.create(
+    crops_cfg = OmegaConf.merge(
+        compose_cfg("train", ["experiment=classifier_two_stage"]).crops,
         {
             "synthetic": {"enabled": False},
             "detection": {"enabled": False},
@@ -391,7 +391,7 @@ def test_user_coco_files_with_stamp_and_thumb_categories_feed_the_crops(tmp_path
                 {"file": str(out / "train" / "_annotations.coco.json"), "split": "train"},
                 {"file": str(out / "valid" / "_annotations.coco.json"), "split": "val"},
             ],
-        }
+        },
     )
     crops, _ = build_crop_splits(crops_cfg, None, list(CLASSES))
     assert len(crops["train"]) == summary["train"][1] and len(crops["val"]) == summary["val"][1]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from evaluation.evaluator import evaluate_detector
 from evaluation.run import evaluate_run, validator
-from tests.conftest import EMBEDDED, HF_TINY, TINY, compose_cfg
+from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg
 from training.backends import BACKENDS, Detections, build_detector
 from training.backends.hf_processing import boxes_to_targets, decode, resize_pad
 from training.data import load_dataset
@@ -234,8 +234,26 @@ def test_transformers_early_stopping_on_the_monitored_metric(tmp_path):
 
 
 def test_transformers_rejects_unknown_train_args(tmp_path):
-    from training.errors import ConfigError
+    """An ultralytics argument given to a transformers model: Hydra refuses it (the trainer's schema) and the CLI
+    prints one line with the near names, exit code 2, before anything is written."""
+    import subprocess
+    import sys
 
-    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "+train.lr0=0.1"], tmp_path)
-    with pytest.raises(ConfigError, match="did you mean"):
-        build_detector(cfg.model, tmp_path).train(cfg)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "model=debug/detr",
+            *HF_TINY,
+            "train.lr0=0.1",
+            f"paths.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert "\n" not in err and "train.lr0" in err and "did you mean ['lr'" in err, err
+    assert not any(tmp_path.iterdir())

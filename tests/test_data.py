@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from tests.conftest import EMBEDDED, ROOT
+from tests.conftest import EMBEDDED, ROOT, data_node
 from training.data import load_dataset, prepare_yolo
 from training.data.coco import read_coco
 from training.data.issues import IssueLog
@@ -27,7 +27,7 @@ def coco_cfg(root: Path, **kw) -> OmegaConf:
         "splits": {"train": "train", "val": "valid", "test": "test"},
     }
     base.update(kw)
-    return OmegaConf.create(base)
+    return data_node(base)
 
 
 def tree_digest(root: Path) -> str:
@@ -66,7 +66,7 @@ def test_yolo_round_trip_and_roboflow_relative_paths(tmp_path):
             }
         )
     )
-    cfg = OmegaConf.create(
+    cfg = data_node(
         {
             "name": "y",
             "format": "yolo",
@@ -235,7 +235,7 @@ def test_arbitrary_annotation_corruption_is_a_clear_error_or_skipped(field, valu
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
     doc["annotations"][0][field] = value
     (root / "train" / "_annotations.coco.json").write_text(json.dumps(doc))
-    cfg = OmegaConf.create(
+    cfg = data_node(
         {"name": "h", "format": "coco", "root": str(root), "splits": {"train": "train"}, "strict": strict}
     )
     try:
@@ -302,7 +302,7 @@ def test_convert_cli_round_trip(to, tmp_path):
         back = load_dataset(coco_cfg(out))
     else:
         back = load_dataset(
-            OmegaConf.create(
+            data_node(
                 {
                     "name": "y",
                     "format": "yolo",

@@ -5,9 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import EMBEDDED
+from tests.conftest import EMBEDDED, data_node
 from training.data import load_dataset
 from training.errors import OfflineError, UserError
 
@@ -59,7 +58,7 @@ def write_local_hf_dataset(root: Path) -> Path:
 
 def test_hf_parquet_dataset_loads_like_the_coco_source(tmp_path):
     src = write_local_hf_dataset(tmp_path / "hf")
-    cfg = OmegaConf.create(
+    cfg = data_node(
         {
             "name": "hf",
             "format": "hf",
@@ -87,7 +86,7 @@ def test_hf_parquet_dataset_loads_like_the_coco_source(tmp_path):
 
 def test_hf_hub_id_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = OmegaConf.create(
+    cfg = data_node(
         {
             "name": "hf",
             "format": "hf",
@@ -103,7 +102,7 @@ def test_hf_hub_id_offline_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def rf_cfg(tmp_path):
-    return OmegaConf.create(
+    return data_node(
         {
             "name": "rf",
             "format": "roboflow",

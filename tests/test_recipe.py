@@ -15,6 +15,18 @@ from training.augment import CropBank, PasteConfig, Recipe, paste_crops
 from training.errors import ConfigError
 
 
+def _paste_cfg(**over) -> dict:
+    """conf/recipe/document.yaml's copy-paste settings with ``over`` changed."""
+    from pathlib import Path
+
+    doc = OmegaConf.load(Path(__file__).parents[1] / "conf" / "recipe" / "document.yaml")
+    return {**OmegaConf.to_container(doc.recipe.copy_paste), **over}
+
+
+def _paste(**over) -> PasteConfig:
+    return PasteConfig.from_cfg(_paste_cfg(**over))
+
+
 def _bank(rng: np.random.Generator, n: int = 6) -> CropBank:
     bank = CropBank()
     for _ in range(n):
@@ -48,7 +60,7 @@ def test_paste_never_lands_on_a_box_and_labels_what_it_draws(seed, size, rel_box
         [[x * w, y * h, min(w, (x + bw) * w), min(h, (y + bh) * h)] for x, y, bw, bh in rel_boxes], np.float32
     ).reshape(-1, 4)
     before = img.copy()
-    cfg = PasteConfig(n=(0, n_max), recolor_p=0.5, gap_px=2)
+    cfg = _paste(n=(0, n_max), recolor_p=0.5, gap_px=2)
     bank = _bank(rng)
     out, pasted, cls = paste_crops(img, boxes, bank, cfg, rng)
     assert out.shape == before.shape and len(pasted) == len(cls) <= n_max
@@ -77,7 +89,7 @@ def test_paste_removes_the_source_paper_tint():
     bank = CropBank(crops=[np.full((20, 60, 3), 180, np.uint8)], classes=[0], rel_width=[0.3])
     bank.crops[0][10, 5:55] = 20
     img = np.full((100, 200, 3), 255, np.uint8)
-    out, pasted, _ = paste_crops(img, np.zeros((0, 4)), bank, PasteConfig(n=(1, 1), recolor_p=0.0), rng)
+    out, pasted, _ = paste_crops(img, np.zeros((0, 4)), bank, _paste(n=(1, 1), recolor_p=0.0), rng)
     assert len(pasted) == 1
     x0, y0, x1, y1 = pasted[0].astype(int)
     region = out[y0:y1, x0:x1]
@@ -153,7 +165,9 @@ def test_recipe_config_names_albumentations_transforms_only():
     with pytest.raises(ConfigError, match="unknown settings"):
         Recipe.from_cfg({"copy_paste": {"probability": 0.5}})
     with pytest.raises(ConfigError, match="probabilities"):
-        Recipe.from_cfg({"copy_paste": {"p": 1.5}})
+        Recipe.from_cfg({"copy_paste": _paste_cfg(p=1.5)})
+    with pytest.raises(ConfigError, match=r"missing \['aspect'"):
+        Recipe.from_cfg({"copy_paste": {k: v for k, v in _paste_cfg().items() if k != "aspect"}})
 
 
 def test_recipe_none_changes_nothing():
@@ -163,10 +177,18 @@ def test_recipe_none_changes_nothing():
 
 
 def test_transformers_models_refuse_a_recipe(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
     from tests.conftest import HF_TINY
     from training.backends import build_detector
 
-    cfg = compose_cfg("train", ["model=debug/detr", "recipe=document", *HF_TINY], tmp_path)
+    # recipe=document sets ultralytics' geometric jitter (train.degrees ...): the transformers trainer's schema
+    # refuses it while Hydra composes, naming the recipe file
+    with pytest.raises(ConfigCompositionException, match="recipe/document"):
+        compose_cfg("train", ["model=debug/detr", "recipe=document", *HF_TINY], tmp_path)
+    cfg = compose_cfg(
+        "train", ["model=debug/detr", "recipe.scan=[{name: GaussianBlur, p: 0.1}]", *HF_TINY], tmp_path
+    )
     det = build_detector(cfg.model, tmp_path / "run", None)
     with pytest.raises(ConfigError, match="ultralytics detectors only"):
         det.train(cfg)

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from training.backends import get_backend
-from training.errors import exit_on_user_error
+from training.errors import exit_on_user_error, run_cli
 from training.train import train
 
 
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

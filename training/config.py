@@ -5,9 +5,12 @@ The values live in ``conf/`` and nowhere else: every field here is ``MISSING`` a
 from an experiment file as from the command line, and check types, so Python reads ``cfg.evaluation.conf_fixed``
 without a fallback number of its own.
 
-Groups covered so far: ``evaluation`` (detectors and the region classifier) and ``trainer`` for the region
-classifier. The others still rely on Hydra's struct mode for overrides and on the hand-written checks next to their
-readers (``training/backends/ultralytics.py`` checks ``train.*`` against ultralytics' own argument list).
+Every group has one, except ``trainer/ultralytics``:
+- ``trainer/ultralytics`` passes ``train.*`` to ultralytics, whose own argument table (``DEFAULT_CFG_DICT``, about
+  100 names that change between releases) is the schema: ``training/backends/ultralytics.py`` checks every key
+  against it, with "did you mean" suggestions, instead of a copy of it here that would go stale.
+Hydra's struct mode rejects an unknown key there too; ``training.errors.run_cli`` turns Hydra's composition
+errors into one line with suggestions and exit code 2.
 """
 
 from __future__ import annotations
@@ -90,7 +93,240 @@ class ClassifierTrainer:
     mining: Mining = MISSING
 
 
+@dataclass
+class Data:
+    """Keys of every ``conf/data`` option (training/data/loader.py)."""
+
+    name: str = MISSING
+    format: str = MISSING  # coco | yolo | hf | roboflow | synthetic
+    splits: dict[str, str] = MISSING  # train / val / test -> the source's split (folder) name
+    strict: bool = MISSING
+    box_tolerance_px: float = MISSING
+    max_image_pixels: Optional[int] = MISSING  # noqa: UP045
+    cache_dir: Optional[str] = MISSING  # noqa: UP045
+
+
+@dataclass
+class CocoData(Data):
+    root: str = MISSING
+    annotation_file: str = MISSING
+
+
+@dataclass
+class YoloData(Data):
+    yaml: str = MISSING
+
+
+@dataclass
+class HubData(Data):
+    path: str = MISSING
+    revision: Optional[str] = MISSING  # noqa: UP045
+
+
+@dataclass
+class RoboflowProject:
+    workspace: str = MISSING
+    project: str = MISSING
+    version: int = MISSING
+    api_key_env: str = MISSING
+
+
+@dataclass
+class RoboflowData(Data):
+    roboflow: RoboflowProject = MISSING
+
+
+@dataclass
+class SyntheticPages:
+    seed: int = MISSING
+    pages: dict[str, int] = MISSING
+    page: dict[str, Any] = MISSING  # PageConfig fields (training/data/synthetic.py); checked there
+
+
+@dataclass
+class SyntheticData(Data):
+    synthetic: SyntheticPages = MISSING
+
+
+@dataclass
+class UltralyticsModel:
+    """``conf/model`` of the ultralytics backend."""
+
+    backend: str = MISSING
+    name: str = MISSING
+    arch: Optional[str] = MISSING  # noqa: UP045
+    weights: Optional[str] = MISSING  # noqa: UP045
+    synthetic_weights: Optional[str] = None  # noqa: UP045 (only models with a shipped checkpoint set it)
+
+
+@dataclass
+class TransformersModel:
+    """``conf/model`` of the transformers backend."""
+
+    backend: str = MISSING
+    name: str = MISSING
+    family: str = MISSING  # detr | conditional_detr | yolos
+    hub_id: Optional[str] = MISSING  # noqa: UP045
+    weights: Optional[str] = MISSING  # noqa: UP045
+    config: dict[str, Any] = MISSING  # transformers config fields for random init
+    backbone: Optional[dict[str, Any]] = None  # noqa: UP045 (ResNet backbone config; DETR families only)
+
+
+@dataclass
+class ClassifierModel:
+    """``conf/model/resnet18-classifier.yaml`` (training/classifier)."""
+
+    backend: str = MISSING
+    name: str = MISSING
+    arch: str = MISSING
+    classes: list[str] = MISSING
+    weights: Optional[str] = MISSING  # noqa: UP045
+    compat: bool = MISSING
+    imgsz: int = MISSING
+    normalize: str = MISSING
+    dropout: float = MISSING
+    proposals: dict[str, Any] = MISSING  # training/classifier/proposals.py
+
+
+@dataclass
+class TransformersAugment:
+    rotate_deg: float = MISSING
+    scale: Optional[list[float]] = MISSING  # noqa: UP045
+    brightness: float = MISSING
+    contrast: float = MISSING
+    blur: float = MISSING
+    hflip: float = MISSING
+
+
+@dataclass
+class TransformersTrainer:
+    """``conf/trainer/transformers.yaml`` (training/backends/transformers.py), mounted at ``train:``."""
+
+    epochs: int = MISSING
+    imgsz: int = MISSING
+    batch: int = MISSING
+    lr: float = MISSING
+    lr_backbone: float = MISSING
+    freeze_backbone: bool = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING  # cosine | none
+    grad_clip: float = MISSING
+    amp: bool = MISSING
+    device: Any = MISSING
+    workers: int = MISSING
+    seed: int = MISSING
+    eval_every: int = MISSING
+    monitor: str = MISSING
+    monitor_mode: str = MISSING
+    patience: int = MISSING
+    max_steps: Optional[int] = MISSING  # noqa: UP045
+    augment: TransformersAugment = MISSING
+
+
+@dataclass
+class RecipeConfig:
+    """``conf/recipe`` (training/augment): copy-paste and scan effects for the ultralytics detectors."""
+
+    name: str = MISSING
+    copy_paste: Optional[dict[str, Any]] = MISSING  # noqa: UP045 (PasteConfig fields; null: no paste)
+    scan: Optional[list[Any]] = MISSING  # noqa: UP045 (albumentations entries; null: none)
+
+
+@dataclass
+class CropSynthetic:
+    enabled: bool = MISSING
+    seed: int = MISSING
+    pages: dict[str, int] = MISSING
+    page: dict[str, Any] = MISSING  # SynthConfig fields (training/classifier/synth.py); checked there
+
+
+@dataclass
+class CropDetection:
+    enabled: bool = MISSING
+    splits: dict[str, str] = MISSING
+    max_per_split: Optional[int] = MISSING  # noqa: UP045
+
+
+@dataclass
+class Crops:
+    """``conf/crops/default.yaml`` (training/classifier/crops.py)."""
+
+    context: float = MISSING
+    min_size: int = MISSING
+    synthetic: CropSynthetic = MISSING
+    detection: CropDetection = MISSING
+    category_map: dict[str, str] = MISSING
+    coco: list[Any] = MISSING  # [{file, split}]
+    folders: list[Any] = MISSING  # [{root, split}]
+
+
+@dataclass
+class Logger:
+    """``conf/logger`` (training/tracking.py). ``logger=none`` sets only ``type``; a root may still name the W&B
+    group / job type its runs get with ``logger=wandb`` (export_benchmark.yaml), hence one schema for both."""
+
+    type: str = MISSING  # none | wandb
+    project: Optional[str] = None  # noqa: UP045
+    entity: Optional[str] = None  # noqa: UP045
+    name: Optional[str] = None  # noqa: UP045
+    group: Optional[str] = None  # noqa: UP045
+    job_type: Optional[str] = None  # noqa: UP045
+    tags: Optional[list[str]] = None  # noqa: UP045
+    mode: Optional[str] = None  # noqa: UP045 (auto | online | offline | disabled)
+
+
+@dataclass
+class Heartbeat:
+    heartbeat_s: int = MISSING
+    grace_s: int = MISSING
+    max_retry: int = MISSING
+
+
+@dataclass
+class Sweep:
+    """``conf/sweep`` (training/sweep.py). Sampler / pruner hold Optuna's keyword arguments of the named class and
+    the search space free-form override paths, so those are checked by their reader."""
+
+    experiment: str = MISSING
+    overrides: dict[str, Any] = MISSING
+    metric: str = MISSING
+    direction: str = MISSING  # maximize | minimize
+    n_trials: int = MISSING
+    study_name: str = MISSING
+    storage: str = MISSING
+    heartbeat: Heartbeat = MISSING
+    sampler: dict[str, Any] = MISSING
+    pruner: dict[str, Any] = MISSING
+    prune_metric: dict[str, str] = MISSING  # backend -> the per-epoch metric a pruner reads
+    search_space: dict[str, Any] = MISSING
+    inert: dict[str, str] = MISSING  # parameter -> why it cannot change the result
+    logger: str = MISSING  # none | wandb
+    enqueue: list[Any] = MISSING  # trials to run first ({param: value})
+
+
+@dataclass
+class Paths:
+    """``conf/paths/default.yaml``."""
+
+    output_dir: str = MISSING
+    run_dir: Optional[str] = MISSING  # noqa: UP045 (API use and sweep trials; null: Hydra's run dir)
+
+
 SCHEMAS = {
+    ("data", "schema_coco"): CocoData,
+    ("data", "schema_yolo"): YoloData,
+    ("data", "schema_hf"): HubData,
+    ("data", "schema_roboflow"): RoboflowData,
+    ("data", "schema_synthetic"): SyntheticData,
+    ("model", "schema_ultralytics"): UltralyticsModel,
+    ("model", "schema_transformers"): TransformersModel,
+    ("model", "schema_classifier"): ClassifierModel,
+    ("trainer", "schema_transformers"): TransformersTrainer,
+    ("recipe", "schema_recipe"): RecipeConfig,
+    ("crops", "schema_crops"): Crops,
+    ("logger", "schema_logger"): Logger,
+    ("paths", "schema_paths"): Paths,
+    ("sweep", "schema_sweep"): Sweep,
     ("evaluation", "schema_default"): DetectionEvaluation,
     ("evaluation", "schema_classifier"): ClassifierEvaluation,
     ("trainer", "schema_classifier"): ClassifierTrainer,

@@ -1,12 +1,19 @@
-"""Two plain loop functions for backends that own their training loop (torchvision's detection engine style)."""
+"""The training loop of the backends that own one (transformers, the region classifier): :func:`fit` drives the
+epochs (monitor, patience, best / last hooks, RNG state for resume); :func:`train_one_epoch` and
+:func:`evaluate_loss` are the plain per-epoch functions (torchvision's detection engine style)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +76,96 @@ def evaluate_loss(model: torch.nn.Module, loader: Iterable, device: torch.device
         total += float(step_fn(model, batch, device))
         n += 1
     return total / max(n, 1)
+
+
+@dataclass
+class FitState:
+    """Progress of one :func:`fit`: what ``resume`` restores (with :func:`rng_state`)."""
+
+    epoch: int = 0
+    steps: int = 0
+    best: float | None = None
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def improved(self, value: float, mode: str) -> bool:
+        return self.best is None or (value > self.best if mode == "max" else value < self.best)
+
+
+def rng_state(loader_gen: torch.Generator | None = None) -> dict:
+    """Python, NumPy, torch and the loader's shuffling RNG: a resumed run continues the same random stream."""
+    state = {"py_rng": random.getstate(), "np_rng": np.random.get_state(), "torch_rng": torch.get_rng_state()}
+    if loader_gen is not None:
+        state["loader_rng"] = loader_gen.get_state()
+    return state
+
+
+def set_rng_state(state: dict, loader_gen: torch.Generator | None = None) -> None:
+    random.setstate(state["py_rng"])
+    np.random.set_state(state["np_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if loader_gen is not None:
+        loader_gen.set_state(state["loader_rng"])
+
+
+def fit(
+    train_epoch: Callable[[int | None], dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    *,
+    epochs: int,
+    monitor: str,
+    mode: str,
+    patience: int,
+    eval_every: int = 1,
+    max_steps: int | None = None,
+    on_best: Callable[[FitState], None] | None = None,
+    on_epoch_end: Callable[[FitState], None] | None = None,
+    tracker=None,
+    step0: int = 0,
+    name: str = "train",
+    state: FitState | None = None,
+) -> FitState:
+    """Run epochs until ``epochs``, ``max_steps`` optimizer steps in total, or ``patience`` evaluations without
+    an improvement of ``monitor`` (``mode`` max or min; ``patience`` 0: never stop early).
+
+    ``train_epoch(steps_left)`` trains one epoch and returns ``{"loss", "steps", ...}`` (every other entry is
+    logged); ``validate()`` returns the validation metrics, named as ``monitor`` is. ``on_best`` runs when the
+    monitor improves (save or snapshot the weights), ``on_epoch_end`` after every epoch (save the last state,
+    with :func:`rng_state`). The tracker's step is ``step0 + epoch``. ``state`` continues a resumed fit.
+    """
+    st = state or FitState()
+    for _ in range(st.epoch, epochs):
+        left = None if max_steps is None else int(max_steps) - st.steps
+        if left is not None and left <= 0:
+            break
+        stats = train_epoch(left)
+        st.steps += int(stats["steps"])
+        st.epoch += 1
+        logs = {
+            "train/loss": float(stats["loss"]),
+            **{k: v for k, v in stats.items() if k not in ("loss", "steps")},
+        }
+        if st.epoch % eval_every == 0 or st.epoch == epochs:
+            logs.update(validate())
+            value = logs.get(monitor)
+            if value is None:
+                raise ConfigError(
+                    f"train.monitor={monitor!r} is not a logged metric; available: {sorted(logs)}"
+                )
+            if st.improved(float(value), mode):
+                st.best, st.bad_epochs = float(value), 0
+                if on_best is not None:
+                    on_best(st)
+            else:
+                st.bad_epochs += 1
+        logs = {k: float(v) for k, v in logs.items()}
+        st.history.append({"phase": name, "epoch": step0 + st.epoch, **logs})
+        if tracker is not None:
+            tracker.log_metrics(logs, step=step0 + st.epoch)
+        log.info("%s epoch %d/%d %s", name, st.epoch, epochs, {k: round(v, 4) for k, v in logs.items()})
+        if on_epoch_end is not None:
+            on_epoch_end(st)
+        if patience and st.bad_epochs >= patience:
+            log.info("%s: early stop, %s did not improve for %d evaluations", name, monitor, patience)
+            break
+    return st

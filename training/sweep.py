@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import training  # noqa: F401  (registers the ${asset:} resolver)
 from evaluation.metrics import HEADLINE
 from evaluation.report import write_csv
-from training.errors import ConfigError, UserError, exit_on_user_error, first_line
+from training.errors import ConfigError, UserError, exit_on_user_error, first_line, run_cli
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
@@ -268,15 +268,15 @@ def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None =
     from hydra import compose
 
     overrides = [f"experiment={scfg.experiment}", *flatten_overrides(scfg.overrides), *extra]
-    if scfg.get("logger", "none") != "none":
+    if scfg.logger != "none":
         overrides.append(f"logger={scfg.logger}")
     cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.run_dir = str(run_dir)
-        if cfg.logger.get("type") == "wandb":
+        if cfg.logger.type == "wandb":
             cfg.logger.group = str(scfg.study_name)
             cfg.logger.name = logger_name
-            cfg.logger.tags = [*cfg.logger.get("tags", []), str(scfg.study_name)]
+            cfg.logger.tags = [*(cfg.logger.tags or []), str(scfg.study_name)]
     return cfg
 
 
@@ -320,7 +320,7 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
         pruner=make_pruner(scfg),
     )
     study.set_user_attr("metric", str(scfg.metric))
-    if not study.get_trials(deepcopy=False) and scfg.get("enqueue"):
+    if not study.get_trials(deepcopy=False) and scfg.enqueue:
         for params in scfg.enqueue:
             study.enqueue_trial(
                 OmegaConf.to_container(params, resolve=True) if not isinstance(params, dict) else params
@@ -350,7 +350,7 @@ def _log_summary(scfg, out_dir: Path, rows: list[dict], trials, plots: dict) -> 
     """With ``sweep.logger=wandb``: one "summary" run in the study's group holding the base-vs-best and trials
     tables and the Optuna plots (history, importances, parallel coordinates), so the project page shows the
     sweep without building panels by hand."""
-    if scfg.get("logger", "none") == "none":
+    if scfg.logger == "none":
         return
     from training.tracking import tracked
 
@@ -489,7 +489,7 @@ def summarize(scfg, out_dir: Path) -> dict:
                 ]
             )
     write_csv(out_dir / "base_vs_best.csv", rows)
-    inert = {k: v for k, v in (scfg.get("inert") or {}).items() if k in scfg.search_space}
+    inert = {k: v for k, v in scfg.inert.items() if k in scfg.search_space}
     cols = list(rows[0])
     md = [
         f"# Sweep {scfg.study_name}",
@@ -576,4 +576,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -254,19 +254,19 @@ def tracked(logger_cfg, run_dir: Path, cfg, wrap=None):
 
 def build_tracker(logger_cfg, run_dir: Path, cfg_dict: dict) -> Tracker:
     """Tracker from the ``logger:`` config group (``none`` or ``wandb``)."""
-    kind = (logger_cfg or {}).get("type", "none") if logger_cfg is not None else "none"
+    kind = "none" if logger_cfg is None else str(logger_cfg.type)
     if kind == "none":
         return Tracker()
     if kind == "wandb":
         return WandbTracker(
             cfg_dict,
             run_dir,
-            project=logger_cfg.get("project", "signature-detection"),
-            entity=logger_cfg.get("entity"),
-            name=logger_cfg.get("name"),
-            group=logger_cfg.get("group"),
-            tags=logger_cfg.get("tags"),
-            mode=logger_cfg.get("mode", "auto"),
-            job_type=logger_cfg.get("job_type"),
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            name=logger_cfg.name,
+            group=logger_cfg.group,
+            tags=logger_cfg.tags,
+            mode=logger_cfg.mode,
+            job_type=logger_cfg.job_type,
         )
     raise ConfigError(f"logger.type={kind!r}: valid values are ['none', 'wandb']")

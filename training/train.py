@@ -53,7 +53,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
         raise UserError(
             f"{run_dir} already holds a finished run (metrics.json); choose another hydra.run.dir"
         )
-    if (run_dir / "weights").exists() and not bool(cfg.get("resume", False)):
+    if (run_dir / "weights").exists() and not bool(cfg.resume):
         raise UserError(
             f"{run_dir} holds an interrupted run (weights/); add resume=true to continue it, or choose another hydra.run.dir"
         )
@@ -84,7 +84,7 @@ def train(
     """
     run_dir = run_dir_of(cfg)
     check_run_dir(cfg, run_dir)
-    resume = bool(cfg.get("resume", False))
+    resume = bool(cfg.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run_dir)

@@ -25,25 +25,30 @@ from training.errors import ConfigError
 
 @dataclass(frozen=True)
 class PasteConfig:
-    """Every number of the paste lives in the recipe YAML (conf/recipe/document.yaml)."""
+    """``recipe.copy_paste`` (conf/recipe/document.yaml holds every value; no defaults here)."""
 
-    p: float = 0.5  # probability that a page receives pasted crops
-    n: tuple[int, int] = (1, 3)  # crops per receiving page, inclusive
-    scale: tuple[float, float] = (0.7, 1.3)  # size jitter around the crop's size relative to its source page
-    aspect: tuple[float, float] = (0.85, 1.15)  # height / width jitter
-    position_prior_p: float = 0.7  # else a uniform position
-    position_jitter: float = 0.08  # std of the jitter around a training position, as a page fraction
-    recolor_p: float = 0.3  # re-ink with one of ``inks`` instead of the crop's own colour
-    inks: tuple[tuple[int, int, int], ...] = ((28, 58, 176), (28, 28, 34), (20, 40, 120))  # RGB
-    gap_px: int = 2  # free pixels kept around every existing box
-    max_tries: int = 25  # placement attempts per crop
-    min_side_px: int = 6  # smaller pasted crops are not labelled objects, so none are pasted
+    p: float  # probability that a page receives pasted crops
+    n: tuple[int, int]  # crops per receiving page, inclusive
+    scale: tuple[float, float]  # size jitter around the crop's size relative to its source page
+    aspect: tuple[float, float]  # height / width jitter
+    position_prior_p: float  # else a uniform position
+    position_jitter: float  # std of the jitter around a training position, as a page fraction
+    recolor_p: float  # re-ink with one of ``inks`` instead of the crop's own colour
+    inks: tuple[tuple[int, int, int], ...]  # RGB
+    gap_px: int  # free pixels kept around every existing box
+    max_tries: int  # placement attempts per crop
+    min_side_px: int  # smaller pasted crops are not labelled objects, so none are pasted
 
     @classmethod
     def from_cfg(cls, cfg) -> PasteConfig:
         from training.overrides import settings_kwargs
 
         raw = settings_kwargs(cls, cfg, "recipe.copy_paste")
+        missing = sorted(set(cls.__dataclass_fields__) - set(raw))
+        if missing:
+            raise ConfigError(
+                f"recipe.copy_paste: missing {missing} (conf/recipe/document.yaml sets them all)"
+            )
         out = cls(**raw)
         if not 0.0 <= out.p <= 1.0 or not 0.0 <= out.recolor_p <= 1.0 or not 0 <= out.position_prior_p <= 1:
             raise ConfigError(

@@ -9,10 +9,10 @@ evaluator), so ``val/mAP50`` means the same for a DETR and a YOLO.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from training.data import load_dataset
 from training.data.images import as_pil, load_rgb
 from training.data.schema import DetectionSplit
 from training.errors import ConfigError, OfflineError, UserError
-from training.loops import evaluate_loss, train_one_epoch
+from training.loops import FitState, evaluate_loss, fit, rng_state, set_rng_state, train_one_epoch
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ FAMILIES = {
     "yolos": ("YolosConfig", "YolosForObjectDetection", "softmax", False),
 }
 META = "sigdet.json"
-# the keys of conf/trainer/transformers.yaml: anything else under train.* is a typo or another backend's argument
-TRAIN_KEYS = {
-    "epochs",
-    "imgsz",
-    "batch",
-    "lr",
-    "lr_backbone",
-    "freeze_backbone",
-    "weight_decay",
-    "scheduler",
-    "grad_clip",
-    "amp",
-    "device",
-    "workers",
-    "seed",
-    "eval_every",
-    "monitor",
-    "monitor_mode",
-    "patience",
-    "max_steps",
-    "augment",
-}
 STATE = "trainer_state.pt"
 
 
@@ -98,20 +76,17 @@ class _DetectionDataset(torch.utils.data.Dataset):
     def _transforms(a: dict):
         from torchvision.transforms import v2
 
-        tfs = []
-        if a.get("rotate_deg", 0) or a.get("scale"):
-            lo, hi = a.get("scale") or (1.0, 1.0)
+        tfs = []  # train.augment: every key set by conf/trainer/transformers.yaml (its schema checks)
+        if a["rotate_deg"] or a["scale"]:
+            lo, hi = a["scale"] or (1.0, 1.0)
             tfs.append(
-                v2.RandomAffine(degrees=float(a.get("rotate_deg", 0)), scale=(float(lo), float(hi)), fill=255)
+                v2.RandomAffine(degrees=float(a["rotate_deg"]), scale=(float(lo), float(hi)), fill=255)
             )
-        if a.get("brightness", 0) or a.get("contrast", 0):
-            tfs.append(
-                v2.ColorJitter(brightness=float(a.get("brightness", 0)), contrast=float(a.get("contrast", 0)))
-            )
-        if a.get("blur", 0):
+        if a["brightness"] or a["contrast"]:
+            tfs.append(v2.ColorJitter(brightness=float(a["brightness"]), contrast=float(a["contrast"])))
+        if a["blur"]:
             tfs.append(v2.RandomApply([v2.GaussianBlur(3)], p=float(a["blur"])))
-        # Documents: a mirrored page is not a page we will meet, so hflip defaults to 0.
-        if a.get("hflip", 0):
+        if a["hflip"]:  # documents: a mirrored page is not a page we will meet (0 in the YAML)
             tfs.append(v2.RandomHorizontalFlip(float(a["hflip"])))
         tfs.append(v2.SanitizeBoundingBoxes(min_size=1.0))
         return v2.Compose(tfs)
@@ -154,10 +129,11 @@ class TransformersDetector(Detector):
 
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
-        self.family = str(model_cfg.get("family", "detr"))
-        _, _, self.score_mode, self.use_mask = _family(self.family)
+        # None when built to load a checkpoint (from_checkpoint): load() reads family and size from it
+        self.family = model_cfg.get("family")
+        self.score_mode, self.use_mask = _family(self.family)[2:] if self.family else (None, None)
         self.model = None
-        self.imgsz = 640
+        self.imgsz: int | None = None
         self._checkpoint: Path | None = None
         self.device = torch.device("cpu")
         self._train_device: torch.device | None = None  # set by train(): load() then keeps the model there
@@ -234,54 +210,22 @@ class TransformersDetector(Detector):
     def train(self, cfg) -> dict[str, float]:
         from training.augment import Recipe
 
-        recipe = Recipe.from_cfg(
-            OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None
-        )
-        if recipe.active:
+        if Recipe.from_cfg(cfg.recipe).active:
             raise ConfigError(
-                f"recipe={recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
+                f"recipe={cfg.recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
                 "with a transformers model (its augmentation is train.augment in conf/trainer/transformers.yaml)"
             )
-        t = cfg.train
-        numeric = {
-            "epochs": int,
-            "imgsz": int,
-            "batch": int,
-            "lr": float,
-            "lr_backbone": float,
-            "weight_decay": float,
-            "grad_clip": float,
-            "workers": int,
-            "eval_every": int,
-            "patience": int,
-        }
-        for key, typ in numeric.items():
-            try:
-                typ(t[key])
-            except (TypeError, ValueError, KeyError):
-                raise ConfigError(f"train.{key}={t.get(key)!r} is not of type {typ.__name__}") from None
-        for key in t:
-            if key not in TRAIN_KEYS:
-                import difflib
-
-                near = difflib.get_close_matches(str(key), sorted(TRAIN_KEYS), n=3)
-                hint = f"; did you mean {near}?" if near else ""
-                raise ConfigError(
-                    f"train.{key} is not a transformers-backend argument{hint} (transformers models train with "
-                    f"trainer@train=transformers, which their experiments set; valid: {sorted(TRAIN_KEYS)})"
-                )
+        t = cfg.train  # conf/trainer/transformers.yaml; its schema (training/config.py) checks keys and types
         self.imgsz = int(t.imgsz)
-        dev = t.get("device")
         self.device = self._train_device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu")
-            if dev in (None, "")
-            else (f"cuda:{dev}" if str(dev).isdigit() else str(dev))
+            if t.device in (None, "")
+            else (f"cuda:{t.device}" if str(t.device).isdigit() else str(t.device))
         )
         dataset = load_dataset(cfg.data, ("train", "val"))
         self.class_names = dataset.class_names
-        resume = bool(cfg.get("resume", False))
         last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
-        if resume:
+        if cfg.resume:
             if not (last_dir / STATE).is_file():
                 raise UserError(
                     f"resume=true but {last_dir / STATE} does not exist (point hydra.run.dir at the interrupted run)"
@@ -292,26 +236,21 @@ class TransformersDetector(Detector):
         model = self.model.to(self.device)
         # transformers decides backbone freezing differently for a fresh model (all frozen) and a reloaded one
         # (all trainable); a random-init backbone must learn, so the choice is explicit here.
-        freeze = bool(t.get("freeze_backbone", False))
         for n, p in model.named_parameters():
-            p.requires_grad_(not (freeze and "backbone" in n))
+            p.requires_grad_(not (t.freeze_backbone and "backbone" in n))
 
         gen = torch.Generator().manual_seed(int(t.seed))
-        aug = OmegaConf.to_container(t.get("augment") or {}, resolve=True)
-        train_loader = torch.utils.data.DataLoader(
+        loader = functools.partial(
+            torch.utils.data.DataLoader, batch_size=int(t.batch), num_workers=int(t.workers)
+        )
+        aug = OmegaConf.to_container(t.augment, resolve=True)
+        train_loader = loader(
             _DetectionDataset(dataset["train"], self.imgsz, aug),
-            batch_size=int(t.batch),
             shuffle=True,
-            num_workers=int(t.workers),
-            collate_fn=_collate,
             generator=gen,
-        )
-        val_loader = torch.utils.data.DataLoader(
-            _DetectionDataset(dataset["val"], self.imgsz, None),
-            batch_size=int(t.batch),
-            num_workers=int(t.workers),
             collate_fn=_collate,
         )
+        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None), collate_fn=_collate)
         backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
         rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
         groups = [{"params": rest, "lr": float(t.lr)}]
@@ -321,87 +260,61 @@ class TransformersDetector(Detector):
         epochs = int(t.epochs)
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-            if t.get("scheduler", "cosine") == "cosine"
+            if t.scheduler == "cosine"
             else None
         )
-        scaler = (
-            torch.amp.GradScaler("cuda") if bool(t.get("amp", True)) and self.device.type == "cuda" else None
-        )
-        monitor, mode = str(t.get("monitor", "val/mAP50-95")), str(t.get("monitor_mode", "max"))
+        scaler = torch.amp.GradScaler("cuda") if t.amp and self.device.type == "cuda" else None
+        monitor, mode = str(t.monitor), str(t.monitor_mode)
         if self.validator is None:
             monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
-        start_epoch, best, bad_epochs = 0, None, 0
-        if resume:
+        state = None
+        if cfg.resume:
             from training.checkpoints import load_weights
 
-            state = load_weights(last_dir / STATE, "trainer state (resume)")
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
-            random.setstate(state["py_rng"])
-            np.random.set_state(state["np_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            gen.set_state(state["loader_rng"])
+            saved = load_weights(last_dir / STATE, "trainer state (resume)")
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler"):
+                scheduler.load_state_dict(saved["scheduler"])
+            state = FitState(**saved["fit"])
+            set_rng_state(saved, gen)
 
-        t0, steps_done = time.perf_counter(), 0
-        max_steps = t.get("max_steps")
-        epochs_done = start_epoch
-        for epoch in range(start_epoch, epochs):
-            left = None if max_steps is None else int(max_steps) - steps_done
-            if left is not None and left <= 0:
-                break
+        def train_epoch(left):
             stats = train_one_epoch(
-                model,
-                optimizer,
-                train_loader,
-                self.device,
-                self._step,
-                scaler,
-                float(t.grad_clip or 0.0),
-                left,
+                model, optimizer, train_loader, self.device, self._step, scaler, float(t.grad_clip), left
             )
-            steps_done += int(stats["steps"])
-            epochs_done = epoch + 1
             if scheduler is not None:
                 scheduler.step()
-            logs = {"train/loss": stats["loss"], "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            if (epoch + 1) % int(t.eval_every) == 0 or epoch + 1 == epochs:
-                logs["val/loss"] = evaluate_loss(model, val_loader, self.device, self._step)
-                if self.validator is not None:
-                    logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
-                value = logs.get(monitor)
-                if value is None:
-                    raise ConfigError(
-                        f"train.monitor={monitor!r} is not a logged metric; available: {sorted(logs)}"
-                    )
-                improved = best is None or (value > best if mode == "max" else value < best)
-                if improved:
-                    best, bad_epochs = value, 0
-                    self._save(best_dir)
-                else:
-                    bad_epochs += 1
-            if self.tracker is not None:
-                self.tracker.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
-            log.info("epoch %d/%d %s", epoch + 1, epochs, {k: round(float(v), 4) for k, v in logs.items()})
-            self._save(
-                last_dir,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler else None,
-                    "epoch": epoch + 1,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "py_rng": random.getstate(),
-                    "np_rng": np.random.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "loader_rng": gen.get_state(),
-                },
-            )
-            patience = int(t.patience or 0)
-            if patience and bad_epochs >= patience:
-                log.info("early stop: %s did not improve for %d evaluations", monitor, patience)
-                break
+            return {**stats, "lr": optimizer.param_groups[0]["lr"]}
+
+        def validate() -> dict[str, float]:
+            logs = {"val/loss": evaluate_loss(model, val_loader, self.device, self._step)}
+            if self.validator is not None:
+                logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
+            return logs
+
+        def save_last(st: FitState) -> None:
+            fit_state = {"epoch": st.epoch, "steps": st.steps, "best": st.best, "bad_epochs": st.bad_epochs}
+            scheduler_state = scheduler.state_dict() if scheduler else None
+            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state, "fit": fit_state}
+            self._save(last_dir, {**extra, **rng_state(gen)})
+
+        t0, steps0 = time.perf_counter(), state.steps if state else 0
+        st = fit(
+            train_epoch,
+            validate,
+            epochs=epochs,
+            monitor=monitor,
+            mode=mode,
+            patience=int(t.patience),
+            eval_every=int(t.eval_every),
+            max_steps=t.max_steps,
+            on_best=lambda _st: self._save(best_dir),
+            on_epoch_end=save_last,
+            tracker=self.tracker,
+            state=state,
+        )
+        # this process's steps (a resumed run's rates exclude the interrupted part)
+        best, steps_done, epochs_done = st.best, st.steps - steps0, st.epoch
         elapsed = time.perf_counter() - t0
         if not (best_dir / "config.json").is_file():
             self._save(best_dir)

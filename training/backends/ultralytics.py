@@ -198,22 +198,19 @@ class UltralyticsDetector(Detector):
         from training.checkpoints import enable_ultralytics_safe_load
 
         enable_ultralytics_safe_load()  # model YAMLs are parsed without eval() too
-        weights = self.model_cfg.get("weights")
-        arch = self.model_cfg.get("arch")
+        weights, arch = self.model_cfg.weights, self.model_cfg.arch
         if weights:
             model = load_yolo(resolve_weights(str(weights)), "weights file (model.weights)")
             held = str((getattr(model.model, "yaml", None) or {}).get("yaml_file") or "")
             if arch and held and Path(held).stem != Path(str(arch)).stem:
                 # training a yolov10n run from yolov8n weights would silently train a yolov8n
                 raise ConfigError(
-                    f"model.weights={weights} holds a {Path(held).stem} but model={self.model_cfg.get('name')} is a "
+                    f"model.weights={weights} holds a {Path(held).stem} but model={self.model_cfg.name} is a "
                     f"{Path(str(arch)).stem}; choose the matching model=..., or model.weights=null for random init"
                 )
             return model
         if not arch:
-            raise ConfigError(
-                f"model '{self.model_cfg.get('name')}': set model.arch (a YAML) or model.weights"
-            )
+            raise ConfigError(f"model '{self.model_cfg.name}': set model.arch (a YAML) or model.weights")
         if "rtdetr" in Path(str(arch)).stem:
             # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
             from ultralytics import RTDETR
@@ -276,13 +273,11 @@ class UltralyticsDetector(Detector):
         from training.augment import Recipe
 
         args = check_train_args(OmegaConf.to_container(cfg.train, resolve=True) or {})
-        recipe = Recipe.from_cfg(
-            OmegaConf.to_container(cfg.recipe, resolve=True) if cfg.get("recipe") else None
-        )
+        recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True))
         augmentations = recipe.augmentations()
         if augmentations is not None:
             args["augmentations"] = augmentations  # ultralytics runs them (albumentations, boxes follow)
-        resume = bool(cfg.get("resume", False))
+        resume = bool(cfg.resume)
         last = self.run_dir / "weights" / "last.pt"
         if resume:
             if not last.is_file():
@@ -304,7 +299,7 @@ class UltralyticsDetector(Detector):
         self.class_names = dataset.class_names
         epoch_state: dict = {}
         self._callbacks(model, epoch_state)
-        paste = recipe.paster(dataset["train"], cfg.data.get("max_image_pixels"))
+        paste = recipe.paster(dataset["train"], cfg.data.max_image_pixels)
         trainer_cls = _trainer_class(model._smart_load("trainer"), paste)
         t0 = time.perf_counter()
         if resume:

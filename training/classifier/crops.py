@@ -123,36 +123,31 @@ def build_crop_splits(
     from training.data.coco import read_coco
     from training.data.validate import validate_split
 
-    context = float(crops_cfg.get("context", 0.08))
-    min_size = int(crops_cfg.get("min_size", 4))
+    context, min_size = float(crops_cfg.context), int(crops_cfg.min_size)
+    cmap = dict(crops_cfg.category_map)
     out: dict[str, list[Crop]] = {s: [] for s in SPLITS}
     pages: dict[str, list] = {s: [] for s in SPLITS}
-    syn = crops_cfg.get("synthetic") or {}
-    if syn.get("enabled", True) and syn.get("pages"):
-        page_cfg = SynthConfig.from_cfg(syn.get("page") or {})
+    syn = crops_cfg.synthetic
+    if syn.enabled:
+        page_cfg = SynthConfig.from_cfg(syn.page)
         for k, split in enumerate(SPLITS):
-            n = int((syn.pages or {}).get(split, 0) or 0)
             # a different seed stream per split: no page is shared between train and test
-            pages[split] = generate_pages(n, int(syn.get("seed", 0)) * 10 + k, page_cfg)
+            pages[split] = generate_pages(int(syn.pages.get(split) or 0), int(syn.seed) * 10 + k, page_cfg)
             out[split] += synthetic_crops(pages[split], classes, context, split, min_size)
-    det = crops_cfg.get("detection") or {}
-    if det.get("enabled", True) and data_cfg is not None:
-        mapping = dict(det.get("splits") or {s: s for s in SPLITS})
+    det = crops_cfg.detection
+    if det.enabled and data_cfg is not None:
+        mapping = dict(det.splits)
         dataset = load_dataset(data_cfg, list(mapping.values()))
-        cmap = dict(crops_cfg.get("category_map") or {})
         for split, data_split in mapping.items():
             crops = detection_crops(dataset[data_split], classes, cmap, context, min_size)
-            limit = det.get("max_per_split")
-            if limit is not None:
-                crops = crops[: int(limit)]
+            if det.max_per_split is not None:
+                crops = crops[: int(det.max_per_split)]
             out[_split(split)] += crops
-    for entry in crops_cfg.get("coco") or []:
+    for entry in crops_cfg.coco:
         issues = IssueLog(strict=True)
         split = validate_split(read_coco(Path(str(entry.file)).expanduser(), entry.split, issues), issues)
-        out[_split(entry.split)] += detection_crops(
-            split, classes, dict(crops_cfg.get("category_map") or {}), context, min_size
-        )
-    for entry in crops_cfg.get("folders") or []:
+        out[_split(entry.split)] += detection_crops(split, classes, cmap, context, min_size)
+    for entry in crops_cfg.folders:
         out[_split(entry.split)] += folder_crops(entry.root, classes, min_size)
     for split in ("train", "val"):
         if not out[split]:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from training.classifier.proposals import crop
 from training.classifier.synth import SynthConfig, generate_pages, write_pages
-from training.errors import UserError, exit_on_user_error
+from training.errors import UserError, exit_on_user_error, run_cli
 
 # our split -> Roboflow folder name, so that data=coco_folder reads the result as is
 FOLDERS = {"train": "train", "val": "valid", "test": "test"}
@@ -53,4 +53,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

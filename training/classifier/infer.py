@@ -12,7 +12,7 @@ from training.classifier.crops import IMAGE_SUFFIXES
 from training.classifier.model import load_classifier
 from training.classifier.pipeline import classify_page, write_page_result
 from training.data.images import load_rgb
-from training.errors import DataError, UserError, exit_on_user_error
+from training.errors import DataError, UserError, exit_on_user_error, run_cli
 
 
 def page_files(pages: str | Path) -> list[Path]:
@@ -73,4 +73,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -180,8 +180,7 @@ def build_classifier(model_cfg) -> tuple[RegionClassifier, str]:
     random init with a warning otherwise), ``null`` (random init), or a checkpoint / published state dict path.
     """
     classes = list(model_cfg.classes)
-    weights = model_cfg.get("weights")
-    compat = bool(model_cfg.get("compat", False))
+    weights, compat = model_cfg.weights, bool(model_cfg.compat)
     if compat:
         if weights in (None, "imagenet"):
             raise ConfigError("model.compat=true loads a published state dict: set model.weights=PATH")

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 
 from training.classifier.crops import Crop, as_kind, build_crop_splits, class_counts
 from training.classifier.model import RegionClassifier, build_classifier, preprocess
-from training.errors import ConfigError, DataError
-from training.loops import train_one_epoch
+from training.errors import DataError
+from training.loops import fit, train_one_epoch
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,12 @@ def _device(name: str) -> torch.device:
 
 
 class PhaseRunner:
-    """Trains one phase with early stopping on the validation monitor and restores its best epoch."""
+    """Trains one phase through :func:`training.loops.fit` (early stopping on the validation monitor) and
+    restores the phase's best epoch; the tracker's step runs on across phases."""
 
     def __init__(self, model, val: list[Crop], t, device, validate: ValidateFn | None, tracker, classes):
         self.model, self.val, self.t, self.device = model, val, t, device
         self.validate, self.tracker, self.classes = validate, tracker, classes
-        self.monitor = str(t.monitor)
         self.epoch = 0  # global, across phases (the tracker's step)
         self.history: list[dict] = []
 
@@ -144,41 +144,33 @@ class PhaseRunner:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
         loader = _loader(train, self.model, int(self.t.batch), aug, seed, int(self.t.workers))
-        best, best_state, bad = -float("inf"), None, 0
-        patience = int(self.t.patience)
-        max_steps = self.t.max_steps
-        for e in range(epochs):
-            out = train_one_epoch(self.model, opt, loader, self.device, _step, max_steps=max_steps)
+        best: dict = {}
+
+        def train_epoch(_left):
+            out = train_one_epoch(self.model, opt, loader, self.device, _step, max_steps=self.t.max_steps)
             sched.step()
-            self.epoch += 1
-            m = self.val_metrics()
-            if self.monitor not in m:
-                raise ConfigError(
-                    f"train.monitor={self.monitor!r} is not a validation metric; have {sorted(m)}"
-                )
-            row = {"phase": name, "epoch": self.epoch, "train/loss": out["loss"], "lr": lr, **m}
-            self.history.append(row)
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "phase"}, step=self.epoch)
-            log.info(
-                "%s epoch %d/%d: loss %.4f, %s %.4f",
-                name,
-                e + 1,
-                epochs,
-                out["loss"],
-                self.monitor,
-                m[self.monitor],
-            )
-            if m[self.monitor] > best:
-                best, bad = m[self.monitor], 0
-                best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                bad += 1
-                if bad >= patience:
-                    log.info("%s: early stop after %d epochs without improvement", name, patience)
-                    break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        return best
+            return {**out, "lr": lr}
+
+        def snapshot(_st) -> None:
+            best["state"] = copy.deepcopy(self.model.state_dict())
+
+        st = fit(
+            train_epoch,
+            self.val_metrics,
+            epochs=epochs,
+            monitor=str(self.t.monitor),
+            mode="max",
+            patience=int(self.t.patience),
+            on_best=snapshot,
+            tracker=self.tracker,
+            step0=self.epoch,
+            name=name,
+        )
+        self.epoch += st.epoch
+        self.history += st.history
+        if "state" in best:
+            self.model.load_state_dict(best["state"])
+        return st.best
 
 
 @dataclass
@@ -223,7 +215,7 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     )
 
     weights = run_dir / "weights"
-    resume = bool(cfg.get("resume", False))
+    resume = bool(cfg.resume)
     runner = PhaseRunner(model, crops["val"], t, device, validate, tracker, classes)
 
     def phase(name: str, stage: dict, train: list[Crop], k: int) -> None:

@@ -21,7 +21,7 @@ from training.data.coco import write_coco
 from training.data.loader import Dataset, load_dataset
 from training.data.schema import DetectionSplit, ImageRecord
 from training.data.yolo import write_yolo_split
-from training.errors import ConfigError, UserError, exit_on_user_error
+from training.errors import ConfigError, UserError, exit_on_user_error, run_cli
 
 COCO_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 
@@ -79,4 +79,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -99,29 +99,31 @@ def _read_split(data_cfg, split: str, issues: IssueLog) -> DetectionSplit:
             raise ConfigError(
                 "data.format=coco needs data.root=/path/to/folder (with <split>/_annotations.coco.json)"
             )
-        root = Path(str(data_cfg.root)).expanduser()
-    elif fmt == "synthetic":
+        return read_coco(
+            Path(str(data_cfg.root)).expanduser() / folder / str(data_cfg.annotation_file), split, issues
+        )
+    if fmt == "synthetic":
         from training.data.synthetic import materialize
 
         root = materialize(data_cfg.synthetic, dict(data_cfg.splits), cache_root(data_cfg))
     elif fmt == "hf":
         root = materialize_hf(
-            str(data_cfg.path), data_cfg.get("revision"), dict(data_cfg.splits), cache_root(data_cfg)
+            str(data_cfg.path), data_cfg.revision, dict(data_cfg.splits), cache_root(data_cfg)
         )
     else:
         rf = data_cfg.roboflow
         root = download_roboflow(
             rf.workspace, rf.project, int(rf.version), cache_root(data_cfg), rf.api_key_env
         )
-    ann = data_cfg.get("annotation_file") or ANNOTATION_FILE
-    return read_coco(root / folder / ann, split, issues)
+    # the file name our materialisers and Roboflow's COCO export write
+    return read_coco(root / folder / ANNOTATION_FILE, split, issues)
 
 
 def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val", "test")) -> Dataset:
     """Read and validate ``splits`` of the dataset described by ``data_cfg`` (a ``conf/data/*.yaml``)."""
-    issues = IssueLog(strict=bool(data_cfg.get("strict", True)))
-    tol = float(data_cfg.get("box_tolerance_px", 1.0))
-    max_pixels = data_cfg.get("max_image_pixels")
+    issues = IssueLog(strict=bool(data_cfg.strict))
+    tol = float(data_cfg.box_tolerance_px)
+    max_pixels = data_cfg.max_image_pixels
     if max_pixels and int(max_pixels) > (Image.MAX_IMAGE_PIXELS or 0):
         # PIL refuses pages above twice its own limit before we can apply ours: the configured limit decides
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
@@ -137,7 +139,7 @@ def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val"
     if len(set(names.values())) > 1:
         raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
     issues.warn(f"data '{data_cfg.get('name')}'")
-    return Dataset(str(data_cfg.get("name", "dataset")), out, skipped, checker)
+    return Dataset(str(data_cfg.name), out, skipped, checker)
 
 
 def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
