@@ -61,7 +61,8 @@ def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tupl
             if not engine.exists():
                 from export.convert import to_tensorrt
 
-                to_tensorrt(onnx, engine, fp16=prec == "fp16")  # raises Unavailable without CUDA / tensorrt
+                # raises Unavailable without CUDA / tensorrt
+                to_tensorrt(onnx, engine, prec == "fp16", float(cfg.trt_workspace_gb), int(cfg.trt_max_batch))
             return TensorRTRunner(engine)
 
         return make

@@ -17,7 +17,7 @@ from export.runtimes import Unavailable, openvino_core
 log = logging.getLogger(__name__)
 
 
-def to_onnx(family: Family, path: Path, opset: int = 17, dynamic: bool = False) -> Path:
+def to_onnx(family: Family, path: Path, opset: int, dynamic: bool = False) -> Path:
     """Trace the family's module at ``imgsz``; ``dynamic`` makes the batch axis symbolic."""
     axes = {n: {0: "batch"} for n in family.input_names + family.output_names} if dynamic else None
     with warnings.catch_warnings():
@@ -88,8 +88,9 @@ def to_openvino(
     return xml_path
 
 
-def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool = False, workspace_gb: float = 4.0) -> Path:
-    """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package)."""
+def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, workspace_gb: float, max_batch: int) -> Path:
+    """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package); a dynamic batch axis gets an
+    optimisation profile for batches 1..``max_batch`` (``trt_workspace_gb`` / ``trt_max_batch`` in conf/export.yaml)."""
     if not torch.cuda.is_available():
         raise Unavailable("TensorRT: no CUDA device on this machine")
     try:
@@ -115,7 +116,7 @@ def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool = False, workspac
         if shape[0] == -1:
             dynamic = True
             one = (1, *shape[1:])
-            profile.set_shape(inp.name, one, one, (8, *shape[1:]))
+            profile.set_shape(inp.name, one, one, (int(max_batch), *shape[1:]))
     if dynamic:
         config.add_optimization_profile(profile)
     blob = builder.build_serialized_network(network, config)

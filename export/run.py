@@ -116,7 +116,9 @@ def _build(
         return xml, OpenVINORunner(xml, prec if prec == "bf16" else "fp32", threads)
     if fmt.startswith("tensorrt"):
         engine = out / f"model_{fmt.split('_')[1]}.engine"
-        to_tensorrt(onnx_path, engine, fp16=fmt.endswith("fp16"), workspace_gb=float(cfg.trt_workspace_gb))
+        to_tensorrt(
+            onnx_path, engine, fmt.endswith("fp16"), float(cfg.trt_workspace_gb), int(cfg.trt_max_batch)
+        )
         return engine, TensorRTRunner(engine)
     raise ConfigError(f"unknown export format {fmt!r}; valid: {list(FORMATS)}")
 
