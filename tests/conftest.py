@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -61,8 +62,13 @@ def data_node(values: dict | None = None, /, **more) -> DictConfig:
     """The ``data:`` node Hydra composes for ``values["format"]`` (its conf/data option: schema and every value),
     with ``values`` merged over it: tests describe only what differs, like a user's override."""
     values = {**(values or {}), **more}
-    node = compose_cfg("train", [f"data={FORMAT_OPTIONS[values['format']]}"]).data
-    return OmegaConf.merge(node, values)
+    return OmegaConf.merge(_data_option(FORMAT_OPTIONS[values["format"]]), values)
+
+
+@functools.cache
+def _data_option(option: str) -> DictConfig:
+    """Composed once per option (hypothesis tests build hundreds of data configs); merge() copies it."""
+    return compose_cfg("train", [f"data={option}"]).data
 
 
 def compose_cfg(
