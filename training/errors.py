@@ -56,65 +56,53 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
 
 def _key_error(e: BaseException | None):
     """The innermost OmegaConf key error in the cause chain (the unknown key and the node it was looked up in)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
     found = None
     while e is not None:
-        if (
-            type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError")
-            and getattr(e, "key", None) is not None
-        ):
+        if isinstance(e, ConfigKeyError | ConfigAttributeError) and getattr(e, "key", None) is not None:
             found = e
         e = e.__cause__ or e.__context__
     return found
 
 
+# lines of Hydra's / OmegaConf's reports that say nothing to a user
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable", "To append to your")
+
+
 def config_error_line(e: BaseException) -> str:
     """Hydra's / OmegaConf's report of a config mistake as one line, with "did you mean" for an unknown key or
     group option (Hydra's own text otherwise: what it could not do and where)."""
-    skip = (
-        "full_key:",
-        "object_type=",
-        "reference_type=",
-        "Set the environment variable",
-        "To append to your",
-    )
     text = str(e)
-    if (
-        e.__cause__ is not None
-        and str(e.__cause__).splitlines()[:1]
-        and str(e.__cause__).splitlines()[0] not in text
-    ):
-        text += "\n" + str(e.__cause__)
-    if (
-        "Config search path:" in text
-    ):  # an unknown group option: Hydra lists the options, then its search path
-        text = text[: text.index("Config search path:")]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    cause = str(e.__cause__ or "").strip()
+    if cause and cause.splitlines()[0] not in text:
+        text += "\n" + cause
+    # an unknown group option: Hydra lists the options, then its search path
+    text = text.split("Config search path:")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
     missing = re.search(r"Could not find '([^']+)'", text)
-    if missing and any(ln.startswith("Available options") for ln in lines):
-        at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("Available options")), None)
+    if missing and at is not None:
         options = [o for o in lines[at + 1 :] if not o.startswith("schema_")]  # schemas are not choices
         near = difflib.get_close_matches(missing.group(1).rsplit("/", 1)[-1], options, n=3)
         hint = f"did you mean {near}? " if near else ""
         return "; ".join(lines[:at]) + f"; {hint}{lines[at].rstrip(':')}: {', '.join(options)}"
     msg = "; ".join(dict.fromkeys(lines)) or e.__class__.__name__
     ke = _key_error(e)
-    if ke is not None:
-        node_type = getattr(ke, "object_type", None)
-        if node_type is not None and dataclasses.is_dataclass(node_type):
-            valid = [f.name for f in dataclasses.fields(node_type)]
-        else:
-            parent = getattr(ke, "parent_node", None)
-            valid = [str(k) for k in parent] if hasattr(parent, "keys") else []
-        near = difflib.get_close_matches(str(ke.key), valid, n=3)
-        full = getattr(ke, "full_key", None) or ke.key
-        msg += (
-            f"; did you mean {near}?"
-            if near
-            else f"; {full}: valid keys are {sorted(valid)}"
-            if valid
-            else ""
-        )
-    return msg
+    if ke is None:
+        return msg
+    node_type = getattr(ke, "object_type", None)
+    if node_type is not None and dataclasses.is_dataclass(node_type):
+        valid = [f.name for f in dataclasses.fields(node_type)]
+    else:
+        parent = getattr(ke, "parent_node", None)
+        valid = [str(k) for k in parent] if hasattr(parent, "keys") else []
+    near = difflib.get_close_matches(str(ke.key), valid, n=3)
+    if near:
+        return f"{msg}; did you mean {near}?"
+    return (
+        f"{msg}; {getattr(ke, 'full_key', None) or ke.key}: valid keys are {sorted(valid)}" if valid else msg
+    )
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -88,6 +88,10 @@ class FitState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
 
+    def saved(self) -> dict:
+        """What a last checkpoint keeps (``FitState(**saved)`` restores it); the history stays in the run."""
+        return {"epoch": self.epoch, "steps": self.steps, "best": self.best, "bad_epochs": self.bad_epochs}
+
     def improved(self, value: float, mode: str) -> bool:
         return self.best is None or (value > self.best if mode == "max" else value < self.best)
 

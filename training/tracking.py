@@ -258,15 +258,9 @@ def build_tracker(logger_cfg, run_dir: Path, cfg_dict: dict) -> Tracker:
     if kind == "none":
         return Tracker()
     if kind == "wandb":
-        return WandbTracker(
-            cfg_dict,
-            run_dir,
-            project=logger_cfg.project,
-            entity=logger_cfg.entity,
-            name=logger_cfg.name,
-            group=logger_cfg.group,
-            tags=logger_cfg.tags,
-            mode=logger_cfg.mode,
-            job_type=logger_cfg.job_type,
-        )
+        from omegaconf import OmegaConf
+
+        # the logger schema's fields (training/config.py Logger) are WandbTracker's keyword arguments
+        kwargs = {k: v for k, v in OmegaConf.to_container(logger_cfg, resolve=True).items() if k != "type"}
+        return WandbTracker(cfg_dict, run_dir, **kwargs)
     raise ConfigError(f"logger.type={kind!r}: valid values are ['none', 'wandb']")

@@ -26,7 +26,10 @@ class Recipe:
 
     @classmethod
     def from_cfg(cls, cfg) -> Recipe:
-        raw = dict(cfg or {})  # the recipe: node; its schema (training/config.py) rejects unknown keys
+        from omegaconf import OmegaConf
+
+        # the recipe: node (its schema, training/config.py, rejects unknown keys) or a plain mapping
+        raw = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg or {})
         scan = raw.get("scan")
         if scan is not None and not isinstance(scan, list | tuple) and not hasattr(scan, "__len__"):
             raise ConfigError(

@@ -293,9 +293,8 @@ class TransformersDetector(Detector):
             return logs
 
         def save_last(st: FitState) -> None:
-            fit_state = {"epoch": st.epoch, "steps": st.steps, "best": st.best, "bad_epochs": st.bad_epochs}
             scheduler_state = scheduler.state_dict() if scheduler else None
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state, "fit": fit_state}
+            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state, "fit": st.saved()}
             self._save(last_dir, {**extra, **rng_state(gen)})
 
         t0, steps0 = time.perf_counter(), state.steps if state else 0

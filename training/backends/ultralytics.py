@@ -273,7 +273,7 @@ class UltralyticsDetector(Detector):
         from training.augment import Recipe
 
         args = check_train_args(OmegaConf.to_container(cfg.train, resolve=True) or {})
-        recipe = Recipe.from_cfg(OmegaConf.to_container(cfg.recipe, resolve=True))
+        recipe = Recipe.from_cfg(cfg.recipe)
         augmentations = recipe.augmentations()
         if augmentations is not None:
             args["augmentations"] = augmentations  # ultralytics runs them (albumentations, boxes follow)
