@@ -42,8 +42,13 @@ def load_any(cfg: DictConfig, run_dir, tracker=None):
             # an export has one input size: evaluate at it
             cfg.evaluation.imgsz = model.imgsz
         return model
-    model_cfg = OmegaConf.create({"backend": cfg.backend, "name": cfg.model.name})
-    detector = get_backend(str(cfg.backend))(model_cfg, run_dir, tracker)
+    backend = get_backend(str(cfg.backend))
+    decode = cfg.evaluation.decode[backend.name]
+    detector = backend(
+        OmegaConf.create({"backend": backend.name, "name": cfg.model.name, "decode": decode}),
+        run_dir,
+        tracker,
+    )
     detector.load(str(cfg.checkpoint))
     return detector
 

@@ -288,7 +288,7 @@ def evaluate_classifier(
         )
         context = float(cfg.crops.context)
         for i, p in enumerate(test_pages[: int(ev.n_pages)]):
-            res = classify_page(p.image, model, proposals_cfg, context=context)
+            res = classify_page(p.image, model, proposals_cfg, context)
             write_page_result(
                 p.image, res, run_dir / "pages", f"test_page_{i:05d}", f"synthetic test page {i}"
             )

@@ -17,9 +17,7 @@ class DetectionEvaluator:
         seed: bootstrap seed.
     """
 
-    def __init__(
-        self, split: DetectionSplit, conf_fixed: float = 0.25, n_bootstrap: int = 1000, seed: int = 0
-    ):
+    def __init__(self, split: DetectionSplit, conf_fixed: float, n_bootstrap: int, seed: int):
         self.split = split
         self.conf_fixed = conf_fixed
         self.n_bootstrap = n_bootstrap

@@ -72,9 +72,10 @@ def benchmark_detector(
     detector,
     image: np.ndarray,
     imgsz: int,
-    warmup: int = 10,
-    min_runs: int = 100,
-    min_seconds: float = 10.0,
+    conf: float,
+    warmup: int,
+    min_runs: int,
+    min_seconds: float,
     threads: int | None = None,
 ) -> dict[str, float]:
     """Model-only (``detector.benchmark_forward``) and end-to-end (``detector.predict`` on an in-memory RGB page).
@@ -89,10 +90,10 @@ def benchmark_detector(
     if threads:
         torch.set_num_threads(int(threads))
     model_only = measure(forward, warmup, min_runs, min_seconds)
-    detector.predict([image], conf=0.25, imgsz=imgsz)  # any per-call setup happens before the thread reset
+    detector.predict([image], conf=conf, imgsz=imgsz)  # any per-call setup happens before the thread reset
     if threads:
         torch.set_num_threads(int(threads))
-    e2e = measure(lambda: detector.predict([image], conf=0.25, imgsz=imgsz), warmup, min_runs, min_seconds)
+    e2e = measure(lambda: detector.predict([image], conf=conf, imgsz=imgsz), warmup, min_runs, min_seconds)
     out = {f"model/{k}": v for k, v in model_only.items()}
     out.update({f"e2e/{k}": v for k, v in e2e.items()})
     out["threads"] = float(torch.get_num_threads())

@@ -192,9 +192,9 @@ def _nan_if_missing(v: float) -> float:
 def compute_metrics(
     split: DetectionSplit,
     preds: dict[int, Detections],
-    conf_fixed: float = 0.25,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
+    conf_fixed: float,
+    n_bootstrap: int,
+    seed: int,
 ) -> EvalResult:
     """All metrics of ``preds`` (image id -> Detections) against ``split``; keys without a split prefix."""
     m = CocoMatch(split, preds)

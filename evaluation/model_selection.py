@@ -113,7 +113,8 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         metrics, ckpt = run_metrics["metrics"], run_metrics["provenance"]["checkpoint"]
     else:
         metrics = None
-    detector = build_detector(OmegaConf.create({"backend": backend, "name": name}), out_dir)
+    model_cfg = {"backend": backend, "name": name, "decode": cfg.evaluation.decode[backend]}
+    detector = build_detector(OmegaConf.create(model_cfg), out_dir)
     detector.load(ckpt)
     if metrics is None:
         from evaluation.evaluator import evaluate_detector
@@ -126,6 +127,7 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         detector,
         page,
         int(lat.imgsz),
+        float(cfg.evaluation.conf_fixed),
         int(lat.warmup),
         int(lat.min_runs),
         float(lat.min_seconds),

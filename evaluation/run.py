@@ -88,6 +88,7 @@ def evaluate_run(
                 preds,
                 detector.class_names,
                 int(ev.n_log_images),
+                float(ev.conf_fixed),
             )
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(

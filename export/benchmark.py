@@ -89,7 +89,9 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     base = Family.from_meta(meta)
     try:
         family = (
-            load_family(meta["source"], meta["kind"], base.imgsz) if Path(meta["source"]).exists() else None
+            load_family(meta["source"], {meta["kind"]: meta["options"]}, meta["kind"], base.imgsz)
+            if Path(meta["source"]).exists()
+            else None
         )
     except UserError:
         family = None
@@ -113,6 +115,7 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             model,
             page,
             base.imgsz,
+            float(cfg.conf),
             int(cfg.warmup),
             int(cfg.min_runs),
             float(cfg.min_seconds),

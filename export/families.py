@@ -87,13 +87,16 @@ class Family(ExportSpec):
 
 
 def load_family(
-    checkpoint: str | Path, kind: str = "auto", imgsz: int | None = None, dynamic: bool = False
+    checkpoint: str | Path, decode, kind: str = "auto", imgsz: int | None = None, dynamic: bool = False
 ) -> Family:
-    """The adapter of a trained checkpoint of any backend, with its PyTorch module on the CPU in eval mode."""
+    """The adapter of a trained checkpoint of any backend, with its PyTorch module on the CPU in eval mode.
+
+    ``decode``: backend -> its decoding (``evaluation.decode``, conf/decode/default.yaml), baked into the export.
+    """
     kind = backend_of(checkpoint) if kind in (None, "auto") else kind
     if kind not in BACKENDS:
         raise UserError(f"backend={kind!r}: valid values are {['auto', *BACKENDS]}")
-    backend = get_backend(kind).from_checkpoint(checkpoint, device="cpu")
+    backend = get_backend(kind).from_checkpoint(checkpoint, decode.get(kind), device="cpu")
     family = Family.from_spec(backend.export_spec(imgsz, dynamic))
     family.source = str(checkpoint)
     return family

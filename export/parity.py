@@ -20,9 +20,7 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
-def match_detections(
-    ref: list[Detections], got: list[Detections], score_min: float = 0.25, iou: float = 0.5
-) -> dict:
+def match_detections(ref: list[Detections], got: list[Detections], score_min: float, iou: float) -> dict:
     """Greedy matching (by reference score) of the reference's confident boxes to the export's, same label,
     IoU >= ``iou``. ``match_rate`` = matched / reference boxes (1.0 when the reference has none), ``mean_iou`` and
     ``max_score_diff`` over matched pairs, ``unmatched_export`` = confident export boxes left over."""

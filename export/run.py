@@ -133,7 +133,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
-    family = load_family(str(cfg.checkpoint), str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic))
+    family = load_family(
+        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic)
+    )
     data = ParityData(family, cfg)
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
     ref = reference_model(family)
@@ -158,7 +160,7 @@ def export_checkpoint(cfg, out: Path) -> dict:
         m.update({f"export/{k}": v for k, v in data.evaluate(model, eval_cfg).items()})
         m["raw_diff"] = raw_difference(ref_raw, raw)
         if family.is_detector:
-            m.update(match_detections(ref_dets, dets, float(cfg.parity.score_min)))
+            m.update(match_detections(ref_dets, dets, float(cfg.parity.score_min), float(cfg.parity.iou)))
         else:
             m["top1_agreement"] = float(
                 np.mean([r.argmax() == d.argmax() for r, d in zip(ref_dets, dets, strict=True)])

@@ -65,6 +65,11 @@ def data_node(values: dict | None = None, /, **more) -> DictConfig:
     return OmegaConf.merge(_data_option(FORMAT_OPTIONS[values["format"]]), values)
 
 
+def decode_table() -> dict:
+    """conf/decode/default.yaml: backend -> NMS IoU and max detections, as every entry point reads it."""
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "decode" / "default.yaml"))
+
+
 @functools.cache
 def _data_option(option: str) -> DictConfig:
     """Composed once per option (hypothesis tests build hundreds of data configs); merge() copies it."""

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CONF, ROOT, compose_cfg, data_node
+from tests.conftest import CONF, ROOT, compose_cfg, data_node, decode_table
 from training.classifier.crops import Crop, detection_crops, folder_crops
 from training.classifier.generate import generate
 from training.classifier.model import RegionClassifier, load_classifier, preprocess
@@ -21,6 +21,9 @@ from training.classifier.synth import CLASSES, SynthConfig, generate_pages
 from training.classifier.trainer import augmenter, mine
 from training.data import load_dataset
 from training.errors import ConfigError, DataError
+
+# the colour proposals as conf/model/resnet18-classifier.yaml sets them
+PROPOSALS = OmegaConf.load(CONF / "model" / "resnet18-classifier.yaml").proposals
 
 # the tiny end-to-end setting: generated pages only where real crops are not the point, 32 px crops, 2 steps
 CLF_TINY = [
@@ -74,7 +77,7 @@ def test_proposals_recover_planted_stamps_and_thumbs():
     pages = generate_pages(80, 4242)
     hit, total = {"stamp": 0, "thumb": 0}, {"stamp": 0, "thumb": 0}
     for p in pages:
-        regions = propose(p.image)
+        regions = propose(p.image, PROPOSALS)
         for o in p.objects:
             if o.label in total:
                 total[o.label] += 1
@@ -86,9 +89,9 @@ def test_proposals_recover_planted_stamps_and_thumbs():
 
 def test_proposals_ignore_black_print_and_blank_pages():
     page = np.full((640, 640, 3), 245, np.uint8)
-    assert propose(page) == []
+    assert propose(page, PROPOSALS) == []
     page[100:110, 50:500] = 30  # a black text line
-    assert propose(page) == []
+    assert propose(page, PROPOSALS) == []
 
 
 def test_generated_dataset_reads_as_coco_and_crop_folders(tmp_path):
@@ -363,15 +366,21 @@ def test_detector_boxes_join_the_candidates(trained_run):
             return [Detections([[60, 100, 260, 140], [0, 0, 5, 5]], [0.9, 0.1], [0, 0])]
 
     model = _tiny_model()
-    assert classify_page(page, model) == []
-    res = classify_page(page, model, detector=Fake())
+    assert classify_page(page, model, PROPOSALS, 0.08) == []
+    res = classify_page(page, model, PROPOSALS, 0.08, Fake(), 0.25)
     assert [r["box"] for r in res] == [[60, 100, 260, 140]] and res[0]["source"] == "detector"
     # a real trained detector loads through its backend and runs on the page
     _, run_dir, _ = trained_run
     det = load_detector(
-        OmegaConf.create({"checkpoint": str(run_dir / "weights" / "best.pt"), "backend": "ultralytics"})
+        OmegaConf.create(
+            {
+                "checkpoint": str(run_dir / "weights" / "best.pt"),
+                "backend": "ultralytics",
+                "decode": decode_table(),
+            }
+        )
     )
-    out = classify_page(page, model, detector=det, detector_min_score=0.0)
+    out = classify_page(page, model, PROPOSALS, 0.08, det, 0.0)
     assert all(r["source"] == "detector" for r in out)
 
 

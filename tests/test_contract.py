@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from evaluation.evaluator import evaluate_detector
@@ -111,6 +111,13 @@ def test_contract(trained, tmp_path):
     for a, b in zip(out, again.predict(images, conf=0.0), strict=True):
         np.testing.assert_allclose(a.boxes, b.boxes, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    # the decoding comes from conf/decode: max_det there caps every image's boxes
+    with open_dict(cfg):
+        cfg.evaluation.decode[backend].max_det = 2
+    capped = build_detector(cfg.model, tmp_path / "capped")
+    capped.load(checkpoint)
+    assert [len(d) for d in capped.predict(images, conf=0.0)] == [min(2, len(d)) for d in out]
+    assert capped.export_spec().options["max_det"] == 2
     # an RGB array and the file give the same boxes
     arr = np.asarray(Image.open(images[0]).convert("RGB"))
     np.testing.assert_allclose(det.predict([arr], conf=0.0)[0].boxes, out[0].boxes, atol=1e-2)
@@ -150,7 +157,6 @@ def test_hf_processing_round_trip():
 def test_transformers_resume_continues_from_last(tmp_path):
     """Interrupted after epoch 1 of 2: resume picks up the optimizer state and finishes epoch 2 only."""
     cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "train.max_steps=null"], tmp_path)
-    from omegaconf import open_dict
 
     with open_dict(cfg):
         cfg.train.epochs = 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg
+from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table
 from training.errors import UserError
 
 # small parity / calibration sets and a tiny classifier crop pool: the point is the round trip
@@ -72,7 +72,9 @@ def test_yolo_export_round_trip_passes_parity(yolo_export):
     assert onnx["parity"]["raw_diff"] < 1e-4 and onnx["parity"]["match_rate"] == 1.0
     # the same image gives the same boxes on PyTorch, ONNX Runtime and OpenVINO (shared pre/post-processing)
     image = sorted((EMBEDDED / "valid").glob("*.jpg"))[0]
-    ref = reference_model(load_family(run_dir / "weights" / "best.pt")).predict([image], conf=0.01)[0]
+    ref = reference_model(load_family(run_dir / "weights" / "best.pt", decode_table())).predict(
+        [image], conf=0.01
+    )[0]
     for path in ("model.onnx", "openvino_fp32/model.xml"):
         got = load_exported(out / path).predict([image], conf=0.01)[0]
         assert len(got) == len(ref)
@@ -272,8 +274,12 @@ def test_pytorch_cuda_reference_matches_cpu(trained_run):
 
     _, run_dir, _ = trained_run
     image = sorted((EMBEDDED / "valid").glob("*.jpg"))[0]
-    cpu = reference_model(load_family(run_dir / "weights" / "best.pt")).predict([image], conf=0.05)[0]
-    gpu = reference_model(load_family(run_dir / "weights" / "best.pt"), "cuda").predict([image], conf=0.05)[0]
+    cpu = reference_model(load_family(run_dir / "weights" / "best.pt", decode_table())).predict(
+        [image], conf=0.05
+    )[0]
+    gpu = reference_model(load_family(run_dir / "weights" / "best.pt", decode_table()), "cuda").predict(
+        [image], conf=0.05
+    )[0]
     np.testing.assert_allclose(gpu.scores[:5], cpu.scores[:5], atol=1e-3)
 
 

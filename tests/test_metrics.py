@@ -48,7 +48,7 @@ def perfect(split: DetectionSplit, score=0.9) -> dict[int, Detections]:
 def test_perfect_predictions_give_one(tmp_path):
     # annotation ids start at 0, like Roboflow exports: pycocotools must still match them
     split = make_split([[(10, 10, 50, 30)], [(100, 20, 40, 40), (20, 50, 30, 30)]], tmp_path, start_ann_id=0)
-    m = compute_metrics(split, perfect(split), n_bootstrap=50).metrics
+    m = compute_metrics(split, perfect(split), 0.25, 50, 0).metrics
     for k in ("mAP50", "mAP50-95", "precision", "recall", "f1", "mAP50_ci_low", "f1_ci_low"):
         assert m[k] == pytest.approx(1.0), k
     assert m["conf_at_max_f1"] == pytest.approx(0.9)
@@ -57,7 +57,7 @@ def test_perfect_predictions_give_one(tmp_path):
 def test_one_missed_box_of_two_gives_recall_half(tmp_path):
     split = make_split([[(10, 10, 50, 30), (100, 20, 40, 40)]], tmp_path)
     preds = {1: Detections(np.array([xyxy((10, 10, 50, 30))]), np.array([0.8]), np.array([0]))}
-    m = compute_metrics(split, preds, n_bootstrap=0).metrics
+    m = compute_metrics(split, preds, 0.25, 0, 0).metrics
     assert m["recall"] == pytest.approx(0.5)
     assert m["precision"] == pytest.approx(1.0)
     assert m["f1"] == pytest.approx(2 / 3)
@@ -73,14 +73,14 @@ def test_fixed_confidence_operating_point(tmp_path):
             np.array([0, 0]),
         )
     }
-    m = compute_metrics(split, preds, conf_fixed=0.25, n_bootstrap=0).metrics
+    m = compute_metrics(split, preds, 0.25, 0, 0).metrics
     assert m["recall_at_conf"] == pytest.approx(0.5) and m["recall"] == pytest.approx(1.0)
     assert m["conf_at_max_f1"] == pytest.approx(0.2)
 
 
 def test_no_predictions_is_zero_not_a_crash(tmp_path):
     split = make_split([[(10, 10, 50, 30)]], tmp_path)
-    m = compute_metrics(split, {}, n_bootstrap=10).metrics
+    m = compute_metrics(split, {}, 0.25, 10, 0).metrics
     assert m["mAP50"] == 0 and m["recall"] == 0 and m["f1"] == 0
 
 
@@ -155,7 +155,7 @@ def _brute_force_pr(split, preds, conf):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_agrees_with_pycocotools_and_brute_force(seed, tmp_path):
     split, preds = _random_case(tmp_path, seed)
-    m = compute_metrics(split, preds, conf_fixed=0.3, n_bootstrap=0).metrics
+    m = compute_metrics(split, preds, 0.3, 0, 0).metrics
     # reference: plain pycocotools on the same data
     gt = COCO()
     gt.dataset = split.to_coco()
@@ -191,7 +191,7 @@ def test_bootstrap_identity_resample_reproduces_pycocotools(tmp_path):
 
 def test_bootstrap_interval_brackets_the_estimate(tmp_path):
     split, preds = _random_case(tmp_path, 3, n_images=30)
-    m = compute_metrics(split, preds, n_bootstrap=200, seed=1).metrics
+    m = compute_metrics(split, preds, 0.25, 200, 1).metrics
     for k in ("mAP50", "mAP50-95", "f1"):
         assert m[f"{k}_ci_low"] <= m[k] <= m[f"{k}_ci_high"]
         assert m[f"{k}_ci_low"] < m[f"{k}_ci_high"]
@@ -199,7 +199,7 @@ def test_bootstrap_interval_brackets_the_estimate(tmp_path):
 
 def test_evaluator_reset_process_evaluate(tmp_path):
     split = make_split([[(10, 10, 50, 30)], [(100, 20, 40, 40)]], tmp_path)
-    ev = DetectionEvaluator(split, n_bootstrap=0)
+    ev = DetectionEvaluator(split, 0.25, 0, 0)
     p = perfect(split)
     ev.process([1], [p[1]])
     assert ev.evaluate().metrics["recall"] == pytest.approx(0.5)

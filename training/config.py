@@ -22,6 +22,14 @@ from omegaconf import MISSING
 
 
 @dataclass
+class Decode:
+    """One backend's entry of ``conf/decode/default.yaml``: raw outputs -> boxes."""
+
+    iou: Optional[float] = MISSING  # noqa: UP045 (NMS IoU; null: the head needs no NMS)
+    max_det: int = MISSING
+
+
+@dataclass
 class DetectionEvaluation:
     """``conf/evaluation/default.yaml`` (evaluation/evaluator.py, evaluation/run.py)."""
 
@@ -35,6 +43,7 @@ class DetectionEvaluation:
     ultralytics_metrics: bool = MISSING
     n_log_images: int = MISSING
     n_page_figures: int = MISSING
+    decode: dict[str, Decode] = MISSING  # backend -> its decoding (conf/decode/default.yaml)
 
 
 @dataclass
@@ -157,6 +166,7 @@ class UltralyticsModel:
     arch: Optional[str] = MISSING  # noqa: UP045
     weights: Optional[str] = MISSING  # noqa: UP045
     synthetic_weights: Optional[str] = None  # noqa: UP045 (only models with a shipped checkpoint set it)
+    decode: Decode = "${evaluation.decode.ultralytics}"  # type: ignore[assignment]  (the root's decoding)
 
 
 @dataclass
@@ -170,6 +180,21 @@ class TransformersModel:
     weights: Optional[str] = MISSING  # noqa: UP045
     config: dict[str, Any] = MISSING  # transformers config fields for random init
     backbone: Optional[dict[str, Any]] = None  # noqa: UP045 (ResNet backbone config; DETR families only)
+    decode: Decode = "${evaluation.decode.transformers}"  # type: ignore[assignment]  (the root's decoding)
+
+
+@dataclass
+class Proposals:
+    """``model.proposals`` of the classifier (training/classifier/proposals.py)."""
+
+    colours: dict[str, list[list[list[int]]]] = MISSING  # name -> HSV [low, high] ranges (OpenCV units)
+    close_frac: float = MISSING
+    min_area_frac: float = MISSING
+    max_area_frac: float = MISSING
+    max_aspect: float = MISSING
+    merge_x_frac: float = MISSING
+    merge_y_frac: float = MISSING
+    dedup_iou: float = MISSING
 
 
 @dataclass
@@ -185,7 +210,7 @@ class ClassifierModel:
     imgsz: int = MISSING
     normalize: str = MISSING
     dropout: float = MISSING
-    proposals: dict[str, Any] = MISSING  # training/classifier/proposals.py
+    proposals: Proposals = MISSING
 
 
 @dataclass

@@ -115,7 +115,7 @@ class Tracker:
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None: ...
 
-    def log_predictions(self, name, split, preds, class_names, n: int = 8) -> None: ...
+    def log_predictions(self, name, split, preds, class_names, n: int, conf: float) -> None: ...
 
     def log_images(self, name: str, paths: list[Path], captions: list[str] | None = None) -> None: ...
 
@@ -180,8 +180,8 @@ class WandbTracker(Tracker):
                 {name: [self._wandb.Image(str(p), caption=c) for p, c in zip(paths, caps, strict=True)]}
             )
 
-    def log_predictions(self, name, split, preds, class_names, n=8):
-        """A few images with predicted (score >= 0.25) and ground-truth boxes."""
+    def log_predictions(self, name, split, preds, class_names, n: int, conf: float):
+        """``n`` images with ground-truth boxes and the predicted ones scoring ``conf`` or more."""
         wandb = self._wandb
         labels = dict(enumerate(class_names))
         index = split.class_index()
@@ -204,7 +204,7 @@ class WandbTracker(Tracker):
                         "scores": {"conf": float(s)},
                     }
                     for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True)
-                    if s >= 0.25
+                    if s >= conf
                 ]
             )
             gt_boxes = [

@@ -88,17 +88,24 @@ class Backend(ABC):
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):
         self.model_cfg = model_cfg
+        # a detector's NMS IoU / max detections (conf/decode/default.yaml, this backend's entry)
+        self.decode = dict(model_cfg.decode) if self.is_detector else {}
         self.run_dir = Path(run_dir)
         self.tracker = tracker
         self.class_names: list[str] = []
         self.validator = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str | None = None, run_dir: str | Path = "."):
-        """A backend instance holding ``checkpoint`` (``device``: where to put it; None = the backend's choice)."""
+    def from_checkpoint(
+        cls, checkpoint: str | Path, decode=None, device: str | None = None, run_dir: str | Path = "."
+    ):
+        """A backend instance holding ``checkpoint``; ``decode``: a detector's entry of conf/decode (or the
+        options an export recorded); ``device``: where to put it (None: the backend's choice)."""
         from omegaconf import OmegaConf
 
-        inst = cls(OmegaConf.create({"backend": cls.name, "name": "inference"}), run_dir, None)
+        inst = cls(
+            OmegaConf.create({"backend": cls.name, "name": "inference", "decode": decode}), run_dir, None
+        )
         inst.load(checkpoint, device=device)
         return inst
 

@@ -360,13 +360,20 @@ class TransformersDetector(Detector):
             raise UserError("no model loaded: train first or load a checkpoint")
         return self.model
 
+    def _options(self) -> dict:
+        return {
+            "score_mode": self.score_mode,
+            "use_mask": bool(self.use_mask),
+            "max_det": self.decode["max_det"],
+        }
+
     @torch.inference_mode()
     def predict(
-        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None, max_det: int = 100
+        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
     ) -> list[Detections]:
         model = self._require().eval()
         size = int(imgsz or self.imgsz)
-        options = {"score_mode": self.score_mode, "use_mask": bool(self.use_mask), "max_det": max_det}
+        options = self._options()
         out = []
         for img in images:
             pil = as_pil(img)
@@ -402,7 +409,7 @@ class TransformersDetector(Detector):
             list(self.class_names),
             inputs,
             ["logits", "pred_boxes"],
-            {"score_mode": self.score_mode, "use_mask": bool(self.use_mask), "max_det": 100},
+            self._options(),
             GraphWrapper(model, self.use_mask).eval(),
             str(self._checkpoint or ""),
             int8={"model_type": "transformer"},

@@ -381,8 +381,6 @@ class UltralyticsDetector(Detector):
         images: list[ImageInput],
         conf: float = 0.001,
         imgsz: int | None = None,
-        iou: float = 0.7,
-        max_det: int = 300,
     ) -> list[Detections]:
         """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
         that one image gives the same boxes in PyTorch, ONNX Runtime, OpenVINO and TensorRT)."""
@@ -393,7 +391,7 @@ class UltralyticsDetector(Detector):
         net = self._net()
         size = self._imgsz(imgsz)
         device = next(net.parameters()).device
-        options = {"head": self._head, "iou": iou, "max_det": max_det}
+        options = {"head": self._head, "iou": self.decode["iou"], "max_det": self.decode["max_det"]}
         out: list[Detections] = []
         for img in images:
             pil = as_pil(img)
@@ -453,7 +451,7 @@ class UltralyticsDetector(Detector):
             list(self.class_names),
             ["images"],
             ["output0"],
-            {"head": head_kind(net), "iou": 0.7, "max_det": 300},
+            {"head": head_kind(net), "iou": self.decode["iou"], "max_det": self.decode["max_det"]},
             export_module(net, dynamic=dynamic),
             str(self._checkpoint or ""),
             # the box decoding of YOLO heads stays FP32: INT8 there costs far more mAP than it saves time

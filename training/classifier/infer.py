@@ -35,7 +35,8 @@ def load_detector(det_cfg):
 
     from training.backends import get_backend
 
-    model_cfg = OmegaConf.create({"backend": det_cfg.backend, "name": "detector"})
+    decode = det_cfg.decode[str(det_cfg.backend)]
+    model_cfg = OmegaConf.create({"backend": det_cfg.backend, "name": "detector", "decode": decode})
     det = get_backend(str(det_cfg.backend))(model_cfg, Path(tempfile.mkdtemp(prefix="sigdet-det-")), None)
     det.load(str(det_cfg.checkpoint))
     return det
@@ -61,11 +62,11 @@ def main(cfg: DictConfig) -> None:
         res = classify_page(
             image,
             model,
-            cfg.model.get("proposals"),
-            detector,
-            float(cfg.min_conf),
+            cfg.model.proposals,
             float(cfg.context),
+            detector,
             float(cfg.detector.min_score),
+            float(cfg.min_conf),
         )
         path = write_page_result(image, res, out, f.stem, str(f))
         counts = {c: sum(r["class"] == c for r in res) for c in model.classes}

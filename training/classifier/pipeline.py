@@ -14,7 +14,7 @@ from training.classifier.proposals import Region, crop, propose
 COLOURS = {"signature": (0, 140, 255), "stamp": (230, 40, 40), "thumb": (150, 60, 200)}
 
 
-def detector_regions(detector, image: np.ndarray, min_score: float = 0.25) -> list[Region]:
+def detector_regions(detector, image: np.ndarray, min_score: float) -> list[Region]:
     """A trained signature detector's boxes (any backend) as extra candidates."""
     det = detector.predict([image])[0]
     return [
@@ -27,14 +27,16 @@ def detector_regions(detector, image: np.ndarray, min_score: float = 0.25) -> li
 def classify_page(
     image: np.ndarray,
     model: RegionClassifier,
-    proposals_cfg=None,
+    proposals_cfg,
+    context: float,
     detector=None,
+    detector_min_score: float | None = None,
     min_conf: float = 0.0,
-    context: float = 0.08,
-    detector_min_score: float = 0.25,
 ) -> list[dict]:
     """Regions of an RGB page with their class: ``[{"box": [x0, y0, x1, y1], "class", "confidence", "source",
-    "probabilities": {class: p}}]``, most confident first. ``min_conf`` drops low-confidence regions."""
+    "probabilities": {class: p}}]``, most confident first. ``proposals_cfg``: ``model.proposals``; ``context``:
+    the crop margin (``crops.context``); a ``detector``'s boxes scoring ``detector_min_score`` or more are
+    candidates too; ``min_conf`` drops low-confidence regions."""
     extra = detector_regions(detector, image, detector_min_score) if detector is not None else None
     regions = propose(image, proposals_cfg, extra)
     if not regions:

@@ -13,26 +13,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# OpenCV HSV: H 0-179, S and V 0-255. Red wraps around 0, hence two ranges.
-DEFAULT_COLOURS: dict[str, list[list[list[int]]]] = {
-    "red": [[[0, 60, 60], [10, 255, 255]], [[165, 60, 60], [179, 255, 255]]],
-    "blue": [[[95, 60, 40], [128, 255, 255]]],
-    "purple": [[[128, 35, 40], [165, 255, 255]]],
-}
-
 
 @dataclass(frozen=True)
 class Region:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in page pixels
     source: str  # "colour:<name>" or "detector"
     score: float = 1.0
-
-
-def _cfg(cfg, key, default):
-    if cfg is None:
-        return default
-    v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if v is None else v
 
 
 def colour_mask(hsv: np.ndarray, ranges) -> np.ndarray:
@@ -75,28 +61,25 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def propose(image: np.ndarray, cfg=None, extra: list[Region] | None = None) -> list[Region]:
+def propose(image: np.ndarray, cfg, extra: list[Region] | None = None) -> list[Region]:
     """Candidate regions of an RGB uint8 page.
 
-    ``cfg`` (a mapping; every key optional): ``colours`` {name: HSV ranges}, ``close_frac`` (closing kernel as a
-    fraction of the page's short side), ``min_area_frac`` / ``max_area_frac`` (box area over page area),
-    ``max_aspect``, ``merge_x_frac`` / ``merge_y_frac`` (boxes of one colour closer than this merge), ``dedup_iou`` (across colours).
+    ``cfg``: ``model.proposals`` (conf/model/resnet18-classifier.yaml, schema ``training.config.Proposals``):
+    ``colours`` {name: HSV ranges in OpenCV units}, ``close_frac`` (closing kernel as a fraction of the page's
+    short side), ``min_area_frac`` / ``max_area_frac`` (box area over page area), ``max_aspect``,
+    ``merge_x_frac`` / ``merge_y_frac`` (boxes of one colour closer than this merge), ``dedup_iou`` (across
+    colours).
     ``extra``: more candidates (a detector's boxes), de-duplicated against the colour ones.
     """
     h, w = image.shape[:2]
     short = min(h, w)
-    colours = _cfg(cfg, "colours", DEFAULT_COLOURS)
-    k = max(3, int(round(float(_cfg(cfg, "close_frac", 0.02)) * short)) | 1)
-    min_area = float(_cfg(cfg, "min_area_frac", 0.002)) * h * w
-    max_area = float(_cfg(cfg, "max_area_frac", 0.5)) * h * w
-    max_aspect = float(_cfg(cfg, "max_aspect", 8.0))
-    merge_x = int(round(float(_cfg(cfg, "merge_x_frac", 0.03)) * short))
-    merge_y = int(round(float(_cfg(cfg, "merge_y_frac", 0.01)) * short))
-    dedup_iou = float(_cfg(cfg, "dedup_iou", 0.5))
+    k = max(3, int(round(cfg.close_frac * short)) | 1)
+    min_area, max_area = cfg.min_area_frac * h * w, cfg.max_area_frac * h * w
+    merge_x, merge_y = int(round(cfg.merge_x_frac * short)), int(round(cfg.merge_y_frac * short))
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     regions: list[Region] = []
-    for name, ranges in colours.items():
+    for name, ranges in cfg.colours.items():
         mask = colour_mask(hsv, ranges)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # specks of noise
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
@@ -109,14 +92,14 @@ def propose(image: np.ndarray, cfg=None, extra: list[Region] | None = None) -> l
             bw, bh = b[2] - b[0], b[3] - b[1]
             if not (min_area <= bw * bh <= max_area):
                 continue
-            if max(bw, bh) / max(1, min(bw, bh)) > max_aspect:
+            if max(bw, bh) / max(1, min(bw, bh)) > cfg.max_aspect:
                 continue
             regions.append(Region(b, f"colour:{name}"))
     # one object that matches two neighbouring hue ranges (purple ink read partly as blue) is one candidate
     regions.sort(key=lambda r: -(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]))
     kept: list[Region] = []
     for r in regions + list(extra or []):
-        if all(box_iou(r.box, o.box) < dedup_iou for o in kept):
+        if all(box_iou(r.box, o.box) < cfg.dedup_iou for o in kept):
             kept.append(r)
     return kept
 
