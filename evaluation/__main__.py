@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from evaluation.run import evaluate_run
 from training.backends import get_backend
-from training.errors import UserError, exit_on_user_error, run_cli
+from training.errors import UserError, cli, require
 from training.tracking import tracked
 from training.train import run_dir_of, save_config
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Load ``cfg.checkpoint`` with ``cfg.backend`` and evaluate it; artefacts go to the run dir."""
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise UserError("checkpoint=PATH is required (a weights/best.pt or weights/best folder of a run)")
+    require(cfg, "checkpoint", usage="a weights/best.pt or weights/best folder of a run")
     run_dir = run_dir_of(cfg)
     if (run_dir / "metrics.json").exists():
         raise UserError(f"{run_dir} already holds results (metrics.json); choose another hydra.run.dir")
@@ -43,21 +40,13 @@ def load_any(cfg: DictConfig, run_dir, tracker=None):
             cfg.evaluation.imgsz = model.imgsz
         return model
     backend = get_backend(str(cfg.backend))
-    decode = cfg.evaluation.decode[backend.name]
-    detector = backend(
-        OmegaConf.create({"backend": backend.name, "name": cfg.model.name, "decode": decode}),
-        run_dir,
-        tracker,
-    )
-    detector.load(str(cfg.checkpoint))
-    return detector
+    return backend.from_checkpoint(str(cfg.checkpoint), cfg.evaluation.decode[backend.name], run_dir=run_dir)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-@exit_on_user_error
+@cli("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate_checkpoint(cfg)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.report import fmt_num, markdown_table, write_csv, write_metrics_json
+from evaluation.report import fmt_ci, fmt_num, markdown_table, write_csv, write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,9 @@ def validation_metrics(y_true, y_pred, classes: list[str]) -> dict[str, float]:
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
-    import matplotlib
+    from evaluation.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(4.2, 3.8), dpi=120)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
@@ -101,10 +98,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
         title=title,
     )
     ax.grid(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], prefix: str = "") -> list[dict]:
@@ -120,30 +114,10 @@ def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], pr
         }
         for c in classes
     ]
-    n = int(metrics.get(f"{k}n", 0))
-
-    def ci(name):
-        lo, hi = metrics.get(f"{k}{name}_ci_low"), metrics.get(f"{k}{name}_ci_high")
-        return f" [{fmt_num(lo)}, {fmt_num(hi)}]" if lo is not None else ""
-
-    rows.append(
-        {
-            "class": "macro avg",
-            "precision": "",
-            "recall": "",
-            "f1": fmt_num(metrics.get(f"{k}macro_f1")) + ci("macro_f1"),
-            "support": str(n),
-        }
-    )
-    rows.append(
-        {
-            "class": "accuracy",
-            "precision": "",
-            "recall": "",
-            "f1": fmt_num(metrics.get(f"{k}accuracy")) + ci("accuracy"),
-            "support": str(n),
-        }
-    )
+    n = str(int(metrics.get(f"{k}n", 0)))
+    for label, name in (("macro avg", "macro_f1"), ("accuracy", "accuracy")):
+        f1 = fmt_num(metrics.get(f"{k}{name}")) + fmt_ci(metrics, f"{k}{name}", " ")
+        rows.append({"class": label, "precision": "", "recall": "", "f1": f1, "support": n})
     return rows
 
 
@@ -210,47 +184,26 @@ def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, lim
     return paths
 
 
-def evaluate_classifier_run(backend, cfg, run_dir: Path, tracker=None, metrics: dict | None = None):
-    """The evaluator ``python -m training`` injects for the classifier backend (``train(cfg, evaluate=...)``):
-    :func:`evaluate_classifier` over what its training run left (``backend.run``)."""
-    run = backend.run
-    return evaluate_classifier(
-        run.model,
-        run.crops,
-        cfg,
-        run_dir,
-        tracker,
-        metrics,
-        pages=run.pages,
-        base=run.base,
-        weights_note=run.weights_note,
-        counts=run.counts,
-    )
-
-
-def evaluate_classifier(
-    model,
-    crops: dict,
-    cfg,
-    run_dir: Path,
-    tracker=None,
-    prior: dict | None = None,
-    pages: dict | None = None,
-    base=None,
-    weights_note: str = "",
-    counts: dict | None = None,
+def evaluate_classifier_run(
+    backend, cfg, run_dir: Path, tracker=None, metrics: dict | None = None
 ) -> dict[str, float]:
-    """Evaluate the trained classifier (and ``base``, the model before hard-negative mining) on the configured
-    splits; write metrics.json, classifier.md/.csv, confusion PNGs, misclassified crops, page-level results."""
+    """The evaluator ``python -m training`` injects for the classifier backend (``train(cfg, evaluate=...)``).
+
+    Evaluates what its training run left (``backend.run``): the trained classifier (and ``run.base``, the model
+    before hard-negative mining) on the configured splits; writes metrics.json, classifier.md/.csv, confusion
+    PNGs, misclassified crops, page-level results. ``metrics`` (e.g. training metrics) go into metrics.json.
+    """
     import platform
 
     import torch
 
     from training.classifier.pipeline import classify_page, write_page_result
 
+    run = backend.run
+    model, crops, base, counts = run.model, run.crops, run.base, run.counts
     ev = cfg.evaluation
     classes = list(model.classes)
-    metrics: dict[str, float] = dict(prior or {})
+    metrics = dict(metrics or {})
     splits = [s for s in ev.splits if crops.get(s)]
     images: list[Path] = []
     for split in splits:
@@ -280,7 +233,7 @@ def evaluate_classifier(
             mb = classification_metrics(y, bp, classes, int(ev.n_bootstrap), int(ev.seed))
             metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
     # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
-    test_pages = (pages or {}).get("test") or []
+    test_pages = (run.pages or {}).get("test") or []
     proposals_cfg = cfg.model.proposals
     if test_pages:
         metrics.update(
@@ -298,7 +251,7 @@ def evaluate_classifier(
     prov = {
         "data": f"crops: synthetic pages {dict(syn.pages) if syn.enabled else 'none'} (seed {syn.seed}); real "
         f"crops from {cfg.data.name if real else 'none'}",
-        "weights": weights_note,
+        "weights": run.weights_note,
         "checkpoint": str(run_dir / "weights" / "best.pt"),
         "hardware": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -316,9 +269,10 @@ def evaluate_classifier(
     mrows = mining_rows(metrics, splits, classes)
     if mrows:
         md.append(markdown_table(mrows, "## Hard-negative mining: before vs after"))
-    if counts:
-        md.append(markdown_table(count_rows(counts), "## Training crops per class"))
-        write_csv(run_dir / "crop_counts.csv", count_rows(counts))
+    crop_rows = count_rows(counts or {})
+    if crop_rows:
+        md.append(markdown_table(crop_rows, "## Training crops per class"))
+        write_csv(run_dir / "crop_counts.csv", crop_rows)
     recall = {k: v for k, v in metrics.items() if "/proposals/recall/" in k}
     if recall:
         md.append("## Colour proposals\n\n" + "".join(f"- {k}: {v:.4f}\n" for k, v in recall.items()))
@@ -326,11 +280,8 @@ def evaluate_classifier(
     write_csv(run_dir / "classifier.csv", csv_rows)
     if tracker is not None:
         tracker.log_summary(metrics)
-        if csv_rows:
-            tracker.log_table("classifier/per_class", list(csv_rows[0]), [list(r.values()) for r in csv_rows])
-        if counts:
-            rows = count_rows(counts)
-            tracker.log_table("classifier/crop_counts", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_rows("classifier/per_class", csv_rows)
+        tracker.log_rows("classifier/crop_counts", crop_rows)
         tracker.log_images("classifier/figures", images)
     print("\n".join(md))
     return metrics

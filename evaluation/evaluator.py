@@ -59,14 +59,8 @@ def evaluate_detector(
 
     ``eval_cfg``: the ``evaluation`` group (conf/evaluation/default.yaml; its keys are read, none is assumed).
     """
-    ev = DetectionEvaluator(
-        split,
-        conf_fixed=float(eval_cfg["conf_fixed"]),
-        n_bootstrap=int(eval_cfg["n_bootstrap"]),
-        seed=int(eval_cfg["seed"]),
-    )
     preds = predict_split(
         detector, split, float(eval_cfg["conf_min"]), eval_cfg["imgsz"], int(eval_cfg["batch"])
     )
-    ev.process(list(preds), list(preds.values()))
-    return ev.evaluate(), preds
+    conf_fixed, n_bootstrap, seed = eval_cfg["conf_fixed"], eval_cfg["n_bootstrap"], eval_cfg["seed"]
+    return compute_metrics(split, preds, float(conf_fixed), int(n_bootstrap), int(seed)), preds

@@ -18,13 +18,11 @@ import json
 import shutil
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import training  # noqa: F401
 from evaluation.metrics import HEADLINE
-from evaluation.report import fmt_num, markdown_table, write_csv
-from training.errors import UserError, exit_on_user_error, run_cli
+from evaluation.report import fmt_ci, fmt_num, image_grid, markdown_table, save_figure, write_csv
+from training.errors import UserError, cli
 
 
 def _f(v, digits: int = 4) -> str:
@@ -105,11 +103,7 @@ class Report:
                 ("mAP50-95", m.get(f"{split}/mAP50-95"), 4, 100.0),
             ):
                 c = compare(ours, p.get({"CPU ms": "cpu_ms"}.get(key, key)), digits, scale)
-                row[f"{key} ours"], row[f"{key} published"], row[f"{key} diff"] = (
-                    c["ours"],
-                    c["published"],
-                    c["difference"],
-                )
+                row.update(zip((f"{key} ours", f"{key} published", f"{key} diff"), c.values(), strict=True))
             rows.append(row)
         self.table(rows, "Per model (differences of mAP in points)", "model_selection")
         self.figure(d / "model_selection.png", "CPU latency vs mAP50-95 (ours)")
@@ -160,12 +154,11 @@ class Report:
         )
         rows = []
         for k in HEADLINE:
-            lo, hi = m.get(f"test/{k}_ci_low"), m.get(f"test/{k}_ci_high")
             rows.append(
                 {
                     "metric": k,
                     **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0),
-                    "ours 95% CI": f"[{_f(lo)}, {_f(hi)}]" if lo is not None else "",
+                    "ours 95% CI": fmt_ci(m, f"test/{k}", missing=""),
                 }
             )
         self.table(rows, "Test split (differences in points)", "final_test")
@@ -253,26 +246,13 @@ class Report:
         """All figures on one page: the picture of the report."""
         if not self.figures:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from PIL import Image
 
-        n = len(self.figures)
-        cols = min(3, n)
-        rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), dpi=100, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, (path, caption) in zip(axes.flat, self.figures, strict=False):
+        fig, axes = image_grid(len(self.figures), 5, 4)
+        for ax, (path, caption) in zip(axes, self.figures, strict=False):
             ax.imshow(Image.open(path))
             ax.set_title(caption, fontsize=9)
-        fig.tight_layout()
-        path = self.out / "report_overview.png"
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        return save_figure(fig, self.out / "report_overview.png")
 
 
 def to_html(md: str, title: str) -> str:
@@ -329,12 +309,11 @@ def build_report(cfg) -> dict[str, Path]:
     return {"md": out / "report.md", "html": out / "report.html", "overview": overview}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
-@exit_on_user_error
+@cli("report")
 def main(cfg: DictConfig) -> None:
     paths = build_report(cfg)
     print(f"wrote {paths['md']} and {paths['html']}")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

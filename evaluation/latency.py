@@ -27,9 +27,7 @@ def measure(
         times.append((time.perf_counter() - t) * 1000.0)
     a = np.asarray(times)
     return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p90_ms": float(np.percentile(a, 90)),
-        "p99_ms": float(np.percentile(a, 99)),
+        **{f"p{q}_ms": float(v) for q, v in zip((50, 90, 99), np.percentile(a, [50, 90, 99]), strict=True)},
         "mean_ms": float(a.mean()),
         "std_ms": float(a.std(ddof=1)) if a.size > 1 else 0.0,
         "runs": float(a.size),
@@ -65,6 +63,17 @@ def environment() -> dict[str, str | int | None]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         **{f"version/{k}": v for k, v in versions.items()},
+    }
+
+
+def protocol(node) -> dict:
+    """:func:`benchmark_detector`'s protocol keywords from a config node (``latency:`` or the export benchmark's
+    root): ``warmup``, ``min_runs``, ``min_seconds`` and ``threads`` (unset: torch's own)."""
+    return {
+        "warmup": int(node.warmup),
+        "min_runs": int(node.min_runs),
+        "min_seconds": float(node.min_seconds),
+        "threads": node.get("threads"),
     }
 
 

@@ -13,24 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import training  # noqa: F401  (registers the ${asset:} resolver)
-from evaluation.latency import benchmark_detector, environment
+from evaluation.latency import benchmark_detector, environment, protocol
 from evaluation.metrics import HEADLINE
-from evaluation.report import fmt_num, markdown_table, save_figure, write_csv
+from evaluation.report import fmt_ci, fmt_num, markdown_table, pyplot, save_figure, write_csv
 from training.backends import build_detector
 from training.data import load_dataset
 from training.data.images import load_rgb
-from training.errors import ConfigError, UserError, exit_on_user_error, run_cli
+from training.errors import ConfigError, UserError, cli
 from training.overrides import flatten_overrides
 from training.tracking import tracked
 from training.train import run_dir_of
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
+# W&B: one group per selection (WANDB_GROUP.format(cfg.name)), one run per model and a summary run, tagged
+WANDB_GROUP, WANDB_TAGS = "model-selection-{}", ["signature-detection", "model-selection"]
 
 
 def _model_backend(name: str) -> str:
@@ -65,10 +65,10 @@ def _training_command(
             "logger=wandb",
             f"logger.project={lg.get('project')}",
             f"logger.mode={lg.get('mode', 'auto')}",
-            f"logger.group=model-selection-{cfg.name}",
+            f"logger.group={WANDB_GROUP.format(cfg.name)}",
             f"logger.name={name.replace('/', '-')}",
             "logger.job_type=model-selection",
-            "logger.tags=[signature-detection,model-selection]",
+            f"logger.tags=[{','.join(WANDB_TAGS)}]",
         ]
     if (run_dir / "weights").exists():
         cmd.append("resume=true")  # an earlier attempt was interrupted: continue it
@@ -124,14 +124,7 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         metrics = {f"{cfg.split}/{k}": v for k, v in res.metrics.items()}
     lat = cfg.latency
     latency = benchmark_detector(
-        detector,
-        page,
-        int(lat.imgsz),
-        float(cfg.evaluation.conf_fixed),
-        int(lat.warmup),
-        int(lat.min_runs),
-        float(lat.min_seconds),
-        threads=int(lat.threads),
+        detector, page, int(lat.imgsz), float(cfg.evaluation.conf_fixed), **protocol(lat)
     )
     result = {
         "model": name,
@@ -157,10 +150,7 @@ def selection_rows(results: list[dict], split: str) -> list[dict[str, str]]:
             "CPU ms (end-to-end, p50)": f"{lat['e2e/p50_ms']:.1f}",
         }
         for k in HEADLINE:
-            v, lo, hi = m.get(f"{split}/{k}"), m.get(f"{split}/{k}_ci_low"), m.get(f"{split}/{k}_ci_high")
-            row[k] = fmt_num(v) + (
-                f" [{fmt_num(lo)}, {fmt_num(hi)}]" if lo is not None and hi is not None else ""
-            )
+            row[k] = fmt_num(m.get(f"{split}/{k}")) + fmt_ci(m, f"{split}/{k}", " ")
         rows.append(row)
     return rows
 
@@ -188,12 +178,7 @@ def highlights(results: list[dict], split: str) -> dict[str, str]:
 
 
 def scatter(results: list[dict], split: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(7, 5), dpi=120)
     for r in results:
         x, y = r["latency"]["model/p50_ms"], r["metrics"].get(f"{split}/mAP50-95") or 0.0
         ax.scatter(x, y, s=25)
@@ -204,7 +189,7 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
         ylabel=f"{split} mAP50-95",
         title="Model selection: latency vs accuracy",
     )
-    return save_figure(fig, ax, path)
+    return save_figure(fig, path, ax)
 
 
 def write_selection(
@@ -273,13 +258,10 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
     rows = out.pop("rows")
     if (cfg.get("logger") or {}).get("type") == "wandb":
         with open_dict(cfg):
-            cfg.logger.group, cfg.logger.name = f"model-selection-{cfg.name}", "summary"
-            cfg.logger.job_type, cfg.logger.tags = (
-                "model-selection-summary",
-                ["signature-detection", "model-selection"],
-            )
+            cfg.logger.group, cfg.logger.name = WANDB_GROUP.format(cfg.name), "summary"
+            cfg.logger.job_type, cfg.logger.tags = "model-selection-summary", WANDB_TAGS
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
-        tracker.log_table("model_selection", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_rows("model_selection", rows)
         tracker.log_images("model_selection/plots", [out["png"]])
     print(out["md"].read_text())
     if failed:
@@ -287,11 +269,10 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="model_selection")
-@exit_on_user_error
+@cli("model_selection")
 def main(cfg: DictConfig) -> None:
     model_selection(cfg)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -9,23 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = [
-    ("mAP50", True),
-    ("mAP50-95", True),
-    ("precision", True),
-    ("recall", True),
-    ("f1", True),
-    ("conf_at_max_f1", False),
-    ("precision_at_conf", False),
-    ("recall_at_conf", False),
-    ("f1_at_conf", False),
-    ("conf_fixed", False),
-    ("mAP75", False),
-    ("AP_small", False),
-    ("AP_medium", False),
-    ("AP_large", False),
-    ("AR100", False),
-]
+from evaluation.metrics import HEADLINE
+
+# (metric, has a 95% interval): the headline metrics with their intervals, then the single numbers
+WITHOUT_CI = "conf_at_max_f1 precision_at_conf recall_at_conf f1_at_conf conf_fixed mAP75 AP_small AP_medium AP_large AR100"
+ROWS = [(n, True) for n in HEADLINE] + [(n, False) for n in WITHOUT_CI.split()]
 
 
 def fmt_num(v, digits: int = 4, missing: str = "n/a") -> str:
@@ -35,13 +23,18 @@ def fmt_num(v, digits: int = 4, missing: str = "n/a") -> str:
     return f"{float(v):.{digits}f}"
 
 
+def fmt_ci(metrics: dict, key: str, prefix: str = "", missing: str = "n/a") -> str:
+    """``prefix[low, high]``: the 95% interval of ``key`` (``key_ci_low`` / ``key_ci_high``); "" without one."""
+    lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return "" if lo is None else f"{prefix}[{fmt_num(lo, missing=missing)}, {fmt_num(hi, missing=missing)}]"
+
+
 def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, str]]:
     """One row per metric, a value and a 95% interval column per split; ultralytics' metrics last, prefixed."""
-    names = [(n, ci) for n, ci in ROWS]
     extra = sorted(
         {k.split("/", 2)[2] for k in metrics if k.startswith("ultralytics/") and k.split("/")[1] in splits}
     )
-    names += [(f"ultralytics/{n}", False) for n in extra]
+    names = ROWS + [(f"ultralytics/{n}", False) for n in extra]
     rows = []
     for name, has_ci in names:
 
@@ -56,8 +49,7 @@ def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, s
         for split in splits:
             k = key(split)
             row[split] = fmt_num(metrics.get(k)) if k in metrics else ""
-            lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
-            row[f"{split} 95% CI"] = f"[{fmt_num(lo)}, {fmt_num(hi)}]" if has_ci and lo is not None else ""
+            row[f"{split} 95% CI"] = fmt_ci(metrics, k) if has_ci else ""
         rows.append(row)
     return rows
 
@@ -80,11 +72,13 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 
 def write_tables(
     run_dir: Path, metrics: dict[str, float], splits: list[str], provenance: str
-) -> tuple[Path, Path]:
+) -> tuple[Path, list[dict[str, str]]]:
+    """metrics.md and metrics.csv of :func:`table_rows`; returns the Markdown file and the rows."""
     rows = table_rows(metrics, splits)
     md = run_dir / "metrics.md"
     md.write_text(markdown_table(rows, f"# Metrics\n\n{provenance}\n"), encoding="utf-8")
-    return md, write_csv(run_dir / "metrics.csv", rows)
+    write_csv(run_dir / "metrics.csv", rows)
+    return md, rows
 
 
 def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
@@ -99,11 +93,32 @@ def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | N
     return path
 
 
-def save_figure(fig, ax, path: Path) -> Path:
-    """Grid, tight layout, write, close: the finish of every plot here."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax.grid(alpha=0.3)
+    return plt
+
+
+def image_grid(n: int, width: float, height: float):
+    """A figure for ``n`` images, up to 3 columns of ``width`` x ``height`` inches, axes off; (fig, axes.flat)."""
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def save_figure(fig, path: Path, grid=None) -> Path:
+    """Grid (on the axes ``grid``, when given), tight layout, write, close: the finish of every plot here."""
+    import matplotlib.pyplot as plt
+
+    if grid is not None:
+        grid.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -113,11 +128,7 @@ def save_figure(fig, ax, path: Path) -> Path:
 def plot_curves(
     run_dir: Path, split: str, curves: dict[str, np.ndarray], metrics: dict[str, float]
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.plot(curves["recall"], curves["precision"], lw=1.5)
@@ -128,7 +139,7 @@ def plot_curves(
         ylim=(0, 1.02),
         title=f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})",
     )
-    paths.append(save_figure(fig, ax, run_dir / f"pr_curve_{split}.png"))
+    paths.append(save_figure(fig, run_dir / f"pr_curve_{split}.png", ax))
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for k in ("f1", "precision", "recall"):
@@ -140,7 +151,7 @@ def plot_curves(
         xlabel="confidence", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=f"{split}: F1 vs confidence"
     )
     ax.legend(loc="best", fontsize=8)
-    paths.append(save_figure(fig, ax, run_dir / f"f1_conf_{split}.png"))
+    paths.append(save_figure(fig, run_dir / f"f1_conf_{split}.png", ax))
     return paths
 
 
@@ -151,22 +162,14 @@ def plot_pages(
     max-F1 confidence (red, with scores): what the model does, beside the curves that summarise it."""
     if n <= 0 or not split.images:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     from training.data.images import load_rgb
 
     conf = metrics.get(f"{split_name}/conf_at_max_f1", 0.25)
     images = split.images[:n]
-    cols = min(3, len(images))
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, im in zip(axes.flat, images, strict=False):
+    fig, axes = image_grid(len(images), 4, 4)
+    for ax, im in zip(axes, images, strict=False):
         ax.imshow(load_rgb(im.file))
         for a in split.annotations_for(im.id):
             x, y, w, h = a.bbox
@@ -179,8 +182,4 @@ def plot_pages(
                     ax.text(x0, y0 - 2, f"{s:.2f}", color="red", fontsize=7)
         ax.set_title(Path(im.file).name[:40], fontsize=7)
     fig.suptitle(f"{split_name}: true boxes (green), predictions at conf >= {conf:.2f} (red)", fontsize=9)
-    fig.tight_layout()
-    path = run_dir / f"pages_{split_name}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / f"pages_{split_name}.png")

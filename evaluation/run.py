@@ -9,14 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from evaluation.evaluator import evaluate_detector
-from evaluation.report import (
-    markdown_table,
-    plot_curves,
-    plot_pages,
-    table_rows,
-    write_metrics_json,
-    write_tables,
-)
+from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends.base import Detector
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import UserError
@@ -95,12 +88,10 @@ def evaluate_run(
         **prov
     )
     write_metrics_json(run_dir, metrics, {"provenance": prov})
-    md, _ = write_tables(run_dir, metrics, splits, note)
+    md, rows = write_tables(run_dir, metrics, splits, note)
     if tracker is not None:
         tracker.log_summary(metrics)
-        rows = table_rows(metrics, splits)
-        if rows:
-            tracker.log_table("metrics", list(rows[0]), [list(r.values()) for r in rows])
-    print(markdown_table(table_rows(metrics, splits), note))
+        tracker.log_rows("metrics", rows)
+    print(markdown_table(rows, note))
     log.info("wrote %s", md)
     return metrics

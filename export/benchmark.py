@@ -13,17 +13,15 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import training  # noqa: F401
-from evaluation.latency import benchmark_detector, environment
+from evaluation.latency import benchmark_detector, environment, protocol
 from evaluation.report import markdown_table, write_csv
 from export.families import Family, load_family
 from export.model import META, ExportedModel, load_meta
 from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner, Unavailable
-from training.errors import UserError, exit_on_user_error, run_cli
+from training.errors import UserError, cli, require
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +109,7 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             log.warning("%s %s %s: failed (%s)", runtime, device, prec, e)
             continue
         model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
-        r = benchmark_detector(
-            model,
-            page,
-            base.imgsz,
-            float(cfg.conf),
-            int(cfg.warmup),
-            int(cfg.min_runs),
-            float(cfg.min_seconds),
-            cfg.get("threads"),
-        )
+        r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
         rows.append({**row, "status": "ok", **r})
         log.info(
             "%s %s %s: model p50 %.2f ms, end-to-end p50 %.2f ms",
@@ -211,16 +200,13 @@ def upstream_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export_benchmark")
-@exit_on_user_error
+@cli("export_benchmark")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     from training.tracking import tracked
+    from training.train import run_dir_of
 
-    if OmegaConf.is_missing(cfg, "export_dir"):
-        raise UserError("export_dir=DIR is required (a folder written by python -m export)")
-    run_dir = Path(cfg.paths.get("run_dir") or HydraConfig.get().runtime.output_dir)
+    require(cfg, "export_dir", usage="a folder written by python -m export")
+    run_dir = run_dir_of(cfg)
     page = None
     if cfg.get("page"):
         from training.data.images import load_rgb
@@ -232,9 +218,9 @@ def main(cfg: DictConfig) -> None:
         cfg.paths.run_dir = str(run_dir)
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
         doc = benchmark_export(str(cfg.export_dir), cfg, page)
-        for name, rows in (("latency/all", doc["table"]), ("latency/onnx_vs_tensorrt", doc["upstream"])):
-            tracker.log_table(name, list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_rows("latency/all", doc["table"])
+        tracker.log_rows("latency/onnx_vs_tensorrt", doc["upstream"])
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from export.families import Family
-from export.runtimes import Unavailable, openvino_core
+from export.runtimes import Unavailable, openvino_core, tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,7 @@ def to_openvino(
 def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, workspace_gb: float, max_batch: int) -> Path:
     """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package); a dynamic batch axis gets an
     optimisation profile for batches 1..``max_batch`` (``trt_workspace_gb`` / ``trt_max_batch`` in conf/export.yaml)."""
-    if not torch.cuda.is_available():
-        raise Unavailable("TensorRT: no CUDA device on this machine")
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise Unavailable(f"TensorRT: the tensorrt package is not installed ({e})") from None
+    trt = tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

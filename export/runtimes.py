@@ -21,8 +21,6 @@ def _unloadable(path, what: str, e: Exception) -> DataError:
 
 
 class TorchRunner:
-    name = "pytorch"
-
     def __init__(self, family, device: str = "cpu"):
         import torch
 
@@ -37,8 +35,6 @@ class TorchRunner:
 
 
 class OrtRunner:
-    name = "onnxruntime"
-
     def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider", threads: int | None = None):
         try:
             import onnxruntime as ort
@@ -61,6 +57,19 @@ class OrtRunner:
         return self.session.run(None, {k: feeds[k] for k in self.inputs})
 
 
+def tensorrt():
+    """The ``tensorrt`` module, or :class:`Unavailable` without CUDA or the package."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Unavailable("TensorRT: no CUDA device on this machine")
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise Unavailable(f"TensorRT: the tensorrt package is not installed ({e})") from None
+    return trt
+
+
 def openvino_core():
     try:
         import openvino as ov
@@ -81,8 +90,6 @@ def bf16_supported() -> tuple[bool, str]:
 
 
 class OpenVINORunner:
-    name = "openvino"
-
     def __init__(self, xml: str | Path, precision: str = "fp32", threads: int | None = None):
         core = openvino_core()
         config = {"PERFORMANCE_HINT": "LATENCY"}
@@ -112,17 +119,10 @@ class OpenVINORunner:
 class TensorRTRunner:
     """A serialized TensorRT engine run through torch CUDA tensors (no pycuda needed)."""
 
-    name = "tensorrt"
-
     def __init__(self, engine_path: str | Path):
         import torch
 
-        if not torch.cuda.is_available():
-            raise Unavailable("TensorRT: no CUDA device on this machine")
-        try:
-            import tensorrt as trt
-        except ImportError as e:
-            raise Unavailable(f"TensorRT: the tensorrt package is not installed ({e})") from None
+        trt = tensorrt()
         self.trt, self.torch = trt, torch
         logger = trt.Logger(trt.Logger.WARNING)
         with open(engine_path, "rb") as f:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-import training  # noqa: F401  (registers the ${asset:} resolver before Hydra composes)
 from training.backends import get_backend
-from training.errors import exit_on_user_error, run_cli
+from training.errors import cli
 from training.train import train
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@exit_on_user_error
+@cli("train")
 def main(cfg: DictConfig) -> float | None:
     if not get_backend(str(cfg.model.get("backend"))).is_detector:
         from evaluation.classification import evaluate_classifier_run, validation_metrics
@@ -27,4 +24,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -9,9 +9,11 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class UserError(Exception):
@@ -118,3 +120,32 @@ def run_cli(main: Callable[[], object]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         print("error: " + config_error_line(e).replace("\r", " ").replace("\n", " "), file=sys.stderr)
         sys.exit(2)
+
+
+def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
+    """Make ``main(cfg)`` an entry point on ``conf/<config_name>.yaml``: Hydra composes the config, a
+    :class:`UserError` is one line with its exit code, and :func:`run_cli` turns config mistakes into one line with
+    exit code 2. ``if __name__ == "__main__": main()`` runs it."""
+    import hydra
+
+    def wrap(task: Callable[..., T]) -> Callable[[], None]:
+        composed = hydra.main(version_base="1.3", config_path=str(CONF), config_name=config_name)(
+            exit_on_user_error(task)
+        )
+
+        @functools.wraps(task)
+        def entry() -> None:
+            run_cli(composed)
+
+        return entry
+
+    return wrap
+
+
+def require(cfg, *keys: str, usage: str) -> None:
+    """A :class:`UserError` naming the first of ``keys`` the user left unset (``???``), with ``usage``."""
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(f"{key}= is required ({usage})")

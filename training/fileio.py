@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -16,3 +17,13 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_dir(tmp: Path, root: Path) -> Path:
+    """Rename the finished folder ``tmp`` to ``root``, or drop it when another process finished first (``root``
+    exists: theirs is identical). Returns ``root``."""
+    try:
+        tmp.rename(root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

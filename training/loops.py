@@ -18,6 +18,14 @@ from training.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def resolve_device(spec) -> torch.device:
+    """A ``device`` setting as torch reads it: null, "" or "auto" -> CUDA when there is one, else the CPU; a GPU
+    index (``0``) -> ``cuda:0``; anything else (``cpu``, ``cuda:1``, ``mps``) as is."""
+    if spec in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(f"cuda:{spec}" if str(spec).isdigit() else str(spec))
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stops instead of silently corrupting the weights."""
 

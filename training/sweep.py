@@ -16,13 +16,11 @@ import os
 import socket
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import training  # noqa: F401  (registers the ${asset:} resolver)
 from evaluation.metrics import HEADLINE
-from evaluation.report import write_csv
-from training.errors import ConfigError, UserError, exit_on_user_error, first_line, run_cli
+from evaluation.report import markdown_table, pyplot, write_csv
+from training.errors import ConfigError, UserError, cli, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 
@@ -64,12 +62,7 @@ def suggest(trial, space) -> dict:
 
 
 def as_overrides(params: dict) -> list[str]:
-    out = []
-    for k, v in params.items():
-        if isinstance(v, float):
-            v = repr(round(v, 12))
-        out.append(f"{k}={v}")
-    return out
+    return [f"{k}={round(v, 12)!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
 
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -232,12 +225,19 @@ def make_pruner(cfg):
 
 
 # -- pruning -------------------------------------------------------------------------------------------
-class PruningTracker(Tracker):
+class PruningTracker:
     """Passes everything to the run's tracker and reports ``key`` to the trial every epoch; prunes when told."""
 
     def __init__(self, inner: Tracker, trial, key: str):
         self.inner, self.trial, self.key = inner, trial, key
         self.reported = 0
+
+    def __getattr__(self, name: str):
+        # log_summary, log_table, log_rows, log_predictions, finish: the run's tracker's own
+        return getattr(self.inner, name)
+
+    def log_images(self, name, paths, captions=None) -> None:
+        """Not passed on: a trial's images stay out of its tracker (as they always have)."""
 
     def log_metrics(self, metrics, step=None):
         self.inner.log_metrics(metrics, step)
@@ -248,18 +248,6 @@ class PruningTracker(Tracker):
             self.reported += 1
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {step} ({self.key}={metrics[self.key]:.4f})")
-
-    def log_summary(self, metrics):
-        self.inner.log_summary(metrics)
-
-    def log_table(self, name, columns, rows):
-        self.inner.log_table(name, columns, rows)
-
-    def log_predictions(self, *a, **k):
-        self.inner.log_predictions(*a, **k)
-
-    def finish(self, exit_code=0):
-        self.inner.finish(exit_code)
 
 
 # -- one trial -----------------------------------------------------------------------------------------
@@ -336,17 +324,13 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
 
 
 # -- summary -------------------------------------------------------------------------------------------
-def _metrics_of(run_dir: Path) -> dict:
+def _run_json(run_dir: Path) -> dict:
+    """A run's metrics.json (``metrics``, ``provenance``); {} while the run has not finished."""
     f = Path(run_dir) / "metrics.json"
-    return json.loads(f.read_text())["metrics"] if f.is_file() else {}
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
 
 
-def _provenance_of(run_dir: Path) -> dict:
-    f = Path(run_dir) / "metrics.json"
-    return json.loads(f.read_text(encoding="utf-8")).get("provenance", {}) if f.is_file() else {}
-
-
-def _log_summary(scfg, out_dir: Path, rows: list[dict], trials, plots: dict) -> None:
+def _log_summary(scfg, out_dir: Path, rows: list[dict], trial_rows: list[dict], plots: dict) -> None:
     """With ``sweep.logger=wandb``: one "summary" run in the study's group holding the base-vs-best and trials
     tables and the Optuna plots (history, importances, parallel coordinates), so the project page shows the
     sweep without building panels by hand."""
@@ -359,16 +343,8 @@ def _log_summary(scfg, out_dir: Path, rows: list[dict], trials, plots: dict) -> 
         cfg.logger.tags = [*cfg.logger.tags, "sweep-summary"]
         cfg.logger.job_type = "sweep-summary"
     with tracked(cfg.logger, out_dir, cfg) as tracker:
-        tracker.log_table("sweep/base_vs_best", list(rows[0]), [list(r.values()) for r in rows])
-        cols = ["number", "state", "value", *scfg.search_space.keys()]
-        tracker.log_table(
-            "sweep/trials",
-            cols,
-            [
-                [t.number, t.state.name, t.value, *[t.params.get(k) for k in scfg.search_space]]
-                for t in trials
-            ],
-        )
+        tracker.log_rows("sweep/base_vs_best", rows)
+        tracker.log_rows("sweep/trials", [{k: v for k, v in r.items() if k != "run_dir"} for r in trial_rows])
         tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
 
 
@@ -376,7 +352,7 @@ def train_base(scfg, out_dir: Path, run_fn) -> dict:
     """The base run: the swept experiment with its default parameters, trained and evaluated like a trial
     (``<out_dir>/base``), unless it is already there. ``mode=base`` (and ``mode=all``) runs it."""
     base_dir = out_dir / "base"
-    base = _metrics_of(base_dir)
+    base = _run_json(base_dir).get("metrics", {})
     if not base:
         base = run_fn(compose_run(scfg, [], base_dir, "base"), None)
     return base
@@ -424,10 +400,11 @@ def summarize(scfg, out_dir: Path) -> dict:
 
     # base: the experiment with its default parameters, trained and evaluated the same way (train_base)
     base_dir = out_dir / "base"
-    base = _metrics_of(base_dir)
+    base_doc = _run_json(base_dir)
+    base = base_doc.get("metrics", {})
     if not base:
         log.warning("no base run in %s yet: the base column is n/a (mode=base trains it)", base_dir)
-    best_metrics = _metrics_of(Path(best.user_attrs.get("run_dir", "")))
+    best_metrics = _run_json(Path(best.user_attrs.get("run_dir", ""))).get("metrics", {})
     rows = []
     for k in HEADLINE:
         b, t = base.get(f"val/{k}"), best_metrics.get(f"val/{k}")
@@ -446,10 +423,7 @@ def summarize(scfg, out_dir: Path) -> dict:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         from optuna.visualization import matplotlib as ovm
 
         for fname, fn in (
@@ -473,24 +447,19 @@ def summarize(scfg, out_dir: Path) -> dict:
     except ImportError as e:  # pragma: no cover
         plots["error"] = str(e)
 
-    import csv
-
-    with open(out_dir / "trials.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["number", "state", "value", *scfg.search_space.keys(), "run_dir"])
-        for t in trials:
-            w.writerow(
-                [
-                    t.number,
-                    t.state.name,
-                    t.value,
-                    *[t.params.get(k) for k in scfg.search_space],
-                    t.user_attrs.get("run_dir", ""),
-                ]
-            )
+    trial_rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            **{k: t.params.get(k) for k in scfg.search_space},
+            "run_dir": t.user_attrs.get("run_dir", ""),
+        }
+        for t in trials
+    ]
+    write_csv(out_dir / "trials.csv", trial_rows)
     write_csv(out_dir / "base_vs_best.csv", rows)
     inert = {k: v for k, v in scfg.inert.items() if k in scfg.search_space}
-    cols = list(rows[0])
     md = [
         f"# Sweep {scfg.study_name}",
         "",
@@ -500,12 +469,7 @@ def summarize(scfg, out_dir: Path) -> dict:
         f"Best trial {best.number}: {scfg.metric} = {best.value:.4f}; parameters: "
         + ", ".join(f"`{k}={v}`" for k, v in best.params.items()),
         "",
-        "## Base model vs best trial (validation split, shared evaluator)",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---" for _ in cols) + "|",
-        *["| " + " | ".join(r[c] for c in cols) + " |" for r in rows],
-        "",
+        markdown_table(rows, "## Base model vs best trial (validation split, shared evaluator)\n"),
     ]
     if inert:
         md += [
@@ -522,13 +486,12 @@ def summarize(scfg, out_dir: Path) -> dict:
         f"Run the best parameters: `python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}`",
     ]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    base_prov = _provenance_of(base_dir)
     summary = {
         "study_name": str(scfg.study_name),
         "experiment": str(scfg.experiment),
         "metric": str(scfg.metric),
         "direction": str(scfg.direction),
-        "data": base_prov.get("data"),
+        "data": base_doc.get("provenance", {}).get("data"),
         "counts": {k: n for k, n in counts.items() if n},
         "best_number": best.number,
         "best_value": best.value,
@@ -538,7 +501,7 @@ def summarize(scfg, out_dir: Path) -> dict:
         "plots": plots,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    _log_summary(scfg, out_dir, rows, trials, plots)
+    _log_summary(scfg, out_dir, rows, trial_rows, plots)
     print("\n".join(md))
     return {
         "best_number": best.number,
@@ -549,8 +512,7 @@ def summarize(scfg, out_dir: Path) -> dict:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
-@exit_on_user_error
+@cli("sweep")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -576,4 +538,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

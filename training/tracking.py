@@ -115,6 +115,11 @@ class Tracker:
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None: ...
 
+    def log_rows(self, name: str, rows: list[dict]) -> None:
+        """:meth:`log_table` of dict rows (the columns are the first row's keys); nothing for no rows."""
+        if rows:
+            self.log_table(name, list(rows[0]), [list(r.values()) for r in rows])
+
     def log_predictions(self, name, split, preds, class_names, n: int, conf: float) -> None: ...
 
     def log_images(self, name: str, paths: list[Path], captions: list[str] | None = None) -> None: ...
@@ -122,21 +127,23 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None: ...
 
 
+def _wb_box(x0, y0, x1, y1, class_id: int, **extra) -> dict:
+    """One box of a W&B image overlay, in pixels; ``extra``: e.g. ``scores``."""
+    return {
+        "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
+        "domain": "pixel",
+        "class_id": class_id,
+        **extra,
+    }
+
+
 class WandbTracker(Tracker):
     """One W&B run. ``mode``: ``auto`` (online iff WANDB_API_KEY is set) or one of :data:`WANDB_MODES`;
-    ``WANDB_MODE`` in the environment wins over both (see :func:`wandb_mode`)."""
+    ``WANDB_MODE`` in the environment wins over both (see :func:`wandb_mode`). ``init``: the other wandb.init
+    arguments of the logger schema (``project``, ``entity``, ``name``, ``group``, ``job_type``)."""
 
     def __init__(
-        self,
-        cfg_dict: dict,
-        run_dir: Path,
-        project: str,
-        entity: str | None = None,
-        name: str | None = None,
-        group: str | None = None,
-        tags: list[str] | None = None,
-        mode: str = "auto",
-        job_type: str | None = None,
+        self, cfg_dict: dict, run_dir: Path, mode: str = "auto", tags: list[str] | None = None, **init
     ):
         import wandb
 
@@ -147,12 +154,8 @@ class WandbTracker(Tracker):
         self._wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=project,
-            entity=entity,
-            name=name,
-            group=group,
+            **init,
             tags=list(tags or []),
-            job_type=job_type,
             mode=mode,
             dir=str(run_dir),
             config=redact(cfg_dict),
@@ -192,32 +195,15 @@ class WandbTracker(Tracker):
                 []
                 if det is None
                 else [
-                    {
-                        "position": {
-                            "minX": float(b[0]),
-                            "minY": float(b[1]),
-                            "maxX": float(b[2]),
-                            "maxY": float(b[3]),
-                        },
-                        "domain": "pixel",
-                        "class_id": int(c),
-                        "scores": {"conf": float(s)},
-                    }
+                    _wb_box(*map(float, b), int(c), scores={"conf": float(s)})
                     for b, s, c in zip(det.boxes, det.scores, det.labels, strict=True)
                     if s >= conf
                 ]
             )
             gt_boxes = [
-                {
-                    "position": {
-                        "minX": a.bbox[0],
-                        "minY": a.bbox[1],
-                        "maxX": a.bbox[0] + a.bbox[2],
-                        "maxY": a.bbox[1] + a.bbox[3],
-                    },
-                    "domain": "pixel",
-                    "class_id": index[a.category_id],
-                }
+                _wb_box(
+                    a.bbox[0], a.bbox[1], a.bbox[0] + a.bbox[2], a.bbox[1] + a.bbox[3], index[a.category_id]
+                )
                 for a in split.annotations_for(im.id)
             ]
             images.append(

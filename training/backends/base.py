@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from training.errors import UserError
+
 
 @dataclass
 class Detections:
@@ -94,6 +96,8 @@ class Backend(ABC):
         self.tracker = tracker
         self.class_names: list[str] = []
         self.validator = None
+        self.model = None  # the loaded (or trained) model
+        self._checkpoint: Path | None = None
 
     @classmethod
     def from_checkpoint(
@@ -123,17 +127,34 @@ class Backend(ABC):
         """Load weights from a checkpoint written by ``train``; ``device`` None lets the backend choose."""
 
     @property
-    @abstractmethod
     def checkpoint(self) -> Path | None:
         """Best checkpoint of the last training run (or the loaded one)."""
+        return self._checkpoint
 
-    @abstractmethod
+    def _require(self):
+        """The loaded model; a :class:`UserError` when there is none yet."""
+        if self.model is None:
+            raise UserError("no model loaded: train first or load a checkpoint")
+        return self.model
+
     def num_parameters(self) -> int:
         """Parameter count of the loaded model."""
+        return sum(p.numel() for p in self._require().parameters())
 
     @abstractmethod
     def benchmark_forward(self, imgsz: int | None = None):
         """Zero-argument callable running the loaded model alone on one preprocessed image (for latency)."""
+
+    @staticmethod
+    def _timed(module, *args, **kwargs):
+        """What :meth:`benchmark_forward` returns: ``module(*args, **kwargs)`` without autograd, as a closure."""
+        import torch
+
+        @torch.inference_mode()
+        def run():
+            module(*args, **kwargs)
+
+        return run
 
     @abstractmethod
     def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:

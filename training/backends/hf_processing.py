@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from training.backends.base import Detections
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from training.classifier.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_pad(img: Image.Image, imgsz: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -26,7 +26,15 @@ from training.data import load_dataset
 from training.data.images import as_pil, load_rgb
 from training.data.schema import DetectionSplit
 from training.errors import ConfigError, OfflineError, UserError
-from training.loops import FitState, evaluate_loss, fit, rng_state, set_rng_state, train_one_epoch
+from training.loops import (
+    FitState,
+    evaluate_loss,
+    fit,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +140,7 @@ class TransformersDetector(Detector):
         # None when built to load a checkpoint (from_checkpoint): load() reads family and size from it
         self.family = model_cfg.get("family")
         self.score_mode, self.use_mask = _family(self.family)[2:] if self.family else (None, None)
-        self.model = None
         self.imgsz: int | None = None
-        self._checkpoint: Path | None = None
         self.device = torch.device("cpu")
         self._train_device: torch.device | None = None  # set by train(): load() then keeps the model there
 
@@ -176,13 +182,6 @@ class TransformersDetector(Detector):
                 f"(or model.weights=null to build it from config with random init)"
             ) from None
 
-    @property
-    def checkpoint(self) -> Path | None:
-        return self._checkpoint
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self._require().parameters())
-
     # -- training ----------------------------------------------------------------------------------
     def _step(self, model, batch, device):
         pixels, masks, targets = batch
@@ -217,11 +216,7 @@ class TransformersDetector(Detector):
             )
         t = cfg.train  # conf/trainer/transformers.yaml; its schema (training/config.py) checks keys and types
         self.imgsz = int(t.imgsz)
-        self.device = self._train_device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu")
-            if t.device in (None, "")
-            else (f"cuda:{t.device}" if str(t.device).isdigit() else str(t.device))
-        )
+        self.device = self._train_device = resolve_device(t.device)
         dataset = load_dataset(cfg.data, ("train", "val"))
         self.class_names = dataset.class_names
         last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
@@ -346,19 +341,10 @@ class TransformersDetector(Detector):
             list(meta["class_names"]),
         )
         _, model_cls, self.score_mode, self.use_mask = _family(self.family)
-        if device is not None:
-            self.device = torch.device(device)
-        elif self._train_device is not None:  # train.device decides for the run's own reloads
-            self.device = self._train_device
-        else:
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # train.device decides for the run's own reloads
+        self.device = self._train_device if device is None and self._train_device else resolve_device(device)
         self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()
         self._checkpoint = path
-
-    def _require(self):
-        if self.model is None:
-            raise UserError("no model loaded: train first or load a checkpoint")
-        return self.model
 
     def _options(self) -> dict:
         return {
@@ -390,12 +376,7 @@ class TransformersDetector(Detector):
         kwargs = {"pixel_values": torch.zeros(1, 3, size, size, device=self.device)}
         if self.use_mask:
             kwargs["pixel_mask"] = torch.ones(1, size, size, dtype=torch.long, device=self.device)
-
-        @torch.inference_mode()
-        def run():
-            model(**kwargs)
-
-        return run
+        return self._timed(model, **kwargs)
 
     # -- export (the contract of training.backends.base.Backend) -----------------------------------------
     def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:

@@ -179,8 +179,6 @@ class UltralyticsDetector(Detector):
 
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
-        self.model = None
-        self._checkpoint: Path | None = None
         self._device: str | None = None
 
     @classmethod
@@ -217,10 +215,6 @@ class UltralyticsDetector(Detector):
 
             return RTDETR(str(arch))
         return YOLO(str(arch))  # random init from the architecture YAML
-
-    @property
-    def checkpoint(self) -> Path | None:
-        return self._checkpoint
 
     # -- training -------------------------------------------------------------------------------------
     def _callbacks(self, model, epoch_state: dict) -> None:
@@ -350,22 +344,15 @@ class UltralyticsDetector(Detector):
         names = self.model.names
         self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
 
-    def _require(self):
-        if self.model is None:
-            raise UserError("no model loaded: train first or load a checkpoint")
-        return self.model
-
     def _net(self):
         """The network in the state ultralytics' exporter puts it in (fused, head returning one raw tensor),
         cached per loaded model: the same module an export traces, so both decode the same output."""
-        import torch
-
         from training.backends.yolo_processing import export_module, head_kind
+        from training.loops import resolve_device
 
         model = self._require()
         if getattr(self, "_net_of", None) is not model:
-            device = torch.device(self._device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self._infer_net = export_module(model.model).to(device)
+            self._infer_net = export_module(model.model).to(resolve_device(self._device))
             self._head = head_kind(model.model)
             self._net_of = model
         return self._infer_net
@@ -409,13 +396,7 @@ class UltralyticsDetector(Detector):
 
         net = self._net()
         size = self._imgsz(imgsz)
-        x = torch.zeros(1, 3, size, size, device=next(net.parameters()).device)
-
-        @torch.inference_mode()
-        def run():
-            net(x)
-
-        return run
+        return self._timed(net, torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
 
     def ultralytics_val(
         self, data_yaml: Path, split: str, imgsz: int | None, batch: int = 8

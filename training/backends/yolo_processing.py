@@ -111,7 +111,7 @@ def head_kind(model: torch.nn.Module) -> str:
     return "end2end" if getattr(model, "end2end", False) else "anchors"
 
 
-def export_module(model: torch.nn.Module, dynamic: bool = False, max_det: int = 300) -> torch.nn.Module:
+def export_module(model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Module:
     """The DetectionModel in the state ultralytics' exporter puts it in (eval, fused, heads returning one raw
     tensor): the PyTorch reference of every exported model, and what ``torch.onnx.export`` traces."""
     import copy
@@ -128,7 +128,7 @@ def export_module(model: torch.nn.Module, dynamic: bool = False, max_det: int = 
             m.export = True
             m.format = "onnx"
             if hasattr(m, "max_det"):
-                m.max_det = max_det
+                m.max_det = 300  # ultralytics' exporter default
             if hasattr(m, "xyxy"):
                 m.xyxy = False
             m.shape = None

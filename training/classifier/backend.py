@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from training.backends.base import Backend, ExportSpec
-from training.errors import UserError
 
 
 class ClassifierBackend(Backend):
@@ -20,9 +19,7 @@ class ClassifierBackend(Backend):
 
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
-        self.model = None
         self.run = None  # the ClassifierRun of train(): what the evaluation needs beyond the model
-        self._checkpoint: Path | None = None
 
     @classmethod
     def owns(cls, path: Path) -> bool:
@@ -48,18 +45,6 @@ class ClassifierBackend(Backend):
         self.class_names = list(self.model.classes)
         self._checkpoint = Path(checkpoint)
 
-    def _require(self):
-        if self.model is None:
-            raise UserError("no classifier loaded: train first or load a checkpoint")
-        return self.model
-
-    @property
-    def checkpoint(self) -> Path | None:
-        return self._checkpoint
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self._require().parameters())
-
     def predict_proba(self, crops: list) -> np.ndarray:
         """Class probabilities of RGB crops (PIL images or ``HxWx3`` uint8 arrays), ``(len(crops), n_classes)``."""
         return self._require().predict_proba(crops)
@@ -69,13 +54,7 @@ class ClassifierBackend(Backend):
 
         model = self._require().eval()
         size = int(imgsz or model.imgsz)
-        x = torch.zeros(1, 3, size, size, device=model.device)
-
-        @torch.inference_mode()
-        def run():
-            model(x)
-
-        return run
+        return self._timed(model, torch.zeros(1, 3, size, size, device=model.device))
 
     def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
         clf = self._require().cpu().eval()

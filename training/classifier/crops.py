@@ -18,11 +18,11 @@ from training.classifier.synth import SynthConfig, SynthPage, generate_pages
 from training.data.images import load_rgb
 from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
+from training.data.yolo import image_files
 from training.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "val", "test")
 
 
@@ -104,9 +104,7 @@ def folder_crops(root: str | Path, classes: list[str], min_size: int = 4) -> lis
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         if d.name not in classes:
             raise DataError(f"{d}: unknown class folder {d.name!r}; valid classes: {classes}")
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for f in image_files(d):
             img = np.asarray(load_rgb(f))
             _check(img, str(f), min_size)
             out.append(Crop(img, classes.index(d.name), f"folder:{root.name}", str(f)))

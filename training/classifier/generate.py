@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from training.classifier.proposals import crop
 from training.classifier.synth import SynthConfig, generate_pages, write_pages
-from training.errors import UserError, exit_on_user_error, run_cli
-
-# our split -> Roboflow folder name, so that data=coco_folder reads the result as is
-FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+from training.data.coco import COCO_FOLDERS
+from training.errors import UserError, cli, require
 
 
 def generate(
@@ -25,7 +22,7 @@ def generate(
         raise UserError(f"{out} is not empty; choose a new folder (nothing is overwritten)")
     cfg = SynthConfig.from_cfg(page_cfg or {})
     summary = {}
-    for k, (split, folder) in enumerate(FOLDERS.items()):
+    for k, (split, folder) in enumerate(COCO_FOLDERS.items()):
         n = int(pages.get(split, 0) or 0)
         if n <= 0:
             continue
@@ -42,15 +39,13 @@ def generate(
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="generate")
-@exit_on_user_error
+@cli("generate")
 def main(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "out"):
-        raise UserError("out=DIR is required (where the generated dataset goes)")
+    require(cfg, "out", usage="where the generated dataset goes")
     summary = generate(cfg.out, dict(cfg.pages), int(cfg.seed), cfg.page, bool(cfg.crops), float(cfg.context))
     text = ", ".join(f"{s} {n} pages / {m} objects" for s, (n, m) in summary.items())
     print(f"wrote {cfg.out} ({text})")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

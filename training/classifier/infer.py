@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from training.classifier.crops import IMAGE_SUFFIXES
 from training.classifier.model import load_classifier
 from training.classifier.pipeline import classify_page, write_page_result
 from training.data.images import load_rgb
-from training.errors import DataError, UserError, exit_on_user_error, run_cli
+from training.data.yolo import IMAGE_SUFFIXES, image_files
+from training.errors import DataError, UserError, cli, require
 
 
 def page_files(pages: str | Path) -> list[Path]:
@@ -20,7 +19,7 @@ def page_files(pages: str | Path) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(p)
         if not files:
             raise DataError(f"{p}: no images ({sorted(IMAGE_SUFFIXES)})")
         return files
@@ -35,19 +34,14 @@ def load_detector(det_cfg):
 
     from training.backends import get_backend
 
-    decode = det_cfg.decode[str(det_cfg.backend)]
-    model_cfg = OmegaConf.create({"backend": det_cfg.backend, "name": "detector", "decode": decode})
-    det = get_backend(str(det_cfg.backend))(model_cfg, Path(tempfile.mkdtemp(prefix="sigdet-det-")), None)
-    det.load(str(det_cfg.checkpoint))
-    return det
+    backend = get_backend(str(det_cfg.backend))
+    run_dir = tempfile.mkdtemp(prefix="sigdet-det-")
+    return backend.from_checkpoint(str(det_cfg.checkpoint), det_cfg.decode[backend.name], run_dir=run_dir)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="classify")
-@exit_on_user_error
+@cli("classify")
 def main(cfg: DictConfig) -> None:
-    for key in ("checkpoint", "pages", "out"):
-        if OmegaConf.is_missing(cfg, key):
-            raise UserError(f"{key}= is required (checkpoint=PATH pages=IMAGE_OR_DIR out=DIR)")
+    require(cfg, "checkpoint", "pages", "out", usage="checkpoint=PATH pages=IMAGE_OR_DIR out=DIR")
     model = load_classifier(str(cfg.checkpoint))
     detector = load_detector(cfg.get("detector"))
     out = Path(str(cfg.out)).expanduser()
@@ -74,4 +68,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -139,14 +139,14 @@ def is_classifier_checkpoint(obj) -> bool:
     )
 
 
-def load_classifier(path: str | Path, map_location: str = "cpu") -> RegionClassifier:
+def load_classifier(path: str | Path) -> RegionClassifier:
     """A checkpoint written by :meth:`RegionClassifier.save`, or a published bare state dict (compatibility)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classifier checkpoint not found")
     from training.checkpoints import load_weights
 
-    obj = load_weights(path, "classifier checkpoint", map_location)  # weights_only: never runs code
+    obj = load_weights(path, "classifier checkpoint", "cpu")  # weights_only: never runs code
     if isinstance(obj, dict) and "state_dict" in obj and "classes" in obj:
         model = RegionClassifier(
             obj["classes"], int(obj.get("imgsz", 224)), str(obj.get("normalize", "imagenet"))

@@ -8,7 +8,6 @@ labels are exact by construction. The same pages serve as COCO detection data (:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from training.data.coco import coco_ann, dump_coco
+from training.data.synthetic import _multiply, _place
+
 CLASSES = ("signature", "stamp", "thumb")
 INKS: dict[str, tuple[int, int, int]] = {
     "red": (196, 28, 40),
@@ -24,18 +26,7 @@ INKS: dict[str, tuple[int, int, int]] = {
     "purple": (106, 40, 146),
     "black": (28, 28, 34),
 }
-WORDS = (
-    "APPROVED",
-    "RECEIVED",
-    "NOTARY",
-    "PAID",
-    "COPY",
-    "CERTIFIED",
-    "OFFICIAL",
-    "REGISTRY",
-    "SEAL",
-    "VERIFIED",
-)
+WORDS = tuple("APPROVED RECEIVED NOTARY PAID COPY CERTIFIED OFFICIAL REGISTRY SEAL VERIFIED".split())  # noqa: SIM905
 
 
 @dataclass(frozen=True)
@@ -246,37 +237,6 @@ def _paper(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) -> np.nda
     return np.asarray(im, dtype=np.float32)
 
 
-def _place(
-    rng: np.random.Generator,
-    w: int,
-    h: int,
-    ow: int,
-    oh: int,
-    taken: list,
-    near: tuple | None = None,
-    gap: int = 0,
-) -> tuple[int, int] | None:
-    """Top-left corner for an ``ow x oh`` object at least ``gap`` px from everything in ``taken`` except ``near``
-    (which it overlaps when given)."""
-    if ow >= w or oh >= h:
-        return None
-    for _ in range(60):
-        if near is not None:
-            x0, y0, x1, y1 = near
-            x = int(np.clip((x0 + x1) / 2 - ow * rng.uniform(0.2, 0.8), 0, w - ow))
-            y = int(np.clip((y0 + y1) / 2 - oh * rng.uniform(0.2, 0.8), 0, h - oh))
-        else:
-            x, y = int(rng.integers(0, w - ow)), int(rng.integers(0, h - oh))
-        box = (x, y, x + ow, y + oh)
-        others = [t for t in taken if t is not near]
-        if all(
-            box[2] + gap <= t[0] or box[0] >= t[2] + gap or box[3] + gap <= t[1] or box[1] >= t[3] + gap
-            for t in others
-        ):
-            return x, y
-    return None
-
-
 def generate_page(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> SynthPage:
     """One page with its planted objects (labels in page pixels)."""
     w, h = cfg.page_size
@@ -319,10 +279,8 @@ def generate_page(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) ->
         if pos is None:
             continue
         x, y = pos
-        colour = np.asarray(INKS[ink], np.float32) / 255.0
-        region = page[y : y + oh, x : x + ow]
         # ink multiplies the paper (subtractive colour), so overlapping inks darken each other
-        region *= 1 - alpha[..., None] * (1 - colour)
+        _multiply(page, alpha, x, y, INKS[ink])
         box = (x, y, x + ow, y + oh)
         taken.append(box)
         objects.append(PlantedObject(label, box, ink))
@@ -354,19 +312,9 @@ def write_pages(pages: list[SynthPage], out: str | Path, prefix: str = "page") -
         images.append({"id": i + 1, "file_name": name, "width": p.image.shape[1], "height": p.image.shape[0]})
         for o in p.objects:
             x0, y0, x1, y1 = o.box
+            bbox = [x0, y0, x1 - x0, y1 - y0]
             anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": CLASSES.index(o.label) + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                    "attributes": {"ink": o.ink},
-                }
+                coco_ann(len(anns) + 1, i + 1, CLASSES.index(o.label) + 1, bbox, attributes={"ink": o.ink})
             )
     cats = [{"id": i + 1, "name": c, "supercategory": "mark"} for i, c in enumerate(CLASSES)]
-    ann_path.write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}), encoding="utf-8"
-    )
-    return ann_path
+    return dump_coco(ann_path, images, anns, cats)

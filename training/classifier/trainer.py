@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from training.classifier.crops import Crop, as_kind, build_crop_splits, class_counts
 from training.classifier.model import RegionClassifier, build_classifier, preprocess
 from training.errors import DataError
-from training.loops import fit, train_one_epoch
+from training.loops import fit, resolve_device, train_one_epoch
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,6 @@ def mine(model: RegionClassifier, pool: list[Crop], k: int, aug, seed: int, batc
     return wrong, augment_copies(wrong, k, aug, seed, "mined")
 
 
-def _device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(name))
-
-
 class PhaseRunner:
     """Trains one phase through :func:`training.loops.fit` (early stopping on the validation monitor) and
     restores the phase's best epoch; the tracker's step runs on across phases."""
@@ -139,7 +133,8 @@ class PhaseRunner:
         m = self.validate(y, p, self.classes) if self.validate else {"accuracy": float(np.mean(y == p))}
         return {f"val/{k}": float(v) for k, v in m.items() if np.isscalar(v)}
 
-    def run(self, name: str, train: list[Crop], epochs: int, lr: float, weight_decay: float, aug, seed: int):
+    def run(self, name: str, train: list[Crop], stage, aug, seed: int):
+        epochs, lr, weight_decay = int(stage["epochs"]), float(stage["lr"]), float(stage["weight_decay"])
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
@@ -192,7 +187,7 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     t = cfg.train
     classes = list(cfg.model.classes)
     seed = int(cfg.seed)
-    device = _device(t.device)
+    device = resolve_device(t.device)
     model, weights_note = build_classifier(cfg.model)
     model.to(device)
     crops, pages = build_crop_splits(cfg.crops, cfg.get("data"), classes)
@@ -202,9 +197,8 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     augmented = augment_copies(original, n_copies, aug, seed, "augmented")
     train_set = original + augmented
     counts = {c: dict.fromkeys(COUNT_COLUMNS, 0) for c in classes}
-    for col, group in (("original", original), ("augmented", augmented)):
-        for c, n in zip(classes, class_counts(group, len(classes)), strict=True):
-            counts[c][col] = n
+    _add_counts(counts, "original", original)
+    _add_counts(counts, "augmented", augmented)
     log.info(
         "classifier: %d train crops (%d augmented), %d val, %d test; weights: %s",
         len(train_set),
@@ -229,15 +223,7 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
             model.net.load_state_dict(state["state_dict"])
             log.info("resume: %s loaded from %s", name, path)
             return
-        runner.run(
-            name,
-            train,
-            int(stage["epochs"]),
-            float(stage["lr"]),
-            float(stage["weight_decay"]),
-            aug,
-            seed + k,
-        )
+        runner.run(name, train, stage, aug, seed + k)
         model.save(path)
 
     model.freeze_backbone()
@@ -257,10 +243,8 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     mined_rounds = 0
     for r in range(1, rounds + 1):
         wrong, new = mine(model, train_set, k, aug, seed + 100 * r)
-        for c, n in zip(classes, class_counts(wrong, len(classes)), strict=True):
-            counts[c]["misclassified"] += n
-        for c, n in zip(classes, class_counts(new, len(classes)), strict=True):
-            counts[c]["augmented_misclassified"] += n
+        _add_counts(counts, "misclassified", wrong)
+        _add_counts(counts, "augmented_misclassified", new)
         log.info(
             "mining round %d: %d misclassified of %d, %d crops added", r, len(wrong), len(train_set), len(new)
         )
@@ -292,6 +276,12 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
         counts,
         metrics,
     )
+
+
+def _add_counts(counts: dict, col: str, crops: list[Crop]) -> None:
+    """Add the per-class numbers of ``crops`` to column ``col`` of ``counts`` (class -> column -> count)."""
+    for c, n in zip(counts, class_counts(crops, len(counts)), strict=True):
+        counts[c][col] += n
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:

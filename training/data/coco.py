@@ -12,6 +12,9 @@ from training.data.issues import IssueLog, read_utf8
 from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord, Origin
 from training.errors import DataError
 
+# our split -> Roboflow folder name, so that data=coco_folder reads the result as is
+COCO_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+
 
 def _load_json(path: Path) -> dict:
     if not path.is_file():
@@ -67,21 +70,14 @@ def _unsafe_image_path(name: str, base: Path, real_base: Path) -> str | None:
     return None
 
 
-def read_coco(
-    path: str | Path,
-    split: str,
-    issues: IssueLog,
-    image_dir: str | Path | None = None,
-    allow_outside: bool = False,
-) -> DetectionSplit:
+def read_coco(path: str | Path, split: str, issues: IssueLog, allow_outside: bool = False) -> DetectionSplit:
     """Read one COCO annotation file.
 
     Args:
         path: The ``_annotations.coco.json`` file.
         split: Name of the split it holds (``train`` / ``val`` / ``test``).
         issues: Where malformed entries go (raised in strict mode, skipped and counted otherwise).
-        image_dir: Folder the ``file_name`` entries are relative to (default: the annotation file's folder).
-        allow_outside: Accept absolute ``file_name`` entries and ones that lead out of ``image_dir``. Only
+        allow_outside: Accept absolute ``file_name`` entries and ones that lead out of the file's folder. Only
             for files the caller wrote itself (e.g. ``write_coco(..., file_names="absolute")``); user data is
             read with the default, which reports such entries as ``unsafe_path`` issues.
 
@@ -90,7 +86,7 @@ def read_coco(
     """
     path = Path(path)
     doc = _load_json(path)
-    base = Path(image_dir) if image_dir is not None else path.parent
+    base = path.parent
     real_base = base.resolve()
 
     categories: list[Category] = []
@@ -155,6 +151,27 @@ def _drop_roboflow_placeholder(
     # supercategory of the real ones; training a class that can never occur only skews the head.
     used = {a.category_id for a in annotations}
     return [c for c in categories if not (c.name in supercategories and c.id not in used)]
+
+
+def coco_ann(aid: int, image_id: int, category_id: int, bbox: list, area=None, **extra) -> dict:
+    """One COCO annotation; ``bbox`` is ``[x, y, w, h]``, ``area`` defaults to ``w * h``."""
+    area = bbox[2] * bbox[3] if area is None else area
+    return {
+        "id": aid,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": area,
+        "iscrowd": 0,
+        **extra,
+    }
+
+
+def dump_coco(path: Path, images: list, annotations: list, categories: list) -> Path:
+    """Write a COCO annotation file as compact JSON (what the materialisers and generators write)."""
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
 
 
 def write_coco(split: DetectionSplit, path: str | Path, file_names: str = "basename") -> Path:

@@ -12,18 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
-import hydra
 import yaml
 from omegaconf import DictConfig
 
-import training  # noqa: F401  (registers the ${asset:} resolver)
-from training.data.coco import write_coco
+from training.data.coco import COCO_FOLDERS, write_coco
 from training.data.loader import Dataset, load_dataset
 from training.data.schema import DetectionSplit, ImageRecord
 from training.data.yolo import write_yolo_split
-from training.errors import ConfigError, UserError, exit_on_user_error, run_cli
-
-COCO_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+from training.errors import ConfigError, UserError, cli, require
 
 
 def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
@@ -61,13 +57,10 @@ def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="convert")
-@exit_on_user_error
+@cli("convert")
 def main(cfg: DictConfig) -> None:
-    from omegaconf import OmegaConf
 
-    if OmegaConf.is_missing(cfg, "out"):
-        raise UserError("out=DIR is required (where the converted dataset goes)")
+    require(cfg, "out", usage="where the converted dataset goes")
     if cfg.to not in ("coco", "yolo"):
         raise ConfigError(f"to={cfg.to!r}: valid values are ['coco', 'yolo']")
     dataset = load_dataset(cfg.data, list(cfg.splits))
@@ -79,4 +72,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -7,13 +7,14 @@ dataset. Offline, both fail with one line saying what to download and where to p
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from training.data.coco import coco_ann, dump_coco
 from training.errors import DataError, OfflineError, UserError
+from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,7 @@ def _class_names(features) -> list[str]:
     """Find the ClassLabel of ``objects.category`` whatever the datasets version nests it in."""
     from datasets import ClassLabel
 
-    obj = features["objects"]
-    for attr in ("feature",):  # Sequence(dict) / List(dict)
-        if hasattr(obj, attr):
-            obj = getattr(obj, attr)
+    obj = getattr(features["objects"], "feature", features["objects"])  # Sequence(dict) / List(dict)
     cat = obj["category"] if isinstance(obj, dict) else None
     while cat is not None and not isinstance(cat, ClassLabel) and hasattr(cat, "feature"):
         cat = cat.feature
@@ -48,9 +46,7 @@ def _class_names(features) -> list[str]:
 
 def _rows_objects(objects) -> list[dict]:
     if isinstance(objects, dict):  # Sequence of dict: a dict of equal-length lists
-        keys = list(objects)
-        n = len(objects[keys[0]]) if keys else 0
-        return [{k: objects[k][i] for k in keys} for i in range(n)]
+        return [dict(zip(objects, row, strict=True)) for row in zip(*objects.values(), strict=True)]
     return list(objects or [])
 
 
@@ -124,17 +120,10 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
                 }
             )
             for obj in _rows_objects(row["objects"]):
+                aid = int(obj["id"]) if obj.get("id") is not None else len(annotations)
+                bbox = [float(v) for v in obj["bbox"]]
                 annotations.append(
-                    {
-                        "id": int(obj.get("id", len(annotations)))
-                        if obj.get("id") is not None
-                        else len(annotations),
-                        "image_id": iid,
-                        "category_id": int(obj["category"]),
-                        "bbox": [float(v) for v in obj["bbox"]],
-                        "area": float(obj.get("area") or 0.0),
-                        "iscrowd": 0,
-                    }
+                    coco_ann(aid, iid, int(obj["category"]), bbox, float(obj.get("area") or 0.0))
                 )
         if names:
             categories = [{"id": i, "name": str(n), "supercategory": "none"} for i, n in enumerate(names)]
@@ -145,16 +134,9 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
             # RF100 exports keep Roboflow's placeholder class 0 (the project name) as supercategory of the rest.
             for c in categories[1:]:
                 c["supercategory"] = names[0]
-        (out / ANNOTATION_FILE).write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories}),
-            encoding="utf-8",
-        )
+        dump_coco(out / ANNOTATION_FILE, images, annotations, categories)
     (tmp / ".complete").write_text(path, encoding="utf-8")
-    if root.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(root)
-    return root
+    return publish_dir(tmp, root)
 
 
 def download_roboflow(workspace: str, project: str, version: int, cache_dir: Path, api_key_env: str) -> Path:
@@ -185,8 +167,4 @@ def download_roboflow(workspace: str, project: str, version: int, cache_dir: Pat
             f"format from universe.roboflow.com and point data=coco_folder data.root=DIR at it"
         ) from None
     (tmp / ".complete").write_text(f"{workspace}/{project}/{version}", encoding="utf-8")
-    if root.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(root)
-    return root
+    return publish_dir(tmp, root)

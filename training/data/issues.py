@@ -81,13 +81,10 @@ class IssueLog:
             raise DataError(f"{issue} (set data.strict=false to skip bad entries)")
         self.issues.append(issue)
 
-    def summary(self) -> dict[str, int]:
-        return dict(Counter(i.kind for i in self.issues))
-
     def warn(self, what: str) -> None:
         if not self.issues:
             return
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.summary().items()))
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(Counter(i.kind for i in self.issues).items()))
         log.warning(
             "%s: skipped %d bad entries (%s); first: %s", what, len(self.issues), counts, self.issues[0]
         )

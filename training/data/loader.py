@@ -22,6 +22,7 @@ from training.data.schema import DetectionSplit
 from training.data.validate import validate_split
 from training.data.yolo import read_yolo, write_yolo_split
 from training.errors import ConfigError, DataError
+from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,7 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
     for required in ("train", "val"):  # ultralytics insists on both keys even for val-only use
         doc.setdefault(required, f"images/{next(iter(dataset.splits))}")
     (tmp / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    try:
-        tmp.rename(root)
-    except OSError:  # another process finished first: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_dir(tmp, root)
     log.info("wrote YOLO conversion cache %s", root)
     return data_yaml
 

@@ -82,16 +82,6 @@ class DetectionSplit:
                 self._by_image.setdefault(a.image_id, []).append(a)
         return self._by_image.get(image_id, [])
 
-    def subset(self, image_ids: list[int]) -> DetectionSplit:
-        keep = set(image_ids)
-        return DetectionSplit(
-            name=self.name,
-            source=self.source,
-            images=[im for im in self.images if im.id in keep],
-            annotations=[a for a in self.annotations if a.image_id in keep],
-            categories=list(self.categories),
-        )
-
     def to_coco(self, file_names: str = "absolute") -> dict:
         """COCO JSON dict. ``file_names``: ``absolute`` paths or ``basename``."""
         return {

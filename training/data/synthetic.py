@@ -25,66 +25,18 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from training.data.coco import coco_ann, dump_coco
+from training.fileio import publish_dir
+
 # bump when the pages a (seed, index) produces change: it keys the materialised cache
 GENERATOR_VERSION = 1
 CLASS_NAME = "signature"
-_WORDS = [
-    "agreement",
-    "contract",
-    "party",
-    "hereby",
-    "date",
-    "total",
-    "amount",
-    "invoice",
-    "payment",
-    "terms",
-    "conditions",
-    "page",
-    "section",
-    "account",
-    "received",
-    "approved",
-    "signed",
-    "witness",
-    "name",
-    "address",
-    "office",
-    "department",
-    "reference",
-    "number",
-    "copy",
-    "director",
-    "manager",
-    "company",
-    "limited",
-    "schedule",
-    "certificate",
-    "records",
-    "annual",
-    "report",
-    "notice",
-    "client",
-    "the",
-    "of",
-    "and",
-    "for",
-    "with",
-    "to",
-    "by",
-    "on",
-    "in",
-    "this",
-    "that",
-    "shall",
-    "be",
-    "is",
-    "are",
-    "as",
-    "per",
-    "your",
-    "our",
-]
+_WORDS = (  # noqa: SIM905 (one string: the words, in order, that rng.choice draws from)
+    "agreement contract party hereby date total amount invoice payment terms conditions page section "
+    "account received approved signed witness name address office department reference number copy "
+    "director manager company limited schedule certificate records annual report notice client the of and "
+    "for with to by on in this that shall be is are as per your our"
+).split()
 
 
 @dataclass(frozen=True)
@@ -115,21 +67,11 @@ def _font_files() -> tuple[str, ...]:
     import matplotlib
 
     d = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    names = [
-        "DejaVuSans.ttf",
-        "DejaVuSans-Bold.ttf",
-        "DejaVuSans-Oblique.ttf",
-        "DejaVuSerif.ttf",
-        "DejaVuSerif-Bold.ttf",
-        "DejaVuSerif-Italic.ttf",
-        "DejaVuSansMono.ttf",
-        "STIXGeneral.ttf",
-        "STIXGeneralBol.ttf",
-        "STIXGeneralItalic.ttf",
-        "cmr10.ttf",
-        "cmss10.ttf",
-        "cmtt10.ttf",
-    ]
+    names = (  # noqa: SIM905
+        "DejaVuSans.ttf DejaVuSans-Bold.ttf DejaVuSans-Oblique.ttf DejaVuSerif.ttf DejaVuSerif-Bold.ttf "
+        "DejaVuSerif-Italic.ttf DejaVuSansMono.ttf STIXGeneral.ttf STIXGeneralBol.ttf "
+        "STIXGeneralItalic.ttf cmr10.ttf cmss10.ttf cmtt10.ttf"
+    ).split()
     return tuple(str(d / n) for n in names if (d / n).is_file())
 
 
@@ -363,6 +305,34 @@ def _free(box, taken, gap=4) -> bool:
     )
 
 
+def _place(
+    rng: np.random.Generator,
+    w: int,
+    h: int,
+    ow: int,
+    oh: int,
+    taken: list,
+    near: tuple | None = None,
+    gap: int = 0,
+    tries: int = 60,
+) -> tuple[int, int] | None:
+    """Top-left corner for an ``ow x oh`` object at least ``gap`` px from everything in ``taken`` except ``near``
+    (which it overlaps when given); None when ``tries`` random spots all collide."""
+    if ow >= w or oh >= h:
+        return None
+    others = [t for t in taken if t is not near]
+    for _ in range(tries):
+        if near is not None:
+            x0, y0, x1, y1 = near
+            x = int(np.clip((x0 + x1) / 2 - ow * rng.uniform(0.2, 0.8), 0, w - ow))
+            y = int(np.clip((y0 + y1) / 2 - oh * rng.uniform(0.2, 0.8), 0, h - oh))
+        else:
+            x, y = int(rng.integers(0, w - ow)), int(rng.integers(0, h - oh))
+        if _free((x, y, x + ow, y + oh), others, gap):
+            return x, y
+    return None
+
+
 def generate_page(
     rng: np.random.Generator, cfg: PageConfig = PageConfig()
 ) -> tuple[np.ndarray, list, np.ndarray]:
@@ -488,22 +458,17 @@ def generate_page(
         is_stamp = isinstance(item, tuple)
         alpha = item[1] if is_stamp else item
         h, w = alpha.shape
-        if w >= W or h >= H:
+        pos = _place(rng, W, H, w, h, taken, gap=int(4 * s), tries=30)
+        if pos is None:
             continue
-        for _try in range(30):
-            x, yy = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
-            box = (x, yy, x + w, yy + h)
-            if _free(box, taken, int(4 * s)):
-                break
-        else:
-            continue
+        x, yy = pos
         rgb = (
             _STAMP_INKS[int(rng.integers(len(_STAMP_INKS)))]
             if is_stamp
             else _INKS[int(rng.integers(len(_INKS)))]
         )
         _multiply(page, alpha, x, yy, rgb)
-        taken.append(box)
+        taken.append((x, yy, x + w, yy + h))
     page += rng.normal(0, rng.uniform(0.5, 3.0), page.shape[:2])[..., None]
     return np.clip(page, 0, 255).astype(np.uint8), boxes, signature_ink
 
@@ -518,20 +483,9 @@ def write_split(out: Path, n: int, seed: int, cfg: PageConfig, split_offset: int
         Image.fromarray(img).save(out / name, compress_level=1)
         images.append({"id": i + 1, "file_name": name, "width": img.shape[1], "height": img.shape[0]})
         for x0, y0, x1, y1 in boxes:
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
+            anns.append(coco_ann(len(anns) + 1, i + 1, 1, [x0, y0, x1 - x0, y1 - y0]))
     cats = [{"id": 1, "name": CLASS_NAME, "supercategory": "mark"}]
-    (out / "_annotations.coco.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}), encoding="utf-8"
-    )
+    dump_coco(out / "_annotations.coco.json", images, anns, cats)
 
 
 def materialize(syn_cfg, splits: dict, cache: Path) -> Path:
@@ -556,10 +510,4 @@ def materialize(syn_cfg, splits: dict, cache: Path) -> Path:
             write_split(tmp / str(splits.get(split, split)), counts[split], seed, page, offset)
             offset += 10**6  # disjoint page indices per split
     (tmp / "DONE").write_text(key, encoding="utf-8")
-    if root.exists():  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        return root
-    tmp.rename(root)
-    return root
+    return publish_dir(tmp, root)

@@ -18,6 +18,11 @@ from training.errors import DataError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder`` (by suffix, any case), sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def read_data_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -79,7 +84,7 @@ def read_yolo(yaml_path: str | Path, key: str, split: str, issues: IssueLog) -> 
     images_dir = _resolve_split_dir(yaml_path, doc, key)
     labels_dir = _labels_dir(images_dir)
     names = doc["names"]
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(images_dir)
     if not files:
         raise DataError(f"{yaml_path}: {key}: no images in {images_dir}")
     categories = [Category(i, n) for i, n in enumerate(names)]
