@@ -101,9 +101,9 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     return save_figure(fig, path)
 
 
-def per_class_rows(metrics: dict[str, float], split: str, classes: list[str], prefix: str = "") -> list[dict]:
+def per_class_rows(metrics: dict[str, float], split: str, classes: list[str]) -> list[dict]:
     """The published card's layout: one row per class (precision, recall, F1, support), then macro / accuracy."""
-    k = f"{prefix}{split}/"
+    k = f"{split}/"
     rows = [
         {
             "class": c,
@@ -169,19 +169,17 @@ def proposal_recall(pages, classes: list[str], proposals_cfg, iou: float = 0.5) 
     return {f"proposals/recall/{c}": hit[c] / tot[c] for c in classes if tot[c]}
 
 
-def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, limit: int) -> list[Path]:
+def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, limit: int) -> None:
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths, index = [], ["file\tsource\n"]
+    index = ["file\tsource\n"]
     for i in np.flatnonzero(y_true != y_pred)[:limit]:
         name = f"{i:05d}_{classes[y_true[i]]}_as_{classes[y_pred[i]]}_{probs[i].max():.2f}.png"
         Image.fromarray(crops[i].image).save(out_dir / name)
-        paths.append(out_dir / name)
         index.append(f"{name}\t{crops[i].ref}\n")
-    if paths:
+    if len(index) > 1:
         (out_dir / "index.tsv").write_text("".join(index), encoding="utf-8")
-    return paths
 
 
 def evaluate_classifier_run(

@@ -34,10 +34,6 @@ class DetectionEvaluator:
     def evaluate(self) -> EvalResult:
         return compute_metrics(self.split, self._preds, self.conf_fixed, self.n_bootstrap, self.seed)
 
-    @property
-    def predictions(self) -> dict[int, Detections]:
-        return self._preds
-
 
 def predict_split(
     detector: Detector, split: DetectionSplit, conf: float = 0.001, imgsz: int | None = None, batch: int = 8

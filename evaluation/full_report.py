@@ -46,13 +46,12 @@ def _json(path: Path) -> dict:
         raise UserError(f"{path}: unreadable ({e.__class__.__name__})") from None
 
 
-def _need(folder, name: str, files: tuple[str, ...]) -> Path | None:
+def _need(folder, name: str, file: str) -> Path | None:
     if not folder:
         return None
     d = Path(str(folder)).expanduser()
-    missing = [f for f in files if not (d / f).is_file()]
-    if missing:
-        raise UserError(f"{name}={d}: not a finished {name} run (missing {', '.join(missing)})")
+    if not (d / file).is_file():
+        raise UserError(f"{name}={d}: not a finished {name} run (missing {file})")
     return d
 
 
@@ -122,11 +121,8 @@ class Report:
         )
         rows = []
         for k in HEADLINE:
-            for which, ours in (
-                ("base", doc["base"].get(f"val/{k}")),
-                ("tuned", doc["best"].get(f"val/{k}")),
-            ):
-                c = compare(ours, (pub.get(which) or {}).get(k), 4, 100.0)
+            for which, ours in (("base", doc["base"]), ("tuned", doc["best"])):
+                c = compare(ours.get(f"val/{k}"), (pub.get(which) or {}).get(k), 4, 100.0)
                 rows.append({"metric": k, "model": which, **c})
         self.table(rows, "Base vs tuned (differences in points)", "base_vs_tuned")
         for name, caption in (
@@ -152,15 +148,14 @@ class Report:
             f"hardware {prov.get('hardware')} ({prov.get('device')}), torch {prov.get('torch')}. Published: "
             f"{(self.pub.get('final_test') or {}).get('source', 'n/a')}.\n"
         )
-        rows = []
-        for k in HEADLINE:
-            rows.append(
-                {
-                    "metric": k,
-                    **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0),
-                    "ours 95% CI": fmt_ci(m, f"test/{k}", missing=""),
-                }
-            )
+        rows = [
+            {
+                "metric": k,
+                **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0),
+                "ours 95% CI": fmt_ci(m, f"test/{k}", missing=""),
+            }
+            for k in HEADLINE
+        ]
         self.table(rows, "Test split (differences in points)", "final_test")
         self.figure(d / "pr_curve_test.png", "Precision-recall at IoU 0.5, test (ours)")
         self.figure(d / "f1_conf_test.png", "F1 vs confidence, test (ours)")
@@ -206,16 +201,11 @@ class Report:
             f"hardware {prov.get('hardware')}, torch {prov.get('torch')}. Published: "
             f"{(self.pub.get('classifier') or {}).get('source', 'none found')}.\n"
         )
-        rows = []
-        for c in classes:
-            for k in ("precision", "recall", "f1"):
-                rows.append(
-                    {
-                        "class": c,
-                        "metric": k,
-                        **compare(m.get(f"test/{k}/{c}"), (pub.get(c) or {}).get(k), 4, 100.0),
-                    }
-                )
+        rows = [
+            {"class": c, "metric": k, **compare(m.get(f"test/{k}/{c}"), (pub.get(c) or {}).get(k), 4, 100.0)}
+            for c in classes
+            for k in ("precision", "recall", "f1")
+        ]
         overall = (self.pub.get("classifier") or {}).get("overall") or {}
         for name, key, pkey in (
             ("accuracy", "test/accuracy", "accuracy"),
@@ -278,11 +268,11 @@ def build_report(cfg) -> dict[str, Path]:
         OmegaConf.to_container(OmegaConf.load(pub_path), resolve=True) if pub_path.is_file() else {}
     ) or {}
     inputs = {
-        "model_selection": _need(cfg.get("model_selection"), "model_selection", ("model_selection.json",)),
-        "sweep": _need(cfg.get("tuning"), "tuning", ("summary.json",)),
-        "test": _need(cfg.get("test"), "test", ("metrics.json",)),
-        "latency": _need(cfg.get("latency"), "latency", ("latency.json",)),
-        "classifier": _need(cfg.get("classifier"), "classifier", ("metrics.json",)),
+        "model_selection": _need(cfg.get("model_selection"), "model_selection", "model_selection.json"),
+        "sweep": _need(cfg.get("tuning"), "tuning", "summary.json"),
+        "test": _need(cfg.get("test"), "test", "metrics.json"),
+        "latency": _need(cfg.get("latency"), "latency", "latency.json"),
+        "classifier": _need(cfg.get("classifier"), "classifier", "metrics.json"),
     }
     if not any(inputs.values()):
         raise UserError(

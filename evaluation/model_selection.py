@@ -194,35 +194,25 @@ def scatter(results: list[dict], split: str, path: Path) -> Path:
 
 def write_selection(
     run_dir: Path, results: list[dict], split: str, env: dict, data_name: str
-) -> dict[str, Path]:
+) -> tuple[list[dict[str, str]], str]:
+    """Write ``model_selection.{md,csv,json,png}``; returns the table's rows and the Markdown."""
     rows = selection_rows(results, split)
     hl = highlights(results, split)
     note = (
         f"Data: {data_name}, split {split}; CPU: {env['cpu']} ({results[0]['latency'].get('threads', env['torch_threads']):.0f} torch threads); "
         f"torch {env['version/torch']}; latency at batch 1 per the DESIGN.md protocol."
     )
-    md = run_dir / "model_selection.md"
-    md.write_text(
-        markdown_table(rows, f"# Model selection\n\n{note}\n")
-        + "\n"
-        + "\n".join(f"- **{k}**: {v}" for k, v in hl.items())
-        + "\n",
-        encoding="utf-8",
-    )
-    csv_path = write_csv(run_dir / "model_selection.csv", rows)
-    js = run_dir / "model_selection.json"
-    js.write_text(
-        json.dumps(
-            {"environment": env, "split": split, "data": data_name, "highlights": hl, "results": results},
-            indent=1,
-        ),
-        encoding="utf-8",
-    )
-    png = scatter(results, split, run_dir / "model_selection.png")
-    return {"md": md, "csv": csv_path, "json": js, "png": png, "rows": rows}
+    md = markdown_table(rows, f"# Model selection\n\n{note}\n") + "\n"
+    md += "\n".join(f"- **{k}**: {v}" for k, v in hl.items()) + "\n"
+    (run_dir / "model_selection.md").write_text(md, encoding="utf-8")
+    write_csv(run_dir / "model_selection.csv", rows)
+    doc = {"environment": env, "split": split, "data": data_name, "highlights": hl, "results": results}
+    (run_dir / "model_selection.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    scatter(results, split, run_dir / "model_selection.png")
+    return rows, md
 
 
-def model_selection(cfg: DictConfig) -> dict[str, Path]:
+def model_selection(cfg: DictConfig) -> None:
     import torch
 
     run_dir = run_dir_of(cfg)
@@ -246,27 +236,23 @@ def model_selection(cfg: DictConfig) -> dict[str, Path]:
             results.append(
                 run_model(cfg, str(m), run_dir / "models" / str(m).replace("/", "__"), data_overrides, page)
             )
-        except (
-            UserError
-        ) as e:  # one model's failure does not stop a day-long selection; it is retried next run
+        except UserError as e:
+            # one model's failure does not stop a day-long selection; it is retried next run
             log.error("%s", e)
             failed.append(str(m))
     if not results:
         raise UserError(f"no model finished; failed: {failed}")
-    env = environment()
-    out = write_selection(run_dir, results, str(cfg.split), env, str(cfg.data.name))
-    rows = out.pop("rows")
+    rows, md = write_selection(run_dir, results, str(cfg.split), environment(), str(cfg.data.name))
     if (cfg.get("logger") or {}).get("type") == "wandb":
         with open_dict(cfg):
             cfg.logger.group, cfg.logger.name = WANDB_GROUP.format(cfg.name), "summary"
             cfg.logger.job_type, cfg.logger.tags = "model-selection-summary", WANDB_TAGS
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
         tracker.log_rows("model_selection", rows)
-        tracker.log_images("model_selection/plots", [out["png"]])
-    print(out["md"].read_text())
+        tracker.log_images("model_selection/plots", [run_dir / "model_selection.png"])
+    print(md)
     if failed:
         raise UserError(f"models that failed (re-run the same command to retry them): {failed}")
-    return out
 
 
 @cli("model_selection")

@@ -70,19 +70,16 @@ def check(metrics: dict[str, float], bounds: dict) -> list[str]:
     (classifier), ``min_match_rate``, ``max_score_diff``, ``max_raw_diff`` (relative), ``min_top1_agreement``.
     """
     problems = []
-
-    def drop(key, bound_key, name):
+    for key, bound_key in (
+        ("mAP50", "max_map50_drop"),
+        ("mAP50-95", "max_map_drop"),
+        ("accuracy", "max_accuracy_drop"),
+    ):
         if bounds.get(bound_key) is None or f"ref/{key}" not in metrics:
-            return
-        d = metrics[f"ref/{key}"] - metrics[f"export/{key}"]
-        if not np.isfinite(d) or d > float(bounds[bound_key]):
-            problems.append(
-                f"{name} dropped by {100 * d:.2f} points (bound {100 * float(bounds[bound_key]):.2f})"
-            )
-
-    drop("mAP50", "max_map50_drop", "mAP50")
-    drop("mAP50-95", "max_map_drop", "mAP50-95")
-    drop("accuracy", "max_accuracy_drop", "accuracy")
+            continue
+        d, b = metrics[f"ref/{key}"] - metrics[f"export/{key}"], float(bounds[bound_key])
+        if not np.isfinite(d) or d > b:
+            problems.append(f"{key} dropped by {100 * d:.2f} points (bound {100 * b:.2f})")
     for key, bound_key, low in (
         ("match_rate", "min_match_rate", True),
         ("top1_agreement", "min_top1_agreement", True),
@@ -92,7 +89,6 @@ def check(metrics: dict[str, float], bounds: dict) -> list[str]:
         if bounds.get(bound_key) is None or key not in metrics:
             continue
         v, b = metrics[key], float(bounds[bound_key])
-        bad = (v < b) if low else not (v <= b)
-        if bad:
+        if (v < b) if low else not (v <= b):
             problems.append(f"{key} {v:.4g} {'<' if low else '>'} bound {b:.4g}")
     return problems

@@ -47,6 +47,8 @@ def train_one_epoch(
     model.train()
     total, steps = 0.0, 0
     use_amp = scaler is not None and device.type == "cuda"
+    if not use_amp:  # a disabled scaler passes the loss through and steps the optimizer as is
+        scaler = torch.amp.GradScaler(enabled=False)
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
@@ -58,18 +60,12 @@ def train_one_epoch(
                 f"loss is {value} at step {steps}; lower the learning rate or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
-        if use_amp:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if use_amp:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += value
         steps += 1
     return {"loss": total / max(steps, 1), "steps": float(steps)}

@@ -56,18 +56,15 @@ def _drop_file_handlers(logging_cfg: DictConfig | None) -> None:
                 user.handlers = [h for h in user.handlers if h not in files]
 
 
-def _detach_file_handlers(run_dir: Path) -> list[str]:
-    """Close and remove every logging FileHandler writing into ``run_dir``; returns their files."""
+def _detach_file_handlers(run_dir: Path) -> None:
+    """Close and remove every logging FileHandler writing into ``run_dir``."""
     loggers = [logging.getLogger()]
     loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
-    closed = []
     for lg in loggers:
         for h in list(lg.handlers):
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().is_relative_to(run_dir):
                 lg.removeHandler(h)
                 h.close()
-                closed.append(h.baseFilename)
-    return closed
 
 
 class RunFiles(Callback):

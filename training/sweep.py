@@ -9,6 +9,7 @@ heartbeat; file storages: by the next worker on the same host, which sees the de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,21 +37,11 @@ def suggest(trial, space) -> dict:
         OmegaConf.to_container(space, resolve=True) if not isinstance(space, dict) else space
     ).items():
         kind = spec.get("type")
-        if kind == "float":
-            params[name] = trial.suggest_float(
-                name,
-                float(spec["low"]),
-                float(spec["high"]),
-                step=spec.get("step"),
-                log=bool(spec.get("log", False)),
-            )
-        elif kind == "int":
-            params[name] = trial.suggest_int(
-                name,
-                int(spec["low"]),
-                int(spec["high"]),
-                step=int(spec.get("step", 1)),
-                log=bool(spec.get("log", False)),
+        if kind in ("float", "int"):  # trial.suggest_float / suggest_int
+            num = float if kind == "float" else int
+            step = spec.get("step") if kind == "float" else int(spec.get("step", 1))
+            params[name] = getattr(trial, f"suggest_{kind}")(
+                name, num(spec["low"]), num(spec["high"]), step=step, log=bool(spec.get("log", False))
             )
         elif kind == "categorical":
             params[name] = trial.suggest_categorical(name, list(spec["choices"]))
@@ -168,7 +159,7 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
             ) from None
 
 
-def fail_dead_local_trials(study) -> list[int]:
+def fail_dead_local_trials(study) -> None:
     """Mark RUNNING trials of dead workers on this host as FAIL (file storages have no heartbeat)."""
     from optuna.trial import TrialState
 
@@ -177,17 +168,15 @@ def fail_dead_local_trials(study) -> list[int]:
         if t.user_attrs.get("host") != host:
             continue
         pid = int(t.user_attrs.get("pid", -1))
-        try:
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ProcessLookupError, PermissionError, OverflowError):
-            alive = False
-        if not alive and pid != os.getpid():
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            failed.append(t.number)
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError, OverflowError):
+            os.kill(pid, 0)  # signal 0: the worker is alive
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        failed.append(t.number)
     if failed:
         log.warning("trials %s were left running by a dead worker: marked FAIL", failed)
-    return failed
 
 
 def make_sampler(cfg, worker: int):
@@ -236,7 +225,7 @@ class PruningTracker:
         # log_summary, log_table, log_rows, log_predictions, finish: the run's tracker's own
         return getattr(self.inner, name)
 
-    def log_images(self, name, paths, captions=None) -> None:
+    def log_images(self, name, paths) -> None:
         """Not passed on: a trial's images stay out of its tracker (as they always have)."""
 
     def log_metrics(self, metrics, step=None):
@@ -309,10 +298,8 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
     )
     study.set_user_attr("metric", str(scfg.metric))
     if not study.get_trials(deepcopy=False) and scfg.enqueue:
-        for params in scfg.enqueue:
-            study.enqueue_trial(
-                OmegaConf.to_container(params, resolve=True) if not isinstance(params, dict) else params
-            )
+        for params in OmegaConf.to_container(scfg.enqueue, resolve=True):
+            study.enqueue_trial(params)
     done_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     objective = objective_factory(scfg, out_dir, run_fn)
     while True:
@@ -348,17 +335,15 @@ def _log_summary(scfg, out_dir: Path, rows: list[dict], trial_rows: list[dict], 
         tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
 
 
-def train_base(scfg, out_dir: Path, run_fn) -> dict:
+def train_base(scfg, out_dir: Path, run_fn) -> None:
     """The base run: the swept experiment with its default parameters, trained and evaluated like a trial
     (``<out_dir>/base``), unless it is already there. ``mode=base`` (and ``mode=all``) runs it."""
     base_dir = out_dir / "base"
-    base = _run_json(base_dir).get("metrics", {})
-    if not base:
-        base = run_fn(compose_run(scfg, [], base_dir, "base"), None)
-    return base
+    if not _run_json(base_dir).get("metrics"):
+        run_fn(compose_run(scfg, [], base_dir, "base"), None)
 
 
-def summarize(scfg, out_dir: Path) -> dict:
+def summarize(scfg, out_dir: Path) -> None:
     """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table. Only reads:
     a base run not trained yet (``mode=base``) is shown as n/a."""
     import optuna
@@ -503,13 +488,6 @@ def summarize(scfg, out_dir: Path) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     _log_summary(scfg, out_dir, rows, trial_rows, plots)
     print("\n".join(md))
-    return {
-        "best_number": best.number,
-        "best_value": best.value,
-        "counts": counts,
-        "rows": rows,
-        "plots": plots,
-    }
 
 
 @cli("sweep")

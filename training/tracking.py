@@ -63,14 +63,14 @@ def mask_text(text: str, values: set[str] | frozenset[str] = frozenset()) -> str
     return text
 
 
-def redact(obj, secrets: tuple[str, ...] | None = None):
+def redact(obj):
     """Copy of a config container with its credentials masked: values of secret-looking keys, values equal to a
-    secret env var (``secrets``, default :data:`SECRET_ENV`), URL passwords and secret ``key=value`` overrides.
+    secret env var (:data:`SECRET_ENV`), URL passwords and secret ``key=value`` overrides.
 
     The one masking function for everything we (or Hydra, through training/runfiles.py) write: W&B config, the
     run's ``config.yaml`` and Hydra's ``.hydra/*.yaml`` and ``multirun.yaml``.
     """
-    values = frozenset(os.environ[e] for e in (secrets or SECRET_ENV) if os.environ.get(e))
+    values = frozenset(os.environ[e] for e in SECRET_ENV if os.environ.get(e))
     return _redact(obj, values)
 
 
@@ -122,7 +122,7 @@ class Tracker:
 
     def log_predictions(self, name, split, preds, class_names, n: int, conf: float) -> None: ...
 
-    def log_images(self, name: str, paths: list[Path], captions: list[str] | None = None) -> None: ...
+    def log_images(self, name: str, paths: list[Path]) -> None: ...
 
     def finish(self, exit_code: int = 0) -> None: ...
 
@@ -176,12 +176,9 @@ class WandbTracker(Tracker):
     def log_table(self, name, columns, rows):
         self.run.log({name: self._wandb.Table(columns=columns, data=rows)})
 
-    def log_images(self, name, paths, captions=None):
-        caps = captions or [Path(p).stem for p in paths]
+    def log_images(self, name, paths):
         if paths:
-            self.run.log(
-                {name: [self._wandb.Image(str(p), caption=c) for p, c in zip(paths, caps, strict=True)]}
-            )
+            self.run.log({name: [self._wandb.Image(str(p), caption=Path(p).stem) for p in paths]})
 
     def log_predictions(self, name, split, preds, class_names, n: int, conf: float):
         """``n`` images with ground-truth boxes and the predicted ones scoring ``conf`` or more."""

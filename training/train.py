@@ -84,9 +84,8 @@ def train(
     """
     run_dir = run_dir_of(cfg)
     check_run_dir(cfg, run_dir)
-    resume = bool(cfg.resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not cfg.resume:
         save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     with tracked(cfg.get("logger"), run_dir, cfg, wrap_tracker) as tracker:

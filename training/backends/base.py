@@ -190,3 +190,19 @@ class Detector(Backend):
         self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
     ) -> list[Detections]:
         """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""
+
+    def _predict_each(self, net, device, images: list[ImageInput], imgsz: int, options: dict, conf: float):
+        """Image by image: :meth:`preprocess` -> ``net`` (the module an export traces, fed the input arrays in
+        order) -> :meth:`postprocess`, the path every exported runtime takes too."""
+        import torch
+
+        from training.data.images import as_pil
+
+        out: list[Detections] = []
+        for img in images:
+            feeds, ctx = self.preprocess(as_pil(img), imgsz, options)
+            with torch.inference_mode():
+                raw = net(*(torch.from_numpy(v).to(device) for v in feeds.values()))
+            raw = raw if isinstance(raw, tuple) else (raw,)
+            out.append(self.postprocess([r.float().cpu().numpy() for r in raw], ctx, imgsz, options, conf))
+        return out

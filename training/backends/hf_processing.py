@@ -36,9 +36,7 @@ def boxes_to_targets(
 ) -> dict[str, torch.Tensor]:
     """Original-frame ``xyxy`` boxes -> DETR-style target (canvas-normalised ``cxcywh``)."""
     b = torch.as_tensor(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)) * scale / imgsz
-    cxcywh = torch.stack(
-        [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1
-    )
+    cxcywh = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
     return {
         "class_labels": torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1),
         "boxes": cxcywh.clamp(0, 1),
@@ -71,11 +69,10 @@ def decode(
         k = min(max_det, prob.numel())
         scores, idx = prob.flatten().topk(k)
         labels, boxes = idx % n_cls, pred_boxes[idx // n_cls]
-    cx, cy, w, h = boxes.unbind(-1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * imgsz / scale
+    xy, half = boxes[:, :2], boxes[:, 2:] / 2
+    xyxy = torch.cat([xy - half, xy + half], -1) * imgsz / scale
     W, H = orig_size
-    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clamp(0, W)
-    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clamp(0, H)
+    xyxy = xyxy.clamp(min=0).minimum(torch.tensor([W, H, W, H], dtype=xyxy.dtype))
     keep = scores >= conf
     order = scores[keep].argsort(descending=True)[:max_det]
     return Detections(xyxy[keep][order].numpy(), scores[keep][order].numpy(), labels[keep][order].numpy())

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 from training.backends.base import Detections, Detector, ExportSpec, ImageInput
 from training.backends.hf_processing import GraphWrapper, boxes_to_targets, decode, resize_pad
 from training.data import load_dataset
-from training.data.images import as_pil, load_rgb
+from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
-from training.errors import ConfigError, OfflineError, UserError
+from training.errors import ConfigError, OfflineError, UserError, first_line
 from training.loops import (
     FitState,
     evaluate_loss,
@@ -48,18 +48,12 @@ META = "sigdet.json"
 STATE = "trainer_state.pt"
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
-
-
 def _family(name: str):
     if name not in FAMILIES:
         raise ConfigError(f"model.family={name!r}: valid families are {sorted(FAMILIES)}")
     import transformers
 
-    _quiet_transformers()
+    transformers.logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
     cfg_cls, model_cls, mode, mask = FAMILIES[name]
     return getattr(transformers, cfg_cls), getattr(transformers, model_cls), mode, mask
 
@@ -174,7 +168,7 @@ class TransformersDetector(Detector):
         except OSError as e:
             if local.exists():
                 raise UserError(
-                    f"model.weights={source}: not a loadable {model_cls.__name__} directory ({str(e).splitlines()[0][:160]})"
+                    f"model.weights={source}: not a loadable {model_cls.__name__} directory ({first_line(e, 160)})"
                 ) from None
             raise OfflineError(
                 f"model.weights={source}: not reachable ({e.__class__.__name__}); on a machine with access run "
@@ -194,14 +188,8 @@ class TransformersDetector(Detector):
         return model(**kwargs).loss
 
     def _save(self, folder: Path, extra_state: dict | None = None) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
-        meta = {
-            "family": self.family,
-            "imgsz": self.imgsz,
-            "class_names": self.class_names,
-            "score_mode": self.score_mode,
-        }
+        self.model.save_pretrained(folder)  # creates the folder
+        meta = {k: getattr(self, k) for k in ("family", "imgsz", "class_names", "score_mode")}
         (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         if extra_state is not None:
             torch.save(extra_state, folder / STATE)
@@ -236,16 +224,16 @@ class TransformersDetector(Detector):
 
         gen = torch.Generator().manual_seed(int(t.seed))
         loader = functools.partial(
-            torch.utils.data.DataLoader, batch_size=int(t.batch), num_workers=int(t.workers)
+            torch.utils.data.DataLoader,
+            batch_size=int(t.batch),
+            num_workers=int(t.workers),
+            collate_fn=_collate,
         )
         aug = OmegaConf.to_container(t.augment, resolve=True)
         train_loader = loader(
-            _DetectionDataset(dataset["train"], self.imgsz, aug),
-            shuffle=True,
-            generator=gen,
-            collate_fn=_collate,
+            _DetectionDataset(dataset["train"], self.imgsz, aug), shuffle=True, generator=gen
         )
-        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None), collate_fn=_collate)
+        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None))
         backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
         rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
         groups = [{"params": rest, "lr": float(t.lr)}]
@@ -353,21 +341,11 @@ class TransformersDetector(Detector):
             "max_det": self.decode["max_det"],
         }
 
-    @torch.inference_mode()
     def predict(
         self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
     ) -> list[Detections]:
-        model = self._require().eval()
-        size = int(imgsz or self.imgsz)
-        options = self._options()
-        out = []
-        for img in images:
-            pil = as_pil(img)
-            feeds, ctx = self.preprocess(pil, size, options)
-            o = model(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
-            outputs = [o.logits.float().cpu().numpy(), o.pred_boxes.float().cpu().numpy()]
-            out.append(self.postprocess(outputs, ctx, size, options, conf))
-        return out
+        net = GraphWrapper(self._require().eval(), self.use_mask)
+        return self._predict_each(net, self.device, images, int(imgsz or self.imgsz), self._options(), conf)
 
     def benchmark_forward(self, imgsz: int | None = None):
         """A zero-argument callable running the model alone on one preprocessed image (latency protocol)."""

@@ -48,11 +48,10 @@ def load_yolo(path: str | Path, what: str = "checkpoint"):
         )
         raise UserError(f"{path}: not an ultralytics {what}: it holds {kind}")
     try:
-        model = YOLO(str(path))  # YOLO() loads RT-DETR weights too (it only cannot build RT-DETR from YAML)
+        return YOLO(str(path))  # YOLO() loads RT-DETR weights too (it only cannot build RT-DETR from YAML)
     except (TypeError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
         # ultralytics' restricted loader raises TypeError for files outside its format
         raise UserError(f"{path}: not a loadable ultralytics {what} ({first_line(e, 200)})") from None
-    return model
 
 
 # an atomic copy of last.pt after each save: ultralytics writes last.pt in place, so a run killed mid-save leaves
@@ -95,7 +94,7 @@ def _vet_run_checkpoints(weights: Path) -> None:
 
 def check_train_args(args: dict) -> dict:
     """Reject unknown or framework-owned ultralytics arguments with the closest valid names."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
     for key in args:
         if key in RESERVED_ARGS:
@@ -108,8 +107,6 @@ def check_train_args(args: dict) -> dict:
                 f"train.{key} is not an ultralytics train argument"
                 + (f"; did you mean {near}?" if near else "")
             )
-    from ultralytics.cfg import check_cfg
-
     try:  # ultralytics' own type / range checks, before anything is built
         check_cfg(dict(args), hard=True)
     except (TypeError, ValueError, SyntaxError) as e:
@@ -168,18 +165,20 @@ def _trainer_class(base, paste=None):
 
 def _metric_key(k: str) -> str:
     # 'metrics/mAP50-95(B)' -> 'mAP50-95'; 'val/box_loss' stays
-    k = k.replace("metrics/", "").replace("(B)", "")
-    return k
+    return k.replace("metrics/", "").replace("(B)", "")
+
+
+def _val_metrics(prefix: str, metrics: dict) -> dict[str, float]:
+    """ultralytics' ``metrics/...`` entries as ``<prefix><name>`` floats (losses and fitness left out)."""
+    return {f"{prefix}{_metric_key(k)}": float(v) for k, v in metrics.items() if k.startswith("metrics/")}
 
 
 class UltralyticsDetector(Detector):
     """YOLO-family and RT-DETR models through ``ultralytics``."""
 
     name = "ultralytics"
-
-    def __init__(self, model_cfg, run_dir, tracker=None):
-        super().__init__(model_cfg, run_dir, tracker)
-        self._device: str | None = None
+    _device: str | None = None  # load()'s device: where _net() puts the network
+    _net_of = None  # the loaded model _net() last prepared
 
     @classmethod
     def owns(cls, path: Path) -> bool:
@@ -218,8 +217,6 @@ class UltralyticsDetector(Detector):
 
     # -- training -------------------------------------------------------------------------------------
     def _callbacks(self, model, epoch_state: dict) -> None:
-        tracker = self.tracker
-
         def on_train_epoch_end(trainer):
             # ultralytics recovers from a NaN epoch by reloading last.pt; make sure it is visible in our logs.
             import torch
@@ -233,29 +230,20 @@ class UltralyticsDetector(Detector):
         def on_fit_epoch_end(trainer):
             # ultralytics fires this once more after the last epoch (final_eval of best.pt, at epoch + 1):
             # only epochs that trained are logged; the final numbers come from our evaluator.
-            if not epoch_state.pop("pending", False) or tracker is None:
+            if not epoch_state.pop("pending", False) or self.tracker is None:
                 return
             epoch = trainer.epoch + 1
             logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
             p, r = logs.get("ultralytics/precision"), logs.get("ultralytics/recall")
-            if (
-                p is not None and r is not None
-            ):  # ultralytics' F1 at its own operating point: a per-epoch signal
+            # ultralytics' F1 at its own operating point: a per-epoch signal
+            if p is not None and r is not None:
                 logs["ultralytics/f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-            logs.update(
-                {
-                    f"ultralytics/{k}": float(v)
-                    for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
-                }
-            )
-            logs.update(
-                {
-                    f"ultralytics/lr/pg{i}": float(g["lr"])
-                    for i, g in enumerate(trainer.optimizer.param_groups)
-                }
-            )
+            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+            logs.update({f"ultralytics/{k}": float(v) for k, v in losses.items()})
+            groups = trainer.optimizer.param_groups
+            logs.update({f"ultralytics/lr/pg{i}": float(g["lr"]) for i, g in enumerate(groups)})
             logs["epoch"] = epoch
-            tracker.log_metrics(logs, step=epoch)
+            self.tracker.log_metrics(logs, step=epoch)
 
         model.add_callback("on_train_epoch_end", on_train_epoch_end)
         model.add_callback("on_model_save", _keep_complete_last)
@@ -319,18 +307,11 @@ class UltralyticsDetector(Detector):
             "train/images_per_s": (epochs - trainer.start_epoch) * n_train / elapsed
             if elapsed > 0
             else math.nan,
+            **dataset.skipped_metrics(),
         }
-        out.update(dataset.skipped_metrics())
         if paste is not None:
             out["recipe/paste_crops"] = float(len(paste.bank))
-        if trainer.metrics:
-            out.update(
-                {
-                    f"ultralytics/val/{_metric_key(k)}": float(v)
-                    for k, v in trainer.metrics.items()
-                    if k.startswith("metrics/")
-                }
-            )
+        out.update(_val_metrics("ultralytics/val/", trainer.metrics or {}))
         return out
 
     # -- inference ------------------------------------------------------------------------------------
@@ -351,7 +332,7 @@ class UltralyticsDetector(Detector):
         from training.loops import resolve_device
 
         model = self._require()
-        if getattr(self, "_net_of", None) is not model:
+        if self._net_of is not model:
             self._infer_net = export_module(model.model).to(resolve_device(self._device))
             self._head = head_kind(model.model)
             self._net_of = model
@@ -371,25 +352,11 @@ class UltralyticsDetector(Detector):
     ) -> list[Detections]:
         """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
         that one image gives the same boxes in PyTorch, ONNX Runtime, OpenVINO and TensorRT)."""
-        import torch
-
-        from training.data.images import as_pil
-
         net = self._net()
-        size = self._imgsz(imgsz)
-        device = next(net.parameters()).device
         options = {"head": self._head, "iou": self.decode["iou"], "max_det": self.decode["max_det"]}
-        out: list[Detections] = []
-        for img in images:
-            pil = as_pil(img)
-            feeds, ctx = self.preprocess(pil, size, options)
-            with torch.inference_mode():
-                raw = net(torch.from_numpy(feeds["images"]).to(device))
-            out.append(self.postprocess([raw.float().cpu().numpy()], ctx, size, options, conf))
-        return out
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self._require().model.parameters())
+        return self._predict_each(
+            net, next(net.parameters()).device, images, self._imgsz(imgsz), options, conf
+        )
 
     def benchmark_forward(self, imgsz: int | None = None):
         import torch
@@ -402,22 +369,13 @@ class UltralyticsDetector(Detector):
         self, data_yaml: Path, split: str, imgsz: int | None, batch: int = 8
     ) -> dict[str, float]:
         """ultralytics' own validation metrics for ``split``, keys prefixed ``ultralytics/<split>/``."""
-        model = self._require()
         kwargs = {"data": str(data_yaml), "split": split, "batch": batch, "plots": False, "verbose": False}
-        kwargs["project"], kwargs["name"], kwargs["exist_ok"] = (
-            str(self.run_dir.resolve()),
-            "ultralytics_val",
-            True,
-        )
+        kwargs.update(project=str(self.run_dir.resolve()), name="ultralytics_val", exist_ok=True)
         if imgsz:
             kwargs["imgsz"] = int(imgsz)
-        res = model.val(**kwargs)
+        res = self._require().val(**kwargs)
         shutil.rmtree(self.run_dir / "ultralytics_val", ignore_errors=True)
-        return {
-            f"ultralytics/{split}/{_metric_key(k)}": float(v)
-            for k, v in res.results_dict.items()
-            if k.startswith("metrics/")
-        }
+        return _val_metrics(f"ultralytics/{split}/", res.results_dict)
 
     # -- export (the contract of training.backends.base.Backend) -----------------------------------------
     def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:

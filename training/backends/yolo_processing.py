@@ -45,19 +45,13 @@ def _unletterbox(
     xyxy: np.ndarray, meta: tuple[float, float, float], orig_size: tuple[int, int]
 ) -> np.ndarray:
     gain, px, py = meta
-    out = xyxy.astype(np.float64).copy()
-    out[:, [0, 2]] = (out[:, [0, 2]] - px) / gain
-    out[:, [1, 3]] = (out[:, [1, 3]] - py) / gain
     w, h = orig_size
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
-    return out
+    return ((xyxy.astype(np.float64) - (px, py, px, py)) / gain).clip(0, (w, h, w, h))
 
 
 def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
-    return np.stack(
-        [b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1
-    )
+    xy, half = b[:, :2], b[:, 2:4] / 2
+    return np.concatenate([xy - half, xy + half], 1)
 
 
 def decode(
@@ -72,14 +66,15 @@ def decode(
 ) -> Detections:
     """One image's raw head output (no batch axis) -> Detections in the original frame."""
     out = np.asarray(output, dtype=np.float32)
-    if head == "anchors":
-        p = out.T  # (A, 4 + nc)
-        scores_all = p[:, 4:]
-        labels = scores_all.argmax(1)
-        scores = scores_all[np.arange(len(p)), labels]
+    if head in ("anchors", "rtdetr"):
+        p = out.T if head == "anchors" else out  # (A, 4 + nc) / (queries, 4 + nc)
+        labels = p[:, 4:].argmax(1)
+        scores = p[:, 4:].max(1)
         keep = scores > conf
         boxes, scores, labels = _cxcywh_to_xyxy(p[keep, :4]), scores[keep], labels[keep]
-        if len(boxes):
+        if head == "rtdetr":
+            boxes = boxes * imgsz
+        elif len(boxes):
             from torchvision.ops import batched_nms
 
             order = np.argsort(-scores, kind="stable")[:30000]
@@ -90,12 +85,6 @@ def decode(
     elif head == "end2end":
         keep = out[:, 4] > conf
         boxes, scores, labels = out[keep, :4], out[keep, 4], out[keep, 5].astype(np.int64)
-    elif head == "rtdetr":
-        scores_all = out[:, 4:]
-        labels = scores_all.argmax(1)
-        scores = scores_all[np.arange(len(out)), labels]
-        keep = scores > conf
-        boxes, scores, labels = _cxcywh_to_xyxy(out[keep, :4]) * imgsz, scores[keep], labels[keep]
     else:
         raise ValueError(f"unknown head kind {head!r}")
     order = np.argsort(-scores, kind="stable")[:max_det]

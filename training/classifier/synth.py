@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from training.data.coco import coco_ann, dump_coco
-from training.data.synthetic import _multiply, _place
+from training.data.synthetic import _between, _multiply, _place
 
 CLASSES = ("signature", "stamp", "thumb")
 INKS: dict[str, tuple[int, int, int]] = {
@@ -227,7 +227,7 @@ def _paper(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) -> np.nda
     font = _font(fsize)
     y = int(h * 0.05)
     gray = int(rng.integers(20, 70))
-    for _ in range(int(rng.integers(*np.add(cfg.text_lines, (0, 1))))):
+    for _ in range(_between(rng, cfg.text_lines)):
         x = int(w * rng.uniform(0.05, 0.12))
         words = [str(rng.choice(WORDS)).lower() for _ in range(int(rng.integers(3, 12)))]
         draw.text((x, y), " ".join(words), fill=(gray, gray, gray), font=font)
@@ -244,11 +244,7 @@ def generate_page(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) ->
     page = _paper(rng, w, h, cfg)
     objects: list[PlantedObject] = []
     taken: list[tuple[int, int, int, int]] = []
-    plan = (
-        ["signature"] * int(rng.integers(cfg.signatures[0], cfg.signatures[1] + 1))
-        + ["stamp"] * int(rng.integers(cfg.stamps[0], cfg.stamps[1] + 1))
-        + ["thumb"] * int(rng.integers(cfg.thumbs[0], cfg.thumbs[1] + 1))
-    )
+    plan = [label for label in CLASSES for _ in range(_between(rng, getattr(cfg, f"{label}s")))]
     for label in plan:
         if label == "signature":
             ink = str(rng.choice(cfg.signature_inks))

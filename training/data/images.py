@@ -92,8 +92,7 @@ def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, in
     """(width, height) from the file header, with EXIF orientation applied like the trainers do. Cheap: the
     pixels are not decoded (validation does that, see :class:`ImageChecker`)."""
     path = Path(path)
-    im = _open(path, max_pixels)
-    with im:
+    with _open(path, max_pixels) as im:
         w, h = im.size
         # PIL's TIFF reader applies the orientation itself (its size is already rotated)
         orientation = _orientation(im) if im.format != "TIFF" else 1
@@ -149,9 +148,7 @@ def decode_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             done = upright_size is not None and (im.size == upright_size or orientation in (2, 3, 4))
             upright = im.transpose(_UPRIGHT[orientation]) if orientation != 1 and not done else im
             arr = _to_rgb8(upright)
-    except ImageError:
-        raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # an ImageError (a UserError, neither of these) passes through
         raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
         raise ImageError(f"{path}: decoded to an unusable array of shape {arr.shape}")

@@ -62,6 +62,11 @@ class PageConfig:
         return cls(**settings_kwargs(cls, cfg, "data.synthetic.page"))
 
 
+def _between(rng: np.random.Generator, bounds) -> int:
+    """A count drawn from the inclusive ``[min, max]`` range ``bounds``."""
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
 @lru_cache(maxsize=1)
 def _font_files() -> tuple[str, ...]:
     import matplotlib
@@ -150,11 +155,11 @@ def handwriting(
     """Ink coverage in [0, 1] of a cursive pen trajectory (a signature, initials or a note)."""
     strokes: list[np.ndarray] = []
     x0 = 0.0
-    for _ in range(int(rng.integers(words[0], words[1] + 1))):
+    for _ in range(_between(rng, words)):
         parts = []
         if rng.random() < capital_p:
             parts.append(_capital(rng))
-        for _ in range(int(rng.integers(letters[0], letters[1] + 1))):
+        for _ in range(_between(rng, letters)):
             parts.append(_letter(rng, str(rng.choice(_SMALL))))
         word, cursor = [], x0
         for p in parts:
@@ -163,23 +168,15 @@ def handwriting(
         w = np.concatenate(word)
         w[:, 1] += np.cumsum(rng.normal(0, 0.02, len(w)))  # baseline drift
         # pen lifts: a word may be split into pieces
-        cuts = (
-            sorted(
-                rng.choice(
-                    np.arange(10, len(w) - 10),
-                    size=min(int(rng.integers(0, 3)), max(0, len(w) - 20)),
-                    replace=False,
-                ).tolist()
-            )
-            if len(w) > 30
-            else []
-        )
+        cuts = []
+        if len(w) > 30:
+            size = int(rng.integers(0, 3))
+            cuts = sorted(rng.choice(np.arange(10, len(w) - 10), size=size, replace=False).tolist())
         strokes.extend(np.split(w, cuts))
         x0 = cursor + rng.uniform(0.6, 1.6)
     if rng.random() < flourish_p:  # an underline or a return stroke under the name
         t = np.linspace(0, 1, 40)
-        span = x0
-        fx = span * (0.05 + 0.95 * t) if rng.random() < 0.5 else span * (1 - 0.9 * t)
+        fx = x0 * (0.05 + 0.95 * t) if rng.random() < 0.5 else x0 * (1 - 0.9 * t)
         fy = -rng.uniform(0.3, 1.0) + 0.4 * np.sin(np.pi * t) * rng.uniform(-1, 1)
         strokes.append(np.stack([fx, fy + 0 * t], 1))
     s = rng.uniform(*slant)
@@ -343,9 +340,8 @@ def generate_page(
     base = rng.uniform(225, 253)
     paper = Image.new("RGB", (W, H), tuple(int(base + d) for d in rng.uniform(-5, 3, 3)))
     draw = ImageDraw.Draw(paper)
-    printed: list[
-        tuple
-    ] = []  # regions with print: signatures may overlap them slightly, handwriting avoids most
+    # regions with print: signatures may overlap them slightly, handwriting avoids most
+    printed: list[tuple] = []
     margin = int(W * rng.uniform(0.04, 0.1))
     y = int(H * rng.uniform(0.02, 0.06))
     if rng.random() < cfg.logo_p:
@@ -354,11 +350,11 @@ def generate_page(
         printed.append((margin, y, margin + size * 5, y + size))
         y += size + int(10 * s)
     anchors: list[tuple[int, int]] = []  # (x, y) spots where a signature belongs: above lines, in cells
-    n_blocks = int(rng.integers(cfg.text_blocks[0], cfg.text_blocks[1] + 1))
+    n_blocks = _between(rng, cfg.text_blocks)
     for _ in range(n_blocks):
         if y > H * 0.85:
             break
-        fpx = int(rng.integers(cfg.font_px[0], cfg.font_px[1] + 1) * s)
+        fpx = int(_between(rng, cfg.font_px) * s)
         if rng.random() < cfg.tables_p / max(1, n_blocks / 2):
             h = int(rng.uniform(0.12, 0.3) * H)
             box = (margin, y, W - margin, min(int(H * 0.95), y + h))
@@ -379,7 +375,7 @@ def generate_page(
             ly = y + int(rng.uniform(25, 50) * s)
             if ly < H - 20 * s:
                 draw.line([(lx0, ly), (lx1, ly)], fill=(40, 40, 40), width=max(1, int(s)))
-                fpx = int(rng.integers(cfg.font_px[0], cfg.font_px[1] + 1) * s)
+                fpx = int(_between(rng, cfg.font_px) * s)
                 caption = str(
                     rng.choice(["Signature", "Signed", "Authorized signatory", "Witness", "Name", "Date"])
                 )
@@ -395,7 +391,7 @@ def generate_page(
     boxes: list[list[int]] = []
     taken: list[tuple] = []
     signature_ink = np.zeros((H, W), bool)
-    n_sig = 0 if rng.random() < cfg.blank_p else int(rng.integers(cfg.signatures[0], cfg.signatures[1] + 1))
+    n_sig = 0 if rng.random() < cfg.blank_p else _between(rng, cfg.signatures)
     ink = _INKS[int(rng.integers(len(_INKS)))]
     for _ in range(n_sig):
         target_w = rng.uniform(*cfg.signature_width) * s
@@ -432,42 +428,32 @@ def generate_page(
         boxes.append(list(box))
 
     # distractors: never labelled, kept off the signatures so every label box holds one signature only
-    distract = []
-    for _ in range(int(rng.integers(cfg.initials[0], cfg.initials[1] + 1))):
-        distract.append(
+    # (ink coverage, the inks it is drawn in): initials, notes, stamps
+    distract = [
+        (
             handwriting(
                 rng, rng.uniform(5, 10) * s, words=(1, 1), letters=(0, 1), capital_p=1.0, flourish_p=0.2
-            )
+            ),
+            _INKS,
         )
-    for _ in range(int(rng.integers(cfg.notes[0], cfg.notes[1] + 1))):
-        distract.append(
-            handwriting(
-                rng,
-                rng.uniform(3.5, 7) * s,
-                words=(1, 4),
-                letters=(2, 6),
-                capital_p=0.3,
-                flourish_p=0.0,
-                slant=(0.0, 0.3),
-                width=(0.8, 1.8),
-            )
-        )
-    for _ in range(int(rng.integers(cfg.stamps[0], cfg.stamps[1] + 1))):
-        distract.append(("stamp", _stamp(rng, int(rng.uniform(70, 150) * s))))
-    for item in distract:
-        is_stamp = isinstance(item, tuple)
-        alpha = item[1] if is_stamp else item
+        for _ in range(_between(rng, cfg.initials))
+    ]
+    note = dict(
+        words=(1, 4), letters=(2, 6), capital_p=0.3, flourish_p=0.0, slant=(0.0, 0.3), width=(0.8, 1.8)
+    )
+    distract += [
+        (handwriting(rng, rng.uniform(3.5, 7) * s, **note), _INKS) for _ in range(_between(rng, cfg.notes))
+    ]
+    distract += [
+        (_stamp(rng, int(rng.uniform(70, 150) * s)), _STAMP_INKS) for _ in range(_between(rng, cfg.stamps))
+    ]
+    for alpha, inks in distract:
         h, w = alpha.shape
         pos = _place(rng, W, H, w, h, taken, gap=int(4 * s), tries=30)
         if pos is None:
             continue
         x, yy = pos
-        rgb = (
-            _STAMP_INKS[int(rng.integers(len(_STAMP_INKS)))]
-            if is_stamp
-            else _INKS[int(rng.integers(len(_INKS)))]
-        )
-        _multiply(page, alpha, x, yy, rgb)
+        _multiply(page, alpha, x, yy, inks[int(rng.integers(len(inks)))])
         taken.append((x, yy, x + w, yy + h))
     page += rng.normal(0, rng.uniform(0.5, 3.0), page.shape[:2])[..., None]
     return np.clip(page, 0, 255).astype(np.uint8), boxes, signature_ink
