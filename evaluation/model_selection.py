@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from evaluation.latency import benchmark_detector, environment, protocol
 from evaluation.metrics import HEADLINE
 from evaluation.report import fmt_ci, fmt_num, markdown_table, pyplot, save_figure, write_csv
-from training.backends import build_detector
+from training.backends import get_backend
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.errors import ConfigError, UserError, cli
@@ -113,9 +113,7 @@ def run_model(cfg: DictConfig, name: str, out_dir: Path, data_overrides: list[st
         metrics, ckpt = run_metrics["metrics"], run_metrics["provenance"]["checkpoint"]
     else:
         metrics = None
-    model_cfg = {"backend": backend, "name": name, "decode": cfg.evaluation.decode[backend]}
-    detector = build_detector(OmegaConf.create(model_cfg), out_dir)
-    detector.load(ckpt)
+    detector = get_backend(backend).from_checkpoint(ckpt, cfg.evaluation.decode[backend], run_dir=out_dir)
     if metrics is None:
         from evaluation.evaluator import evaluate_detector
 

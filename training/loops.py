@@ -8,7 +8,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ class FitState:
 
     def saved(self) -> dict:
         """What a last checkpoint keeps (``FitState(**saved)`` restores it); the history stays in the run."""
-        return {"epoch": self.epoch, "steps": self.steps, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
 
     def improved(self, value: float, mode: str) -> bool:
         return self.best is None or (value > self.best if mode == "max" else value < self.best)

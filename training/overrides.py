@@ -3,6 +3,8 @@ keyword arguments of a frozen settings dataclass (the generators' and the recipe
 
 from __future__ import annotations
 
+import dataclasses
+
 from omegaconf import OmegaConf
 
 from training.errors import ConfigError
@@ -36,11 +38,18 @@ def _tuples(v):
 
 
 def settings_kwargs(cls, cfg, where: str) -> dict:
-    """A mapping (a Hydra node) as keyword arguments of the dataclass ``cls``: unknown keys fail naming the valid
-    ones, sequences (nested too) become tuples so the frozen dataclass stays hashable."""
+    """A mapping (a Hydra node) as keyword arguments of the dataclass ``cls``: unknown keys, and fields without a
+    default left unset, fail naming them; sequences (nested too) become tuples so the frozen dataclass stays
+    hashable."""
     raw = dict(cfg or {})
     valid = sorted(cls.__dataclass_fields__)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise ConfigError(f"{where}: unknown settings {unknown}; valid: {valid}")
+    fields = dataclasses.fields(cls)
+    missing = [
+        f.name for f in fields if f.name not in raw and f.default is f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing {missing} (every setting without a default must be set)")
     return {k: _tuples(v) for k, v in raw.items()}

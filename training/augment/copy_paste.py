@@ -43,13 +43,7 @@ class PasteConfig:
     def from_cfg(cls, cfg) -> PasteConfig:
         from training.overrides import settings_kwargs
 
-        raw = settings_kwargs(cls, cfg, "recipe.copy_paste")
-        missing = sorted(set(cls.__dataclass_fields__) - set(raw))
-        if missing:
-            raise ConfigError(
-                f"recipe.copy_paste: missing {missing} (conf/recipe/document.yaml sets them all)"
-            )
-        out = cls(**raw)
+        out = cls(**settings_kwargs(cls, cfg, "recipe.copy_paste"))
         if not 0.0 <= out.p <= 1.0 or not 0.0 <= out.recolor_p <= 1.0 or not 0 <= out.position_prior_p <= 1:
             raise ConfigError(
                 "recipe.copy_paste: p, recolor_p and position_prior_p are probabilities in [0, 1]"

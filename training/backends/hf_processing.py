@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from training.backends.base import Detections
-from training.classifier.model import IMAGENET_MEAN, IMAGENET_STD
+from training.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_pad(img: Image.Image, imgsz: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -133,10 +133,21 @@ class TransformersDetector(Detector):
         super().__init__(model_cfg, run_dir, tracker)
         # None when built to load a checkpoint (from_checkpoint): load() reads family and size from it
         self.family = model_cfg.get("family")
-        self.score_mode, self.use_mask = _family(self.family)[2:] if self.family else (None, None)
+        if self.family:
+            _family(self.family)  # an unknown family fails here, before anything is built
         self.imgsz: int | None = None
         self.device = torch.device("cpu")
         self._train_device: torch.device | None = None  # set by train(): load() then keeps the model there
+
+    @property
+    def score_mode(self) -> str | None:
+        """How the family scores a query: ``softmax`` (with a no-object class) or ``sigmoid``."""
+        return FAMILIES[self.family][2] if self.family else None
+
+    @property
+    def use_mask(self) -> bool | None:
+        """Whether the family's forward takes a ``pixel_mask``."""
+        return FAMILIES[self.family][3] if self.family else None
 
     @classmethod
     def owns(cls, path: Path) -> bool:
@@ -328,7 +339,7 @@ class TransformersDetector(Detector):
             int(meta["imgsz"]),
             list(meta["class_names"]),
         )
-        _, model_cls, self.score_mode, self.use_mask = _family(self.family)
+        model_cls = _family(self.family)[1]
         # train.device decides for the run's own reloads
         self.device = self._train_device if device is None and self._train_device else resolve_device(device)
         self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()

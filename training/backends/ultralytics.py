@@ -344,6 +344,10 @@ class UltralyticsDetector(Detector):
         args = getattr(self._require(), "ckpt", None) or {}
         return int((args.get("train_args") or {}).get("imgsz", 640) or 640)
 
+    def _options(self, head: str) -> dict:
+        """What :meth:`postprocess` reads: the head kind and this run's decoding (conf/decode)."""
+        return {"head": head, "iou": self.decode["iou"], "max_det": self.decode["max_det"]}
+
     def predict(
         self,
         images: list[ImageInput],
@@ -353,7 +357,7 @@ class UltralyticsDetector(Detector):
         """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
         that one image gives the same boxes in PyTorch, ONNX Runtime, OpenVINO and TensorRT)."""
         net = self._net()
-        options = {"head": self._head, "iou": self.decode["iou"], "max_det": self.decode["max_det"]}
+        options = self._options(self._head)
         return self._predict_each(
             net, next(net.parameters()).device, images, self._imgsz(imgsz), options, conf
         )
@@ -390,7 +394,7 @@ class UltralyticsDetector(Detector):
             list(self.class_names),
             ["images"],
             ["output0"],
-            {"head": head_kind(net), "iou": self.decode["iou"], "max_det": self.decode["max_det"]},
+            self._options(head_kind(net)),
             export_module(net, dynamic=dynamic),
             str(self._checkpoint or ""),
             # the box decoding of YOLO heads stays FP32: INT8 there costs far more mAP than it saves time

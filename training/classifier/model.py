@@ -15,12 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from training.data.images import IMAGENET_MEAN, IMAGENET_STD
 from training.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPAT_CLASSES = ("signature", "stamp", "thumb")
 
 

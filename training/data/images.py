@@ -26,6 +26,10 @@ from PIL import Image, UnidentifiedImageError
 from training.errors import DataError
 from training.fileio import write_atomic
 
+# ImageNet's channel mean / std: the normalisation of the torchvision ResNet18 and of the transformers detectors
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # bump when decode_rgb's output changes, so that cached checks and converted images are not reused
 DECODE_VERSION = 1
 
