@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, open_dict
 
-from evaluation.run import evaluate_run
-from training.backends import get_backend
+from evaluation.run import evaluate_run, load_model
+from export.model import ExportedModel
 from training.errors import UserError, cli, require
 from training.tracking import tracked
 from training.train import run_dir_of, save_config
@@ -20,27 +20,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:
-        detector = load_any(cfg, run_dir, tracker)
+        detector = load_model(
+            cfg.checkpoint, cfg.backend, cfg.evaluation.decode, cfg.get("precision"), run_dir
+        )
+        if isinstance(detector, ExportedModel):
+            with open_dict(cfg):
+                cfg.evaluation.imgsz = detector.imgsz  # an export has one input size: evaluate at it
         return evaluate_run(detector, cfg, run_dir, tracker)
-
-
-def load_any(cfg: DictConfig, run_dir, tracker=None):
-    """A checkpoint through its backend, or an exported model (.onnx / .xml / .engine written by
-    ``python -m export``) through its runtime with the family's shared pre/post-processing."""
-    from export.model import is_exported, load_exported
-
-    if is_exported(str(cfg.checkpoint)):
-        model = load_exported(str(cfg.checkpoint), cfg.get("precision"))
-        if not model.family.is_detector:
-            raise UserError(
-                f"{cfg.checkpoint}: a classifier export; evaluate it with python -m export (parity)"
-            )
-        with open_dict(cfg):
-            # an export has one input size: evaluate at it
-            cfg.evaluation.imgsz = model.imgsz
-        return model
-    backend = get_backend(str(cfg.backend))
-    return backend.from_checkpoint(str(cfg.checkpoint), cfg.evaluation.decode[backend.name], run_dir=run_dir)
 
 
 @cli("evaluate")

@@ -10,11 +10,32 @@ from omegaconf import OmegaConf
 
 from evaluation.evaluator import evaluate_detector
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
+from training.backends import get_backend
 from training.backends.base import Detector
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def load_model(
+    checkpoint, backend: str, decode_table, precision: str | None = None, run_dir: Path | str = "."
+):
+    """A checkpoint through ``backend`` (``training.backends.BACKENDS``), or an exported detector (.onnx / .xml /
+    .engine written by ``python -m export``) through its runtime with the family's shared pre/post-processing.
+
+    ``decode_table``: conf/decode/default.yaml (NMS IoU and max detections per backend); an export decodes as
+    its ``sigdet_export.json`` recorded. ``precision``: OpenVINO only, the inference hint of an FP32 IR.
+    """
+    from export.model import is_exported, load_exported
+
+    if is_exported(str(checkpoint)):
+        model = load_exported(str(checkpoint), precision)
+        if not model.family.is_detector:
+            raise UserError(f"{checkpoint}: a classifier export; evaluate it with python -m export (parity)")
+        return model
+    be = get_backend(str(backend))
+    return be.from_checkpoint(str(checkpoint), decode_table[be.name], run_dir=run_dir)
 
 
 def provenance(cfg, detector: Detector) -> dict:

@@ -14,6 +14,7 @@ ORCHESTRATION = {
     "training.__main__",
     "training.sweep",
     "evaluation.__main__",
+    "evaluation.predict",
     "evaluation.run",
     "evaluation.model_selection",
     "evaluation.full_report",

@@ -1,0 +1,205 @@
+"""``python -m evaluation.predict``: the evaluator's boxes on images, folders, globs and PDFs; bad sources skipped
+with a count, or one line and exit 2 when nothing could be predicted; nothing written into the source."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import EMBEDDED, ROOT, compose_cfg, decode_table
+from training.data import asset_path
+from training.errors import UserError
+
+PRETRAINED = Path(asset_path("pretrained")) / "yolov8n-synthetic.pt"
+TEST_IMAGES = sorted((EMBEDDED / "test").glob("*.jpg"))
+
+
+def pdf_bytes(encrypt: bool = False) -> bytes:
+    """A one-page blank PDF; with ``encrypt``, one protected by the standard security handler (a user
+    password is needed to open it)."""
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+    ]
+    if encrypt:
+        objs.append(
+            b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> /P -4 >>"
+        )
+    out, offsets = b"%PDF-1.4\n", []
+    for i, o in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + o + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    enc = b" /Encrypt 4 0 R /ID [<" + b"ab" * 16 + b"> <" + b"ab" * 16 + b">]" if encrypt else b""
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R".encode() + enc + b" >>\n"
+    return out + f"startxref\n{xref}\n%%EOF\n".encode()
+
+
+def _predict(tmp_path: Path, checkpoint, source, *extra: str, sub: str = "run"):
+    from evaluation.predict import predict_sources
+
+    cfg = compose_cfg("predict", [f"checkpoint={checkpoint}", f"source={source}", *extra], tmp_path / sub)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir, predict_sources(cfg, run_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    from export.run import export_checkpoint
+
+    tmp = tmp_path_factory.mktemp("predict_onnx")
+    cfg = compose_cfg(
+        "export",
+        [f"checkpoint={PRETRAINED}", "formats=[onnx]", "parity.n_images=2", "evaluation.n_bootstrap=0"],
+        tmp,
+    )
+    manifest = export_checkpoint(cfg, tmp / "export")
+    art = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
+    assert art["status"] == "passed", art
+    return tmp / "export" / art["path"]
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_predict_gives_the_evaluators_boxes(tmp_path, kind, request):
+    """Same boxes, scores and labels as the evaluator's predictions on the embedded test split."""
+    from evaluation.evaluator import predict_split
+    from evaluation.run import load_model
+    from training.data import load_dataset
+
+    checkpoint = PRETRAINED if kind == "pt" else request.getfixturevalue("onnx_export")
+    split = load_dataset(compose_cfg("train", [], tmp_path).data, ["test"])["test"]
+    model = load_model(checkpoint, "ultralytics", decode_table(), None, tmp_path)
+    ours = predict_split(model, split, conf=0.001, imgsz=None, batch=4)
+
+    run_dir, summary = _predict(tmp_path, checkpoint, EMBEDDED / "test", "conf=0.001", "batch=3")
+    results = json.loads((run_dir / "predictions.json").read_text())
+    assert summary["n_pages"] == len(split.images)
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["_annotations.coco.json"]
+    by_file = {im.file.name: ours[im.id] for im in split.images}
+    assert sum(len(d) for d in by_file.values()) == len(results) > 0
+    for image in summary["images"]:
+        mine = [r for r in results if r["image_id"] == image["id"]]
+        ref = by_file[Path(image["file_name"]).name]
+        assert len(mine) == len(ref) == image["n_detections"]
+        order = np.argsort(-ref.scores, kind="stable")
+        got = np.array([[*r["bbox"], r["score"], r["category_id"]] for r in mine]).reshape(-1, 6)
+        want = np.column_stack(
+            [ref.boxes[:, :2], ref.boxes[:, 2:] - ref.boxes[:, :2], ref.scores, ref.labels]
+        )
+        g, w = got[np.argsort(-got[:, 4], kind="stable")], want[order]
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-4)
+
+
+def test_folders_globs_and_pdfs(tmp_path):
+    """Recursive folder with a PDF of two pages, a text file, a corrupt and an encrypted PDF: pages numbered,
+    bad files counted and listed, outputs in the run dir, the source untouched."""
+    src = tmp_path / "scans"
+    (src / "batch2").mkdir(parents=True)
+    for im in TEST_IMAGES[:2]:
+        shutil.copy(im, src)
+    shutil.copy(TEST_IMAGES[2], src / "batch2" / TEST_IMAGES[0].name)  # same name, other folder
+    pages = [Image.open(p).convert("RGB") for p in TEST_IMAGES[3:5]]
+    pages[0].save(src / "contract.pdf", save_all=True, append_images=pages[1:], resolution=72)
+    (src / "notes.txt").write_text("not a page")
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
+    (src / "locked.pdf").write_bytes(pdf_bytes(encrypt=True))
+    before = {p: p.stat().st_mtime_ns for p in src.rglob("*")}
+
+    run_dir, summary = _predict(
+        tmp_path, PRETRAINED, src, "conf=0.1", "save.crops=true", "pdf.dpi=72", "max_det=2"
+    )
+    assert {p: p.stat().st_mtime_ns for p in src.rglob("*")} == before
+    assert summary["n_pages"] == 5
+    why = {Path(s["path"]).name: s["why"] for s in summary["skipped"]}
+    assert set(why) == {"notes.txt", "broken.pdf", "locked.pdf"}
+    assert "encrypted" in why["locked.pdf"] and "unreadable PDF" in why["broken.pdf"]
+    pdf_pages = [im for im in summary["images"] if im["file_name"].endswith("contract.pdf")]
+    assert [im["page"] for im in pdf_pages] == [1, 2]
+    assert (pdf_pages[0]["width"], pdf_pages[0]["height"]) == pages[0].size  # 72 dpi: one pixel per point
+    results = json.loads((run_dir / "predictions.json").read_text())
+    assert all(r["score"] >= 0.1 for r in results) and results, "the shipped detector finds signatures"
+    assert max(im["n_detections"] for im in summary["images"]) <= 2
+    assert all("page" in r for r in results if r["file_name"].endswith(".pdf"))
+    names = sorted(p.name for p in (run_dir / "annotated").iterdir())
+    assert (
+        len(names) == 5
+        and "contract_p0001.png" in names
+        and "batch2__" + TEST_IMAGES[0].stem + ".png" in names
+    )
+    rows = (run_dir / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("file,page,image_id,class,score") and len(rows) == len(results) + 1
+    assert len(list((run_dir / "crops" / "signature").glob("*.png"))) == len(results)
+
+    # a glob, and the password of an encrypted PDF passed through (a wrong one is still a counted skip)
+    _, s2 = _predict(tmp_path, PRETRAINED, f"'{src}/**/*.jpg'", sub="glob")
+    assert s2["n_pages"] == 3 and s2["skipped"] == []
+    with pytest.raises(UserError, match="locked.pdf: encrypted PDF, wrong password"):
+        _predict(tmp_path, PRETRAINED, src / "locked.pdf", "pdf.password=guess", sub="pw")
+
+
+def test_nothing_to_predict_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
+    for source, msg in [
+        (empty, "empty folder"),
+        (tmp_path / "only", "nothing to predict"),
+        (tmp_path / "missing.png", "no such file"),
+        (f"'{tmp_path}/*.tif'", "matches no file"),
+    ]:
+        with pytest.raises(UserError, match=msg):
+            _predict(tmp_path, PRETRAINED, source, sub=f"r{abs(hash(str(source)))}")
+
+
+def test_cli_exit_codes(tmp_path):
+    """Exit 2 with one line for a source that yields nothing; a run dir holding predictions is refused."""
+
+    def run(*args):
+        env = {**os.environ, "CI": "true"}
+        return subprocess.run(
+            [sys.executable, "-m", "evaluation.predict", f"checkpoint={PRETRAINED}", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "locked.pdf").write_bytes(pdf_bytes(encrypt=True))
+    bad = run(f"source={tmp_path / 'only'}", f"hydra.run.dir={tmp_path / 'r1'}")
+    assert bad.returncode == 2, bad.stderr
+    err = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "locked.pdf" in err[0] and "encrypted" in err[0], bad.stderr
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "predictions.json").write_text("[]")
+    again = run(f"source={TEST_IMAGES[0]}", f"hydra.run.dir={done}")
+    assert again.returncode == 2 and "already holds predictions.json" in again.stderr
+    assert (done / "predictions.json").read_text() == "[]"
+
+
+def test_progress_is_quiet_under_ci(monkeypatch):
+    from training.progress import progress
+
+    monkeypatch.setenv("CI", "true")
+    assert progress(range(3)).disable
+    monkeypatch.setenv("CI", "false")
+    monkeypatch.delenv("SIGDET_PROGRESS", raising=False)
+    assert not progress(range(3), desc="x").disable
+    monkeypatch.setenv("SIGDET_PROGRESS", "0")
+    assert progress(range(3)).disable
