@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from evaluation import errors
 from evaluation.evaluator import evaluate_detector
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends import get_backend
@@ -84,6 +85,7 @@ def evaluate_run(
             f"'{dataset.name}' {dataset.class_names}"
         )
     metrics: dict[str, float] = dict(prior or {})
+    analyses, sections = {}, []
     metrics.update(dataset.skipped_metrics())
     data_yaml = None
     for split in splits:
@@ -91,6 +93,12 @@ def evaluate_run(
         metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
         plot_curves(run_dir, split, result.curves, metrics)
         plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.n_page_figures))
+        ea = analyses[split] = errors.analyse(
+            dataset[split], preds, result.metrics["conf_at_max_f1"], ev.errors
+        )
+        metrics.update({f"{split}/{k}": v for k, v in errors.flat_metrics(ea).items()})
+        png = errors.gallery(run_dir / f"errors_{split}.png", dataset[split], preds, ea)
+        sections.append(errors.markdown(split, ea, png.name if png else None))
         if ev.ultralytics_metrics and hasattr(detector, "ultralytics_val"):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
             data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))
@@ -104,12 +112,22 @@ def evaluate_run(
                 int(ev.n_log_images),
                 float(ev.conf_fixed),
             )
+        if tracker is not None:
+            tracker.log_rows(f"{split}/worst_pages", ea["worst_pages"])
+            tracker.log_rows(
+                f"{split}/ap_by_bin",
+                [r | {"by": g, "range": str(r["range"])} for g in ("area", "aspect") for r in ea[f"by_{g}"]],
+            )
+            if png:
+                tracker.log_images(f"{split}/errors", [png])
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
         **prov
     )
-    write_metrics_json(run_dir, metrics, {"provenance": prov})
+    write_metrics_json(run_dir, metrics, {"provenance": prov, "errors": analyses})
     md, rows = write_tables(run_dir, metrics, splits, note)
+    with open(md, "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(sections))
     if tracker is not None:
         tracker.log_summary(metrics)
         tracker.log_rows("metrics", rows)

@@ -5,10 +5,9 @@ The values live in ``conf/`` and nowhere else: every field here is ``MISSING`` a
 from an experiment file as from the command line, and check types, so Python reads ``cfg.evaluation.conf_fixed``
 without a fallback number of its own.
 
-Every group has one, except ``trainer/ultralytics``:
-- ``trainer/ultralytics`` passes ``train.*`` to ultralytics, whose own argument table (``DEFAULT_CFG_DICT``, about
-  100 names that change between releases) is the schema: ``training/backends/ultralytics.py`` checks every key
-  against it, with "did you mean" suggestions, instead of a copy of it here that would go stale.
+Every group has one except ``trainer/ultralytics``, which passes ``train.*`` to ultralytics: its own argument
+table (``DEFAULT_CFG_DICT``, about 100 names that change between releases) is the schema, checked key by key
+with "did you mean" suggestions in ``training/backends/ultralytics.py``, not a copy here that would go stale.
 Hydra's struct mode rejects an unknown key there too; ``training.errors.run_cli`` turns Hydra's composition
 errors into one line with suggestions and exit code 2.
 """
@@ -30,6 +29,17 @@ class Decode:
 
 
 @dataclass
+class ErrorAnalysis:
+    """``evaluation.errors`` (evaluation/errors.py)."""
+
+    iou: float = MISSING
+    loc_iou: float = MISSING
+    worst_k: int = MISSING
+    area_bins: dict[str, Any] = MISSING  # name -> [low, high or null]
+    aspect_bins: dict[str, Any] = MISSING
+
+
+@dataclass
 class DetectionEvaluation:
     """``conf/evaluation/default.yaml`` (evaluation/evaluator.py, evaluation/run.py)."""
 
@@ -44,6 +54,7 @@ class DetectionEvaluation:
     n_log_images: int = MISSING
     n_page_figures: int = MISSING
     decode: dict[str, Decode] = MISSING  # backend -> its decoding (conf/decode/default.yaml)
+    errors: ErrorAnalysis = MISSING
 
 
 @dataclass
