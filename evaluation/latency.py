@@ -89,6 +89,9 @@ def benchmark_detector(
 ) -> dict[str, float]:
     """Model-only (``detector.benchmark_forward``) and end-to-end (``detector.predict`` on an in-memory RGB page).
 
+    On CUDA the model-only closure synchronises after each run (:meth:`Backend._timed`); end-to-end needs no
+    extra synchronisation: ``predict`` copies the outputs to the host, which waits for the GPU.
+
     ``threads`` is re-applied right before each measurement: ultralytics' device selection sets torch's thread
     count to cores - 1 as a side effect whenever a model is loaded, which would otherwise leak into every model
     timed after it.

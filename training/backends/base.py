@@ -147,13 +147,20 @@ class Backend(ABC):
 
     @staticmethod
     def _timed(module, *args, **kwargs):
-        """What :meth:`benchmark_forward` returns: ``module(*args, **kwargs)`` without autograd, as a closure."""
+        """What :meth:`benchmark_forward` returns: ``module(*args, **kwargs)`` without autograd, as a closure that
+        waits for the GPU (``torch.cuda.synchronize``) when its inputs are on CUDA, so that a timing covers the
+        kernels, not their launch. Its ``device`` attribute names where it runs."""
         import torch
+
+        cuda = any(getattr(a, "is_cuda", False) for a in (*args, *kwargs.values()))
 
         @torch.inference_mode()
         def run():
             module(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
 
+        run.device = "cuda" if cuda else "cpu"
         return run
 
     @abstractmethod

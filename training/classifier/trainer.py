@@ -24,6 +24,7 @@ from training.classifier.crops import Crop, as_kind, build_crop_splits, class_co
 from training.classifier.model import RegionClassifier, build_classifier, preprocess
 from training.errors import DataError
 from training.loops import fit, resolve_device, train_one_epoch
+from training.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,10 @@ class PhaseRunner:
         best: dict = {}
 
         def train_epoch(_left):
-            out = train_one_epoch(self.model, opt, loader, self.device, _step, max_steps=self.t.max_steps)
+            with progress(loader, f"{name} train", len(loader), "batch") as batches:
+                out = train_one_epoch(
+                    self.model, opt, batches, self.device, _step, max_steps=self.t.max_steps
+                )
             sched.step()
             return {**out, "lr": lr}
 

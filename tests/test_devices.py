@@ -1,0 +1,91 @@
+"""Latency on the device its column names, proved on a CPU machine by faking CUDA: the model-selection CPU column
+loads on the CPU even when CUDA is available, a GPU column appears beside it, and CUDA timings synchronise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import compose_cfg
+from tests.test_predict import PRETRAINED
+
+
+def test_timed_closure_synchronises_on_cuda_only(monkeypatch):
+    from training.backends.base import Backend
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+
+    class FakeCudaTensor:
+        is_cuda = True
+
+    run = Backend._timed(lambda x: calls.append("forward"), FakeCudaTensor())
+    run()
+    assert calls == ["forward", "sync"] and run.device == "cuda"
+    calls.clear()
+    cpu = Backend._timed(lambda x: calls.append("forward"), torch.zeros(1))
+    cpu()
+    assert calls == ["forward"] and cpu.device == "cpu"
+
+
+def test_cpu_column_is_timed_on_the_cpu_when_cuda_exists(monkeypatch, tmp_path):
+    """The real ultralytics detector, CUDA faked available: loaded for the CPU column it runs on the CPU (the
+    backend's own choice would be CUDA, which this machine lacks: any use of it would raise)."""
+    from evaluation.latency import benchmark_detector
+    from training.backends import get_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    det = get_backend("ultralytics").from_checkpoint(PRETRAINED, {"iou": 0.7, "max_det": 300}, device="cpu")
+    page = np.full((96, 96, 3), 255, np.uint8)
+    lat = benchmark_detector(det, page, 64, 0.25, warmup=1, min_runs=2, min_seconds=0.0)
+    assert lat["model/runs"] >= 2 and lat["e2e/p50_ms"] > 0
+    assert det.benchmark_forward(64).device == "cpu"
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_model_selection_loads_each_column_on_its_device(monkeypatch, tmp_path, cuda):
+    import evaluation.model_selection as ms
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    loads = []
+
+    class FakeDetector:
+        def __init__(self, device):
+            self.device = device
+
+        def num_parameters(self):
+            return 1
+
+    class FakeBackend:
+        name = "ultralytics"
+
+        @staticmethod
+        def from_checkpoint(ckpt, decode, device=None, run_dir="."):
+            loads.append(device)
+            return FakeDetector(device)
+
+    def fake_benchmark(detector, image, imgsz, conf, **protocol):
+        return {"model/p50_ms": {"cpu": 10.0, "cuda": 1.0}[detector.device or "cuda"], "e2e/p50_ms": 20.0}
+
+    def fake_evaluate(detector, split, ev):
+        scored.append(detector.device)
+        return type("R", (), {"metrics": {"mAP50": 0.5}})(), {}
+
+    scored = []
+    monkeypatch.setattr(ms, "get_backend", lambda name: FakeBackend)
+    monkeypatch.setattr(ms, "benchmark_detector", fake_benchmark)
+    monkeypatch.setattr("evaluation.evaluator.evaluate_detector", fake_evaluate)
+    cfg = compose_cfg(
+        "model_selection", ["preset=cpu_tiny", "data=embedded", "+checkpoints.yolov8n=x.pt"], tmp_path
+    )
+    res = ms.run_model(cfg, "yolov8n", tmp_path / "m", [], np.zeros((8, 8, 3), np.uint8))
+    assert res["latency"]["model/p50_ms"] == 10.0  # the CPU column timed the CPU detector
+    if cuda:
+        assert loads == ["cpu", None, "cuda"] and scored == [None]  # scored where the backend chooses (CUDA)
+        assert res["latency_gpu"]["model/p50_ms"] == 1.0
+        rows = ms.selection_rows([res], "val")
+        assert rows[0]["GPU ms (model, p50)"] == "1.00" and rows[0]["CPU ms (model, p50)"] == "10.0"
+    else:
+        assert loads == ["cpu"] and scored == ["cpu"] and "latency_gpu" not in res
+        assert "GPU ms (model, p50)" not in ms.selection_rows([res], "val")[0]
