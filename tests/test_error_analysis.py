@@ -85,7 +85,9 @@ def test_ap_by_bin_and_class(tmp_path):
 
     a = analyse(split, only_wide, conf=0.5, cfg=CFG)
     per_class = {r["class"]: r for r in a["per_class"]}
-    assert per_class["c0"]["mAP50"] == pytest.approx(1.0) and per_class["c1"]["mAP50"] == 0.0  # the wide boxes are c0
+    assert (
+        per_class["c0"]["mAP50"] == pytest.approx(1.0) and per_class["c1"]["mAP50"] == 0.0
+    )  # the wide boxes are c0
     assert a["counts"]["miss"] == 2 and a["counts"]["false_alarm"] == 0
     assert [p["image_id"] for p in a["worst_pages"]] == [1, 2]
     flat = flat_metrics(a)
