@@ -45,43 +45,27 @@ def classifier_checkpoint(path: Path) -> Path:
     return RegionClassifier(["signature", "stamp", "thumb"], 224).save(path)
 
 
-def run(name: str, checkpoint: Path, out: Path, args, extra: list[str]) -> dict:
+def run(name: str, checkpoint: Path, args, extra: list[str]) -> dict:
     from export.benchmark import benchmark_export
     from export.run import export_checkpoint
 
-    over = [
-        f"checkpoint={checkpoint}",
-        "formats=[onnx,openvino_fp32,openvino_bf16,openvino_int8]",
-        f"calibration.n_images={args.calib}",
-        "parity.n_images=4",
-        "evaluation.n_bootstrap=0",
-        f"paths.output_dir={out}",
-        *extra,
-    ]
-    if args.threads:
-        over.append(f"threads={args.threads}")
+    out = args.out
+    threads = [f"threads={args.threads}"] if args.threads else []
+    over = [f"checkpoint={checkpoint}", "formats=[onnx,openvino_fp32,openvino_bf16,openvino_int8]"]
+    over += [f"calibration.n_images={args.calib}", "parity.n_images=4", "evaluation.n_bootstrap=0"]
+    over += [f"paths.output_dir={out}", *extra, *threads]
+    bench = [f"export_dir={out / name}", f"warmup={args.warmup}", f"min_runs={args.runs}"]
+    bench += [f"min_seconds={args.seconds}", f"+paths.run_dir={out / name}", *threads]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("export", over)
-        bcfg = compose(
-            "export_benchmark",
-            [
-                f"export_dir={out / name}",
-                f"warmup={args.warmup}",
-                f"min_runs={args.runs}",
-                f"min_seconds={args.seconds}",
-                f"+paths.run_dir={out / name}",
-            ]
-            + ([f"threads={args.threads}"] if args.threads else []),
-        )
+        bcfg = compose("export_benchmark", bench)
     export_checkpoint(cfg, out / name)
     doc = benchmark_export(out / name, bcfg)
     rows = [r for r in doc["rows"] if r["status"] == "ok"]
     ort = next(r for r in rows if r["runtime"] == "ONNX Runtime" and r["device"] == "CPU")
     print(f"\n## {name}: speed-up over ONNX Runtime FP32 (model p50 {ort['model/p50_ms']:.1f} ms)\n")
     print("| path | model p50 (ms) | speed-up | end-to-end p50 (ms) | speed-up |\n|---|---|---|---|---|")
-    for r in rows:
-        if r["device"] != "CPU":
-            continue
+    for r in [r for r in rows if r["device"] == "CPU"]:
         print(
             f"| {r['runtime']} {r['precision']} | {r['model/p50_ms']:.1f} | {ort['model/p50_ms'] / r['model/p50_ms']:.2f}x"
             f" | {r['e2e/p50_ms']:.1f} | {ort['e2e/p50_ms'] / r['e2e/p50_ms']:.2f}x |"
@@ -101,22 +85,11 @@ def main() -> None:
     p.add_argument("--skip-classifier", action="store_true")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    ck = yolov8s_checkpoint(args.out / "yolov8s-random.pt", args.imgsz)
-    run("yolov8s", ck, args.out, args, [])
+    run("yolov8s", yolov8s_checkpoint(args.out / "yolov8s-random.pt", args.imgsz), args, [])
     if not args.skip_classifier:
         ck = classifier_checkpoint(args.out / "resnet18-random.pt")
-        run(
-            "resnet18-classifier",
-            ck,
-            args.out,
-            args,
-            [
-                "crops.detection.enabled=false",
-                "crops.synthetic.pages.train=12",
-                "crops.synthetic.pages.val=6",
-                "crops.synthetic.pages.test=0",
-            ],
-        )
+        pages = [f"crops.synthetic.pages.{k}={n}" for k, n in {"train": 12, "val": 6, "test": 0}.items()]
+        run("resnet18-classifier", ck, args, ["crops.detection.enabled=false", *pages])
 
 
 if __name__ == "__main__":

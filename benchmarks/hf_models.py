@@ -24,11 +24,8 @@ MODELS = ["detr-resnet-50", "conditional-detr-resnet-50", "yolos-tiny", "yolos-b
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--imgsz", type=int, default=640)
+    for flag, default in {"--batch": 2, "--steps": 3, "--warmup": 2, "--runs": 10, "--imgsz": 640}.items():
+        ap.add_argument(flag, type=int, default=default)
     a = ap.parse_args()
 
     import training  # noqa: F401
@@ -66,16 +63,8 @@ def main() -> None:
         page = np.asarray(load_rgb(ds["train"].images[0].file).resize((a.imgsz, a.imgsz)))
         e2e = measure(lambda det=det, page=page: det.predict([page], conf=0.25), a.warmup, a.runs, 0.0)
         mo = measure(det.benchmark_forward(a.imgsz), a.warmup, a.runs, 0.0)
-        rows.append(
-            (
-                name,
-                det.num_parameters() / 1e6,
-                float(np.mean(times)),
-                mo["p50_ms"],
-                e2e["p50_ms"],
-                e2e["std_ms"],
-            )
-        )
+        params = det.num_parameters() / 1e6
+        rows.append((name, params, float(np.mean(times)), mo["p50_ms"], e2e["p50_ms"], e2e["std_ms"]))
         print(f"{name}: done", flush=True)
     env = environment()
     print(

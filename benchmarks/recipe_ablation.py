@@ -69,19 +69,9 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
     )
     wall = _run([sys.executable, "-c", code], run_dir / "train.log")
     best = run_dir / "ultralytics" / "weights" / "best.pt"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "evaluation",
-            f"checkpoint={best}",
-            *_data_args(args),
-            "train.imgsz=416",
-            "evaluation.splits=[val,test]",
-            f"hydra.run.dir={run_dir / 'eval'}",
-        ],
-        run_dir / "eval.log",
-    )
+    cmd = [sys.executable, "-m", "evaluation", f"checkpoint={best}", *_data_args(args)]
+    cmd += ["train.imgsz=416", "evaluation.splits=[val,test]", f"hydra.run.dir={run_dir / 'eval'}"]
+    _run(cmd, run_dir / "eval.log")
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     train_csv = run_dir / "ultralytics" / "results.csv"
     metrics["train/epochs"] = float(len(train_csv.read_text(encoding="utf-8").strip().splitlines()) - 1)
@@ -90,24 +80,13 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
 
 
 def framework(args, run_dir: Path, overrides: list[str]) -> dict:
-    # default: the experiment's own starting point (the shipped synthetic-pretrained checkpoint)
-    init = [f"model.weights={Path(args.pretrained).resolve()}"] if args.pretrained else []
-    if any(o.startswith("model.weights=") for o in overrides):
-        init = []  # the row sets its own starting point
-    cmd = [
-        sys.executable,
-        "-m",
-        "training",
-        "experiment=signatures_cpu",
-        *_data_args(args),
-        *init,
-        f"++train.time={args.minutes / 60}",
-        "train.epochs=1000",
-        f"seed={args.seed}",
-        *overrides,
-        f"hydra.run.dir={run_dir / 'run'}",
-    ]
-    wall = _run(cmd, run_dir / "train.log")
+    # --pretrained replaces the experiment's starting point (the shipped checkpoint) unless the row sets its own
+    init = []
+    if args.pretrained and not any(o.startswith("model.weights=") for o in overrides):
+        init = [f"model.weights={Path(args.pretrained).resolve()}"]
+    cmd = [sys.executable, "-m", "training", "experiment=signatures_cpu", *_data_args(args), *init]
+    cmd += [f"++train.time={args.minutes / 60}", "train.epochs=1000", f"seed={args.seed}", *overrides]
+    wall = _run([*cmd, f"hydra.run.dir={run_dir / 'run'}"], run_dir / "train.log")
     metrics = json.loads((run_dir / "run" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     metrics["wall_s"] = wall
     return metrics
@@ -127,7 +106,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--pretrained",
-        default=None,
         help="the synthetic-pretraining checkpoint (python -m training experiment=synthetic_pretrain)",
     )
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {list(ROWS)}")

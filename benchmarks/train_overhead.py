@@ -10,6 +10,7 @@ printed too. Prints a Markdown table; numbers are for this machine only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -59,26 +60,14 @@ def main() -> None:
     n_train = len(ds["train"].images)
     train_args = OmegaConf.to_container(cfg.train, resolve=True)
 
+    run = functools.partial(subprocess.run, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    ours_cmd = [sys.executable, "-m", "training", *overrides, "evaluation.n_bootstrap=1000"]
     ours, plain, ours_wall = [], [], []
     for r in range(a.repeats):
         for side in ("plain", "ours") if r % 2 == 0 else ("ours", "plain"):
             if side == "plain":
-                args = dict(
-                    train_args,
-                    arch=cfg.model.arch,
-                    data=str(data_yaml),
-                    project=str(tmp / "plain"),
-                    name=f"r{r}",
-                    exist_ok=True,
-                )
-                out = subprocess.run(
-                    [sys.executable, "-c", PLAIN, json.dumps(args)],
-                    cwd=ROOT,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
+                args = dict(train_args, arch=cfg.model.arch, data=str(data_yaml), project=str(tmp / "plain"))
+                out = run([sys.executable, "-c", PLAIN, json.dumps(dict(args, name=f"r{r}", exist_ok=True))])
                 secs = float(
                     next(ln for ln in out.stdout.splitlines() if ln.startswith("TRAIN_SECONDS")).split()[1]
                 )
@@ -86,21 +75,7 @@ def main() -> None:
             else:
                 run_dir = tmp / "ours" / f"r{r}"
                 t = time.perf_counter()
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "training",
-                        *overrides,
-                        "evaluation.n_bootstrap=1000",
-                        f"hydra.run.dir={run_dir}",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
+                run([*ours_cmd, f"hydra.run.dir={run_dir}"])
                 ours_wall.append(time.perf_counter() - t)
                 m = json.loads((run_dir / "metrics.json").read_text())["metrics"]
                 ours.append(m["train/images_per_s"])
@@ -113,8 +88,7 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; experiment={a.experiment} "
         f"epochs={a.epochs} imgsz={a.imgsz} batch={train_args['batch']}, {n_train} train images, {a.repeats} repeats (median)\n"
     )
-    print("| side | train images/s | runs |")
-    print("|---|---|---|")
+    print("| side | train images/s | runs |\n|---|---|---|")
     print(f"| plain ultralytics `YOLO(...).train(...)` | {pp:.2f} | {', '.join(f'{v:.2f}' for v in plain)} |")
     print(f"| `python -m training` | {po:.2f} | {', '.join(f'{v:.2f}' for v in ours)} |")
     print(f"\nratio ours/plain: {po / pp:.3f} (overhead {100 * (1 - po / pp):+.1f}%)")

@@ -44,17 +44,11 @@ def main() -> None:
     ap.add_argument("--yaml", required=True, help="data.yaml of a YOLO-format dataset")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    rows = []
+    rows, child = [], [sys.executable, "-c", CHILD, str(ROOT / "conf/data/yolo_folder.yaml"), a.yaml]
     for _ in range(a.repeats):
         with tempfile.TemporaryDirectory() as cache:
             for run in ("first", "second"):
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(ROOT / "conf/data/yolo_folder.yaml"), a.yaml, cache],
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
+                out = subprocess.run([*child, cache], cwd=ROOT, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append({"run": run, **r})
     n = rows[0]["images"]

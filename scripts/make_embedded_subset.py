@@ -15,7 +15,7 @@ from PIL import Image
 
 from training.data.coco import write_coco
 from training.data.issues import IssueLog
-from training.data.schema import Annotation, DetectionSplit, ImageRecord
+from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord
 from training.data.yolo import read_yolo
 
 COUNTS = {"train": 32, "val": 12, "test": 12}
@@ -41,15 +41,12 @@ def main() -> None:
             scale = min(1.0, MAX_SIDE / max(im.width, im.height))
             w, h = round(im.width * scale), round(im.height * scale)
             with Image.open(im.file) as pil:
-                pil.convert("RGB").resize((w, h), Image.Resampling.LANCZOS).save(
-                    out / im.file.name, quality=90
-                )
+                small = pil.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+            small.save(out / im.file.name, quality=90)
             images.append(ImageRecord(new_id, out / im.file.name, w, h))
             for a in s.annotations_for(im.id):
                 box = tuple(v * sx for v, sx in zip(a.bbox, (w / im.width, h / im.height) * 2, strict=True))
                 anns.append(Annotation(len(anns), new_id, 1, box))
-        from training.data.schema import Category
-
         split_out = DetectionSplit(split, "", images, anns, [Category(1, "signature")])
         doc_path = write_coco(split_out, out / "_annotations.coco.json")
         print(split, len(images), "images", len(anns), "boxes ->", doc_path)

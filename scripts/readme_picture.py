@@ -23,9 +23,8 @@ def main() -> None:
     missing = [p for p in parts if not p.is_file()]
     if missing:
         sys.exit(f"error: {missing[0]} not found (a run evaluated on val?)")
-    pr, pages = (Image.open(p) for p in parts)
     fig, axes = plt.subplots(1, 2, figsize=(16, 5.6), dpi=90, gridspec_kw={"width_ratios": [1, 2.2]})
-    for ax, im in zip(axes, (pr, pages), strict=True):
+    for ax, im in zip(axes, (Image.open(p) for p in parts), strict=True):
         ax.imshow(im)
         ax.axis("off")
     fig.tight_layout()

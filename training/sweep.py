@@ -14,7 +14,10 @@ import json
 import logging
 import math
 import os
+import random
 import socket
+import time
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -69,11 +72,8 @@ def check_sweep(scfg) -> None:
 
 # -- storage -------------------------------------------------------------------------------------------
 def _storage_folder(path: Path, out_dir: Path | None, setting: str) -> None:
-    """Make sure the folder of a file storage exists; create it only inside the sweep's own output dir.
-
-    A typo in ``sweep.storage`` (``sqlite:///tmp/x/y.db`` for ``sqlite:////tmp/...``) must not leave folders
-    anywhere the user can write; the default storage lives in the output dir, which is the sweep's to create.
-    """
+    """Make sure the folder of a file storage exists; create it only inside the sweep's own output dir, so that a
+    typo in ``sweep.storage`` (``sqlite:///tmp/x/y.db`` for ``sqlite:////tmp/...``) leaves no folders elsewhere."""
     parent = path.parent
     if parent.is_dir():
         return
@@ -91,13 +91,8 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
     Args:
         url: ``sqlite:///PATH``, ``journal:///PATH``, or an RDB URL (PostgreSQL), which gets heartbeats and
             one retry of trials lost with their worker.
-        out_dir: The sweep's output dir: the one place where a file storage's missing folder is created.
-            Elsewhere the folder must exist.
-        heartbeat: ``sweep.heartbeat`` (``heartbeat_s``, ``grace_s``, ``max_retry``); needed by RDB storages
-            only (conf/sweep/yolov8s_optuna.yaml is its one home).
-
-    Returns:
-        An Optuna storage.
+        out_dir: The sweep's output dir, the one place where a file storage's missing folder is created.
+        heartbeat: ``sweep.heartbeat`` (``heartbeat_s``, ``grace_s``, ``max_retry``), for RDB storages only.
 
     Raises:
         ConfigError: The file storage's folder is missing, or the storage cannot be opened (one line).
@@ -122,10 +117,6 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
             raise ConfigError(
                 f"{setting}: cannot open study storage {path} ({e.__class__.__name__}: {first_line(e)})"
             ) from None
-    import random
-    import time
-    import warnings
-
     from optuna.exceptions import ExperimentalWarning
 
     from training.tracking import mask_url_credentials
@@ -165,10 +156,8 @@ def fail_dead_local_trials(study) -> None:
 
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host:
-            continue
         pid = int(t.user_attrs.get("pid", -1))
-        if pid == os.getpid():
+        if t.user_attrs.get("host") != host or pid == os.getpid():
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError, OverflowError):
             os.kill(pid, 0)  # signal 0: the worker is alive
@@ -358,9 +347,8 @@ def summarize(scfg, out_dir: Path) -> None:
             f"sweep.study_name: no study {scfg.study_name!r} in the storage yet; run mode=optimize first"
         ) from None
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    if not complete:
+    if not counts["COMPLETE"]:
         raise UserError(f"study {scfg.study_name}: no completed trial yet ({counts})")
     best = study.best_trial
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,8 +358,7 @@ def summarize(scfg, out_dir: Path) -> None:
     exp_dir = out_dir / "experiment"
     exp_dir.mkdir(exist_ok=True)
     name = f"{scfg.study_name}_best"
-    src = CONF / "experiment" / f"{scfg.experiment}.yaml"
-    exp = OmegaConf.load(src)
+    exp = OmegaConf.load(CONF / "experiment" / f"{scfg.experiment}.yaml")
     exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
     for k, v in best.params.items():
         OmegaConf.update(exp, k, v, force_add=True)
@@ -404,8 +391,6 @@ def summarize(scfg, out_dir: Path) -> None:
         )
 
     plots = {}
-    import warnings
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         plt = pyplot()
@@ -426,9 +411,8 @@ def summarize(scfg, out_dir: Path) -> None:
                 plt.close(fig)
                 plots[fname] = str(path)
             except Exception as e:  # e.g. importances need two completed trials with different values
-                plots[fname] = (
-                    f"not drawn: {e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-                )
+                msg = str(e).splitlines()[0][:120] if str(e) else ""
+                plots[fname] = f"not drawn: {e.__class__.__name__}: {msg}"
     except ImportError as e:  # pragma: no cover
         plots["error"] = str(e)
 
@@ -471,11 +455,8 @@ def summarize(scfg, out_dir: Path) -> None:
         f"Run the best parameters: `python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}`",
     ]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    summary = {
-        "study_name": str(scfg.study_name),
-        "experiment": str(scfg.experiment),
-        "metric": str(scfg.metric),
-        "direction": str(scfg.direction),
+    summary = {k: str(scfg[k]) for k in ("study_name", "experiment", "metric", "direction")}
+    summary |= {
         "data": base_doc.get("provenance", {}).get("data"),
         "counts": {k: n for k, n in counts.items() if n},
         "best_number": best.number,

@@ -100,10 +100,8 @@ def _paper_normalised(crop: np.ndarray) -> np.ndarray:
     return np.clip(f / np.maximum(paper, 1.0), 0.0, 1.0)
 
 
-def _free(box: np.ndarray, taken: np.ndarray, gap: float) -> bool:
-    if not len(taken):
-        return True
-    t = taken
+def _free(box: np.ndarray, t: np.ndarray, gap: float) -> bool:
+    """True when ``box`` stays ``gap`` px clear of every xyxy row of ``t``."""
     return not np.any(
         (box[0] < t[:, 2] + gap)
         & (box[2] > t[:, 0] - gap)
@@ -113,11 +111,7 @@ def _free(box: np.ndarray, taken: np.ndarray, gap: float) -> bool:
 
 
 def paste_crops(
-    img: np.ndarray,
-    boxes: np.ndarray,
-    bank: CropBank,
-    cfg: PasteConfig,
-    rng: np.random.Generator,
+    img: np.ndarray, boxes: np.ndarray, bank: CropBank, cfg: PasteConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paste crops onto ``img`` (HxWx3 uint8, modified in place) away from ``boxes`` (N x 4 xyxy pixels).
 
@@ -139,9 +133,8 @@ def paste_crops(
             continue
         for _try in range(cfg.max_tries):
             if len(bank.centers) and rng.random() < cfg.position_prior_p:
-                cx, cy = bank.centers[int(rng.integers(len(bank.centers)))] + rng.normal(
-                    0, cfg.position_jitter, 2
-                )
+                center = bank.centers[int(rng.integers(len(bank.centers)))]
+                cx, cy = center + rng.normal(0, cfg.position_jitter, 2)
                 x0, y0 = int(round(cx * w - tw / 2)), int(round(cy * h - th / 2))
             else:
                 x0, y0 = int(rng.integers(0, w - tw + 1)), int(rng.integers(0, h - th + 1))
@@ -154,9 +147,8 @@ def paste_crops(
         interp = cv2.INTER_AREA if tw < crop.shape[1] else cv2.INTER_LINEAR
         layer = _paper_normalised(cv2.resize(crop, (tw, th), interpolation=interp))
         if rng.random() < cfg.recolor_p:
-            ink = (
-                np.asarray(cfg.inks[int(rng.integers(len(cfg.inks)))][::-1], np.float32) / 255.0
-            )  # RGB -> BGR
+            rgb = cfg.inks[int(rng.integers(len(cfg.inks)))]
+            ink = np.asarray(rgb[::-1], np.float32) / 255.0  # BGR, like the page
             darkness = 1.0 - layer.mean(axis=2, keepdims=True)
             layer = 1.0 - darkness * (1.0 - ink)
         region = img[y0 : y0 + th, x0 : x0 + tw]
@@ -164,11 +156,7 @@ def paste_crops(
         taken = np.concatenate([taken, box[None]])
         new_boxes.append(box.tolist())
         new_cls.append(bank.classes[k])
-    return (
-        img,
-        np.asarray(new_boxes, np.float32).reshape(-1, 4),
-        np.asarray(new_cls, np.int64),
-    )
+    return img, np.asarray(new_boxes, np.float32).reshape(-1, 4), np.asarray(new_cls, np.int64)
 
 
 class PastingLoader:
@@ -196,12 +184,9 @@ class PastingLoader:
         img, boxes, cls = paste_crops(img, inst.bboxes, self.bank, self.cfg, rng)
         label["img"] = img
         if len(boxes):
+            bboxes = np.concatenate([inst.bboxes, boxes]).astype(np.float32)
             label["instances"] = Instances(
-                np.concatenate([inst.bboxes, boxes]).astype(np.float32),
-                inst.segments,
-                inst.keypoints,
-                bbox_format="xyxy",
-                normalized=False,
+                bboxes, inst.segments, inst.keypoints, bbox_format="xyxy", normalized=False
             )
             label["cls"] = np.concatenate(
                 [label["cls"].reshape(-1, 1), cls.reshape(-1, 1).astype(np.float32)]

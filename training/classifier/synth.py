@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from training.data.coco import coco_ann, dump_coco
 from training.data.synthetic import _between, _multiply, _place
+from training.errors import ConfigError, UserError
 
 CLASSES = ("signature", "stamp", "thumb")
 INKS: dict[str, tuple[int, int, int]] = {
@@ -56,7 +57,6 @@ class SynthConfig:
     @classmethod
     def from_cfg(cls, cfg) -> SynthConfig:
         """From a mapping (a Hydra node); lists become tuples, unknown keys fail."""
-        from training.errors import ConfigError
         from training.overrides import settings_kwargs
 
         raw = settings_kwargs(cls, cfg, "synthetic-page")
@@ -130,14 +130,8 @@ def _round_stamp(rng: np.random.Generator, d: int) -> np.ndarray:
     # centre: a star or a short word
     if rng.random() < 0.5:
         r = (d / 2 - inner) * 0.55
-        pts = [
-            (
-                c + (r if k % 2 == 0 else r * 0.45) * math.cos(math.pi * k / 5 - math.pi / 2),
-                c + (r if k % 2 == 0 else r * 0.45) * math.sin(math.pi * k / 5 - math.pi / 2),
-            )
-            for k in range(10)
-        ]
-        draw.polygon(pts, fill=255)
+        star = [(r if k % 2 == 0 else r * 0.45, math.pi * k / 5 - math.pi / 2) for k in range(10)]
+        draw.polygon([(c + rk * math.cos(a), c + rk * math.sin(a)) for rk, a in star], fill=255)
     else:
         word = str(rng.choice(WORDS))[:5]
         f = _font(max(7, int(d * 0.12)))
@@ -246,22 +240,18 @@ def generate_page(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) ->
     taken: list[tuple[int, int, int, int]] = []
     plan = [label for label in CLASSES for _ in range(_between(rng, getattr(cfg, f"{label}s")))]
     for label in plan:
+        ink = str(rng.choice(getattr(cfg, f"{label}_inks")))
+        rotation = 8 if label == "signature" else cfg.max_rotation  # signatures are signed nearly level
         if label == "signature":
-            ink = str(rng.choice(cfg.signature_inks))
             alpha = _signature(rng, int(rng.integers(*cfg.signature_width) * s))
-            alpha = _rotate(alpha, rng.uniform(-8, 8))
-            alpha = _ink_layer(alpha, rng, cfg, patchy=False)
         elif label == "stamp":
-            ink = str(rng.choice(cfg.stamp_inks))
             size = int(rng.integers(*cfg.stamp_size) * s)
             alpha = _round_stamp(rng, size) if rng.random() < 0.5 else _rect_stamp(rng, size)
-            alpha = _rotate(alpha, rng.uniform(-cfg.max_rotation, cfg.max_rotation))
-            alpha = _ink_layer(alpha, rng, cfg, patchy=rng.random() < cfg.partial_ink_p)
         else:
-            ink = str(rng.choice(cfg.thumb_inks))
             alpha = _thumb(rng, int(rng.integers(*cfg.thumb_size) * s))
-            alpha = _rotate(alpha, rng.uniform(-cfg.max_rotation, cfg.max_rotation))
-            alpha = _ink_layer(alpha, rng, cfg, patchy=False)
+        alpha = _rotate(alpha, rng.uniform(-rotation, rotation))
+        # only stamps get patchy ink (a dry stamp pad)
+        alpha = _ink_layer(alpha, rng, cfg, patchy=label == "stamp" and rng.random() < cfg.partial_ink_p)
         ys, xs = np.nonzero(alpha > 0.15)
         if len(xs) == 0:
             continue
@@ -294,8 +284,6 @@ def write_pages(pages: list[SynthPage], out: str | Path, prefix: str = "page") -
 
     Refuses to write into a folder that already holds an annotation file, so nothing is overwritten.
     """
-    from training.errors import UserError
-
     out = Path(out)
     ann_path = out / "_annotations.coco.json"
     if ann_path.exists():
@@ -308,9 +296,9 @@ def write_pages(pages: list[SynthPage], out: str | Path, prefix: str = "page") -
         images.append({"id": i + 1, "file_name": name, "width": p.image.shape[1], "height": p.image.shape[0]})
         for o in p.objects:
             x0, y0, x1, y1 = o.box
-            bbox = [x0, y0, x1 - x0, y1 - y0]
+            cat = CLASSES.index(o.label) + 1
             anns.append(
-                coco_ann(len(anns) + 1, i + 1, CLASSES.index(o.label) + 1, bbox, attributes={"ink": o.ink})
+                coco_ann(len(anns) + 1, i + 1, cat, [x0, y0, x1 - x0, y1 - y0], attributes={"ink": o.ink})
             )
     cats = [{"id": i + 1, "name": c, "supercategory": "mark"} for i, c in enumerate(CLASSES)]
     return dump_coco(ann_path, images, anns, cats)

@@ -102,18 +102,14 @@ def _letter(rng: np.random.Generator, kind: str, n: int = 24) -> np.ndarray:
         x, y = w / 2 * (1 + np.cos(a)) * 0.9 + 0.05 * t, 0.5 + 0.5 * np.sin(a)
     elif kind == "loop_up":  # l, b, h, k: an ascender loop
         h = rng.uniform(1.8, 2.6)
-        x = w * t + 0.35 * w * np.sin(2 * np.pi * t)
-        y = h * np.sin(np.pi * t)
+        x, y = w * t + 0.35 * w * np.sin(2 * np.pi * t), h * np.sin(np.pi * t)
     elif kind == "loop_down":  # g, j, y: a descender loop
         h = rng.uniform(1.2, 1.8)
-        x = w * t - 0.35 * w * np.sin(2 * np.pi * t)
-        y = -h * np.sin(np.pi * t)
+        x, y = w * t - 0.35 * w * np.sin(2 * np.pi * t), -h * np.sin(np.pi * t)
     elif kind == "eye":  # e: a small loop
-        x = w * t - 0.3 * w * np.sin(2 * np.pi * t)
-        y = 0.7 * np.sin(np.pi * t)
+        x, y = w * t - 0.3 * w * np.sin(2 * np.pi * t), 0.7 * np.sin(np.pi * t)
     else:  # "zig": i, r, s, t - a spike
-        x = w * t
-        y = np.interp(t, [0, 0.45, 1], [0, rng.uniform(0.7, 1.3), 0])
+        x, y = w * t, np.interp(t, [0, 0.45, 1], [0, rng.uniform(0.7, 1.3), 0])
     return np.stack([x, y], 1)
 
 
@@ -123,14 +119,12 @@ _SMALL = ("arch", "cup", "oval", "eye", "zig", "arch", "oval", "loop_up", "loop_
 def _capital(rng: np.random.Generator, n: int = 48) -> np.ndarray:
     """A large opening letter: a tall loop or oval with a lead-in stem, 2-3.5 x-heights high."""
     t = np.linspace(0, 1, n)
-    h = rng.uniform(2.0, 3.5)
-    w = rng.uniform(0.8, 1.8)
+    h, w = rng.uniform(2.0, 3.5), rng.uniform(0.8, 1.8)
     if rng.random() < 0.5:
         a = 2 * np.pi * t * rng.uniform(1.0, 1.4) + np.pi
         x, y = w * (0.5 + 0.5 * np.cos(a)), h * (0.5 + 0.5 * np.sin(a))
     else:
-        x = w * t + 0.4 * w * np.sin(2 * np.pi * t)
-        y = h * np.sin(np.pi * t) ** 0.7
+        x, y = w * t + 0.4 * w * np.sin(2 * np.pi * t), h * np.sin(np.pi * t) ** 0.7
     return np.stack([x, y], 1)
 
 
@@ -156,11 +150,8 @@ def handwriting(
     strokes: list[np.ndarray] = []
     x0 = 0.0
     for _ in range(_between(rng, words)):
-        parts = []
-        if rng.random() < capital_p:
-            parts.append(_capital(rng))
-        for _ in range(_between(rng, letters)):
-            parts.append(_letter(rng, str(rng.choice(_SMALL))))
+        parts = [_capital(rng)] if rng.random() < capital_p else []
+        parts += [_letter(rng, str(rng.choice(_SMALL))) for _ in range(_between(rng, letters))]
         word, cursor = [], x0
         for p in parts:
             word.append(p + [cursor - p[0, 0], 0])
@@ -181,20 +172,18 @@ def handwriting(
         strokes.append(np.stack([fx, fy + 0 * t], 1))
     s = rng.uniform(*slant)
     pts_all = np.concatenate(strokes)
-    lo = pts_all.min(0)
-    hi = pts_all.max(0)
+    lo, hi = pts_all.min(0), pts_all.max(0)
     lw = rng.uniform(*width)
     pad = lw + 2
     size = ((hi - lo) * x_height).astype(int)
     W = int(size[0] + size[1] * s + 2 * pad) + 1
     H = int(size[1] + 2 * pad) + 1
     canvas = np.zeros((H, W), np.uint8)
-    jitter = x_height * 0.04
     for st in strokes:
         if len(st) < 2:
             continue
         p = (st - lo) * x_height
-        p = _smooth(p + rng.normal(0, jitter, p.shape), 3)
+        p = _smooth(p + rng.normal(0, x_height * 0.04, p.shape), 3)
         px = p[:, 0] + p[:, 1] * s + pad
         py = H - 1 - (p[:, 1] + pad)
         pts = np.round(np.stack([px, py], 1) * 4).astype(np.int32)  # 2 fractional bits: smooth strokes
@@ -227,12 +216,9 @@ def _text_block(draw, rng, box, font_px, taken):
 
 def _table(draw, rng, box, font_px):
     x0, y0, x1, y1 = box
-    cols = int(rng.integers(2, 6))
-    rows = int(rng.integers(2, 8))
-    xs = np.linspace(x0, x1, cols + 1).astype(int)
-    ys = np.linspace(y0, y1, rows + 1).astype(int)
-    gray = int(rng.integers(0, 90))
-    lw = int(rng.integers(1, 3))
+    cols, rows = int(rng.integers(2, 6)), int(rng.integers(2, 8))
+    xs, ys = np.linspace(x0, x1, cols + 1).astype(int), np.linspace(y0, y1, rows + 1).astype(int)
+    gray, lw = int(rng.integers(0, 90)), int(rng.integers(1, 3))
     for x in xs:
         draw.line([(x, y0), (x, y1)], fill=(gray,) * 3, width=lw)
     for y in ys:
@@ -281,6 +267,11 @@ def _stamp(rng: np.random.Generator, d: int) -> np.ndarray:
 # -- a page -----------------------------------------------------------------------------------------------
 _INKS = np.array([(28, 58, 176), (25, 25, 30), (20, 40, 120), (60, 60, 70)], np.float32)  # RGB
 _STAMP_INKS = np.array([(196, 28, 40), (28, 58, 176), (106, 40, 146)], np.float32)
+# printed under signature lines
+_CAPTIONS = ("Signature", "Signed", "Authorized signatory", "Witness", "Name", "Date")
+# handwriting() settings of the distractors: initials and short notes (dates, remarks)
+_INITIAL = dict(words=(1, 1), letters=(0, 1), capital_p=1.0, flourish_p=0.2)
+_NOTE = dict(words=(1, 4), letters=(2, 6), capital_p=0.3, flourish_p=0.0, slant=(0.0, 0.3), width=(0.8, 1.8))
 
 
 def _multiply(page: np.ndarray, alpha: np.ndarray, x: int, y: int, rgb) -> None:
@@ -356,11 +347,9 @@ def generate_page(
             break
         fpx = int(_between(rng, cfg.font_px) * s)
         if rng.random() < cfg.tables_p / max(1, n_blocks / 2):
-            h = int(rng.uniform(0.12, 0.3) * H)
-            box = (margin, y, W - margin, min(int(H * 0.95), y + h))
-            cells = _table(draw, rng, box, fpx)
+            box = (margin, y, W - margin, min(int(H * 0.95), y + int(rng.uniform(0.12, 0.3) * H)))
             printed.append(box)
-            for c in cells:
+            for c in _table(draw, rng, box, fpx):
                 if rng.random() < 0.15 and c[2] - c[0] > 40 * s:
                     anchors.append(((c[0] + c[2]) // 2, c[3] - 2))
             y = box[3] + int(rng.uniform(8, 30) * s)
@@ -376,12 +365,9 @@ def generate_page(
             if ly < H - 20 * s:
                 draw.line([(lx0, ly), (lx1, ly)], fill=(40, 40, 40), width=max(1, int(s)))
                 fpx = int(_between(rng, cfg.font_px) * s)
-                caption = str(
-                    rng.choice(["Signature", "Signed", "Authorized signatory", "Witness", "Name", "Date"])
-                )
-                draw.text(
-                    (lx0, ly + 3), caption, fill=(40, 40, 40), font=_font(int(rng.integers(0, 64)), fpx)
-                )
+                caption = str(rng.choice(_CAPTIONS))
+                font = _font(int(rng.integers(0, 64)), fpx)
+                draw.text((lx0, ly + 3), caption, fill=(40, 40, 40), font=font)
                 anchors.append(((lx0 + lx1) // 2, ly + int(rng.uniform(-2, 6) * s)))
                 printed.append((lx0, ly, lx1, ly + fpx + 4))
                 y = ly + fpx + int(rng.uniform(15, 40) * s)
@@ -394,8 +380,7 @@ def generate_page(
     n_sig = 0 if rng.random() < cfg.blank_p else _between(rng, cfg.signatures)
     ink = _INKS[int(rng.integers(len(_INKS)))]
     for _ in range(n_sig):
-        target_w = rng.uniform(*cfg.signature_width) * s
-        xh = target_w / rng.uniform(6, 14)
+        xh = rng.uniform(*cfg.signature_width) * s / rng.uniform(6, 14)
         alpha = handwriting(rng, xh, words=(1, 2), letters=(3, 8), capital_p=0.85, flourish_p=0.45)
         alpha *= rng.uniform(0.65, 1.0) * (
             0.8 + 0.2 * cv2.resize(rng.random((3, 3)).astype(np.float32), alpha.shape[::-1])
@@ -412,10 +397,8 @@ def generate_page(
                 ax, ay = anchors[int(rng.integers(len(anchors)))]
                 x, yy = int(ax - w * rng.uniform(0.3, 0.7)), int(ay - h * rng.uniform(0.6, 1.0))
             else:
-                x, yy = (
-                    int(rng.integers(0, W - w)),
-                    int(rng.integers(int(H * 0.3), H - h)) if H - h > H * 0.3 else 0,
-                )
+                x = int(rng.integers(0, W - w))
+                yy = int(rng.integers(int(H * 0.3), H - h)) if H - h > H * 0.3 else 0
             x, yy = int(np.clip(x, 0, W - w)), int(np.clip(yy, 0, H - h))
             box = (x, yy, x + w, yy + h)
             if _free(box, taken, int(6 * s)):
@@ -430,19 +413,11 @@ def generate_page(
     # distractors: never labelled, kept off the signatures so every label box holds one signature only
     # (ink coverage, the inks it is drawn in): initials, notes, stamps
     distract = [
-        (
-            handwriting(
-                rng, rng.uniform(5, 10) * s, words=(1, 1), letters=(0, 1), capital_p=1.0, flourish_p=0.2
-            ),
-            _INKS,
-        )
+        (handwriting(rng, rng.uniform(5, 10) * s, **_INITIAL), _INKS)
         for _ in range(_between(rng, cfg.initials))
     ]
-    note = dict(
-        words=(1, 4), letters=(2, 6), capital_p=0.3, flourish_p=0.0, slant=(0.0, 0.3), width=(0.8, 1.8)
-    )
     distract += [
-        (handwriting(rng, rng.uniform(3.5, 7) * s, **note), _INKS) for _ in range(_between(rng, cfg.notes))
+        (handwriting(rng, rng.uniform(3.5, 7) * s, **_NOTE), _INKS) for _ in range(_between(rng, cfg.notes))
     ]
     distract += [
         (_stamp(rng, int(rng.uniform(70, 150) * s)), _STAMP_INKS) for _ in range(_between(rng, cfg.stamps))
