@@ -141,26 +141,118 @@ def resolve_weights(weights: str) -> str:
         ) from None
 
 
-def _trainer_class(base, paste=None):
-    """Subclass the model's trainer to drop ultralytics' own tracker callbacks (we own the W&B run) and, with a
-    recipe's copy-paste, to hook it into the training dataset (``paste``: see training.augment.Recipe.paster)."""
+# Not an ultralytics event: the copy-paste hook rides in the callbacks, which ultralytics hands to every DDP worker
+# (pickled with cloudpickle), so that all ranks paste, not only the launching process.
+PASTE_EVENT = "sigdet_paste"
+# the ultralytics trainers ours extend, by import path (a DDP worker rebuilds our class from its name)
+TRAINER_BASES = (
+    "ultralytics.models.yolo.detect.DetectionTrainer",
+    "ultralytics.models.rtdetr.train.RTDETRTrainer",
+)
 
-    class SigdetTrainer(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            for event, fns in self.callbacks.items():
-                self.callbacks[event] = [
-                    f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS
-                ]
 
-        def build_dataset(self, img_path, mode="train", batch=None):
-            dataset = super().build_dataset(img_path, mode, batch)
-            if paste is not None and mode == "train":
+class _SigdetTrainer:
+    """Mixed in before the model's ultralytics trainer (:func:`trainer_class`): drops ultralytics' own tracker
+    callbacks (we own the W&B run) and hooks the recipe's copy-paste (``PASTE_EVENT``) into the training set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for event, fns in self.callbacks.items():
+            self.callbacks[event] = [f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS]
+
+    def build_dataset(self, img_path, mode="train", batch=None):
+        dataset = super().build_dataset(img_path, mode, batch)
+        if mode == "train":
+            for paste in self.callbacks.get(PASTE_EVENT, []):
                 paste(dataset)
-            return dataset
+        return dataset
 
-    SigdetTrainer.__name__ = SigdetTrainer.__qualname__ = f"Sigdet{base.__name__}"
-    return SigdetTrainer
+
+def trainer_class(base: type) -> type:
+    """``Sigdet<base>``: our trainer over ultralytics' ``base``, a module-level class (ultralytics' multi-GPU
+    launcher pickles the trainer class by reference; a DDP worker imports it from here by name)."""
+    name = f"Sigdet{base.__name__}"
+    cls = globals().get(name)
+    if cls is None:
+        cls = globals()[name] = type(
+            name, (_SigdetTrainer, base), {"__module__": __name__, "__qualname__": name}
+        )
+    return cls
+
+
+def __getattr__(name: str):
+    # a fresh DDP worker asks for Sigdet<Trainer> before anything here created it
+    for path in TRAINER_BASES:
+        module, _, base = path.rpartition(".")
+        if name == f"Sigdet{base}":
+            import importlib
+
+            return trainer_class(getattr(importlib.import_module(module), base))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class EpochLogger:
+    """ultralytics callbacks that count the epochs and send each epoch's numbers to our tracker.
+
+    ultralytics pickles the callbacks into its DDP workers; the tracker stays behind in the launching process
+    (``__getstate__``), which logs the workers' ``results.csv`` after training (:meth:`replay`).
+    """
+
+    def __init__(self, tracker):
+        self.tracker, self.epochs, self.pending = tracker, 0, False
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tracker": None}
+
+    def on_train_epoch_end(self, trainer) -> None:
+        # ultralytics recovers from a NaN epoch by reloading last.pt; make sure it is visible in our logs.
+        import torch
+
+        loss = trainer.tloss
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            log.warning("non-finite training loss at epoch %d", trainer.epoch + 1)
+        self.epochs, self.pending = trainer.epoch + 1, True
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        # ultralytics fires this once more after the last epoch (final_eval of best.pt, at epoch + 1): only
+        # epochs that trained are logged; the final numbers come from our evaluator.
+        if not self.pending or self.tracker is None:
+            return
+        self.pending = False
+        logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
+        logs.update(
+            {
+                f"ultralytics/{k}": float(v)
+                for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()
+            }
+        )
+        logs.update(
+            {f"ultralytics/lr/pg{i}": float(g["lr"]) for i, g in enumerate(trainer.optimizer.param_groups)}
+        )
+        self._log(trainer.epoch + 1, logs)
+
+    def _log(self, epoch: int, logs: dict[str, float]) -> None:
+        p, r = logs.get("ultralytics/precision"), logs.get("ultralytics/recall")
+        if p is not None and r is not None:  # ultralytics' F1 at its own operating point: a per-epoch signal
+            logs["ultralytics/f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        self.tracker.log_metrics({**logs, "epoch": epoch}, step=epoch)
+
+    def replay(self, results_csv: Path) -> None:
+        """After a multi-GPU run: the epochs its rank-0 worker wrote to ``results.csv``, logged as if live."""
+        import csv
+
+        if not results_csv.is_file():
+            return
+        with open(results_csv, newline="", encoding="utf-8") as f:
+            rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+        for row in rows:
+            epoch = int(float(row.pop("epoch")))
+            self.epochs = max(self.epochs, epoch)
+            if self.tracker is not None:
+                logs = {
+                    f"ultralytics/{_metric_key(k)}": float(v) for k, v in row.items() if k != "time" and v
+                }
+                self._log(epoch, logs)
 
 
 def _metric_key(k: str) -> str:
@@ -216,39 +308,6 @@ class UltralyticsDetector(Detector):
         return YOLO(str(arch))  # random init from the architecture YAML
 
     # -- training -------------------------------------------------------------------------------------
-    def _callbacks(self, model, epoch_state: dict) -> None:
-        def on_train_epoch_end(trainer):
-            # ultralytics recovers from a NaN epoch by reloading last.pt; make sure it is visible in our logs.
-            import torch
-
-            loss = trainer.tloss
-            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
-                log.warning("non-finite training loss at epoch %d", trainer.epoch + 1)
-            epoch_state["epochs"] = trainer.epoch + 1
-            epoch_state["pending"] = True
-
-        def on_fit_epoch_end(trainer):
-            # ultralytics fires this once more after the last epoch (final_eval of best.pt, at epoch + 1):
-            # only epochs that trained are logged; the final numbers come from our evaluator.
-            if not epoch_state.pop("pending", False) or self.tracker is None:
-                return
-            epoch = trainer.epoch + 1
-            logs = {f"ultralytics/{_metric_key(k)}": float(v) for k, v in (trainer.metrics or {}).items()}
-            p, r = logs.get("ultralytics/precision"), logs.get("ultralytics/recall")
-            # ultralytics' F1 at its own operating point: a per-epoch signal
-            if p is not None and r is not None:
-                logs["ultralytics/f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-            logs.update({f"ultralytics/{k}": float(v) for k, v in losses.items()})
-            groups = trainer.optimizer.param_groups
-            logs.update({f"ultralytics/lr/pg{i}": float(g["lr"]) for i, g in enumerate(groups)})
-            logs["epoch"] = epoch
-            self.tracker.log_metrics(logs, step=epoch)
-
-        model.add_callback("on_train_epoch_end", on_train_epoch_end)
-        model.add_callback("on_model_save", _keep_complete_last)
-        model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-
     def train(self, cfg) -> dict[str, float]:
         from omegaconf import OmegaConf
 
@@ -279,10 +338,14 @@ class UltralyticsDetector(Detector):
         dataset = load_dataset(cfg.data, ("train", "val"))
         data_yaml = prepare_yolo(dataset, cache_root(cfg.data))
         self.class_names = dataset.class_names
-        epoch_state: dict = {}
-        self._callbacks(model, epoch_state)
+        epochs_log = EpochLogger(self.tracker)
+        model.add_callback("on_train_epoch_end", epochs_log.on_train_epoch_end)
+        model.add_callback("on_fit_epoch_end", epochs_log.on_fit_epoch_end)
+        model.add_callback("on_model_save", _keep_complete_last)
         paste = recipe.paster(dataset["train"], cfg.data.max_image_pixels)
-        trainer_cls = _trainer_class(model._smart_load("trainer"), paste)
+        if paste is not None:
+            model.add_callback(PASTE_EVENT, paste)
+        trainer_cls = trainer_class(model._smart_load("trainer"))
         t0 = time.perf_counter()
         if resume:
             model.train(resume=str(last), trainer=trainer_cls)
@@ -299,7 +362,11 @@ class UltralyticsDetector(Detector):
         trainer = model.trainer
         best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
         self.load(best)
-        epochs = int(epoch_state.get("epochs", trainer.epoch + 1))
+        if (
+            trainer.ddp
+        ):  # trained by ultralytics' DDP workers: their epochs reach our tracker from results.csv
+            epochs_log.replay(Path(trainer.csv))
+        epochs = int(epochs_log.epochs or getattr(trainer, "epoch", 0) + 1)
         n_train = len(dataset["train"].images)
         out = {
             "train/epochs": float(epochs),
