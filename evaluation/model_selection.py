@@ -30,6 +30,7 @@ from training.overrides import flatten_overrides
 from training.progress import progress
 from training.tracking import tracked
 from training.train import run_dir_of
+from training.workers import claim, pin_device, release, worker_index
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -62,18 +63,17 @@ def _training_command(
     cmd += data_overrides
     cmd += flatten_overrides(cfg.train_overrides) + flatten_overrides(cfg.backend_overrides.get(backend))
     cmd += [f"seed={cfg.seed}", f"hydra.run.dir={run_dir}"]
-    lg = cfg.get("logger") or {}
-    if lg.get("type") == "wandb":
-        # one group per selection, one run per model, tagged: the project page compares them as they finish
-        cmd += [
-            "logger=wandb",
-            f"logger.project={lg.get('project')}",
-            f"logger.mode={lg.get('mode', 'auto')}",
-            f"logger.group={WANDB_GROUP.format(cfg.name)}",
-            f"logger.name={name.replace('/', '-')}",
-            "logger.job_type=model-selection",
-            f"logger.tags=[{','.join(WANDB_TAGS)}]",
-        ]
+    if cfg.logger.type == "wandb":
+        # the whole logger node (project, entity, mode...), then one group per selection, one run per model,
+        # tagged: the project page compares them as they finish
+        run_logger = {
+            **OmegaConf.to_container(cfg.logger, resolve=True),
+            "group": WANDB_GROUP.format(cfg.name),
+            "name": name.replace("/", "-"),
+            "job_type": "model-selection",
+            "tags": WANDB_TAGS,
+        }
+        cmd += ["logger=wandb", *flatten_overrides({"logger": run_logger})]
     if (run_dir / "weights").exists():
         cmd.append("resume=true")  # an earlier attempt was interrupted: continue it
     return cmd
@@ -235,6 +235,7 @@ def write_selection(
 def model_selection(cfg: DictConfig) -> None:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    pin_device(cfg.devices, worker_index())  # before anything touches CUDA
     with open_dict(cfg):
         # fixed before any model is loaded (ultralytics lowers it to cores - 1 when it selects a device)
         cfg.latency.threads = int(cfg.latency.threads or torch.get_num_threads())
@@ -244,19 +245,35 @@ def model_selection(cfg: DictConfig) -> None:
     first = load_dataset(cfg.data, [cfg.split])[cfg.split].images[0].file
     size = int(cfg.latency.imgsz)
     page = np.asarray(load_rgb(first).resize((size, size)))
-    results, failed = [], []
+    failed, busy = [], []
     for m in progress(list(cfg.models), "model selection", unit="model"):
+        out_dir = run_dir / "models" / str(m).replace("/", "__")
+        if not (out_dir / "result.json").is_file() and not claim(out_dir):
+            busy.append(str(m))  # another worker (SIGDET_WORKER=k) is on it
+            continue
         try:
-            results.append(
-                run_model(cfg, str(m), run_dir / "models" / str(m).replace("/", "__"), data_overrides, page)
-            )
+            run_model(cfg, str(m), out_dir, data_overrides, page)
         except UserError as e:
             # one model's failure does not stop a day-long selection; it is retried next run
             log.error("%s", e)
             failed.append(str(m))
+        finally:
+            release(out_dir)
+    # every finished model, this worker's and the others', in the configured order
+    results = [
+        json.loads(f.read_text())
+        for m in cfg.models
+        if (f := run_dir / "models" / str(m).replace("/", "__") / "result.json").is_file()
+    ]
     if not results:
-        raise UserError(f"no model finished; failed: {failed}")
+        raise UserError(f"no model finished; failed: {failed}, running in other workers: {busy}")
     rows, md = write_selection(run_dir, results, str(cfg.split), environment(), str(cfg.data.name))
+    if busy:
+        print(md)
+        log.warning(
+            "models still running in other workers: %s; the last worker to finish writes the full table", busy
+        )
+        return
     if (cfg.get("logger") or {}).get("type") == "wandb":
         with open_dict(cfg):
             cfg.logger.group, cfg.logger.name = WANDB_GROUP.format(cfg.name), "summary"

@@ -338,6 +338,7 @@ class Sweep:
     inert: dict[str, str] = MISSING  # parameter -> why it cannot change the result
     logger: str = MISSING  # none | wandb
     enqueue: list[Any] = MISSING  # trials to run first ({param: value})
+    devices: Optional[list[Any]] = MISSING  # noqa: UP045 (worker k -> devices[k % len]; null: unpinned)
 
 
 @dataclass

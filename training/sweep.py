@@ -27,6 +27,7 @@ from evaluation.report import markdown_table, pyplot, write_csv
 from training.errors import ConfigError, UserError, cli, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
+from training.workers import pin_device, worker_index
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -489,7 +490,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.mode not in ("optimize", "base", "summary", "all"):
         raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'base', 'summary', 'all']")
     if cfg.mode in ("optimize", "all"):
-        optimize(scfg, out_dir, run_fn, worker=int(os.environ.get("SIGDET_WORKER", "0")))
+        worker = worker_index()
+        pin_device(scfg.devices, worker)
+        optimize(scfg, out_dir, run_fn, worker=worker)
     if cfg.mode in ("base", "all"):
         train_base(scfg, out_dir, run_fn)
     if cfg.mode in ("summary", "all"):
