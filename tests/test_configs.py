@@ -137,7 +137,7 @@ def test_bad_train_value_types_are_config_errors(tmp_path):
     assert "train.batch=lots" in line and "\n" not in line
 
 
-@pytest.mark.parametrize("root", ["export", "export_benchmark", "generate", "classify", "predict"])
+@pytest.mark.parametrize("root", ["export", "export_benchmark", "generate", "classify", "predict", "publish"])
 def test_other_roots_compose_and_resolve(root):
     overrides = {
         "export": ["checkpoint=x.pt"],
@@ -145,6 +145,7 @@ def test_other_roots_compose_and_resolve(root):
         "generate": ["out=x"],
         "classify": ["checkpoint=x.pt", "pages=x", "out=y"],
         "predict": ["checkpoint=x.pt", "source=x"],
+        "publish": ["run_dir=x"],
     }[root]
     cfg = compose_cfg(root, overrides)
     OmegaConf.to_container(cfg, resolve=True)

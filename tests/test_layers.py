@@ -15,6 +15,7 @@ ORCHESTRATION = {
     "training.sweep",
     "evaluation.__main__",
     "evaluation.predict",
+    "evaluation.publish",
     "evaluation.run",
     "evaluation.model_selection",
     "evaluation.full_report",

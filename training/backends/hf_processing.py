@@ -1,9 +1,16 @@
 """Pre- and post-processing of the transformers detectors, in one place (training, prediction and exported
 models all go through it).
 
-Resize the longest side to ``imgsz`` (keeping the aspect ratio), normalise with ImageNet statistics, pad at the
-bottom / right to ``imgsz x imgsz`` with a pixel mask. Boxes are normalised ``cx, cy, w, h`` relative to that
-square canvas, so decoding is one scale back to the original frame whatever the library's own processor does.
+Resize the longest side to ``imgsz`` (keeping the aspect ratio; sizes rounded down as transformers' own image
+processors round them), normalise with ImageNet statistics, pad at the bottom / right to ``imgsz x imgsz`` with a
+pixel mask. The family's transformers image processor, configured by :func:`processor_kwargs` and saved in every
+run folder, does the same (its resize is torchvision's antialiased bilinear, ours PIL's: at most one grey level
+apart on a few pixels in a thousand).
+
+Boxes are normalised ``cx, cy, w, h`` in one of two frames (:data:`BOX_FRAMES`): ``image`` (relative to the image,
+what transformers' ``post_process_object_detection`` and ``pipeline("object-detection")`` assume, so the library
+decodes our models as we do; the frame of every run since the Hugging Face interop) or ``canvas`` (relative to the
+padded square; runs trained before it, whose ``sigdet.json`` names no frame).
 """
 
 from __future__ import annotations
@@ -15,12 +22,39 @@ from PIL import Image
 from training.backends.base import Detections
 from training.data.images import IMAGENET_MEAN, IMAGENET_STD
 
+# what normalised box coordinates are relative to: the image (transformers' convention) or the padded square
+BOX_FRAMES = ("image", "canvas")
+
+
+def resized_size(w: int, h: int, imgsz: int) -> tuple[int, int]:
+    """``(width, height)`` of a ``w x h`` image resized to fit ``imgsz``: transformers' ``max_height`` /
+    ``max_width`` resize (``get_image_size_for_max_height_width``), rounding down, never below 1 pixel."""
+    s = min(imgsz / h, imgsz / w)
+    return max(1, int(w * s)), max(1, int(h * s))
+
+
+def processor_kwargs(imgsz: int) -> dict:
+    """Arguments of a transformers DETR / Conditional-DETR / YOLOS image processor that preprocess as
+    :func:`resize_pad` does (the run folder's ``preprocessor_config.json``)."""
+    return {
+        "do_resize": True,
+        "size": {"max_height": imgsz, "max_width": imgsz},
+        "resample": int(Image.Resampling.BILINEAR),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD),
+        "do_pad": True,
+        "pad_size": {"height": imgsz, "width": imgsz},
+    }
+
 
 def resize_pad(img: Image.Image, imgsz: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """RGB PIL image -> (normalised ``3 x imgsz x imgsz`` tensor, ``imgsz x imgsz`` mask, scale)."""
     w, h = img.size
     scale = imgsz / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    nw, nh = resized_size(w, h, imgsz)
     arr = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     t = torch.from_numpy(arr).permute(2, 0, 1)
     t = (t - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
@@ -32,10 +66,23 @@ def resize_pad(img: Image.Image, imgsz: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def boxes_to_targets(
-    xyxy: np.ndarray, labels: np.ndarray, scale: float, imgsz: int
+    xyxy: np.ndarray,
+    labels: np.ndarray,
+    scale: float,
+    imgsz: int,
+    image_size: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Original-frame ``xyxy`` boxes -> DETR-style target (canvas-normalised ``cxcywh``)."""
-    b = torch.as_tensor(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)) * scale / imgsz
+    """Original-frame ``xyxy`` boxes -> DETR-style target (normalised ``cxcywh``).
+
+    ``image_size`` ``(W, H)`` of the original image: normalised to the image (the ``image`` frame); None: to the
+    padded square canvas (the ``canvas`` frame).
+    """
+    b = torch.as_tensor(np.asarray(xyxy, dtype=np.float32).reshape(-1, 4))
+    if image_size is None:
+        b = b * scale / imgsz
+    else:
+        W, H = image_size
+        b = b / torch.tensor([W, H, W, H], dtype=torch.float32)
     cxcywh = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
     return {
         "class_labels": torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1),
@@ -52,11 +99,13 @@ def decode(
     score_mode: str,
     conf: float = 0.001,
     max_det: int = 100,
+    frame: str = "canvas",
 ) -> Detections:
     """One image's raw outputs -> Detections in the original frame.
 
     ``score_mode``: ``softmax`` (DETR, YOLOS: last logit is "no object") or ``sigmoid`` (Conditional-DETR: top-k
-    over queries x classes, as its paper and the reference post-processing do).
+    over queries x classes, as its paper and the reference post-processing do). ``frame``: what the predicted
+    boxes are normalised to (:data:`BOX_FRAMES`).
     """
     logits, pred_boxes = logits.float().cpu(), pred_boxes.float().cpu()
     if score_mode == "softmax":
@@ -70,8 +119,9 @@ def decode(
         scores, idx = prob.flatten().topk(k)
         labels, boxes = idx % n_cls, pred_boxes[idx // n_cls]
     xy, half = boxes[:, :2], boxes[:, 2:] / 2
-    xyxy = torch.cat([xy - half, xy + half], -1) * imgsz / scale
     W, H = orig_size
+    extent = torch.tensor([W, H, W, H], dtype=torch.float32) if frame == "image" else imgsz / scale
+    xyxy = torch.cat([xy - half, xy + half], -1) * extent
     xyxy = xyxy.clamp(min=0).minimum(torch.tensor([W, H, W, H], dtype=xyxy.dtype))
     keep = scores >= conf
     order = scores[keep].argsort(descending=True)[:max_det]

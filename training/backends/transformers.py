@@ -5,6 +5,12 @@ model is built from config with random init and a locally built ResNet backbone 
 Training is a plain loop (``training.loops``) with checkpoints, resume, early stopping on the configured metric,
 gradient clipping and mixed precision on CUDA. Periodic validation goes through the injected validator (our
 evaluator), so ``val/mAP50`` means the same for a DETR and a YOLO.
+
+A run folder (``weights/best``) is also a transformers model folder: ``config.json`` (labels = our class names),
+``model.safetensors`` and ``preprocessor_config.json`` (the family's image processor set to preprocess as we do),
+so ``AutoImageProcessor``, ``AutoModelForObjectDetection`` and ``pipeline("object-detection")`` load it as is
+and find the boxes we find (tests/test_hf_interop.py). Folders saved before the processor file existed get it
+from ``python -m evaluation.publish``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ import torch
 from omegaconf import OmegaConf
 
 from training.backends.base import Detections, Detector, ExportSpec, ImageInput
-from training.backends.hf_processing import GraphWrapper, boxes_to_targets, decode, resize_pad
+from training.backends.hf_processing import (
+    GraphWrapper,
+    boxes_to_targets,
+    decode,
+    processor_kwargs,
+    resize_pad,
+)
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
@@ -35,6 +47,7 @@ from training.loops import (
     set_rng_state,
     train_one_epoch,
 )
+from training.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +57,16 @@ FAMILIES = {
     "conditional_detr": ("ConditionalDetrConfig", "ConditionalDetrForObjectDetection", "sigmoid", True),
     "yolos": ("YolosConfig", "YolosForObjectDetection", "softmax", False),
 }
+# family -> its transformers image processor (written beside the weights, configured as hf_processing preprocesses)
+PROCESSORS = {
+    "detr": "DetrImageProcessor",
+    "conditional_detr": "ConditionalDetrImageProcessor",
+    "yolos": "YolosImageProcessor",
+}
 META = "sigdet.json"
 STATE = "trainer_state.pt"
+# the box frame (hf_processing.BOX_FRAMES) of new runs; a sigdet.json without one is from before it: canvas
+BOX_FRAME = "image"
 
 
 def _family(name: str):
@@ -56,6 +77,43 @@ def _family(name: str):
     transformers.logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
     cfg_cls, model_cls, mode, mask = FAMILIES[name]
     return getattr(transformers, cfg_cls), getattr(transformers, model_cls), mode, mask
+
+
+def image_processor(family: str, imgsz: int):
+    """The family's transformers image processor, built locally (no download), set to preprocess as
+    :func:`~training.backends.hf_processing.resize_pad` does."""
+    _family(family)
+    import transformers
+
+    return getattr(transformers, PROCESSORS[family])(**processor_kwargs(imgsz))
+
+
+def write_image_processor(folder: str | Path) -> Path:
+    """Write ``preprocessor_config.json`` into a run folder of this backend (from its ``sigdet.json``); returns it.
+
+    Raises:
+        UserError: ``folder`` holds no readable ``sigdet.json``.
+    """
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    image_processor(str(meta["family"]), int(meta["imgsz"])).save_pretrained(folder)
+    return folder / "preprocessor_config.json"
+
+
+def _read_meta(folder: Path) -> dict:
+    """A run folder's ``sigdet.json``; a :class:`UserError` naming the folder or the file when it is not one."""
+    path = folder / META
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint {folder}: not a directory written by the transformers backend (no {META})"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not {"family", "imgsz", "class_names"} <= set(meta):
+            raise ValueError("family, imgsz or class_names missing")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a {META} of the transformers backend ({first_line(e, 120)})") from None
+    return meta
 
 
 def _labels(names: list[str]) -> dict:
@@ -69,8 +127,8 @@ def _labels(names: list[str]) -> dict:
 class _DetectionDataset(torch.utils.data.Dataset):
     """Images of a split, resized / padded to ``imgsz``, with bbox-safe augmentation for training."""
 
-    def __init__(self, split: DetectionSplit, imgsz: int, augment: dict | None):
-        self.split, self.imgsz = split, imgsz
+    def __init__(self, split: DetectionSplit, imgsz: int, augment: dict | None, box_frame: str = BOX_FRAME):
+        self.split, self.imgsz, self.box_frame = split, imgsz, box_frame
         self.index = split.class_index()
         self.tf = self._transforms(augment) if augment else None
 
@@ -116,7 +174,8 @@ class _DetectionDataset(torch.utils.data.Dataset):
             img = F.to_pil_image(out["image"])
             xyxy, labels = out["boxes"].numpy().reshape(-1, 4), out["labels"].numpy()
         pixels, mask, scale = resize_pad(img, self.imgsz)
-        return pixels, mask, boxes_to_targets(xyxy, labels, scale, self.imgsz)
+        size = img.size if self.box_frame == "image" else None
+        return pixels, mask, boxes_to_targets(xyxy, labels, scale, self.imgsz, size)
 
 
 def _collate(batch):
@@ -136,6 +195,7 @@ class TransformersDetector(Detector):
         if self.family:
             _family(self.family)  # an unknown family fails here, before anything is built
         self.imgsz: int | None = None
+        self.box_frame = BOX_FRAME  # a loaded checkpoint's own (load)
         self.device = torch.device("cpu")
         self._train_device: torch.device | None = None  # set by train(): load() then keeps the model there
 
@@ -199,9 +259,12 @@ class TransformersDetector(Detector):
         return model(**kwargs).loss
 
     def _save(self, folder: Path, extra_state: dict | None = None) -> None:
+        self.model.config.id2label = dict(enumerate(self.class_names))  # what the pipeline's labels read
+        self.model.config.label2id = {n: i for i, n in enumerate(self.class_names)}
         self.model.save_pretrained(folder)  # creates the folder
-        meta = {k: getattr(self, k) for k in ("family", "imgsz", "class_names", "score_mode")}
+        meta = {k: getattr(self, k) for k in ("family", "imgsz", "class_names", "score_mode", "box_frame")}
         (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        image_processor(self.family, self.imgsz).save_pretrained(folder)
         if extra_state is not None:
             torch.save(extra_state, folder / STATE)
 
@@ -242,9 +305,9 @@ class TransformersDetector(Detector):
         )
         aug = OmegaConf.to_container(t.augment, resolve=True)
         train_loader = loader(
-            _DetectionDataset(dataset["train"], self.imgsz, aug), shuffle=True, generator=gen
+            _DetectionDataset(dataset["train"], self.imgsz, aug, self.box_frame), shuffle=True, generator=gen
         )
-        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None))
+        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None, self.box_frame))
         backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
         rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
         groups = [{"params": rest, "lr": float(t.lr)}]
@@ -272,10 +335,15 @@ class TransformersDetector(Detector):
             state = FitState(**saved["fit"])
             set_rng_state(saved, gen)
 
+        epoch = state.epoch if state else 0
+
         def train_epoch(left):
-            stats = train_one_epoch(
-                model, optimizer, train_loader, self.device, self._step, scaler, float(t.grad_clip), left
-            )
+            nonlocal epoch
+            epoch += 1
+            with progress(train_loader, f"epoch {epoch} train", len(train_loader), "batch") as batches:
+                stats = train_one_epoch(
+                    model, optimizer, batches, self.device, self._step, scaler, float(t.grad_clip), left
+                )
             if scheduler is not None:
                 scheduler.step()
             return {**stats, "lr": optimizer.param_groups[0]["lr"]}
@@ -329,16 +397,13 @@ class TransformersDetector(Detector):
         path = Path(checkpoint)
         if path.is_dir() and not (path / META).is_file() and (path / "weights" / "best" / META).is_file():
             path = path / "weights" / "best"
-        if not (path / META).is_file():
-            raise UserError(
-                f"checkpoint {path}: not a directory written by the transformers backend (no {META})"
-            )
-        meta = json.loads((path / META).read_text(encoding="utf-8"))
+        meta = _read_meta(path)
         self.family, self.imgsz, self.class_names = (
             meta["family"],
             int(meta["imgsz"]),
             list(meta["class_names"]),
         )
+        self.box_frame = str(meta.get("box_frame", "canvas"))
         model_cls = _family(self.family)[1]
         # train.device decides for the run's own reloads
         self.device = self._train_device if device is None and self._train_device else resolve_device(device)
@@ -350,6 +415,7 @@ class TransformersDetector(Detector):
             "score_mode": self.score_mode,
             "use_mask": bool(self.use_mask),
             "max_det": self.decode["max_det"],
+            "box_frame": self.box_frame,
         }
 
     def predict(
@@ -405,6 +471,7 @@ class TransformersDetector(Detector):
             options["score_mode"],
             conf,
             int(options["max_det"]),
+            options.get("box_frame", "canvas"),  # exports written before the frame was recorded: canvas
         )
 
     @staticmethod
