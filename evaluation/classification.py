@@ -83,20 +83,11 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
     fig, ax = pyplot().subplots(figsize=(4.2, 3.8), dpi=120)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(
-                j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
-            )
-    ax.set(
-        xticks=range(len(classes)),
-        yticks=range(len(classes)),
-        xticklabels=classes,
-        yticklabels=classes,
-        xlabel="predicted",
-        ylabel="true",
-        title=title,
-    )
+    for (i, j), n in np.ndenumerate(cm):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     ax.grid(False)
     return save_figure(fig, path)
 
@@ -104,16 +95,10 @@ def plot_confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -
 def per_class_rows(metrics: dict[str, float], split: str, classes: list[str]) -> list[dict]:
     """The published card's layout: one row per class (precision, recall, F1, support), then macro / accuracy."""
     k = f"{split}/"
-    rows = [
-        {
-            "class": c,
-            "precision": fmt_num(metrics.get(f"{k}precision/{c}")),
-            "recall": fmt_num(metrics.get(f"{k}recall/{c}")),
-            "f1": fmt_num(metrics.get(f"{k}f1/{c}")),
-            "support": str(int(metrics.get(f"{k}support/{c}", 0))),
-        }
-        for c in classes
-    ]
+    rows = []
+    for c in classes:
+        scores = {s: fmt_num(metrics.get(f"{k}{s}/{c}")) for s in ("precision", "recall", "f1")}
+        rows.append({"class": c, **scores, "support": str(int(metrics.get(f"{k}support/{c}", 0)))})
     n = str(int(metrics.get(f"{k}n", 0)))
     for label, name in (("macro avg", "macro_f1"), ("accuracy", "accuracy")):
         f1 = fmt_num(metrics.get(f"{k}{name}")) + fmt_ci(metrics, f"{k}{name}", " ")
@@ -129,27 +114,16 @@ def mining_rows(metrics: dict[str, float], splits: list[str], classes: list[str]
             a, b = metrics.get(f"base/{split}/{name}"), metrics.get(f"{split}/{name}")
             if a is None or b is None:
                 continue
-            rows.append(
-                {
-                    "split": split,
-                    "metric": name,
-                    "without mining": fmt_num(a),
-                    "with mining": fmt_num(b),
-                    "difference (points)": f"{100 * (b - a):+.1f}",
-                }
-            )
+            row = {"split": split, "metric": name, "without mining": fmt_num(a), "with mining": fmt_num(b)}
+            rows.append({**row, "difference (points)": f"{100 * (b - a):+.1f}"})
     return rows
 
 
 def count_rows(counts: dict[str, dict[str, int]]) -> list[dict]:
     rows = [{"class": c, **{k: str(v) for k, v in cols.items()}} for c, cols in counts.items()]
     if rows:
-        rows.append(
-            {
-                "class": "total",
-                **{k: str(sum(c[k] for c in counts.values())) for k in next(iter(counts.values()))},
-            }
-        )
+        total = {k: str(sum(c[k] for c in counts.values())) for k in next(iter(counts.values()))}
+        rows.append({"class": "total", **total})
     return rows
 
 
@@ -162,10 +136,9 @@ def proposal_recall(pages, classes: list[str], proposals_cfg, iou: float = 0.5) 
     for p in pages:
         regions = propose(p.image, proposals_cfg)
         for o in p.objects:
-            if o.label not in tot:
-                continue
-            tot[o.label] += 1
-            hit[o.label] += any(box_iou(o.box, r.box) >= iou for r in regions)
+            if o.label in tot:
+                tot[o.label] += 1
+                hit[o.label] += any(box_iou(o.box, r.box) >= iou for r in regions)
     return {f"proposals/recall/{c}": hit[c] / tot[c] for c in classes if tot[c]}
 
 
@@ -212,20 +185,10 @@ def evaluate_classifier_run(
         m = classification_metrics(y, pred, classes, int(ev.n_bootstrap), int(ev.seed))
         metrics.update({f"{split}/{k}": v for k, v in m.items()})
         cm = confusion(y, pred, len(classes))
-        images.append(
-            plot_confusion(
-                cm, classes, f"{split}: accuracy {m['accuracy']:.3f}", run_dir / f"confusion_{split}.png"
-            )
-        )
-        save_misclassified(
-            items,
-            y,
-            pred,
-            probs,
-            classes,
-            run_dir / "misclassified" / split,
-            int(ev.save_misclassified),
-        )
+        title = f"{split}: accuracy {m['accuracy']:.3f}"
+        images.append(plot_confusion(cm, classes, title, run_dir / f"confusion_{split}.png"))
+        wrong = run_dir / "misclassified" / split
+        save_misclassified(items, y, pred, probs, classes, wrong, int(ev.save_misclassified))
         if base is not None:
             bp = base.predict_proba([c.image for c in items]).argmax(1)
             mb = classification_metrics(y, bp, classes, int(ev.n_bootstrap), int(ev.seed))
@@ -234,16 +197,14 @@ def evaluate_classifier_run(
     test_pages = (run.pages or {}).get("test") or []
     proposals_cfg = cfg.model.proposals
     if test_pages:
-        metrics.update(
-            {f"test/{k}": v for k, v in proposal_recall(test_pages, classes, proposals_cfg).items()}
-        )
+        found = proposal_recall(test_pages, classes, proposals_cfg)
+        metrics.update({f"test/{k}": v for k, v in found.items()})
         context = float(cfg.crops.context)
         for i, p in enumerate(test_pages[: int(ev.n_pages)]):
             res = classify_page(p.image, model, proposals_cfg, context)
-            write_page_result(
-                p.image, res, run_dir / "pages", f"test_page_{i:05d}", f"synthetic test page {i}"
-            )
-            images.append(run_dir / "pages" / f"test_page_{i:05d}.png")
+            name = f"test_page_{i:05d}"
+            write_page_result(p.image, res, run_dir / "pages", name, f"synthetic test page {i}")
+            images.append(run_dir / "pages" / f"{name}.png")
 
     syn, real = cfg.crops.synthetic, cfg.get("data") is not None and cfg.crops.detection.enabled
     prov = {

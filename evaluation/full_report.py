@@ -31,11 +31,9 @@ def _f(v, digits: int = 4) -> str:
 
 def compare(ours, published, digits: int = 4, scale: float = 1.0) -> dict[str, str]:
     """Ours, published and ours - published (in points for fractions: ``scale=100``)."""
-    diff = (
-        ""
-        if ours is None or published is None
-        else f"{scale * (float(ours) - float(published)):+.{2 if scale != 1 else digits}f}"
-    )
+    diff = ""
+    if ours is not None and published is not None:
+        diff = f"{scale * (float(ours) - float(published)):+.{2 if scale != 1 else digits}f}"
     return {"ours": _f(ours, digits), "published": _f(published, digits), "difference": diff}
 
 
@@ -125,12 +123,9 @@ class Report:
                 c = compare(ours.get(f"val/{k}"), (pub.get(which) or {}).get(k), 4, 100.0)
                 rows.append({"metric": k, "model": which, **c})
         self.table(rows, "Base vs tuned (differences in points)", "base_vs_tuned")
-        for name, caption in (
-            ("history", "Sweep history"),
-            ("importances", "Parameter importances"),
-            ("parallel_coordinates", "Trials, parallel coordinates"),
-        ):
-            self.figure(d / f"{name}.png", caption)
+        self.figure(d / "history.png", "Sweep history")
+        self.figure(d / "importances.png", "Parameter importances")
+        self.figure(d / "parallel_coordinates.png", "Trials, parallel coordinates")
 
     def final_test(self, d: Path | None) -> None:
         self.md.append("## 3. Final test results\n")
@@ -148,14 +143,10 @@ class Report:
             f"hardware {prov.get('hardware')} ({prov.get('device')}), torch {prov.get('torch')}. Published: "
             f"{(self.pub.get('final_test') or {}).get('source', 'n/a')}.\n"
         )
-        rows = [
-            {
-                "metric": k,
-                **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0),
-                "ours 95% CI": fmt_ci(m, f"test/{k}", missing=""),
-            }
-            for k in HEADLINE
-        ]
+        rows = []
+        for k in HEADLINE:
+            ci = fmt_ci(m, f"test/{k}", missing="")
+            rows.append({"metric": k, **compare(m.get(f"test/{k}"), pub.get(k), 4, 100.0), "ours 95% CI": ci})
         self.table(rows, "Test split (differences in points)", "final_test")
         self.figure(d / "pr_curve_test.png", "Precision-recall at IoU 0.5, test (ours)")
         self.figure(d / "f1_conf_test.png", "F1 vs confidence, test (ours)")
@@ -179,14 +170,11 @@ class Report:
             if (r["runtime"], r["device"]) not in (("ONNX Runtime", "CPU"), ("TensorRT", "CUDA")):
                 continue
             key = "onnx_cpu_ms" if r["runtime"] == "ONNX Runtime" else "tensorrt_gpu_ms"
-            ours = r.get("model/p50_ms") if r["status"] == "ok" else None
-            rows.append(
-                {
-                    "runtime": f"{r['runtime']} ({r['device']}, {r['precision']})",
-                    **compare(ours, prow.get(key), 2),
-                    "note": "" if r["status"] == "ok" else f"unavailable: {r.get('reason', '')}",
-                }
-            )
+            ok = r["status"] == "ok"
+            ours = r.get("model/p50_ms") if ok else None
+            note = "" if ok else f"unavailable: {r.get('reason', '')}"
+            runtime = f"{r['runtime']} ({r['device']}, {r['precision']})"
+            rows.append({"runtime": runtime, **compare(ours, prow.get(key), 2), "note": note})
         self.table(rows, "Inference p50 (ms)", "latency")
 
     def classifier(self, d: Path | None) -> None:
@@ -216,13 +204,9 @@ class Report:
         counts = doc.get("counts") or {}
         pc = (self.pub.get("classifier") or {}).get("training_data_counts") or {}
         crows = [
-            {
-                "class": c,
-                "count": col,
-                **compare((counts.get(c) or {}).get(col), (pc.get(col) or {}).get(c), 0),
-            }
+            {"class": c, "count": k, **compare((counts.get(c) or {}).get(k), (pc.get(k) or {}).get(c), 0)}
             for c in classes
-            for col in ("original", "augmented", "misclassified", "augmented_misclassified")
+            for k in ("original", "augmented", "misclassified", "augmented_misclassified")
         ]
         self.table(
             crows,

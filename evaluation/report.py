@@ -37,17 +37,12 @@ def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, s
     names = ROWS + [(f"ultralytics/{n}", False) for n in extra]
     rows = []
     for name, has_ci in names:
-
-        def key(split, name=name):
-            return (
-                f"ultralytics/{split}/{name[12:]}" if name.startswith("ultralytics/") else f"{split}/{name}"
-            )
-
-        if not any(key(s) in metrics for s in splits):
+        bare = name.removeprefix("ultralytics/")
+        keys = {s: f"ultralytics/{s}/{bare}" if bare != name else f"{s}/{name}" for s in splits}
+        if not any(k in metrics for k in keys.values()):
             continue
         row = {"metric": name}
-        for split in splits:
-            k = key(split)
+        for split, k in keys.items():
             row[split] = fmt_num(metrics.get(k)) if k in metrics else ""
             row[f"{split} 95% CI"] = fmt_ci(metrics, k) if has_ci else ""
         rows.append(row)
@@ -82,14 +77,9 @@ def write_tables(
 
 
 def write_metrics_json(run_dir: Path, metrics: dict[str, float], extra: dict | None = None) -> Path:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
     path = run_dir / "metrics.json"
-    doc = {
-        "metrics": {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())
-        }
-    }
-    doc.update(extra or {})
-    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    path.write_text(json.dumps({"metrics": clean, **(extra or {})}, indent=2), encoding="utf-8")
     return path
 
 
@@ -129,17 +119,11 @@ def plot_curves(
     run_dir: Path, split: str, curves: dict[str, np.ndarray], metrics: dict[str, float]
 ) -> list[Path]:
     plt = pyplot()
-    paths = []
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.plot(curves["recall"], curves["precision"], lw=1.5)
-    ax.set(
-        xlabel="recall",
-        ylabel="precision",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        title=f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})",
-    )
-    paths.append(save_figure(fig, run_dir / f"pr_curve_{split}.png", ax))
+    title = f"{split}: PR at IoU 0.5 (mAP50 {metrics.get(f'{split}/mAP50', float('nan')):.3f})"
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    pr = save_figure(fig, run_dir / f"pr_curve_{split}.png", ax)
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for k in ("f1", "precision", "recall"):
@@ -151,8 +135,7 @@ def plot_curves(
         xlabel="confidence", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title=f"{split}: F1 vs confidence"
     )
     ax.legend(loc="best", fontsize=8)
-    paths.append(save_figure(fig, run_dir / f"f1_conf_{split}.png", ax))
-    return paths
+    return [pr, save_figure(fig, run_dir / f"f1_conf_{split}.png", ax)]
 
 
 def plot_pages(

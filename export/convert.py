@@ -47,12 +47,9 @@ def _quantize_kwargs(family: Family) -> dict:
     kwargs = {}
     if hints.get("model_type") == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if hints.get("ignored_patterns") or hints.get("ignored_types"):
-        kwargs["ignored_scope"] = nncf.IgnoredScope(
-            patterns=list(hints.get("ignored_patterns") or []),
-            types=list(hints.get("ignored_types") or []),
-            validate=False,
-        )
+    patterns, types = list(hints.get("ignored_patterns") or []), list(hints.get("ignored_types") or [])
+    if patterns or types:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, types=types, validate=False)
     return kwargs
 
 
@@ -104,14 +101,10 @@ def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, workspace_gb: fl
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    dynamic = False
-    for i in range(network.num_inputs):
-        inp = network.get_input(i)
-        shape = tuple(inp.shape)
-        if shape[0] == -1:
-            dynamic = True
-            one = (1, *shape[1:])
-            profile.set_shape(inp.name, one, one, (int(max_batch), *shape[1:]))
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    dynamic = {inp.name: tuple(inp.shape)[1:] for inp in inputs if tuple(inp.shape)[0] == -1}
+    for name, rest in dynamic.items():
+        profile.set_shape(name, (1, *rest), (1, *rest), (int(max_batch), *rest))
     if dynamic:
         config.add_optimization_profile(profile)
     blob = builder.build_serialized_network(network, config)

@@ -48,15 +48,9 @@ class Family(ExportSpec):
     def from_meta(cls, meta: dict) -> Family:
         if meta["kind"] not in BACKENDS:
             raise UserError(f"export of kind {meta['kind']!r}: not one of the backends {list(BACKENDS)}")
-        return cls(
-            meta["kind"],
-            int(meta["imgsz"]),
-            list(meta["class_names"]),
-            list(meta["input_names"]),
-            list(meta["output_names"]),
-            dict(meta.get("options") or {}),
-            source=str(meta.get("source", "")),
-        )
+        names = (list(meta[k]) for k in ("class_names", "input_names", "output_names"))
+        options, source = dict(meta.get("options") or {}), str(meta.get("source", ""))
+        return cls(meta["kind"], int(meta["imgsz"]), *names, options, source=source)
 
     # ---- pre-processing: one image -> named batch-1 arrays, plus what decoding needs ----
     def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:

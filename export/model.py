@@ -30,11 +30,9 @@ class ExportedModel:
         """Detections per image (detectors) in the original frame; ``imgsz`` is fixed by the export."""
         if imgsz and int(imgsz) != self.family.imgsz and self.format != "pytorch":
             raise UserError(f"{self.checkpoint}: exported at imgsz={self.family.imgsz}, asked for {imgsz}")
-        out = []
-        for im in images:
-            feeds, ctx = self.family.feeds(im)
-            out.append(self.family.decode(self.runner(feeds), ctx, conf))
-        return out
+        return [
+            self.family.decode(self.runner(feeds), ctx, conf) for feeds, ctx in map(self.family.feeds, images)
+        ]
 
     def predict_proba(self, crops: list, batch: int = 1) -> np.ndarray:
         """Class probabilities (classifier), one crop at a time unless the export has a dynamic batch."""
@@ -80,12 +78,7 @@ def is_exported(path: str | Path) -> bool:
     return Path(path).suffix in SUFFIXES
 
 
-def load_exported(
-    path: str | Path,
-    precision: str | None = None,
-    provider: str = "CPUExecutionProvider",
-    threads: int | None = None,
-) -> ExportedModel:
+def load_exported(path: str | Path, precision: str | None = None) -> ExportedModel:
     """Load an ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO; ``precision="bf16"`` runs it with the BF16 hint) or
     ``.engine`` (TensorRT) written by ``python -m export``."""
     path = Path(path)
@@ -99,10 +92,10 @@ def load_exported(
     family = Family.from_meta(meta)
     kind = SUFFIXES[path.suffix]
     if kind == "onnx":
-        runner, fmt = OrtRunner(path, provider, threads), "onnx"
+        runner, fmt = OrtRunner(path), "onnx"
     elif kind == "openvino":
         prec = precision or (entry or {}).get("precision", "fp32")
-        runner, fmt = OpenVINORunner(path, "bf16" if prec == "bf16" else "fp32", threads), f"openvino_{prec}"
+        runner, fmt = OpenVINORunner(path, "bf16" if prec == "bf16" else "fp32"), f"openvino_{prec}"
     else:
         runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")
     return ExportedModel(family, runner, str(path), fmt)

@@ -103,16 +103,14 @@ def _build(
             ok, why = bf16_supported()
             if not ok:
                 raise Unavailable(why)
-        folder = out / ("openvino_int8" if prec == "int8" else "openvino_fp32")
-        xml = folder / "model.xml"
+        stored = "int8" if prec == "int8" else "fp32"  # bf16 runs the fp32 model with a runtime hint
+        xml = out / f"openvino_{stored}" / "model.xml"
         if not xml.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            calib = None
-            if prec == "int8":
-                calib = [family.feeds(im)[0] for im in data.calibration]
-                if not calib:
-                    raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
-            to_openvino(onnx_path, xml, family, "int8" if prec == "int8" else "fp32", calib)
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            calib = [family.feeds(im)[0] for im in data.calibration] if stored == "int8" else None
+            if stored == "int8" and not calib:
+                raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
+            to_openvino(onnx_path, xml, family, stored, calib)
         return xml, OpenVINORunner(xml, prec if prec == "bf16" else "fp32", threads)
     if fmt.startswith("tensorrt"):
         engine = out / f"model_{fmt.split('_')[1]}.engine"
@@ -162,10 +160,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
         if family.is_detector:
             m.update(match_detections(ref_dets, dets, float(cfg.parity.score_min), float(cfg.parity.iou)))
         else:
-            m["top1_agreement"] = float(
-                np.mean([r.argmax() == d.argmax() for r, d in zip(ref_dets, dets, strict=True)])
-            )
-            m["max_score_diff"] = float(max(np.abs(r - d).max() for r, d in zip(ref_dets, dets, strict=True)))
+            pairs = list(zip(ref_dets, dets, strict=True))
+            m["top1_agreement"] = float(np.mean([r.argmax() == d.argmax() for r, d in pairs]))
+            m["max_score_diff"] = float(max(np.abs(r - d).max() for r, d in pairs))
         bounds = _bounds(cfg, fmt)
         problems = check(m, bounds)
         entry.update(parity=m, bounds=bounds, status="failed" if problems else "passed")
@@ -183,18 +180,15 @@ def export_checkpoint(cfg, out: Path) -> dict:
     }
     write_meta(family, out / META, manifest)
     rows = parity_rows(family, artifacts)
-    (out / "parity.md").write_text(
-        markdown_table(rows, f"# Export parity: {family.source}\n"), encoding="utf-8"
-    )
+    title = f"# Export parity: {family.source}"
+    (out / "parity.md").write_text(markdown_table(rows, f"{title}\n"), encoding="utf-8")
     write_csv(out / "parity.csv", rows)
-    print(markdown_table(rows, f"# Export parity: {family.source} ({family.kind}, imgsz {family.imgsz})\n"))
+    print(markdown_table(rows, f"{title} ({family.kind}, imgsz {family.imgsz})\n"))
     if failures:
         _quarantine(out, artifacts)
-        raise ParityError(
-            f"export parity failed for {failures[0]}"
-            + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else "")
-            + f"; details in {out / 'parity.md'}, files moved to {out / 'failed'}"
-        )
+        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+        where = f"details in {out / 'parity.md'}, files moved to {out / 'failed'}"
+        raise ParityError(f"export parity failed for {failures[0]}{more}; {where}")
     return manifest
 
 

@@ -99,10 +99,8 @@ class OpenVINORunner:
             ok, why = bf16_supported()
             if not ok:
                 raise Unavailable(f"OpenVINO BF16: {why}")
-            config["INFERENCE_PRECISION_HINT"] = "bf16"
-        else:
-            # f32 explicitly: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        # f32 explicitly: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model
+        config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
         try:
             self.compiled = core.compile_model(str(xml), "CPU", config)
         except Exception as e:
@@ -138,19 +136,18 @@ class TensorRTRunner:
         self.stream = torch.cuda.Stream()
         self.device = "cuda"
 
+    def _dtype(self, name: str):
+        """The torch dtype of the engine's tensor ``name``."""
+        return getattr(self.torch, np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).name)
+
     def __call__(self, feeds):
-        torch, trt = self.torch, self.trt
         bufs = {}
         for n in self.inputs:
-            t = torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda()
-            dtype = trt.nptype(self.engine.get_tensor_dtype(n))
-            t = t.to(getattr(torch, np.dtype(dtype).name))
-            self.context.set_input_shape(n, tuple(t.shape))
-            bufs[n] = t
+            bufs[n] = self.torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda().to(self._dtype(n))
+            self.context.set_input_shape(n, tuple(bufs[n].shape))
         for n in self.outputs:
             shape = tuple(self.context.get_tensor_shape(n))
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name
-            bufs[n] = torch.empty(shape, dtype=getattr(torch, dtype), device="cuda")
+            bufs[n] = self.torch.empty(shape, dtype=self._dtype(n), device="cuda")
         for n, t in bufs.items():
             self.context.set_tensor_address(n, t.data_ptr())
         self.context.execute_async_v3(self.stream.cuda_stream)

@@ -17,6 +17,8 @@ are ONNX / OpenVINO IR / TensorRT engines.
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import pickle
 import zipfile
@@ -65,8 +67,7 @@ ULTRALYTICS_MIN = "8.4.67"  # first release with the restricted (weights_only) c
 def _check_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file, not a {what}")
     with open(path, "rb") as f:
         head = f.read(4)
@@ -106,8 +107,6 @@ def names_ultralytics_classes(path: str | Path) -> bool:
         from torch._weights_only_unpickler import get_globals_in_pkl  # the scanner torch's own check uses
     except ImportError:  # a torch that moved it: the class names are plain strings in a protocol-2 pickle
         return b"\nultralytics." in data or b"cultralytics." in data
-    import io
-
     try:
         return any(g.startswith("ultralytics.") for g in get_globals_in_pkl(io.BytesIO(data)))
     except Exception as e:  # a damaged pickle stream
@@ -132,8 +131,6 @@ def is_model_global(name: str) -> bool:
         return True
     if not name.startswith(_MODEL_PREFIXES):
         return False
-    import importlib
-
     module, _, attr = name.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module), attr, None)
@@ -153,8 +150,6 @@ def check_ultralytics_checkpoint(path: str | Path) -> Path:
 
 
 def _numpy_globals() -> list:
-    import importlib
-
     out = []
     for names in _NUMPY_DATA:
         for name in names:

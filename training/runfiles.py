@@ -170,8 +170,7 @@ class RunFiles(Callback):
         path = sweep_dir / MULTIRUN_FILE
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if path.is_symlink() or path.exists():
-                path.unlink()
+            path.unlink(missing_ok=True)
             path.symlink_to(os.devnull)
         except OSError as e:  # no symlinks (Windows without the privilege): masked after Hydra's save instead
             log.warning("%s: no link to %s (%s); masked once the first job starts", path, os.devnull, e)

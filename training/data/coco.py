@@ -71,18 +71,13 @@ def _unsafe_image_path(name: str, base: Path, real_base: Path) -> str | None:
 
 
 def read_coco(path: str | Path, split: str, issues: IssueLog, allow_outside: bool = False) -> DetectionSplit:
-    """Read one COCO annotation file.
+    """Read one COCO annotation file (``<split>/_annotations.coco.json``) as the split named ``split``.
 
-    Args:
-        path: The ``_annotations.coco.json`` file.
-        split: Name of the split it holds (``train`` / ``val`` / ``test``).
-        issues: Where malformed entries go (raised in strict mode, skipped and counted otherwise).
-        allow_outside: Accept absolute ``file_name`` entries and ones that lead out of the file's folder. Only
-            for files the caller wrote itself (e.g. ``write_coco(..., file_names="absolute")``); user data is
-            read with the default, which reports such entries as ``unsafe_path`` issues.
-
-    Returns:
-        The split as read; geometric / file checks happen in :func:`training.data.validate.validate_split`.
+    Malformed entries go to ``issues`` (raised in strict mode, skipped and counted otherwise). ``allow_outside``
+    accepts absolute ``file_name`` entries and ones that lead out of the file's folder: only for files the caller
+    wrote itself (e.g. ``write_coco(..., file_names="absolute")``); user data is read with the default, which
+    reports such entries as ``unsafe_path`` issues. Geometric / file checks happen in
+    :func:`training.data.validate.validate_split`.
     """
     path = Path(path)
     doc = _load_json(path)
@@ -117,11 +112,10 @@ def read_coco(path: str | Path, split: str, issues: IssueLog, allow_outside: boo
             issues.add(path, f"images[{i}]", f"malformed image entry ({e})", "malformed")
             continue
         entry = f"images[{i}]"
-        if not allow_outside:
-            problem = _unsafe_image_path(name, base, real_base)
-            if problem:
-                issues.add(path, entry, problem, "unsafe_path")
-                continue
+        problem = None if allow_outside else _unsafe_image_path(name, base, real_base)
+        if problem:
+            issues.add(path, entry, problem, "unsafe_path")
+            continue
         f = Path(name)
         origin = Origin(str(path), f"{entry} (image id {iid}, {f.name})")
         images.append(ImageRecord(iid, f if f.is_absolute() else base / f, w, h, origin))
@@ -156,15 +150,7 @@ def _drop_roboflow_placeholder(
 def coco_ann(aid: int, image_id: int, category_id: int, bbox: list, area=None, **extra) -> dict:
     """One COCO annotation; ``bbox`` is ``[x, y, w, h]``, ``area`` defaults to ``w * h``."""
     area = bbox[2] * bbox[3] if area is None else area
-    return {
-        "id": aid,
-        "image_id": image_id,
-        "category_id": category_id,
-        "bbox": bbox,
-        "area": area,
-        "iscrowd": 0,
-        **extra,
-    }
+    return dict(id=aid, image_id=image_id, category_id=category_id, bbox=bbox, area=area, iscrowd=0, **extra)
 
 
 def dump_coco(path: Path, images: list, annotations: list, categories: list) -> Path:

@@ -6,9 +6,11 @@ dataset. Offline, both fail with one line saying what to download and where to p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,8 +24,6 @@ ANNOTATION_FILE = "_annotations.coco.json"
 
 
 def _short(e: BaseException) -> str:
-    import re
-
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     # library errors echo request URLs, API keys included (roboflow: '/?api_key=...')
     msg = re.sub(r"(api_key|token|key)=[^&\s'\"]+", r"\1=***", msg, flags=re.I)
@@ -80,8 +80,6 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
     if missing:
         raise UserError(f"Hugging Face dataset '{path}': no split(s) {missing}; it has {sorted(dsd)}")
     fingerprint = "-".join(dsd[s]._fingerprint for s in sorted(split_names.values()))
-    import hashlib
-
     root = cache_dir / "hf" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     if (root / ".complete").is_file():
         log.info("reusing materialised HF dataset %s", root)
@@ -111,20 +109,12 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
                 ) from None
             name = f"{iid}.{'jpg' if fmt == 'jpeg' else fmt}"
             (out / name).write_bytes(data)
-            images.append(
-                {
-                    "id": iid,
-                    "file_name": name,
-                    "width": int(row.get("width") or w),
-                    "height": int(row.get("height") or h),
-                }
-            )
+            width, height = int(row.get("width") or w), int(row.get("height") or h)
+            images.append({"id": iid, "file_name": name, "width": width, "height": height})
             for obj in _rows_objects(row["objects"]):
                 aid = int(obj["id"]) if obj.get("id") is not None else len(annotations)
-                bbox = [float(v) for v in obj["bbox"]]
-                annotations.append(
-                    coco_ann(aid, iid, int(obj["category"]), bbox, float(obj.get("area") or 0.0))
-                )
+                bbox, area = [float(v) for v in obj["bbox"]], float(obj.get("area") or 0.0)
+                annotations.append(coco_ann(aid, iid, int(obj["category"]), bbox, area))
         if names:
             categories = [{"id": i, "name": str(n), "supercategory": "none"} for i, n in enumerate(names)]
         else:  # plain integer categories: keep their ids

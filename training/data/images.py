@@ -16,11 +16,13 @@ when ultralytics' reader gives exactly these pixels, and otherwise stores these 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, UnidentifiedImageError
 
 from training.errors import DataError
@@ -208,8 +210,6 @@ class ImageChecker:
 
     def __init__(self, cache_dir: Path | None, max_pixels: int | None):
         self.max_pixels = int(max_pixels) if max_pixels else None
-        import PIL
-
         tag = f"v{DECODE_VERSION}-r{self.RECORD}-pil{PIL.__version__}-max{self.max_pixels or 0}"
         self.dir = Path(cache_dir) / "image-checks" / tag if cache_dir else None
         self._memo: dict[str, str] = {}  # file sha256 -> record, for checkers without a cache dir too
@@ -232,11 +232,9 @@ class ImageChecker:
             except ImageError as e:
                 record = f"{e.kind} {str(e).removeprefix(f'{path}: ')}"
             if entry is not None:
-                try:
+                with contextlib.suppress(OSError):  # a read-only cache only costs speed
                     entry.parent.mkdir(parents=True, exist_ok=True)
                     write_atomic(entry, record)  # parallel workers never read half a record
-                except OSError:  # a read-only cache only costs speed
-                    pass
         self._memo[key] = record
         return record
 

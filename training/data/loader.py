@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,22 +101,18 @@ def _read_split(data_cfg, split: str, issues: IssueLog) -> DetectionSplit:
             raise ConfigError(
                 "data.format=coco needs data.root=/path/to/folder (with <split>/_annotations.coco.json)"
             )
-        return read_coco(
-            Path(str(data_cfg.root)).expanduser() / folder / str(data_cfg.annotation_file), split, issues
-        )
+        root = Path(str(data_cfg.root)).expanduser()
+        return read_coco(root / folder / str(data_cfg.annotation_file), split, issues)
+    cache = cache_root(data_cfg)
     if fmt == "synthetic":
         from training.data.synthetic import materialize
 
-        root = materialize(data_cfg.synthetic, dict(data_cfg.splits), cache_root(data_cfg))
+        root = materialize(data_cfg.synthetic, dict(data_cfg.splits), cache)
     elif fmt == "hf":
-        root = materialize_hf(
-            str(data_cfg.path), data_cfg.revision, dict(data_cfg.splits), cache_root(data_cfg)
-        )
+        root = materialize_hf(str(data_cfg.path), data_cfg.revision, dict(data_cfg.splits), cache)
     else:
         rf = data_cfg.roboflow
-        root = download_roboflow(
-            rf.workspace, rf.project, int(rf.version), cache_root(data_cfg), rf.api_key_env
-        )
+        root = download_roboflow(rf.workspace, rf.project, int(rf.version), cache, rf.api_key_env)
     # the file name our materialisers and Roboflow's COCO export write
     return read_coco(root / folder / ANNOTATION_FILE, split, issues)
 
@@ -130,17 +127,16 @@ def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val"
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
     checker = ImageChecker(cache_root(data_cfg), max_pixels)
     out: dict[str, DetectionSplit] = {}
-    skipped: dict[str, int] = {}
+    skipped: Counter[str] = Counter()
     for split in splits:
         before = len(issues.issues)
         out[split] = validate_split(_read_split(data_cfg, split, issues), issues, tol, checker)
-        for issue in issues.issues[before:]:
-            skipped[f"{split}/{issue.kind}"] = skipped.get(f"{split}/{issue.kind}", 0) + 1
+        skipped.update(f"{split}/{issue.kind}" for issue in issues.issues[before:])
     names = {s: tuple(v.class_names) for s, v in out.items()}
     if len(set(names.values())) > 1:
         raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
     issues.warn(f"data '{data_cfg.get('name')}'")
-    return Dataset(str(data_cfg.name), out, skipped, checker)
+    return Dataset(str(data_cfg.name), out, dict(skipped), checker)
 
 
 def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:

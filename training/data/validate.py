@@ -4,6 +4,8 @@ lenient (``data.strict=false``): bad entries are dropped and counted."""
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from training.data.images import ImageChecker, ImageError
@@ -15,8 +17,6 @@ from training.errors import DataError
 def _decode_all(checker: ImageChecker, files: list) -> list:
     """``checker.size`` of every file, in order, an :class:`ImageError` in place of a failure. Decoding runs on
     all cores (PIL releases the GIL while it decodes); the issues are still reported in file order."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(f):
         try:
@@ -57,9 +57,8 @@ def validate_split(
             continue
         w, h = checked
         if im.width > 0 and (im.width, im.height) != (w, h):
-            issues.add(
-                src, entry, f"declared {im.width}x{im.height} but the file is {w}x{h}", "size_mismatch"
-            )
+            mismatch = f"declared {im.width}x{im.height} but the file is {w}x{h}"
+            issues.add(src, entry, mismatch, "size_mismatch")
             continue
         images.append(replace(im, width=w, height=h))
 
@@ -68,13 +67,9 @@ def validate_split(
     annotations: list[Annotation] = []
     seen_ann: set[int] = set()
     for a in split.annotations:
-        # the reader's record of where the box came from (a YOLO label file and line) beats the split's
-        # source and an id the reader invented
-        file, entry = (
-            (a.origin.file, a.origin.entry)
-            if a.origin
-            else (src, f"annotation id {a.id} (image id {a.image_id})")
-        )
+        file, entry = src, f"annotation id {a.id} (image id {a.image_id})"
+        if a.origin:  # where the reader read the box (a YOLO label file and line) beats an id it invented
+            file, entry = a.origin.file, a.origin.entry
         if a.id in seen_ann:
             issues.add(file, entry, "duplicate annotation id", "duplicate_id")
             continue
@@ -85,36 +80,26 @@ def validate_split(
         if a.image_id not in sizes:
             continue  # its image was skipped above
         if a.category_id not in cat_ids:
-            issues.add(
-                file,
-                entry,
-                f"unknown category id {a.category_id} (known: {sorted(cat_ids)})",
-                "unknown_category",
-            )
+            unknown = f"unknown category id {a.category_id} (known: {sorted(cat_ids)})"
+            issues.add(file, entry, unknown, "unknown_category")
             continue
         x, y, w, h = a.bbox
-        if not all(math.isfinite(v) for v in a.bbox):
-            issues.add(file, entry, f"non-finite box {list(a.bbox)}", "bad_box")
-            continue
-        if w <= 0 or h <= 0:
-            issues.add(file, entry, f"box {list(a.bbox)} has non-positive size", "bad_box")
-            continue
         iw, ih = sizes[a.image_id]
         t = box_tolerance_px
-        if x < -t or y < -t or x + w > iw + t or y + h > ih + t:
-            issues.add(
-                file,
-                entry,
-                f"box {[round(v, 2) for v in a.bbox]} lies outside the {iw}x{ih} image",
-                "bad_box",
-            )
-            continue
         x0, y0 = max(0.0, x), max(0.0, y)
         x1, y1 = min(float(iw), x + w), min(float(ih), y + h)
-        if x1 - x0 <= 0 or y1 - y0 <= 0:
-            issues.add(file, entry, f"box {list(a.bbox)} has no area inside the image", "bad_box")
+        if not all(math.isfinite(v) for v in a.bbox):
+            problem = f"non-finite box {list(a.bbox)}"
+        elif w <= 0 or h <= 0:
+            problem = f"box {list(a.bbox)} has non-positive size"
+        elif x < -t or y < -t or x + w > iw + t or y + h > ih + t:
+            problem = f"box {[round(v, 2) for v in a.bbox]} lies outside the {iw}x{ih} image"
+        elif x1 - x0 <= 0 or y1 - y0 <= 0:
+            problem = f"box {list(a.bbox)} has no area inside the image"
+        else:
+            annotations.append(replace(a, bbox=(x0, y0, x1 - x0, y1 - y0)))
             continue
-        annotations.append(replace(a, bbox=(x0, y0, x1 - x0, y1 - y0)))
+        issues.add(file, entry, problem, "bad_box")
 
     if not images:
         raise DataError(f"{src}: split '{split.name}' has no usable images")

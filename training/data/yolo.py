@@ -115,9 +115,8 @@ def read_yolo(yaml_path: str | Path, key: str, split: str, issues: IssueLog) -> 
                 issues.add(lab, f"line {ln}", f"malformed label ({e})", "malformed")
                 continue
             box = ((cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h)
-            annotations.append(
-                Annotation(len(annotations) + 1, iid, cls, box, Origin(str(lab), f"line {ln}"))
-            )
+            origin = Origin(str(lab), f"line {ln}")
+            annotations.append(Annotation(len(annotations) + 1, iid, cls, box, origin))
     return DetectionSplit(split, str(yaml_path), images, annotations, categories)
 
 
