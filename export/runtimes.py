@@ -140,7 +140,8 @@ class TensorRTRunner:
         """The torch dtype of the engine's tensor ``name``."""
         return getattr(self.torch, np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name))).name)
 
-    def __call__(self, feeds):
+    def _bind(self, feeds) -> dict:
+        """Device buffers for ``feeds`` (copied to the GPU) and the outputs, bound to the execution context."""
         bufs = {}
         for n in self.inputs:
             bufs[n] = self.torch.from_numpy(np.ascontiguousarray(feeds[n])).cuda().to(self._dtype(n))
@@ -150,6 +151,24 @@ class TensorRTRunner:
             bufs[n] = self.torch.empty(shape, dtype=self._dtype(n), device="cuda")
         for n, t in bufs.items():
             self.context.set_tensor_address(n, t.data_ptr())
+        return bufs
+
+    def _execute(self) -> None:
         self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
+
+    def timed(self, feeds):
+        """The engine alone for the latency protocol's model-only figure: ``feeds`` bound once on the GPU, each
+        call executes and waits for the stream, with no host-device copy (end-to-end times :meth:`__call__`)."""
+        bufs = self._bind(feeds)
+
+        def run() -> None:
+            self._execute()
+
+        run.buffers = bufs  # kept alive with the closure: the context holds their raw addresses
+        return run
+
+    def __call__(self, feeds):
+        bufs = self._bind(feeds)
+        self._execute()
         return [bufs[n].float().cpu().numpy() for n in self.outputs]

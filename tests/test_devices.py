@@ -89,3 +89,72 @@ def test_model_selection_loads_each_column_on_its_device(monkeypatch, tmp_path, 
     else:
         assert loads == ["cpu"] and scored == ["cpu"] and "latency_gpu" not in res
         assert "GPU ms (model, p50)" not in ms.selection_rows([res], "val")[0]
+
+
+def test_tensorrt_model_only_timing_has_no_host_device_copy():
+    """The TensorRT runner's ``timed`` binds the page on the GPU once; each timed call only executes and waits
+    (fake engine, context and torch: the counting is what matters here; the real runner runs in the gpu tests)."""
+    from export.runtimes import TensorRTRunner
+
+    counts = {"copy": 0, "execute": 0, "sync": 0, "to_host": 0}
+
+    class Tensor:
+        shape = (1, 3, 8, 8)
+
+        def cuda(self):
+            counts["copy"] += 1
+            return self
+
+        def to(self, *_):
+            return self
+
+        def data_ptr(self):
+            return 1
+
+        def float(self):
+            counts["to_host"] += 1
+            return torch.zeros(1)
+
+    class FakeTorch:
+        float32 = torch.float32
+
+        @staticmethod
+        def from_numpy(a):
+            return Tensor()
+
+        @staticmethod
+        def empty(shape, dtype, device):
+            return Tensor()
+
+    class Context:
+        def set_input_shape(self, *a):
+            pass
+
+        def get_tensor_shape(self, n):
+            return (1, 5)
+
+        def set_tensor_address(self, *a):
+            pass
+
+        def execute_async_v3(self, stream):
+            counts["execute"] += 1
+
+    runner = object.__new__(TensorRTRunner)
+    runner.torch, runner.context, runner.inputs, runner.outputs = (
+        FakeTorch,
+        Context(),
+        ["images"],
+        ["output0"],
+    )
+    runner.stream = type(
+        "S",
+        (),
+        {"cuda_stream": 0, "synchronize": lambda self: counts.__setitem__("sync", counts["sync"] + 1)},
+    )()
+    runner._dtype = lambda name: torch.float32
+    run = runner.timed({"images": np.zeros((1, 3, 8, 8), np.float32)})
+    for _ in range(5):
+        run()
+    assert counts == {"copy": 1, "execute": 5, "sync": 5, "to_host": 0}
+    runner({"images": np.zeros((1, 3, 8, 8), np.float32)})  # end to end: copies in and out
+    assert counts["copy"] == 2 and counts["to_host"] == 1 and counts["execute"] == 6
