@@ -248,6 +248,8 @@ class TransformersTrainer:
     scheduler: str = MISSING  # cosine | none
     grad_clip: float = MISSING
     amp: bool = MISSING
+    precision: Optional[str] = MISSING  # noqa: UP045 (null | no | fp16 | bf16; null: train.amp decides)
+    grad_accum: int = MISSING
     device: Any = MISSING
     workers: int = MISSING
     seed: int = MISSING

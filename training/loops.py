@@ -1,11 +1,15 @@
 """The training loop of the backends that own one (transformers, the region classifier): :func:`fit` drives the
 epochs (monitor, patience, best / last hooks, RNG state for resume); :func:`train_one_epoch` and
-:func:`evaluate_loss` are the plain per-epoch functions (torchvision's detection engine style)."""
+:func:`evaluate_loss` are the plain per-epoch functions (torchvision's detection engine style), on one device or
+through an ``accelerate.Accelerator`` (DDP under ``torchrun`` / ``accelerate launch``, mixed precision, gradient
+accumulation: the transformers backend)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -30,6 +34,21 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stops instead of silently corrupting the weights."""
 
 
+def launcher_rank() -> tuple[int, int]:
+    """``(rank, world size)`` that a launcher (``torchrun``, ``accelerate launch``, ``mpirun``) gave this process
+    through the environment; ``(0, 1)`` without one. Read before any process group exists."""
+
+    def env(*names: str, default: int) -> int:
+        for name in names:
+            if os.environ.get(name, "").strip().isdigit():
+                return int(os.environ[name])
+        return default
+
+    rank = env("RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK", default=0)
+    world = env("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMI_SIZE", default=1)
+    return rank, world
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -39,46 +58,86 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float = 0.0,
     max_steps: int | None = None,
+    accelerator=None,
 ) -> dict[str, float]:
     """One pass over ``loader``. ``step_fn(model, batch, device) -> loss`` computes the loss of a batch.
 
-    Returns the mean loss and the number of optimizer steps taken.
+    Without ``accelerator``: one optimizer step per batch, mixed precision on CUDA when ``scaler`` is given.
+    With an ``accelerate.Accelerator`` (``model``, ``optimizer`` and ``loader`` from its ``prepare``): its mixed
+    precision, gradient accumulation (an optimizer step every ``gradient_accumulation_steps`` batches, and at the
+    end of the loader) and DDP gradient sync; each batch's loss is averaged over the processes, so every process
+    logs, checks and stops on the same number. ``max_steps`` counts optimizer steps either way.
+
+    Returns the mean loss over the batches and the number of optimizer steps taken.
+
+    Raises:
+        NonFiniteLossError: a batch's loss is NaN or infinite (on every process at once with an accelerator).
     """
     model.train()
-    total, steps = 0.0, 0
-    use_amp = scaler is not None and device.type == "cuda"
+    total, batches, steps = 0.0, 0, 0
+    window: list[float] = []  # the losses of the batches of the current optimizer step
+    use_amp = accelerator is None and scaler is not None and device.type == "cuda"
     if not use_amp:  # a disabled scaler passes the loss through and steps the optimizer as is
         scaler = torch.amp.GradScaler(enabled=False)
+    main = accelerator is None or accelerator.is_main_process
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            loss = step_fn(model, batch, device)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"loss is {value} at step {steps}; lower the learning rate or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        with contextlib.nullcontext() if accelerator is None else accelerator.accumulate(model):
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss = step_fn(model, batch, device)
+            detached = loss.detach().float()
+            if accelerator is not None:  # the mean over the processes: the loss of the global batch
+                detached = accelerator.reduce(detached, reduction="mean")
+            value = float(detached)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss is {value} at step {steps}; lower the learning rate or check the data"
+                )
+            if accelerator is None:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                stepped = True
+            else:  # accelerate skips step / zero_grad between the sync points of an accumulation
+                accelerator.backward(loss)
+                stepped = accelerator.sync_gradients
+                if stepped and grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         total += value
-        steps += 1
-    return {"loss": total / max(steps, 1), "steps": float(steps)}
+        batches += 1
+        window.append(value)
+        if stepped:
+            steps += 1
+            if main:  # per-step curve: `hydra.verbose=training.loops` shows it
+                log.debug("step %d loss %.6f", steps, sum(window) / len(window))
+            window.clear()
+    return {"loss": total / max(batches, 1), "steps": float(steps)}
 
 
 @torch.inference_mode()
-def evaluate_loss(model: torch.nn.Module, loader: Iterable, device: torch.device, step_fn) -> float:
-    """Mean loss over ``loader`` with the model in eval mode (the fallback monitor without an evaluator)."""
+def evaluate_loss(
+    model: torch.nn.Module, loader: Iterable, device: torch.device, step_fn, accelerator=None
+) -> float:
+    """Mean loss over ``loader`` with the model in eval mode (the fallback monitor without an evaluator).
+
+    With an ``accelerator`` (``loader`` from its ``prepare``, so a shard of the data on each process, the same
+    number of batches on each): the mean over all processes, the same number on every one.
+    """
     model.eval()
     total, n = 0.0, 0
     for batch in loader:
         total += float(step_fn(model, batch, device))
         n += 1
+    if accelerator is not None:
+        both = accelerator.reduce(torch.tensor([total, float(n)], device=accelerator.device), reduction="sum")
+        total, n = float(both[0]), int(both[1])
     return total / max(n, 1)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from training.backends import build_detector
-from training.errors import UserError
+from training.errors import ConfigError, UserError
+from training.loops import launcher_rank
 from training.tracking import redact, tracked
 
 log = logging.getLogger(__name__)
@@ -81,21 +82,32 @@ def train(
     ``wrap_tracker(tracker) -> tracker`` lets a caller observe per-epoch metrics (a sweep's pruning).
 
     Returns every metric of the run (slash-namespaced). Nothing in an existing finished run is overwritten.
+
+    Under a launcher (``torchrun --nproc_per_node N -m training ...``, ``accelerate launch -m training ...``; the
+    transformers backend only) every rank trains; the config file, the tracker, the evaluation and metrics.json
+    are the main process's (rank 0): the other ranks return their training metrics only.
     """
+    rank, world = launcher_rank()
+    main = rank == 0
     run_dir = run_dir_of(cfg)
     check_run_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
+    if main and not cfg.resume:
         save_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
-    with tracked(cfg.get("logger"), run_dir, cfg, wrap_tracker) as tracker:
+    with tracked(cfg.get("logger") if main else None, run_dir, cfg, wrap_tracker) as tracker:
         detector = build_detector(cfg.model, run_dir, tracker, validate)
-        if evaluate is not None and cfg.get("evaluation") and detector.is_detector:
+        if world > 1 and not getattr(detector, "distributed", False):
+            raise ConfigError(
+                f"model.backend={cfg.model.backend} under a launcher ({world} processes): only the transformers "
+                "backend trains with torchrun / accelerate launch (ultralytics: train.device=0,1 launches its own DDP)"
+            )
+        if main and evaluate is not None and cfg.get("evaluation") and detector.is_detector:
             from training.data import load_dataset
 
             # fail on a missing or bad evaluation split now, not after hours of training
             load_dataset(cfg.data, list(cfg.evaluation.splits))
         metrics = detector.train(cfg)
-        if evaluate is not None:
+        if main and evaluate is not None:
             metrics = evaluate(detector, cfg, run_dir, tracker, metrics)
         return metrics

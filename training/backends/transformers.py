@@ -2,9 +2,11 @@
 
 Weights come from a hub id or a local directory (``from_pretrained`` with a new head for our classes), or the
 model is built from config with random init and a locally built ResNet backbone config: no network at all.
-Training is a plain loop (``training.loops``) with checkpoints, resume, early stopping on the configured metric,
-gradient clipping and mixed precision on CUDA. Periodic validation goes through the injected validator (our
-evaluator), so ``val/mAP50`` means the same for a DETR and a YOLO.
+Training is a plain loop (``training.loops``) on ``accelerate``: one process, or DDP under ``torchrun`` /
+``accelerate launch`` (gloo on CPUs), mixed precision (``train.precision``), gradient accumulation, with
+checkpoints, resume, early stopping on the configured metric and gradient clipping. Periodic validation goes
+through the injected validator (our evaluator) on the main process, so ``val/mAP50`` means the same for a DETR and
+a YOLO; checkpoints and tracking are the main process's too, in the same format whatever the number of processes.
 
 A run folder (``weights/best``) is also a transformers model folder: ``config.json`` (labels = our class names),
 ``model.safetensors`` and ``preprocessor_config.json`` (the family's image processor set to preprocess as we do),
@@ -15,6 +17,8 @@ from ``python -m evaluation.publish``.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -42,6 +46,7 @@ from training.loops import (
     FitState,
     evaluate_loss,
     fit,
+    launcher_rank,
     resolve_device,
     rng_state,
     set_rng_state,
@@ -124,6 +129,116 @@ def _labels(names: list[str]) -> dict:
     }
 
 
+PRECISIONS = ("no", "fp16", "bf16")
+# how long a rank waits in a collective: the others wait while the main process runs the evaluator on val
+DIST_TIMEOUT = datetime.timedelta(hours=1)
+
+
+def precision_of(t, device: torch.device) -> str:
+    """accelerate's ``mixed_precision`` for ``cfg.train`` on ``device``: ``train.precision`` when set (no, fp16 or
+    bf16), else what ``train.amp`` always meant (fp16 on CUDA when true, full precision elsewhere).
+
+    Raises:
+        ConfigError: an unknown precision, or fp16 asked for on the CPU.
+    """
+    if t.precision is None:
+        return "fp16" if t.amp and device.type == "cuda" else "no"
+    value = str(t.precision).strip().lower()
+    value = "no" if value in ("false", "none") else value  # YAML 1.1 reads a bare `no` as false
+    if value not in PRECISIONS:
+        raise ConfigError(f"train.precision={t.precision!r}: valid values are null, {', '.join(PRECISIONS)}")
+    if value == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision=fp16 needs a GPU; on the CPU use train.precision=bf16 or no")
+    return value
+
+
+def _accelerator(t):
+    """The run's ``accelerate.Accelerator``: DDP when a launcher started this process (gloo when
+    ``train.device`` resolves to the CPU, e.g. on a machine without a GPU), else one process on ``train.device``.
+
+    Device placement is ours (:func:`_train_device`), so that ``train.device=cuda:1`` keeps its meaning.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    grad_accum = int(t.grad_accum)
+    if grad_accum < 1:
+        raise ConfigError(
+            f"train.grad_accum={grad_accum}: the number of batches per optimizer step, 1 or more"
+        )
+    want = resolve_device(t.device)
+    launched = launcher_rank()[1] > 1
+    # accelerate's state is process-wide and refuses a change of device or precision: a new run (a sweep's next
+    # trial, a test) starts from a clean one (accelerate's own tests reset it so); a launcher's process group stays
+    AcceleratorState._reset_state(reset_partial_state=not launched)
+    GradientState._reset_state()
+    return Accelerator(
+        cpu=want.type == "cpu",
+        mixed_precision=precision_of(t, want),
+        gradient_accumulation_steps=grad_accum,
+        device_placement=False,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=DIST_TIMEOUT),
+            # as the transformers Trainer does: some layers go unused (Conditional-DETR's query_scale with one
+            # decoder layer, YOLOS's mid position embeddings with one encoder layer) and DDP would stop there
+            DistributedDataParallelKwargs(find_unused_parameters=True),
+        ],
+    )
+
+
+@contextlib.contextmanager
+def _box_count_summed(processes: int):
+    """transformers' DETR-family losses (``ImageLoss.forward``: DETR, Conditional-DETR, YOLOS) average the box count
+    over the processes with accelerate's ``reduce``, whose default is the mean, and then divide by the number of
+    processes again: under N processes the box losses of a batch with more than N boxes come out up to N times too
+    large. The original DETR sums, then divides; within this context the loss module's ``reduce`` sums. Applied
+    only to the source that has that pattern, so a fixed transformers is left alone."""
+    import inspect
+
+    try:
+        from transformers.loss import loss_for_object_detection as losses
+
+        source = inspect.getsource(losses.ImageLoss.forward)
+    except (ImportError, AttributeError, OSError, TypeError):
+        source = ""
+    if (
+        processes < 2
+        or "num_boxes = reduce(num_boxes)" not in source
+        or "num_boxes / world_size" not in source
+    ):
+        yield
+        return
+    mean = losses.reduce
+    losses.reduce = functools.partial(mean, reduction="sum")
+    try:
+        yield
+    finally:
+        losses.reduce = mean
+
+
+def _train_device(t, acc) -> torch.device:
+    """``train.device`` for one process; under a launcher the rank's own device, as accelerate assigned it."""
+    if acc.num_processes == 1:
+        return resolve_device(t.device)
+    if t.device not in (None, "", "auto", "cpu"):
+        log.info("train.device=%s: under a launcher rank %d uses %s", t.device, acc.process_index, acc.device)
+    return acc.device
+
+
+def _release(acc) -> None:
+    """After training: every rank done, the process group (of a launched run) destroyed and accelerate's state
+    cleared, so that the main process evaluates alone and the DETR losses no longer average over ranks."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    acc.wait_for_everyone()
+    if acc.num_processes > 1:
+        acc.state.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 class _DetectionDataset(torch.utils.data.Dataset):
     """Images of a split, resized / padded to ``imgsz``, with bbox-safe augmentation for training."""
 
@@ -187,6 +302,7 @@ class TransformersDetector(Detector):
     """DETR-family and YOLOS models through ``transformers``."""
 
     name = "transformers"
+    distributed = True  # trains under torchrun / accelerate launch (training.train checks)
 
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
@@ -269,6 +385,14 @@ class TransformersDetector(Detector):
             torch.save(extra_state, folder / STATE)
 
     def train(self, cfg) -> dict[str, float]:
+        """Train on ``cfg.data`` with ``cfg.train`` (conf/trainer/transformers.yaml) through ``accelerate``.
+
+        One process, or one per rank under ``torchrun`` / ``accelerate launch`` (DDP; ``train.batch`` is per
+        process). Validation with the injected evaluator, checkpoints, tracking and logging happen on the main
+        process; the monitor value is broadcast, so every rank stops at the same epoch.
+        """
+        from accelerate.utils import broadcast_object_list
+
         from training.augment import Recipe
 
         if Recipe.from_cfg(cfg.recipe).active:
@@ -278,8 +402,17 @@ class TransformersDetector(Detector):
             )
         t = cfg.train  # conf/trainer/transformers.yaml; its schema (training/config.py) checks keys and types
         self.imgsz = int(t.imgsz)
-        self.device = self._train_device = resolve_device(t.device)
-        dataset = load_dataset(cfg.data, ("train", "val"))
+        acc = _accelerator(t)
+        main = acc.is_main_process
+        self.device = self._train_device = _train_device(t, acc)
+        # each rank composed its own Hydra run dir (their timestamps may differ): the main process's wins
+        if acc.num_processes > 1:
+            (main_dir,) = broadcast_object_list([str(self.run_dir)])
+            if Path(main_dir) != Path(self.run_dir):
+                log.info("rank %d writes into the main process's run dir %s", acc.process_index, main_dir)
+                self.run_dir = Path(main_dir)
+        with acc.main_process_first():  # a data cache is written once, by the main process
+            dataset = load_dataset(cfg.data, ("train", "val"))
         self.class_names = dataset.class_names
         last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
         if cfg.resume:
@@ -320,12 +453,11 @@ class TransformersDetector(Detector):
             if t.scheduler == "cosine"
             else None
         )
-        scaler = torch.amp.GradScaler("cuda") if t.amp and self.device.type == "cuda" else None
         monitor, mode = str(t.monitor), str(t.monitor_mode)
         if self.validator is None:
             monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
         state = None
-        if cfg.resume:
+        if cfg.resume:  # every rank reads the main process's last state (weights, optimizer, schedule, RNG)
             from training.checkpoints import load_weights
 
             saved = load_weights(last_dir / STATE, "trainer state (resume)")
@@ -334,25 +466,54 @@ class TransformersDetector(Detector):
                 scheduler.load_state_dict(saved["scheduler"])
             state = FitState(**saved["fit"])
             set_rng_state(saved, gen)
+        # DDP wrapper, sharded loaders (the shuffling generator synchronised from the main process), the optimizer
+        # under the mixed-precision scaler; the per-epoch cosine schedule steps once per epoch (not per process)
+        model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
+        if scheduler is not None:
+            scheduler = acc.prepare(scheduler)
+        self.model = acc.unwrap_model(model)  # what predict / the validator / the checkpoints use
 
         epoch = state.epoch if state else 0
 
         def train_epoch(left):
             nonlocal epoch
             epoch += 1
-            with progress(train_loader, f"epoch {epoch} train", len(train_loader), "batch") as batches:
+            bar = (
+                progress(train_loader, f"epoch {epoch} train", len(train_loader), "batch")
+                if main
+                else contextlib.nullcontext(train_loader)
+            )
+            with bar as batches:
                 stats = train_one_epoch(
-                    model, optimizer, batches, self.device, self._step, scaler, float(t.grad_clip), left
+                    model,
+                    optimizer,
+                    batches,
+                    self.device,
+                    self._step,
+                    grad_clip=float(t.grad_clip),
+                    max_steps=left,
+                    accelerator=acc,
                 )
             if scheduler is not None:
                 scheduler.step()
             return {**stats, "lr": optimizer.param_groups[0]["lr"]}
 
         def validate() -> dict[str, float]:
-            logs = {"val/loss": evaluate_loss(model, val_loader, self.device, self._step)}
-            if self.validator is not None:
+            # the val loss on every rank (the DETR losses average their box counts over the processes), the
+            # evaluator on the main process; its numbers are broadcast so that every rank decides the same
+            logs = {"val/loss": evaluate_loss(self.model, val_loader, self.device, self._step, acc)}
+            if self.validator is not None and main:
                 logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
+            (logs,) = broadcast_object_list([logs])
             return logs
+
+        def on_main(fn):
+            def run(st: FitState) -> None:
+                if main:
+                    fn(st)
+                acc.wait_for_everyone()
+
+            return run
 
         def save_last(st: FitState) -> None:
             scheduler_state = scheduler.state_dict() if scheduler else None
@@ -360,33 +521,41 @@ class TransformersDetector(Detector):
             self._save(last_dir, {**extra, **rng_state(gen)})
 
         t0, steps0 = time.perf_counter(), state.steps if state else 0
-        st = fit(
-            train_epoch,
-            validate,
-            epochs=epochs,
-            monitor=monitor,
-            mode=mode,
-            patience=int(t.patience),
-            eval_every=int(t.eval_every),
-            max_steps=t.max_steps,
-            on_best=lambda _st: self._save(best_dir),
-            on_epoch_end=save_last,
-            tracker=self.tracker,
-            state=state,
-        )
+        with _box_count_summed(acc.num_processes):
+            st = fit(
+                train_epoch,
+                validate,
+                epochs=epochs,
+                monitor=monitor,
+                mode=mode,
+                patience=int(t.patience),
+                eval_every=int(t.eval_every),
+                max_steps=t.max_steps,
+                on_best=on_main(lambda _st: self._save(best_dir)),
+                on_epoch_end=on_main(save_last),
+                tracker=self.tracker if main else None,
+                state=state,
+            )
         # this process's steps (a resumed run's rates exclude the interrupted part)
         best, steps_done, epochs_done = st.best, st.steps - steps0, st.epoch
         elapsed = time.perf_counter() - t0
-        if not (best_dir / "config.json").is_file():
-            self._save(best_dir)
-        self.load(best_dir)
+        processes = acc.num_processes
+        _release(acc)
+        if main:
+            if not (best_dir / "config.json").is_file():
+                self._save(best_dir)
+            self.load(best_dir)
+        else:  # the other ranks stop here (the entry point evaluates on the main process only)
+            self.model.eval()
         n_train = len(dataset["train"].images)
+        per_step = int(t.batch) * processes * int(t.grad_accum)  # images per optimizer step, all ranks
         return {
             "train/epochs": float(epochs_done),
             "train/steps": float(steps_done),
+            "train/processes": float(processes),
             "train/time_s": elapsed,
             "train/seconds_per_step": elapsed / steps_done if steps_done else math.nan,
-            "train/images_per_s": steps_done * int(t.batch) / elapsed if elapsed > 0 else math.nan,
+            "train/images_per_s": steps_done * per_step / elapsed if elapsed > 0 else math.nan,
             f"train/best_{monitor.replace('/', '_')}": float(best) if best is not None else math.nan,
             "train/images": float(n_train),
             **dataset.skipped_metrics(),
