@@ -141,8 +141,9 @@ def test_hub_upload_through_a_local_stand_in(run_copy, tmp_path, monkeypatch):
     assert not [p for p in repo.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert yaml.safe_load((repo / "config.yaml").read_text())["hub_token"] == "***"
     assert 'model="me/sigdet-detr"' in (repo / "README.md").read_text()
+    # a few-step model: scores are low, so no threshold (the point is that the uploaded folder loads and labels)
     found = pipeline("object-detection", model=str(repo))(
-        str(next((ROOT / "training/assets").rglob("*.jpg")))
+        str(next((ROOT / "training/assets").rglob("*.jpg"))), threshold=0.0
     )
     assert found and found[0]["label"] == "signature"
 
