@@ -83,8 +83,13 @@ class RunRecord:
 
     @property
     def model_name(self) -> str:
-        """The config's ``model.name``, else the provenance's model."""
-        return str((self.config.get("model") or {}).get("name") or self.provenance.get("model") or "model")
+        """The config's ``model.name``, else the provenance's model; an evaluation run (whose ``model.name`` is
+        only its backend) is named after its checkpoint."""
+        name = str((self.config.get("model") or {}).get("name") or self.provenance.get("model") or "model")
+        checkpoint = self.provenance.get("checkpoint")
+        if name == self.config.get("backend") and checkpoint:
+            return f"{Path(checkpoint).name} ({name})"
+        return name
 
 
 def _load_yaml(path: Path):
@@ -334,7 +339,7 @@ def model_card(rec: RunRecord, repo_id: str | None = None) -> str:
     kind = "region classifier (signature / stamp / thumb)" if rec.is_classifier else "signature detector"
     out = [_front_matter(rec, splits, hub_id), f"# {rec.model_name}: handwritten-{kind}", ""]
     out += [
-        f"A {rec.backend} model trained and evaluated with sigdet. Every number below comes from the run's "
+        f"{'An' if rec.backend[:1] in 'aeiou' else 'A'} {rec.backend} model trained and evaluated with sigdet. Every number below comes from the run's "
         "`metrics.json`, computed by sigdet's one evaluator for every model family.",
         "",
         "## Results",
