@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from evaluation.metrics import _map_from_precision, _quiet, coco_detections, coco_gt
+from evaluation.metrics import _map_from_precision, _quiet, coco_detections, coco_gt, iou_matrix
+from evaluation.report import fmt_num, image_grid, markdown_table, save_figure
 from training.backends.base import Detections
 from training.data.schema import DetectionSplit
 
@@ -30,21 +31,9 @@ KINDS = ("miss", "false_alarm", "localisation", "duplicate", "wrong_class")
 INF = 1e10  # "no upper bound" of a bin (null in the config)
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every ``xyxy`` box of ``a`` with every one of ``b``: ``(len(a), len(b))``."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def _truth(split: DetectionSplit, image_id: int) -> tuple[np.ndarray, np.ndarray]:
     """True boxes of one image as ``xyxy`` and class indices (categories sorted by id, as Detections' labels)."""
-    index = {c.id: i for i, c in enumerate(sorted(split.categories, key=lambda c: c.id))}
+    index = split.class_index()
     anns = split.annotations_for(image_id)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a.bbox for a in anns)]).reshape(-1, 4)
     return boxes, np.array([index[a.category_id] for a in anns], dtype=np.int64)
@@ -213,20 +202,12 @@ def _float(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _num(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
-
-
 def _range(lo, hi) -> str:
     return f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(str(c) for c in r) + " |" for r in rows),
-    ]
+    return markdown_table([dict(zip(header, map(str, r), strict=True)) for r in rows]).splitlines()
 
 
 def markdown(split_name: str, analysis: dict, gallery: str | None = None) -> str:
@@ -240,14 +221,14 @@ def markdown(split_name: str, analysis: dict, gallery: str | None = None) -> str
         lines += ["Per class:", ""]
         lines += _table(
             ["class", "true boxes", "mAP50", "mAP50-95"],
-            [[r["class"], r["n_boxes"], _num(r["mAP50"]), _num(r["mAP50-95"])] for r in a["per_class"]],
+            [[r["class"], r["n_boxes"], fmt_num(r["mAP50"]), fmt_num(r["mAP50-95"])] for r in a["per_class"]],
         ) + [""]
     for group, what in (("area", "true-box area (px², the page's frame)"), ("aspect", "width / height")):
         lines += [f"AP by {what}:", ""]
         lines += _table(
             ["bin", "range", "true boxes", "mAP50", "mAP50-95"],
             [
-                [r["bin"], _range(*r["range"]), r["n_boxes"], _num(r["mAP50"]), _num(r["mAP50-95"])]
+                [r["bin"], _range(*r["range"]), r["n_boxes"], fmt_num(r["mAP50"]), fmt_num(r["mAP50-95"])]
                 for r in a[f"by_{group}"]
             ],
         ) + [""]
@@ -287,7 +268,6 @@ def gallery(path: Path, split: DetectionSplit, preds: dict[int, Detections], ana
         return None
     from matplotlib.patches import Rectangle
 
-    from evaluation.report import image_grid, save_figure
     from training.data.images import load_rgb
 
     fig, axes = image_grid(len(analysis["worst_pages"]), 4, 4)

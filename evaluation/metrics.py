@@ -69,6 +69,17 @@ def coco_detections(split: DetectionSplit, preds: dict[int, Detections]) -> list
     return out
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every ``xyxy`` box of ``a`` with every one of ``b``: ``(len(a), len(b))``."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])  # top-left corners of the intersections
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(axis=2)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
 def _pr_at_iou50(
     evalimgs: list, n_cats: int, n_imgs: int, img_idx=None
 ) -> tuple[np.ndarray, np.ndarray, int]:

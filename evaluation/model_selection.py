@@ -232,6 +232,11 @@ def write_selection(
     return rows, md
 
 
+def _model_dir(run_dir: Path, model) -> Path:
+    """Where one model's run, result.json and claim live."""
+    return run_dir / "models" / str(model).replace("/", "__")
+
+
 def model_selection(cfg: DictConfig) -> None:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +252,7 @@ def model_selection(cfg: DictConfig) -> None:
     page = np.asarray(load_rgb(first).resize((size, size)))
     failed, busy = [], []
     for m in progress(list(cfg.models), "model selection", unit="model"):
-        out_dir = run_dir / "models" / str(m).replace("/", "__")
+        out_dir = _model_dir(run_dir, m)
         if not (out_dir / "result.json").is_file() and not claim(out_dir):
             busy.append(str(m))  # another worker (SIGDET_WORKER=k) is on it
             continue
@@ -263,7 +268,7 @@ def model_selection(cfg: DictConfig) -> None:
     results = [
         json.loads(f.read_text())
         for m in cfg.models
-        if (f := run_dir / "models" / str(m).replace("/", "__") / "result.json").is_file()
+        if (f := _model_dir(run_dir, m) / "result.json").is_file()
     ]
     if not results:
         raise UserError(f"no model finished; failed: {failed}, running in other workers: {busy}")

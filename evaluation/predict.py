@@ -218,7 +218,7 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
     for chunk in _batches(decoded, int(cfg.batch)):
         dets = model.predict([a for _, a in chunk], conf=conf, imgsz=imgsz)
         for (page, arr), det in zip(chunk, dets, strict=True):
-            det = cap(det.above(conf), max_det)
+            det = cap(det, max_det)  # predict() already dropped the boxes below conf
             image_id = len(images) + 1
             entry = {
                 "id": image_id,

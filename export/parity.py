@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.metrics import iou_matrix
 from training.backends.base import Detections
 
 # metric -> the bound of its drop from the reference to the export
 DROP_BOUNDS = {"mAP50": "max_map50_drop", "mAP50-95": "max_map_drop", "accuracy": "max_accuracy_drop"}
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])  # top-left corners of the intersections
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def match_detections(ref: list[Detections], got: list[Detections], score_min: float, iou: float) -> dict:
@@ -31,7 +22,7 @@ def match_detections(ref: list[Detections], got: list[Detections], score_min: fl
         rk, gk = r.scores >= score_min, g.scores >= score_min
         rb, rs, rl = r.boxes[rk], r.scores[rk], r.labels[rk]
         gb, gs, gl = g.boxes[gk], g.scores[gk], g.labels[gk]
-        m = _iou_matrix(rb, gb)
+        m = iou_matrix(rb, gb)
         used = np.zeros(len(gb), bool)
         for i in np.argsort(-rs):
             n_ref += 1
