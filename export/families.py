@@ -56,6 +56,16 @@ class Family(ExportSpec):
     def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:
         return self.backend.preprocess(as_pil(image), self.imgsz, self.options)
 
+    def feeds_u8(self, image) -> tuple[dict[str, np.ndarray], tuple]:
+        """The uint8 page for a graph that converts it itself (``backend.in_graph_preprocessing``)."""
+        return self.backend.preprocess_u8(as_pil(image), self.imgsz, self.options)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The network input's (height, width): ``imgsz`` square unless the export is rectangular."""
+        hw = self.options.get("input_hw")
+        return (int(hw[0]), int(hw[1])) if hw else (self.imgsz, self.imgsz)
+
     def batch_feeds(self, images: list) -> dict[str, np.ndarray]:
         """Stacked feeds of several images (calibration, batched classification)."""
         parts = [self.feeds(im)[0] for im in images]
@@ -81,11 +91,18 @@ class Family(ExportSpec):
 
 
 def load_family(
-    checkpoint: str | Path, decode, kind: str = "auto", imgsz: int | None = None, dynamic: bool = False
+    checkpoint: str | Path,
+    decode,
+    kind: str = "auto",
+    imgsz: int | None = None,
+    dynamic: bool = False,
+    input_hw: list[int] | None = None,
 ) -> Family:
     """The adapter of a trained checkpoint of any backend, with its PyTorch module on the CPU in eval mode.
 
     ``decode``: backend -> its decoding (``evaluation.decode``, conf/decode/default.yaml), baked into the export.
+    ``input_hw``: a rectangular ``[h, w]`` network input (backends with ``rect_inputs``; both multiples of 32,
+    the largest stride of the YOLO heads); pages are letterboxed into it like into the square.
     """
     kind = backend_of(checkpoint) if kind in (None, "auto") else kind
     if kind not in BACKENDS:
@@ -93,6 +110,14 @@ def load_family(
     backend = get_backend(kind).from_checkpoint(checkpoint, decode.get(kind), device="cpu")
     family = Family.from_spec(backend.export_spec(imgsz, dynamic))
     family.source = str(checkpoint)
+    if input_hw:
+        hw = [int(v) for v in input_hw]
+        if not backend.rect_inputs:
+            raise UserError(f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {kind}")
+        if len(hw) != 2 or min(hw) < 32 or any(v % 32 for v in hw):
+            raise UserError(f"input_hw={hw}: expected [height, width], both multiples of 32")
+        family.options = {**family.options, "input_hw": hw}
+        family.imgsz = max(hw)
     return family
 
 

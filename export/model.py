@@ -30,20 +30,22 @@ class ExportedModel:
         """Detections per image (detectors) in the original frame; ``imgsz`` is fixed by the export."""
         if imgsz and int(imgsz) != self.family.imgsz and self.format != "pytorch":
             raise UserError(f"{self.checkpoint}: exported at imgsz={self.family.imgsz}, asked for {imgsz}")
-        return [
-            self.family.decode(self.runner(feeds), ctx, conf) for feeds, ctx in map(self.family.feeds, images)
-        ]
+        return [self.family.decode(self.runner(feeds), ctx, conf) for feeds, ctx in map(self.feeds, images)]
+
+    def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:
+        """One page's inputs for this runner: the uint8 page where the graph does the conversion itself."""
+        return self.family.feeds_u8(image) if getattr(self.runner, "u8_input", False) else self.family.feeds(image)
 
     def predict_proba(self, crops: list, batch: int = 1) -> np.ndarray:
         """Class probabilities (classifier), one crop at a time unless the export has a dynamic batch."""
-        rows = [self.family.decode(self.runner(self.family.feeds(c)[0]), ()) for c in crops]
+        rows = [self.family.decode(self.runner(self.feeds(c)[0]), ()) for c in crops]
         return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)))
 
     def benchmark_forward(self, imgsz: int | None = None):
         """The runtime alone on one preprocessed page (latency protocol, model-only): a GPU runtime's
         ``timed`` binds the inputs on the device once, so no host-device copy is timed."""
-        page = np.full((self.family.imgsz, self.family.imgsz, 3), 255, np.uint8)
-        feeds, _ = self.family.feeds(page)
+        page = np.full((*self.family.input_hw, 3), 255, np.uint8)
+        feeds, _ = self.feeds(page)
         timed = getattr(self.runner, "timed", None)
         return timed(feeds) if timed else lambda: self.runner(feeds)
 
@@ -77,13 +79,21 @@ def load_meta(path: Path) -> dict:
 
 
 def is_exported(path: str | Path) -> bool:
-    return Path(path).suffix in SUFFIXES
+    """An exported file, or an export folder (its manifest's ``cpu_choice`` is what runs)."""
+    path = Path(path)
+    return path.suffix in SUFFIXES or (path.is_dir() and (path / META).is_file())
 
 
 def load_exported(path: str | Path, precision: str | None = None) -> ExportedModel:
     """Load an ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO; ``precision="bf16"`` runs it with the BF16 hint) or
-    ``.engine`` (TensorRT) written by ``python -m export``."""
+    ``.engine`` (TensorRT) written by ``python -m export``; an export folder loads the CPU path ``python -m
+    export`` chose for the machine it ran on (``cpu_choice`` in its manifest)."""
     path = Path(path)
+    if path.is_dir() and (path / META).is_file():
+        choice = load_meta(path / META).get("cpu_choice")
+        if not choice:
+            raise UserError(f"{path}: this export chose no CPU path (select.enabled was off); name a file in it")
+        path = path / choice["path"]
     if not path.is_file():
         raise UserError(f"{path}: exported model not found")
     meta, entry = read_meta(path)
@@ -97,7 +107,8 @@ def load_exported(path: str | Path, precision: str | None = None) -> ExportedMod
         runner, fmt = OrtRunner(path), "onnx"
     elif kind == "openvino":
         prec = precision or (entry or {}).get("precision", "fp32")
-        runner, fmt = OpenVINORunner(path, "bf16" if prec == "bf16" else "fp32"), f"openvino_{prec}"
+        u8 = family.backend.in_graph_preprocessing if (entry or {}).get("u8_input") else None
+        runner, fmt = OpenVINORunner(path, prec, u8_input=u8), f"openvino_{prec}"
     else:
         runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")
     return ExportedModel(family, runner, str(path), fmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from export.convert import to_onnx, to_openvino, to_tensorrt
 from export.families import Family, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
-from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, Unavailable, bf16_supported
+from export.runtimes import (
+    OpenVINORunner,
+    OrtRunner,
+    TensorRTRunner,
+    Unavailable,
+    cpu_capabilities,
+    inference_precision,
+)
 from training.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -73,7 +81,7 @@ class ParityData:
     def outputs(self, model: ExportedModel) -> tuple[list, list]:
         raw, decoded = [], []
         for im in self.images:
-            feeds, ctx = self.family.feeds(im)
+            feeds, ctx = model.feeds(im)
             out = model.runner(feeds)
             raw.append(out)
             decoded.append(self.family.decode(out, ctx))
@@ -99,10 +107,7 @@ def _build(
         return onnx_path, OrtRunner(onnx_path, "CPUExecutionProvider", threads)
     if fmt.startswith("openvino"):
         prec = fmt.split("_")[1]
-        if prec == "bf16":
-            ok, why = bf16_supported()
-            if not ok:
-                raise Unavailable(why)
+        inference_precision(prec)  # Unavailable before any build: BF16 on a CPU without it
         stored = "int8" if prec == "int8" else "fp32"  # bf16 runs the fp32 model with a runtime hint
         xml = out / f"openvino_{stored}" / "model.xml"
         if not xml.exists():
@@ -110,8 +115,9 @@ def _build(
             calib = [family.feeds(im)[0] for im in data.calibration] if stored == "int8" else None
             if stored == "int8" and not calib:
                 raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
-            to_openvino(onnx_path, xml, family, stored, calib)
-        return xml, OpenVINORunner(xml, prec if prec == "bf16" else "fp32", threads)
+            to_openvino(onnx_path, xml, family, stored, calib, str(cfg.openvino.int8_preset))
+        u8 = family.backend.in_graph_preprocessing if cfg.openvino.u8_input else None
+        return xml, OpenVINORunner(xml, prec, threads, u8)
     if fmt.startswith("tensorrt"):
         engine = out / f"model_{fmt.split('_')[1]}.engine"
         to_tensorrt(
@@ -131,17 +137,20 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
-    family = load_family(
-        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic)
-    )
+    args = (str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic))
+    family = load_family(*args, input_hw=cfg.get("input_hw"))
     data = ParityData(family, cfg)
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
     ref = reference_model(family)
     ref_raw, ref_dets = data.outputs(ref)
     ref_metrics = data.evaluate(ref, eval_cfg)
     log.info("PyTorch reference: %s", ref_metrics)
+    square = None
+    if "input_hw" in family.options:  # what the rectangular input costs: the same model on the square
+        square = data.evaluate(reference_model(load_family(*args)), eval_cfg)
+        log.info("PyTorch on the %d square: %s", load_family(*args).imgsz, square)
     onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
-    artifacts, failures = [], []
+    artifacts, failures, models = [], [], {}
     for fmt in formats:
         entry = {"format": fmt, "precision": fmt.split("_")[1] if "_" in fmt else "fp32"}
         t0 = time.perf_counter()
@@ -152,7 +161,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
             artifacts.append({**entry, "status": "unavailable", "reason": str(e)})
             continue
         entry.update(path=str(path.relative_to(out)), seconds_to_build=round(time.perf_counter() - t0, 2))
-        model = ExportedModel(family, runner, str(path), fmt)
+        if isinstance(runner, OpenVINORunner):
+            entry.update(inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input)
+        model = models[fmt] = ExportedModel(family, runner, str(path), fmt)
         raw, dets = data.outputs(model)
         m = {f"ref/{k}": v for k, v in ref_metrics.items()}
         m.update({f"export/{k}": v for k, v in data.evaluate(model, eval_cfg).items()})
@@ -178,18 +189,61 @@ def export_checkpoint(cfg, out: Path) -> dict:
         "reference": ref_metrics,
         "parity_images": len(data.images),
     }
+    if square is not None:
+        manifest["reference_square"] = square
+    if cfg.select.enabled:
+        manifest["cpu_choice"] = choose_cpu_path(artifacts, models, data.images[0], cfg.select)
     write_meta(family, out / META, manifest)
     rows = parity_rows(family, artifacts)
     title = f"# Export parity: {family.source}"
     (out / "parity.md").write_text(markdown_table(rows, f"{title}\n"), encoding="utf-8")
     write_csv(out / "parity.csv", rows)
     print(markdown_table(rows, f"{title} ({family.kind}, imgsz {family.imgsz})\n"))
+    if square is not None:
+        hw = "x".join(map(str, family.input_hw))
+        print(f"Rectangular input {hw} (h x w): PyTorch {ref_metrics} vs {square} on the square")
+    if manifest.get("cpu_choice"):
+        print(f"CPU path for this machine: {manifest['cpu_choice']['format']}: {manifest['cpu_choice']['why']}")
     if failures:
         _quarantine(out, artifacts)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         where = f"details in {out / 'parity.md'}, files moved to {out / 'failed'}"
         raise ParityError(f"export parity failed for {failures[0]}{more}; {where}")
     return manifest
+
+
+def choose_cpu_path(artifacts: list[dict], models: dict, page, node) -> dict | None:
+    """The fastest CPU format of those that passed parity, timed end to end (pre-processing, runtime, decoding)
+    on a real page of the parity split, with the reason in words: what ``python -m evaluation`` /
+    ``evaluation.predict`` run when given the export folder. A short timing (``select.runs``); the full
+    protocol is ``python -m export.benchmark``."""
+    from evaluation.latency import environment, measure
+
+    timings = {}
+    for a in artifacts:
+        model = models.get(a["format"])
+        if a.get("status") != "passed" or model is None or getattr(model.runner, "device", "cpu") != "cpu":
+            continue
+        run = partial(model.predict, [page], conf=0.25)
+        timings[a["format"]] = measure(run, int(node.warmup), int(node.runs), 0.0)["p50_ms"]
+    if not timings:
+        return None
+    best = min(timings, key=timings.get)
+    entry = next(a for a in artifacts if a["format"] == best)
+    env = environment()
+    why = f"fastest end to end of the formats that passed parity on this CPU ({env['cpu']}, {env['cpu_count']} cores"
+    caps = cpu_capabilities()
+    why += f"; OpenVINO: {' '.join(caps)})" if caps else ")"
+    base = timings.get("onnx")
+    if base and best != "onnx":
+        why += f": {timings[best]:.1f} ms vs ONNX Runtime FP32 {base:.1f} ms ({base / timings[best]:.2f}x)"
+    if entry.get("inference_precision"):
+        why += f"; OpenVINO inference precision {entry['inference_precision']}"
+        if best == "openvino_int8":
+            why += " for the operations NNCF left unquantized"
+    choice = {"format": best, "path": entry["path"], "e2e_p50_ms": timings[best], "timings_ms": timings, "why": why}
+    log.info("CPU path for this machine: %s (%s)", best, why)
+    return choice
 
 
 def _quarantine(out: Path, artifacts: list[dict]) -> None:

@@ -3,6 +3,7 @@ TensorRT). Each is imported lazily: a missing runtime is an :class:`Unavailable`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,33 +79,88 @@ def openvino_core():
     return ov.Core()
 
 
+def cpu_capabilities() -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32 BF16 INT8 ...``); empty without openvino."""
+    try:
+        return [str(c) for c in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Unavailable:
+        return []
+
+
 def bf16_supported() -> tuple[bool, str]:
     """Whether OpenVINO can run BF16 natively on this CPU (AVX512-BF16 or AMX), with the reason."""
-    try:
-        caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Unavailable as e:
-        return False, str(e)
+    caps = cpu_capabilities()
+    if not caps:
+        return False, "openvino not installed"
     if "BF16" in caps:
         return True, "CPU reports BF16"
-    return False, f"CPU has no native BF16 (OpenVINO capabilities: {list(caps)}; needs AVX512-BF16 or AMX)"
+    return False, f"CPU has no native BF16 (OpenVINO capabilities: {caps}; needs AVX512-BF16 or AMX)"
+
+
+def inference_precision(precision: str) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for a format's precision (``fp32`` / ``bf16`` / ``int8``).
+
+    ``f32`` is explicit for FP32: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model.
+    INT8 runs the operations NNCF left unquantized (the YOLO box decoding, concatenations, resizes) in BF16
+    where the CPU has it natively (AMX / AVX512-BF16), FP32 elsewhere: on an AMX Xeon that keeps the whole
+    graph off the FP32 path (the parity check of ``python -m export`` guards the accuracy).
+    """
+    if precision == "bf16":
+        ok, why = bf16_supported()
+        if not ok:
+            raise Unavailable(f"OpenVINO BF16: {why}")
+        return "bf16"
+    if precision == "int8":
+        return "bf16" if bf16_supported()[0] else "f32"
+    return "f32"
+
+
+def with_u8_input(model, scale: float):
+    """The model behind OpenVINO's PrePostProcessor: it takes the letterboxed page as ``uint8 1xHxWx3`` and
+    converts, scales and lays it out NCHW inside the graph (fused into the first convolution's reorder), so the
+    host skips the float conversion and copies a quarter of the bytes."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    for i in range(len(model.inputs)):
+        inp = ppp.input(i)
+        inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        inp.model().set_layout(ov.Layout("NCHW"))
+        inp.preprocess().convert_element_type(ov.Type.f32).scale(float(scale))
+    return ppp.build()
 
 
 class OpenVINORunner:
-    def __init__(self, xml: str | Path, precision: str = "fp32", threads: int | None = None):
+    """An OpenVINO IR on the CPU plugin. ``precision``: ``fp32`` / ``bf16`` / ``int8`` (the hint of
+    :func:`inference_precision`); ``u8_input``: the backend's ``in_graph_preprocessing`` (the runner then takes
+    the uint8 page of ``preprocess_u8``), None for the float feeds of ``preprocess``."""
+
+    def __init__(
+        self,
+        xml: str | Path,
+        precision: str = "fp32",
+        threads: int | None = None,
+        u8_input: dict | None = None,
+        profile: bool = False,
+    ):
         core = openvino_core()
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        self.config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": inference_precision(precision),
+        }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        if precision == "bf16":
-            ok, why = bf16_supported()
-            if not ok:
-                raise Unavailable(f"OpenVINO BF16: {why}")
-        # f32 explicitly: on BF16-capable CPUs OpenVINO would otherwise pick bf16 for an "FP32" model
-        config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = core.compile_model(str(xml), "CPU", config)
+            self.model = core.read_model(str(xml))
+            if u8_input:
+                self.model = with_u8_input(self.model, u8_input["scale"])
+            self.compiled = core.compile_model(
+                self.model, "CPU", {**self.config, "PERF_COUNT": bool(profile)}
+            )
         except Exception as e:
             raise _unloadable(xml, "OpenVINO IR", e) from None
+        self.u8_input = bool(u8_input)
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
         self.device = "cpu"
@@ -112,6 +168,44 @@ class OpenVINORunner:
     def __call__(self, feeds):
         res = self.request.infer({k: feeds[k] for k in self.inputs})
         return [np.asarray(res[o]) for o in self.compiled.outputs]
+
+    def layer_times(self, feeds, runs: int = 20) -> dict[str, float]:
+        """OpenVINO's per-layer performance counters (a runner built with ``profile=True``): milliseconds per
+        inference by kernel ``exec_type`` (e.g. ``brgconv_avx512_amx_i8``, ``jit_avx512_f32``), the mean over
+        ``runs``. Which kernels run, and in which precision, is what shows whether INT8 runs end to end."""
+        totals: dict[str, float] = {}
+        for _ in range(runs):
+            self(feeds)
+            for info in self.request.get_profiling_info():
+                ms = info.real_time.total_seconds() * 1000.0
+                if ms > 0:
+                    totals[info.exec_type] = totals.get(info.exec_type, 0.0) + ms / runs
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+    def throughput(self, feeds, seconds: float = 5.0, warmup: int = 4) -> dict[str, float]:
+        """Batch scoring: pages/s with OpenVINO's THROUGHPUT hint, its optimal number of asynchronous requests
+        (one per stream) kept busy on the same page for ``seconds``. Model only, like the model-only latency."""
+        import openvino as ov
+
+        config = {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"}
+        compiled = openvino_core().compile_model(self.model, "CPU", config)
+        n_req = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(compiled, n_req)
+        data = {k: feeds[k] for k in self.inputs}
+        for _ in range(max(warmup, n_req)):
+            queue.start_async(data)
+        queue.wait_all()
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            queue.start_async(data)  # blocks while every request is busy
+            done += 1
+        queue.wait_all()
+        elapsed = time.perf_counter() - start
+        return {
+            "pages_per_s": done / elapsed,
+            "requests": float(n_req),
+            "streams": float(compiled.get_property("NUM_STREAMS")),
+        }
 
 
 class TensorRTRunner:

@@ -87,6 +87,12 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     is_detector: ClassVar[bool] = True
+    #: what an OpenVINO graph can take over from :meth:`preprocess` (its PrePostProcessor: uint8 ``1xHxWx3`` in,
+    #: converted to float, divided by ``scale``, laid out NCHW); None where the backend's pre-processing stays
+    #: outside the graph. With it, :meth:`preprocess_u8` gives the page before that conversion.
+    in_graph_preprocessing: ClassVar[dict | None] = None
+    #: whether an export may take a rectangular ``(h, w)`` input (``options["input_hw"]``)
+    rect_inputs: ClassVar[bool] = False
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):
         self.model_cfg = model_cfg
@@ -176,6 +182,11 @@ class Backend(ABC):
     @abstractmethod
     def postprocess(outputs: list[np.ndarray], ctx: tuple, imgsz: int, options: dict, conf: float = 0.001):
         """Raw outputs of one image -> :class:`Detections` in its original frame (or class probabilities)."""
+
+    @staticmethod
+    def preprocess_u8(image, imgsz: int, options: dict) -> tuple[dict[str, np.ndarray], tuple]:
+        """:meth:`preprocess` up to, not including, the float conversion (see :attr:`in_graph_preprocessing`)."""
+        raise NotImplementedError("this backend's pre-processing cannot move into the graph")
 
     @staticmethod
     def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:

@@ -473,12 +473,36 @@ class UltralyticsDetector(Detector):
             },
         )
 
+    in_graph_preprocessing = {"scale": 255.0}  # the letterboxed uint8 page / 255, NCHW
+    rect_inputs = True
+
+    @staticmethod
+    def _input_hw(imgsz: int, options: dict) -> int | tuple[int, int]:
+        """The network input: ``imgsz`` square, or the export's rectangular ``options["input_hw"]``."""
+        hw = options.get("input_hw")
+        return (int(hw[0]), int(hw[1])) if hw else int(imgsz)
+
     @staticmethod
     def preprocess(image, imgsz: int, options: dict):
         from training.backends.yolo_processing import letterbox
 
-        x, meta = letterbox(image, imgsz)
+        x, meta = letterbox(image, UltralyticsDetector._input_hw(imgsz, options))
         return {"images": x[None]}, (meta, image.size)
+
+    @staticmethod
+    def preprocess_u8(image, imgsz: int, options: dict):
+        from training.backends.yolo_processing import letterbox_u8
+
+        canvas, meta = letterbox_u8(image, UltralyticsDetector._input_hw(imgsz, options))
+        return {"images": canvas[None]}, (meta, image.size)
+
+    @staticmethod
+    def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:
+        import torch
+
+        hw = UltralyticsDetector._input_hw(imgsz, options)
+        h, w = (hw, hw) if isinstance(hw, int) else hw
+        return (torch.rand(batch, 3, h, w),)
 
     @staticmethod
     def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
@@ -490,7 +514,7 @@ class UltralyticsDetector(Detector):
             options["head"],
             meta,
             size,
-            imgsz,
+            UltralyticsDetector._input_hw(imgsz, options),
             conf,
             float(options["iou"]),
             int(options["max_det"]),

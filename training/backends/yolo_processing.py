@@ -22,13 +22,18 @@ from training.backends.base import Detections
 PAD_VALUE = 114
 
 
-def letterbox(img: Image.Image, imgsz: int) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """RGB PIL image -> (``3 x imgsz x imgsz`` float32 in [0, 1], (gain, pad_x, pad_y))."""
+def letterbox_u8(
+    img: Image.Image, imgsz: int | tuple[int, int]
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """RGB PIL image -> (``H x W x 3`` uint8 page, (gain, pad_x, pad_y)): the letterboxed canvas before any
+    conversion, what an OpenVINO graph with in-graph pre-processing takes (``export.runtimes``). ``imgsz`` is
+    the square side or an ``(h, w)`` input (rectangular exports)."""
+    th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     w, h = img.size
-    gain = min(imgsz / w, imgsz / h)
+    gain = min(tw / w, th / h)
     nw, nh = max(1, round(w * gain)), max(1, round(h * gain))
-    px, py = (imgsz - nw) / 2, (imgsz - nh) / 2
-    canvas = np.full((imgsz, imgsz, 3), PAD_VALUE, np.uint8)
+    px, py = (tw - nw) / 2, (th - nh) / 2
+    canvas = np.full((th, tw, 3), PAD_VALUE, np.uint8)
     left, top = round(px - 0.1), round(py - 0.1)  # ultralytics' rounding of the two borders
     arr = np.asarray(img.convert("RGB"))
     if (nw, nh) != (w, h):
@@ -38,7 +43,15 @@ def letterbox(img: Image.Image, imgsz: int) -> tuple[np.ndarray, tuple[float, fl
 
         arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     canvas[top : top + nh, left : left + nw] = arr
-    return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, (gain, float(left), float(top))
+    return canvas, (gain, float(left), float(top))
+
+
+def letterbox(
+    img: Image.Image, imgsz: int | tuple[int, int]
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """RGB PIL image -> (``3 x H x W`` float32 in [0, 1], (gain, pad_x, pad_y))."""
+    canvas, meta = letterbox_u8(img, imgsz)
+    return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, meta
 
 
 def _unletterbox(
@@ -59,7 +72,7 @@ def decode(
     head: str,
     meta: tuple[float, float, float],
     orig_size: tuple[int, int],
-    imgsz: int,
+    imgsz: int | tuple[int, int],
     conf: float = 0.001,
     iou: float = 0.7,
     max_det: int = 300,
@@ -73,7 +86,8 @@ def decode(
         keep = scores > conf
         boxes, scores, labels = _cxcywh_to_xyxy(p[keep, :4]), scores[keep], labels[keep]
         if head == "rtdetr":
-            boxes = boxes * imgsz
+            h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+            boxes = boxes * np.array([w, h, w, h], np.float32)
         elif len(boxes):
             from torchvision.ops import batched_nms
 
