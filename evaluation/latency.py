@@ -35,15 +35,54 @@ def measure(
     }
 
 
-def _cpu_model() -> str:
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line of /proc/cpuinfo (Linux), None elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == key:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+#: the vector / matrix extensions that decide which kernels a CPU runtime can use (lscpu's flag names)
+ISA_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+#: dense multiply-add operations (2 per multiply-add) per cycle and core, by precision and the best unit the
+#: CPU has: AMX's tile unit (TDPBF16PS: 16x32x16 BF16 multiply-adds per 16 cycles; TDPBSSD: 16x64x16 INT8);
+#: AVX-512 with two FMA ports (16 FP32 lanes x 2 ports; BF16 dot products 2 per lane; VNNI 4 INT8 per lane);
+#: AVX2 with two FMA ports (8 FP32 lanes; AVX-VNNI 4 INT8 per lane; plain AVX2 INT8 via vpmaddubsw, 2 per lane).
+PEAK_OPS_PER_CYCLE = (
+    ("amx_bf16", "bf16", 1024),
+    ("amx_int8", "int8", 2048),
+    ("avx512_bf16", "bf16", 128),
+    ("avx512_vnni", "int8", 256),
+    ("avx512f", "fp32", 64),
+    ("avx_vnni", "int8", 128),
+    ("avx2", "int8", 64),
+    ("avx2", "fp32", 32),
+)
+
+
+def cpu_peak(precision: str, flags: list[str] | None = None) -> tuple[float | None, str]:
+    """The CPU's peak in operations per second for ``precision`` (``fp32`` / ``bf16`` / ``int8``), with how
+    it was derived: cores x clock (``cpu MHz`` of /proc/cpuinfo: the base clock a VM reports, no turbo) x the
+    operations per cycle of the best unit the flags list (:data:`PEAK_OPS_PER_CYCLE`). None where unknown."""
+    flags = flags if flags is not None else (_cpuinfo("flags") or "").split()
+    mhz = float(_cpuinfo("cpu MHz") or 0)
+    cores = os.cpu_count() or 1
+    for flag, prec, ops in PEAK_OPS_PER_CYCLE:
+        if prec == precision and flag in flags and mhz:
+            peak = cores * mhz * 1e6 * ops
+            how = f"{cores} cores x {mhz:.0f} MHz x {ops} {precision} ops/cycle ({flag})"
+            return peak, how
+    return None, f"no {precision} unit known for this CPU"
 
 
 def environment() -> dict[str, str | int | None]:
@@ -56,9 +95,12 @@ def environment() -> dict[str, str | int | None]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
+    flags = (_cpuinfo("flags") or "").split()
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_mhz": _cpuinfo("cpu MHz"),
+        "cpu_isa": " ".join(f for f in ISA_FLAGS if f in flags),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

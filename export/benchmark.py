@@ -16,15 +16,23 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from evaluation.latency import benchmark_detector, environment, protocol
+from evaluation.latency import benchmark_detector, cpu_peak, environment, protocol
 from evaluation.report import markdown_table, write_csv
 from export.families import Family, load_family
 from export.model import META, ExportedModel, load_meta
-from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner, Unavailable
+from export.runtimes import (
+    OpenVINORunner,
+    OrtRunner,
+    TensorRTRunner,
+    TorchRunner,
+    Unavailable,
+    cpu_capabilities,
+    openvino_core,
+)
 from training.data.images import load_rgb
-from training.errors import UserError, cli, require
+from training.errors import UserError, cli, first_line, require
 from training.tracking import tracked
 from training.train import run_dir_of
 
@@ -35,6 +43,7 @@ STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")
 
 def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tuple[str, str, str, object]]:
     """(runtime, device, precision, factory) for every configured row; the factory raises Unavailable."""
+    family_base = Family.from_meta(meta)
     threads = cfg.get("threads")
     arts = {a["format"]: a for a in meta.get("artifacts", [])}
     onnx = out / "model.onnx"
@@ -50,7 +59,8 @@ def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tupl
             raise Unavailable(f"no {fmt} in this export (add it to formats= of python -m export)")
         if a.get("status") != "passed":
             raise Unavailable(f"{fmt}: {a.get('status')} ({a.get('reason', '')})")
-        return OpenVINORunner(out / a["path"], prec, threads)
+        u8 = family_base.backend.in_graph_preprocessing if a.get("u8_input") else None
+        return OpenVINORunner(out / a["path"], prec, threads, u8, profile=bool(cfg.profile))
 
     def trt_runner(prec):
         engine = out / f"model_{prec}.engine"
@@ -68,10 +78,83 @@ def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tupl
         ("ONNX Runtime", "CUDA", "fp32", partial(OrtRunner, onnx, "CUDAExecutionProvider")),
         ("OpenVINO", "CPU", "fp32", partial(ov_runner, "openvino_fp32", "fp32")),
         ("OpenVINO", "CPU", "bf16", partial(ov_runner, "openvino_bf16", "bf16")),
-        ("OpenVINO", "CPU", "int8", partial(ov_runner, "openvino_int8", "fp32")),
+        ("OpenVINO", "CPU", "int8", partial(ov_runner, "openvino_int8", "int8")),
         ("TensorRT", "CUDA", "fp32", partial(trt_runner, "fp32")),
         ("TensorRT", "CUDA", "fp16", partial(trt_runner, "fp16")),
     ]
+
+
+def _kernel_shares(kernels: dict[str, float]) -> dict[str, float]:
+    """Per-layer counter times grouped by the precision in the kernel's name (``..._i8`` / ``_I8`` / ``_u8``:
+    int8, ``_bf16``, ``_f32``), as fractions of the total."""
+    groups = {"int8": 0.0, "bf16": 0.0, "fp32": 0.0, "other": 0.0}
+    for name, ms in kernels.items():
+        tail = name.rsplit("_", 1)[-1].lower()
+        key = {"i8": "int8", "u8": "int8", "bf16": "bf16", "f32": "fp32"}.get(tail, "other")
+        groups[key] += ms
+    total = sum(groups.values()) or 1.0
+    return {k: v / total for k, v in groups.items()}
+
+
+def onnx_flops(path: Path) -> float | None:
+    """Operations of one inference (2 per multiply-add) of the convolutions and matrix products of an ONNX
+    graph: what the fraction-of-peak column divides by. Shapes from OpenVINO's reading of the graph (static
+    after its shape propagation; ONNX's own shape inference loses them after YOLO's Split). None without
+    openvino, with a dynamic shape or an unreadable file."""
+    try:
+        model = openvino_core().read_model(str(path))
+    except (Unavailable, RuntimeError) as e:  # a damaged model.onnx: its own row says so
+        log.info("no FLOP count for %s (%s)", path, first_line(e))
+        return None
+    total = 0.0
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        out, w = op.get_output_partial_shape(0), op.get_input_partial_shape(1)
+        if out.is_dynamic or w.is_dynamic:
+            return None
+        out, w = [d.get_length() for d in out], [d.get_length() for d in w]
+        if kind == "MatMul":
+            a = [d.get_length() for d in op.get_input_partial_shape(0)]
+            k = a[-2] if op.get_attributes().get("transpose_a") else a[-1]
+        else:
+            k = float(np.prod(w[1:] if kind == "Convolution" else w[2:]))
+        total += 2.0 * float(np.prod(out)) * k
+    return total
+
+
+def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray) -> list[dict]:
+    """ultralytics' own ONNX and OpenVINO INT8 exports through its predictor (``cfg.peers``), same protocol."""
+    from export.peers import UltralyticsPeer, export_peer
+
+    rows = []
+    for name in [str(p) for p in cfg.peers]:
+        row = {"runtime": f"{name.replace('_', ' ', 1)} (its predictor)", "device": "CPU"}
+        row["precision"] = "int8" if name.endswith("int8") else "fp32"
+        if meta["kind"] != "ultralytics" or not Path(meta["source"]).is_file():
+            rows.append({**row, "status": "unavailable", "reason": "peers are for ultralytics checkpoints"})
+            continue
+        try:
+            data_yaml = _data_yaml(cfg) if name.endswith("int8") else None
+            path = export_peer(name, meta["source"], base.imgsz, data_yaml, run_dir / "peers")
+            model = UltralyticsPeer(path, base.imgsz, base.class_names)
+        except (
+            Exception
+        ) as e:  # another library's exporter: its failure is this row's note, not the run's end
+            rows.append({**row, "status": "failed", "reason": f"{e.__class__.__name__}: {first_line(e)}"})
+            log.warning("%s: failed (%s)", name, e)
+            continue
+        r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
+        rows.append({**row, "status": "ok", **r, "model_obj": model})
+    return rows
+
+
+def _data_yaml(cfg) -> Path:
+    from training.data import load_dataset
+    from training.data.loader import cache_root, prepare_yolo
+
+    return prepare_yolo(load_dataset(cfg.data, ["train", "val"]), cache_root(cfg.data))
 
 
 def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None) -> dict:
@@ -84,9 +167,19 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     family = None
     if Path(meta["source"]).exists():
         with contextlib.suppress(UserError):
-            family = load_family(meta["source"], {meta["kind"]: meta["options"]}, meta["kind"], base.imgsz)
+            options = {meta["kind"]: meta["options"]}
+            family = load_family(
+                meta["source"], options, meta["kind"], base.imgsz, False, base.options.get("input_hw")
+            )
     if page is None:
-        page = np.full((base.imgsz, base.imgsz, 3), 255, np.uint8)
+        page = np.full((*base.input_hw, 3), 255, np.uint8)
+    run_dir = Path(cfg.paths.get("run_dir") or out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = None
+    if cfg.accuracy and base.is_detector:
+        from training.data import load_dataset
+
+        split = load_dataset(cfg.data, ["val"])["val"]
     rows = []
     for runtime, device, prec, make in _rows_to_try(out, meta, family, cfg):
         row = {"runtime": runtime, "device": device, "precision": prec}
@@ -103,30 +196,85 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             continue
         model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
         r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
+        r["model_obj"] = model
+        if isinstance(runner, OpenVINORunner):
+            feeds = model.feeds(page)[0]
+            if float(cfg.throughput_seconds) > 0:
+                tp = runner.throughput(feeds, float(cfg.throughput_seconds))
+                r.update({f"throughput/{k}": v for k, v in tp.items()}, **{"throughput/mode": "async"})
+            if cfg.profile:
+                r["kernels"] = runner.layer_times(feeds)
+                r["kernel_shares"] = _kernel_shares(r["kernels"])
+        elif device == "CPU":
+            r.update({"throughput/pages_per_s": 1000.0 / r["model/mean_ms"], "throughput/mode": "sync"})
         rows.append({**row, "status": "ok", **r})
         log.info("%s: model p50 %.2f ms, end-to-end p50 %.2f ms", what, r["model/p50_ms"], r["e2e/p50_ms"])
+    if cfg.peers:
+        rows += _peer_rows(meta, base, cfg, run_dir, page)
+    flops = (
+        onnx_flops(out / "model.onnx") if (out / "model.onnx").is_file() and not meta.get("dynamic") else None
+    )
+    peaks = {p: cpu_peak(p) for p in ("fp32", "bf16", "int8")}
+    for r in rows:
+        model = r.pop("model_obj", None)
+        if r["status"] != "ok":
+            continue
+        peak = peaks[r["precision"]][0] if r["device"] == "CPU" and r["precision"] in peaks else None
+        if flops and peak:
+            r["peak_fraction"] = flops / (r["model/p50_ms"] / 1000.0) / peak
+        if split is not None and model is not None:
+            from evaluation.evaluator import evaluate_detector
+
+            eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
+            result, _ = evaluate_detector(model, split, eval_cfg)
+            r.update({f"val/{k}": float(result.metrics[k]) for k in ("mAP50", "mAP50-95")})
     env = environment()
+    caps = cpu_capabilities()
     doc = {
         "rows": rows,
-        "environment": env,
+        "environment": {**env, "openvino_capabilities": caps},
         "export": str(out),
         "source": meta.get("source"),
         "kind": meta["kind"],
         "imgsz": base.imgsz,
+        "input_hw": list(base.input_hw),
+        "gflops": flops / 1e9 if flops else None,
+        "peaks": {p: {"ops_per_s": v, "how": how} for p, (v, how) in peaks.items()},
     }
-    run_dir = Path(cfg.paths.get("run_dir") or out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "latency.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     table = latency_rows(rows)
     write_csv(run_dir / "latency.csv", table)
     up = upstream_rows(rows)
+    hw = "x".join(map(str, base.input_hw))
     note = (
-        f"Model: {meta.get('source')} ({meta['kind']}), input {base.imgsz}x{base.imgsz}, batch 1; CPU: {env['cpu']} "
+        f"Model: {meta.get('source')} ({meta['kind']}), input {hw} (h x w), batch 1; CPU: {env['cpu']} "
         f"({env['cpu_count']} cores); GPU: {env['gpu'] or 'none'}; warm-up {cfg.warmup}, >= {cfg.min_runs} runs "
-        f"and >= {cfg.min_seconds} s per row."
+        f"and >= {cfg.min_seconds} s per row.\n\n"
+        f"CPU instruction sets (lscpu flags): {env['cpu_isa'] or 'n/a'}; OpenVINO OPTIMIZATION_CAPABILITIES: "
+        f"{' '.join(caps) or 'n/a'}; clock {env['cpu_mhz'] or '?'} MHz.\n\n"
     )
+    if flops:
+        note += (
+            f"% of peak = {flops / 1e9:.1f} GFLOP (2 x multiply-adds of the ONNX graph's Conv / MatMul / Gemm) "
+            "/ model p50 / the CPU's peak in the row's precision: "
+            + "; ".join(f"{p} {v / 1e12:.2f} TOPS = {how}" for p, (v, how) in peaks.items() if v)
+            + ". INT8 rows divide by the INT8 peak (their convolutions run INT8; NNCF leaves a few ops "
+            "in float). Pages/s: OpenVINO rows with the THROUGHPUT hint and async requests (model only); others "
+            "1000 / model mean of one synchronous request.\n"
+        )
     md = markdown_table(table, f"# Latency\n\n{note}\n") + "\n"
     md += markdown_table(up, "## ONNX (CPU) vs TensorRT (GPU)\n")
+    kernels = [r for r in rows if r.get("kernel_shares")]
+    if kernels:
+        krows = [
+            {
+                "row": f"{r['runtime']} {r['precision']}",
+                **{f"{k} kernels": f"{100 * v:.1f}%" for k, v in r["kernel_shares"].items()},
+                "top kernels (ms)": ", ".join(f"{k} {v:.2f}" for k, v in list(r["kernels"].items())[:4]),
+            }
+            for r in kernels
+        ]
+        md += "\n" + markdown_table(krows, "## Where OpenVINO spends the time (per-layer counters)\n")
     (run_dir / "latency.md").write_text(md, encoding="utf-8")
     write_csv(run_dir / "latency_onnx_vs_tensorrt.csv", up)
     print(md)
@@ -140,10 +288,20 @@ def _ms(r: dict, key: str) -> str:
 
 def latency_rows(rows: list[dict]) -> list[dict]:
     cols = [(f"{part} {s[:-3]} (ms)", f"{part}/{s}") for part in ("model", "e2e") for s in STATS]
+    ort = next((r for r in rows if r["runtime"] == "ONNX Runtime" and r["device"] == "CPU"), {})
     table = []
     for r in rows:
+        ok = r.get("status") == "ok"
         row = {k: r[k] for k in ("runtime", "device", "precision")}
-        table.append({**row, **{c: _ms(r, k) for c, k in cols}, "note": r.get("reason", "")})
+        row.update({c: _ms(r, k) for c, k in cols})
+        speed = ok and ort.get("status") == "ok" and r["device"] == "CPU"
+        row["e2e speed-up vs ORT FP32"] = f"{ort['e2e/p50_ms'] / r['e2e/p50_ms']:.2f}x" if speed else ""
+        pages = r.get("throughput/pages_per_s")
+        row["pages/s"] = f"{pages:.1f} ({r['throughput/mode']})" if pages else ""
+        row["% of peak"] = f"{100 * r['peak_fraction']:.1f}" if "peak_fraction" in r else ""
+        row["mAP50 (val)"] = f"{r['val/mAP50']:.4f}" if "val/mAP50" in r else ""
+        row["note"] = r.get("reason", "")
+        table.append(row)
     return table
 
 

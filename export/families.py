@@ -113,7 +113,9 @@ def load_family(
     if input_hw:
         hw = [int(v) for v in input_hw]
         if not backend.rect_inputs:
-            raise UserError(f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {kind}")
+            raise UserError(
+                f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {kind}"
+            )
         if len(hw) != 2 or min(hw) < 32 or any(v % 32 for v in hw):
             raise UserError(f"input_hw={hw}: expected [height, width], both multiples of 32")
         family.options = {**family.options, "input_hw": hw}

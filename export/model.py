@@ -34,7 +34,11 @@ class ExportedModel:
 
     def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:
         """One page's inputs for this runner: the uint8 page where the graph does the conversion itself."""
-        return self.family.feeds_u8(image) if getattr(self.runner, "u8_input", False) else self.family.feeds(image)
+        return (
+            self.family.feeds_u8(image)
+            if getattr(self.runner, "u8_input", False)
+            else self.family.feeds(image)
+        )
 
     def predict_proba(self, crops: list, batch: int = 1) -> np.ndarray:
         """Class probabilities (classifier), one crop at a time unless the export has a dynamic batch."""
@@ -92,7 +96,9 @@ def load_exported(path: str | Path, precision: str | None = None) -> ExportedMod
     if path.is_dir() and (path / META).is_file():
         choice = load_meta(path / META).get("cpu_choice")
         if not choice:
-            raise UserError(f"{path}: this export chose no CPU path (select.enabled was off); name a file in it")
+            raise UserError(
+                f"{path}: this export chose no CPU path (select.enabled was off); name a file in it"
+            )
         path = path / choice["path"]
     if not path.is_file():
         raise UserError(f"{path}: exported model not found")

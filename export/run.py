@@ -162,7 +162,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
             continue
         entry.update(path=str(path.relative_to(out)), seconds_to_build=round(time.perf_counter() - t0, 2))
         if isinstance(runner, OpenVINORunner):
-            entry.update(inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input)
+            entry.update(
+                inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input
+            )
         model = models[fmt] = ExportedModel(family, runner, str(path), fmt)
         raw, dets = data.outputs(model)
         m = {f"ref/{k}": v for k, v in ref_metrics.items()}
@@ -203,7 +205,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
         hw = "x".join(map(str, family.input_hw))
         print(f"Rectangular input {hw} (h x w): PyTorch {ref_metrics} vs {square} on the square")
     if manifest.get("cpu_choice"):
-        print(f"CPU path for this machine: {manifest['cpu_choice']['format']}: {manifest['cpu_choice']['why']}")
+        print(
+            f"CPU path for this machine: {manifest['cpu_choice']['format']}: {manifest['cpu_choice']['why']}"
+        )
     if failures:
         _quarantine(out, artifacts)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
@@ -241,7 +245,13 @@ def choose_cpu_path(artifacts: list[dict], models: dict, page, node) -> dict | N
         why += f"; OpenVINO inference precision {entry['inference_precision']}"
         if best == "openvino_int8":
             why += " for the operations NNCF left unquantized"
-    choice = {"format": best, "path": entry["path"], "e2e_p50_ms": timings[best], "timings_ms": timings, "why": why}
+    choice = {
+        "format": best,
+        "path": entry["path"],
+        "e2e_p50_ms": timings[best],
+        "timings_ms": timings,
+        "why": why,
+    }
     log.info("CPU path for this machine: %s (%s)", best, why)
     return choice
 

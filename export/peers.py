@@ -1,0 +1,91 @@
+"""Peer rows of the latency table: what a user of ultralytics would deploy instead of our export, measured in the
+same run. ``YOLO(checkpoint).export(format="onnx")`` and ``YOLO(checkpoint).export(format="openvino",
+int8=True, data=...)`` (its own NNCF recipe: TorchScript -> ``ov.convert_model``, MIXED preset, the head's box
+decoding ignored), each run through ultralytics' own predictor (its letterbox, ``AutoBackend``, NMS), so that the
+comparison includes everything ultralytics does around the runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from training.backends.base import Detections
+from training.data.images import as_pil
+
+log = logging.getLogger(__name__)
+
+#: peer name -> ultralytics export arguments (``data`` is added for INT8 calibration)
+PEERS = {
+    "ultralytics_onnx": {"format": "onnx"},
+    "ultralytics_openvino_int8": {"format": "openvino", "int8": True},
+}
+
+
+class UltralyticsPeer:
+    """An ultralytics export behind the part of the detector contract the latency protocol and the evaluator
+    use (``predict``, ``benchmark_forward``, ``class_names``, ``checkpoint``)."""
+
+    def __init__(self, path: str | Path, imgsz: int, class_names: list[str]):
+        from ultralytics import YOLO
+
+        self.yolo = YOLO(str(path), task="detect")
+        self.checkpoint, self.imgsz, self.class_names, self.device = (
+            Path(path),
+            int(imgsz),
+            class_names,
+            "cpu",
+        )
+
+    def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_) -> list[Detections]:
+        # ultralytics takes numpy pages as BGR (OpenCV's order)
+        pages = [np.ascontiguousarray(np.asarray(as_pil(im).convert("RGB"))[..., ::-1]) for im in images]
+        results = self.yolo.predict(
+            pages, imgsz=self.imgsz, conf=conf, device="cpu", verbose=False, max_det=300
+        )
+        out = []
+        for r in results:
+            b = r.boxes
+            out.append(Detections(b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(np.int64)))
+        return out
+
+    def benchmark_forward(self, imgsz: int | None = None):
+        """ultralytics' ``AutoBackend`` alone on one letterboxed page (the latency protocol's model-only)."""
+        import torch
+
+        self.predict([np.full((self.imgsz, self.imgsz, 3), 255, np.uint8)])  # sets up the predictor
+        backend = self.yolo.predictor.model
+        x = torch.full((1, 3, self.imgsz, self.imgsz), 1.0)
+
+        def run() -> None:
+            backend(x)
+
+        return run
+
+
+def export_peer(name: str, checkpoint: str | Path, imgsz: int, data_yaml: Path | None, out: Path) -> Path:
+    """Run ultralytics' exporter for peer ``name`` on a copy of ``checkpoint`` in ``out`` (ultralytics writes
+    its exports beside the weights); returns the exported file or folder."""
+    from training.checkpoints import check_ultralytics_checkpoint, enable_ultralytics_safe_load
+
+    check_ultralytics_checkpoint(checkpoint)  # ultralytics unpickles it: refuse one that names foreign code
+    enable_ultralytics_safe_load()
+    from ultralytics import YOLO
+
+    if name not in PEERS:
+        raise ValueError(f"peer {name!r}: valid are {list(PEERS)}")
+    args = dict(PEERS[name])
+    if args.get("int8"):
+        if data_yaml is None:
+            raise ValueError("ultralytics' INT8 export needs calibration data")
+        args.update(data=str(data_yaml), split="train")  # the split our own INT8 calibrates on
+    work = out / name
+    work.mkdir(parents=True, exist_ok=True)
+    weights = work / "model.pt"
+    shutil.copyfile(checkpoint, weights)
+    path = YOLO(str(weights)).export(imgsz=int(imgsz), device="cpu", verbose=False, **args)
+    log.info("%s: %s", name, path)
+    return Path(path)
