@@ -47,6 +47,26 @@ def _cpuinfo(key: str) -> str | None:
     return None
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on: the CPUs of its affinity mask, hyper-threads of one core counted
+    once (they share its vector and AMX units), from /proc/cpuinfo; ``os.cpu_count()`` where that is missing."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores, block = set(), {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in [*f, "\n"]:
+                if line.strip():
+                    key, _, value = line.partition(":")
+                    block[key.strip()] = value.strip()
+                    continue
+                if "processor" in block and (allowed is None or int(block["processor"]) in allowed):
+                    cores.add((block.get("physical id"), block.get("core id", block["processor"])))
+                block = {}
+    except (OSError, ValueError):
+        pass
+    return len(cores) or os.cpu_count() or 1
+
+
 def _cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
@@ -72,11 +92,12 @@ PEAK_OPS_PER_CYCLE = (
 
 def cpu_peak(precision: str, flags: list[str] | None = None) -> tuple[float | None, str]:
     """The CPU's peak in operations per second for ``precision`` (``fp32`` / ``bf16`` / ``int8``), with how
-    it was derived: cores x clock (``cpu MHz`` of /proc/cpuinfo: the base clock a VM reports, no turbo) x the
-    operations per cycle of the best unit the flags list (:data:`PEAK_OPS_PER_CYCLE`). None where unknown."""
+    it was derived: physical cores (:func:`physical_cores`) x clock x the operations per cycle of the best unit
+    the flags list (:data:`PEAK_OPS_PER_CYCLE`). The clock is ``cpu MHz`` of /proc/cpuinfo: what a VM reports
+    (its base clock here), the current clock on bare metal, so the figure is an estimate. None where unknown."""
     flags = flags if flags is not None else (_cpuinfo("flags") or "").split()
     mhz = float(_cpuinfo("cpu MHz") or 0)
-    cores = os.cpu_count() or 1
+    cores = physical_cores()
     for flag, prec, ops in PEAK_OPS_PER_CYCLE:
         if prec == precision and flag in flags and mhz:
             peak = cores * mhz * 1e6 * ops

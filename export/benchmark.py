@@ -59,7 +59,7 @@ def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tupl
             raise Unavailable(f"no {fmt} in this export (add it to formats= of python -m export)")
         if a.get("status") != "passed":
             raise Unavailable(f"{fmt}: {a.get('status')} ({a.get('reason', '')})")
-        u8 = family_base.backend.in_graph_preprocessing if a.get("u8_input") else None
+        u8 = family_base.graph_preprocessing if a.get("u8_input") else None
         return OpenVINORunner(out / a["path"], prec, threads, u8, profile=bool(cfg.profile))
 
     def trt_runner(prec):

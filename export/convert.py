@@ -39,15 +39,16 @@ def to_onnx(family: Family, path: Path, opset: int, dynamic: bool = False) -> Pa
     return path
 
 
-def _quantize_kwargs(family: Family) -> dict:
-    """NNCF arguments from the backend's quantization hints (``ExportSpec.int8``)."""
+def _quantize_kwargs(family: Family, extra_patterns: list[str] = ()) -> dict:
+    """NNCF arguments from the backend's quantization hints (``ExportSpec.int8``) plus the user's patterns."""
     import nncf
 
     hints = family.int8
     kwargs = {}
     if hints.get("model_type") == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    patterns, types = list(hints.get("ignored_patterns") or []), list(hints.get("ignored_types") or [])
+    patterns = [*(hints.get("ignored_patterns") or []), *extra_patterns]
+    types = list(hints.get("ignored_types") or [])
     if patterns or types:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, types=types, validate=False)
     return kwargs
@@ -59,11 +60,12 @@ def to_openvino(
     family: Family,
     precision: str = "fp32",
     calibration: list[dict[str, np.ndarray]] | None = None,
-    preset: str = "performance",
+    int8: dict | None = None,
 ) -> Path:
     """ONNX -> OpenVINO IR. ``precision``: ``fp32`` (also the BF16 runtime's model: BF16 is an inference hint,
-    not a file format) or ``int8`` (NNCF post-training quantization over ``calibration`` feeds, with NNCF's
-    ``preset``: ``performance`` = symmetric activations, ``mixed`` = asymmetric ones).
+    not a file format) or ``int8`` (NNCF post-training quantization over ``calibration`` feeds; ``int8``: the
+    ``openvino.int8`` config: NNCF's ``preset`` (``performance`` = symmetric activations, ``mixed`` = asymmetric
+    ones), ``fast_bias_correction``, and ``ignored_patterns`` kept in float on top of the backend's own).
 
     ``ov.convert_model``, not ``Core.read_model``: it applies OpenVINO's front-end fusions before NNCF sees the
     graph. The ONNX export spells SiLU as ``x * Sigmoid(x)``; read as is, NNCF quantizes both inputs of that
@@ -86,11 +88,14 @@ def to_openvino(
             raise ValueError("INT8 quantization needs calibration images")
         names = [i.get_any_name() for i in model.inputs]
         dataset = nncf.Dataset(calibration, lambda feeds: {k: feeds[k] for k in names})
+        int8 = dict(int8 or {})
+        preset = str(int8.get("preset", "mixed"))
         presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
         if preset not in presets:
             raise ValueError(f"NNCF preset {preset!r}: valid are {list(presets)}")
         kwargs = {"subset_size": len(calibration), "preset": presets[preset]}
-        kwargs.update(_quantize_kwargs(family))
+        kwargs["fast_bias_correction"] = bool(int8.get("fast_bias_correction", True))
+        kwargs.update(_quantize_kwargs(family, list(int8.get("ignored_patterns") or [])))
         model = nncf.quantize(model, dataset, **kwargs)
     elif precision != "fp32":
         raise ValueError(f"OpenVINO precision {precision!r}: valid are fp32, int8 (bf16 is a runtime hint)")

@@ -57,8 +57,13 @@ class Family(ExportSpec):
         return self.backend.preprocess(as_pil(image), self.imgsz, self.options)
 
     def feeds_u8(self, image) -> tuple[dict[str, np.ndarray], tuple]:
-        """The uint8 page for a graph that converts it itself (``backend.in_graph_preprocessing``)."""
+        """The uint8 page for a graph that converts it itself (:attr:`graph_preprocessing`)."""
         return self.backend.preprocess_u8(as_pil(image), self.imgsz, self.options)
+
+    @property
+    def graph_preprocessing(self) -> dict | None:
+        """The conversion an OpenVINO graph can take over (``Backend.in_graph_preprocessing``), or None."""
+        return self.backend.in_graph_preprocessing(self.options)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -111,13 +116,15 @@ def load_family(
     family = Family.from_spec(backend.export_spec(imgsz, dynamic))
     family.source = str(checkpoint)
     if input_hw:
-        hw = [int(v) for v in input_hw]
+        hw = [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)  # a list or ListConfig
+        if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
+            raise UserError(
+                f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480])"
+            )
         if not backend.rect_inputs:
             raise UserError(
                 f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {kind}"
             )
-        if len(hw) != 2 or min(hw) < 32 or any(v % 32 for v in hw):
-            raise UserError(f"input_hw={hw}: expected [height, width], both multiples of 32")
         family.options = {**family.options, "input_hw": hw}
         family.imgsz = max(hw)
     return family

@@ -113,7 +113,7 @@ def load_exported(path: str | Path, precision: str | None = None) -> ExportedMod
         runner, fmt = OrtRunner(path), "onnx"
     elif kind == "openvino":
         prec = precision or (entry or {}).get("precision", "fp32")
-        u8 = family.backend.in_graph_preprocessing if (entry or {}).get("u8_input") else None
+        u8 = family.graph_preprocessing if (entry or {}).get("u8_input") else None
         runner, fmt = OpenVINORunner(path, prec, u8_input=u8), f"openvino_{prec}"
     else:
         runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")

@@ -28,6 +28,7 @@ from training.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
+INT8_PRESETS = ("mixed", "performance")  # NNCF's QuantizationPreset names
 FORMATS = ("onnx", "openvino_fp32", "openvino_bf16", "openvino_int8", "tensorrt_fp32", "tensorrt_fp16")
 
 
@@ -115,8 +116,8 @@ def _build(
             calib = [family.feeds(im)[0] for im in data.calibration] if stored == "int8" else None
             if stored == "int8" and not calib:
                 raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
-            to_openvino(onnx_path, xml, family, stored, calib, str(cfg.openvino.int8_preset))
-        u8 = family.backend.in_graph_preprocessing if cfg.openvino.u8_input else None
+            to_openvino(onnx_path, xml, family, stored, calib, OmegaConf.to_container(cfg.openvino.int8))
+        u8 = family.graph_preprocessing if cfg.openvino.u8_input else None
         return xml, OpenVINORunner(xml, prec, threads, u8)
     if fmt.startswith("tensorrt"):
         engine = out / f"model_{fmt.split('_')[1]}.engine"
@@ -134,6 +135,10 @@ def export_checkpoint(cfg, out: Path) -> dict:
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"formats: unknown {bad}; valid: {list(FORMATS)}")
+    if str(cfg.openvino.int8.preset) not in INT8_PRESETS:
+        raise ConfigError(
+            f"openvino.int8.preset={cfg.openvino.int8.preset!r}: valid are {list(INT8_PRESETS)}"
+        )
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
@@ -147,8 +152,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
     log.info("PyTorch reference: %s", ref_metrics)
     square = None
     if "input_hw" in family.options:  # what the rectangular input costs: the same model on the square
-        square = data.evaluate(reference_model(load_family(*args)), eval_cfg)
-        log.info("PyTorch on the %d square: %s", load_family(*args).imgsz, square)
+        on_square = load_family(*args)
+        square = {"imgsz": on_square.imgsz, **data.evaluate(reference_model(on_square), eval_cfg)}
+        log.info("PyTorch on the square: %s", square)
     onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
     artifacts, failures, models = [], [], {}
     for fmt in formats:
@@ -198,22 +204,26 @@ def export_checkpoint(cfg, out: Path) -> dict:
     write_meta(family, out / META, manifest)
     rows = parity_rows(family, artifacts)
     title = f"# Export parity: {family.source}"
-    (out / "parity.md").write_text(markdown_table(rows, f"{title}\n"), encoding="utf-8")
-    write_csv(out / "parity.csv", rows)
-    print(markdown_table(rows, f"{title} ({family.kind}, imgsz {family.imgsz})\n"))
+    notes = ""
     if square is not None:
         hw = "x".join(map(str, family.input_hw))
-        print(f"Rectangular input {hw} (h x w): PyTorch {ref_metrics} vs {square} on the square")
+        notes += f"\nRectangular input {hw} (h x w): PyTorch {_metrics_line(ref_metrics)}; the same model on the square "
+        notes += f"{square['imgsz']}: {_metrics_line({k: v for k, v in square.items() if k != 'imgsz'})}.\n"
     if manifest.get("cpu_choice"):
-        print(
-            f"CPU path for this machine: {manifest['cpu_choice']['format']}: {manifest['cpu_choice']['why']}"
-        )
+        notes += f"\nCPU path for this machine: **{manifest['cpu_choice']['format']}**, {manifest['cpu_choice']['why']}.\n"
+    (out / "parity.md").write_text(markdown_table(rows, f"{title}\n") + notes, encoding="utf-8")
+    write_csv(out / "parity.csv", rows)
+    print(markdown_table(rows, f"{title} ({family.kind}, imgsz {family.imgsz})\n") + notes)
     if failures:
         _quarantine(out, artifacts)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         where = f"details in {out / 'parity.md'}, files moved to {out / 'failed'}"
         raise ParityError(f"export parity failed for {failures[0]}{more}; {where}")
     return manifest
+
+
+def _metrics_line(m: dict) -> str:
+    return ", ".join(f"{k} {fmt_num(v)}" for k, v in m.items())
 
 
 def choose_cpu_path(artifacts: list[dict], models: dict, page, node) -> dict | None:

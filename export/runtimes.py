@@ -115,7 +115,7 @@ def inference_precision(precision: str) -> str:
     return "f32"
 
 
-def with_u8_input(model, scale: float):
+def with_u8_input(model, conversion: dict):
     """The model behind OpenVINO's PrePostProcessor: it takes the letterboxed page as ``uint8 1xHxWx3`` and
     converts, scales and lays it out NCHW inside the graph (fused into the first convolution's reorder), so the
     host skips the float conversion and copies a quarter of the bytes."""
@@ -127,13 +127,16 @@ def with_u8_input(model, scale: float):
         inp = ppp.input(i)
         inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
         inp.model().set_layout(ov.Layout("NCHW"))
-        inp.preprocess().convert_element_type(ov.Type.f32).scale(float(scale))
+        steps = inp.preprocess().convert_element_type(ov.Type.f32)
+        if any(conversion["mean"]):
+            steps.mean([float(v) for v in conversion["mean"]])
+        steps.scale([float(v) for v in conversion["scale"]])
     return ppp.build()
 
 
 class OpenVINORunner:
     """An OpenVINO IR on the CPU plugin. ``precision``: ``fp32`` / ``bf16`` / ``int8`` (the hint of
-    :func:`inference_precision`); ``u8_input``: the backend's ``in_graph_preprocessing`` (the runner then takes
+    :func:`inference_precision`); ``u8_input``: the family's ``graph_preprocessing`` (the runner then takes
     the uint8 page of ``preprocess_u8``), None for the float feeds of ``preprocess``."""
 
     def __init__(
@@ -154,7 +157,7 @@ class OpenVINORunner:
         try:
             self.model = core.read_model(str(xml))
             if u8_input:
-                self.model = with_u8_input(self.model, u8_input["scale"])
+                self.model = with_u8_input(self.model, u8_input)
             self.compiled = core.compile_model(
                 self.model, "CPU", {**self.config, "PERF_COUNT": bool(profile)}
             )

@@ -87,10 +87,6 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     is_detector: ClassVar[bool] = True
-    #: what an OpenVINO graph can take over from :meth:`preprocess` (its PrePostProcessor: uint8 ``1xHxWx3`` in,
-    #: converted to float, divided by ``scale``, laid out NCHW); None where the backend's pre-processing stays
-    #: outside the graph. With it, :meth:`preprocess_u8` gives the page before that conversion.
-    in_graph_preprocessing: ClassVar[dict | None] = None
     #: whether an export may take a rectangular ``(h, w)`` input (``options["input_hw"]``)
     rect_inputs: ClassVar[bool] = False
 
@@ -184,8 +180,15 @@ class Backend(ABC):
         """Raw outputs of one image -> :class:`Detections` in its original frame (or class probabilities)."""
 
     @staticmethod
+    def in_graph_preprocessing(options: dict) -> dict | None:
+        """What an OpenVINO graph can take over from :meth:`preprocess` (its PrePostProcessor): the uint8
+        ``1xHxWx3`` page of :meth:`preprocess_u8` converted to float, ``(x - mean) / scale`` per RGB channel,
+        laid out NCHW; ``{"mean": [r, g, b], "scale": [r, g, b]}``, or None where it stays outside the graph."""
+        return None
+
+    @staticmethod
     def preprocess_u8(image, imgsz: int, options: dict) -> tuple[dict[str, np.ndarray], tuple]:
-        """:meth:`preprocess` up to, not including, the float conversion (see :attr:`in_graph_preprocessing`)."""
+        """:meth:`preprocess` up to, not including, the float conversion (see :meth:`in_graph_preprocessing`)."""
         raise NotImplementedError("this backend's pre-processing cannot move into the graph")
 
     @staticmethod

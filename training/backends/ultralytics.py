@@ -473,8 +473,11 @@ class UltralyticsDetector(Detector):
             },
         )
 
-    in_graph_preprocessing = {"scale": 255.0}  # the letterboxed uint8 page / 255, NCHW
     rect_inputs = True
+
+    @staticmethod
+    def in_graph_preprocessing(options: dict) -> dict:
+        return {"mean": [0.0, 0.0, 0.0], "scale": [255.0, 255.0, 255.0]}  # the letterboxed page / 255
 
     @staticmethod
     def _input_hw(imgsz: int, options: dict) -> int | tuple[int, int]:

@@ -76,6 +76,20 @@ class ClassifierBackend(Backend):
         return {"input": preprocess([image], imgsz, options["normalize"]).numpy()}, ()
 
     @staticmethod
+    def in_graph_preprocessing(options: dict) -> dict:
+        from training.classifier.model import IMAGENET_MEAN, IMAGENET_STD
+
+        if options["normalize"] == "imagenet":  # (x / 255 - mean) / std == (x - 255 mean) / (255 std)
+            return {"mean": [255.0 * m for m in IMAGENET_MEAN], "scale": [255.0 * s for s in IMAGENET_STD]}
+        return {"mean": [0.0, 0.0, 0.0], "scale": [255.0, 255.0, 255.0]}
+
+    @staticmethod
+    def preprocess_u8(image, imgsz: int, options: dict):
+        from training.classifier.model import resized
+
+        return {"input": np.asarray(resized(image, imgsz))[None]}, ()
+
+    @staticmethod
     def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001) -> np.ndarray:
         """Softmax of the logits, ``(batch, n_classes)``."""
         logits = np.asarray(outputs[0], dtype=np.float64)

@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 COMPAT_CLASSES = ("signature", "stamp", "thumb")
 
 
+def resized(crop, imgsz: int) -> Image.Image:
+    """One RGB crop (PIL or HxWx3 uint8) resized to ``imgsz`` square: the uint8 part of :func:`preprocess`."""
+    im = crop if isinstance(crop, Image.Image) else Image.fromarray(np.ascontiguousarray(crop))
+    return im.convert("RGB").resize((imgsz, imgsz), Image.BILINEAR)
+
+
 def preprocess(crops: list, imgsz: int, normalize: str = "imagenet") -> torch.Tensor:
     """RGB crops (PIL or HxWx3 uint8) -> float batch: resize to ``imgsz`` square, scale to [0, 1], and with
     ``normalize="imagenet"`` standardise; ``"none"`` is the published classifier's resize + to-tensor."""
     out = []
     for c in crops:
-        im = c if isinstance(c, Image.Image) else Image.fromarray(np.ascontiguousarray(c))
-        im = im.convert("RGB").resize((imgsz, imgsz), Image.BILINEAR)
+        im = resized(c, imgsz)
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
     x = torch.stack(out) if out else torch.zeros((0, 3, imgsz, imgsz))
     if normalize == "imagenet":

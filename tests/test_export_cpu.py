@@ -1,0 +1,721 @@
+"""The CPU deployment path of ``python -m export``: the shared letterbox (uint8 page and its float view,
+rectangular inputs, RT-DETR decoding at (h, w)), OpenVINO with the uint8 page converted inside the graph, the
+inference-precision hints, the INT8 IR (SiLU fused to Swish before NNCF, the NNCF preset), the fastest CPU path
+recorded in the manifest and loaded from the export folder, rectangular exports, the CPU peak and FLOP count
+behind the latency table's "% of peak", and ultralytics' own exports as peers (slow).
+
+One tiny YOLOv8n (``trained_run``) is exported once per module to ONNX, OpenVINO FP32 and OpenVINO INT8."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import EMBEDDED, compose_cfg, decode_table
+from training.errors import UserError
+
+# small parity / calibration sets: the point is the round trip (as tests/test_export.py)
+EXPORT_TINY = ["calibration.n_images=4", "parity.n_images=4", "evaluation.n_bootstrap=0"]
+# the CPU-path timing of the export: a handful of runs is enough to pick one
+SELECT_TINY = ["select.warmup=1", "select.runs=3"]
+CPU_FORMATS = ["onnx", "openvino_fp32", "openvino_int8"]
+VALID = sorted((EMBEDDED / "valid").glob("*.jpg"))
+
+
+def _export(tmp_path, checkpoint, formats, extra=(), sub="export"):
+    from export.run import export_checkpoint
+
+    cfg = compose_cfg(
+        "export",
+        [f"checkpoint={checkpoint}", f"formats=[{','.join(formats)}]", *EXPORT_TINY, *extra],
+        tmp_path,
+    )
+    out = tmp_path / sub
+    return cfg, out, export_checkpoint(cfg, out)
+
+
+def _artifact(manifest, fmt):
+    return next(a for a in manifest["artifacts"] if a["format"] == fmt)
+
+
+@pytest.fixture(scope="module")
+def cpu_export(tmp_path_factory, trained_run):
+    """The trained tiny YOLOv8n exported to ONNX, OpenVINO FP32 and INT8 (u8 input, CPU path selected)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    _, run_dir, _ = trained_run
+    tmp = tmp_path_factory.mktemp("cpu_export")
+    ckpt = run_dir / "weights" / "best.pt"
+    cfg, out, manifest = _export(tmp, ckpt, CPU_FORMATS, SELECT_TINY)
+    return ckpt, out, manifest
+
+
+# ---------------------------------------------------------------- letterbox and decoding (no model)
+
+
+def _page(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("imgsz", [64, (64, 96), (96, 64), (640, 480)], ids=str)
+@pytest.mark.parametrize("size", [(480, 630), (630, 480), (64, 64), (7, 3)], ids=str)
+def test_letterbox_is_the_u8_page_over_255(size, imgsz):
+    from training.backends.yolo_processing import letterbox, letterbox_u8
+
+    img = _page(*size)
+    x, meta = letterbox(img, imgsz)
+    canvas, meta_u8 = letterbox_u8(img, imgsz)
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    assert canvas.dtype == np.uint8 and canvas.shape == (h, w, 3)
+    assert x.dtype == np.float32 and x.shape == (3, h, w)
+    assert meta == meta_u8
+    # exactly, not approximately: the OpenVINO graph does this conversion itself on the uint8 page
+    assert np.array_equal(x, canvas.transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
+def test_letterbox_square_int_equals_square_tuple():
+    from training.backends.yolo_processing import letterbox_u8
+
+    img = _page(480, 630, seed=1)
+    a, ma = letterbox_u8(img, 64)
+    b, mb = letterbox_u8(img, (64, 64))
+    assert np.array_equal(a, b) and ma == mb
+
+
+def test_rectangular_letterbox_portrait_fills_the_height_centred():
+    from training.backends.yolo_processing import PAD_VALUE, letterbox_u8
+
+    # a portrait page (w 100, h 200) of one colour into a (h 128, w 96) input: gain min(96/100, 128/200) = 0.64,
+    # resized to 64 x 128: the height is filled, 16 grey columns on each side
+    page = Image.new("RGB", (100, 200), (10, 200, 30))
+    canvas, (gain, px, py) = letterbox_u8(page, (128, 96))
+    assert canvas.shape == (128, 96, 3)
+    assert gain == pytest.approx(0.64) and (px, py) == (16.0, 0.0)
+    assert (canvas[:, :16] == PAD_VALUE).all() and (canvas[:, 80:] == PAD_VALUE).all()
+    assert (canvas[:, 16:80] == (10, 200, 30)).all()  # every row: no vertical padding
+    # the same page into the square of the larger side pads more: the rectangle is what a portrait page needs
+    sq, (g2, px2, py2) = letterbox_u8(page, 128)
+    assert sq.shape == (128, 128, 3) and (px2, py2) == (32.0, 0.0) and g2 == pytest.approx(0.64)
+    # a landscape page in the same portrait input: the width is filled, grey bands above and below
+    land, (g3, px3, py3) = letterbox_u8(Image.new("RGB", (192, 96), (1, 2, 3)), (128, 96))
+    assert g3 == pytest.approx(0.5) and (px3, py3) == (0.0, 40.0)
+    assert (
+        (land[:40] == PAD_VALUE).all() and (land[88:] == PAD_VALUE).all() and (land[40:88] == (1, 2, 3)).all()
+    )
+
+
+def test_rtdetr_decode_scales_normalised_boxes_by_width_and_height():
+    from training.backends.yolo_processing import decode
+
+    h, w = 64, 96
+    raw = np.zeros((5, 4 + 2), np.float32)  # 5 queries, 2 classes
+    raw[0] = [0.5, 0.5, 0.25, 0.5, 0.1, 0.9]  # class 1, score 0.9: centre of the input, 24 x 32 px
+    raw[1] = [0.25, 0.75, 0.5, 0.25, 0.6, 0.2]  # class 0, score 0.6
+    raw[2:, :4] = 0.5  # the rest below conf
+    raw[2:, 4:] = 0.01
+    # no letterbox (gain 1, no padding): the input frame is the page
+    det = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (w, h), (h, w), conf=0.25)
+    np.testing.assert_allclose(det.boxes, [[36, 16, 60, 48], [0, 40, 48, 56]], atol=1e-4)
+    np.testing.assert_allclose(det.scores, [0.9, 0.6], atol=1e-6)
+    assert det.labels.tolist() == [1, 0]
+    # a letterboxed page (gain 0.5, 8 px padding on the left): boxes back in the original frame
+    det2 = decode(raw, "rtdetr", (0.5, 8.0, 0.0), (200, 200), (h, w), conf=0.25)
+    np.testing.assert_allclose(det2.boxes[0], [(36 - 8) / 0.5, 16 / 0.5, (60 - 8) / 0.5, 48 / 0.5], atol=1e-3)
+    # the square size scales both axes alike (guards the (h, w) order above)
+    sq = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (96, 96), 96, conf=0.25)
+    np.testing.assert_allclose(sq.boxes[0], [36, 24, 60, 72], atol=1e-4)
+
+
+# ---------------------------------------------------------------- OpenVINO runner: precision hints
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_inference_precision_hints(monkeypatch, bf16):
+    import export.runtimes as rt
+
+    caps = ["FP32", "INT8", "BIN", "EXPORT_IMPORT"] + (["BF16"] if bf16 else [])
+    monkeypatch.setattr(rt, "cpu_capabilities", lambda: caps)
+    assert rt.inference_precision("fp32") == "f32"
+    assert rt.inference_precision("int8") == ("bf16" if bf16 else "f32")
+    if bf16:
+        assert rt.inference_precision("bf16") == "bf16"
+    else:
+        with pytest.raises(rt.Unavailable, match="BF16"):
+            rt.inference_precision("bf16")
+
+
+def test_no_openvino_means_no_bf16(monkeypatch):
+    import export.runtimes as rt
+
+    monkeypatch.setattr(rt, "cpu_capabilities", lambda: [])
+    assert rt.bf16_supported()[0] is False
+    assert rt.inference_precision("int8") == "f32"
+    with pytest.raises(rt.Unavailable):
+        rt.inference_precision("bf16")
+
+
+# ---------------------------------------------------------------- OpenVINO runner: uint8 page in the graph
+
+
+def _family(out):
+    from export.families import Family
+    from export.model import META, load_meta
+
+    return Family.from_meta(load_meta(out / META))
+
+
+def test_openvino_u8_input_matches_float_input(cpu_export):
+    import openvino as ov
+
+    from export.runtimes import OpenVINORunner
+
+    _, out, _ = cpu_export
+    family = _family(out)
+    xml = out / "openvino_fp32" / "model.xml"
+    assert family.graph_preprocessing == {"mean": [0.0, 0.0, 0.0], "scale": [255.0, 255.0, 255.0]}
+    u8 = OpenVINORunner(xml, "fp32", u8_input=family.graph_preprocessing)
+    fl = OpenVINORunner(xml, "fp32")
+    assert u8.u8_input and not fl.u8_input
+    assert u8.config["INFERENCE_PRECISION_HINT"] == "f32"
+    (inp,) = u8.compiled.inputs
+    assert inp.get_element_type() == ov.Type.u8 and list(inp.get_shape()) == [1, 64, 64, 3]
+    assert fl.compiled.inputs[0].get_element_type() == ov.Type.f32
+    assert list(fl.compiled.inputs[0].get_shape()) == [1, 3, 64, 64]
+    for image in VALID[:3]:
+        fu8, ctx_u8 = family.feeds_u8(image)
+        ffl, ctx_fl = family.feeds(image)
+        assert fu8["images"].dtype == np.uint8 and fu8["images"].shape == (1, 64, 64, 3)
+        assert ctx_u8 == ctx_fl
+        a, b = u8(fu8), fl(ffl)
+        assert len(a) == len(b) == 1 and a[0].shape == b[0].shape
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-4)
+        # the decoded boxes agree too
+        da, db = family.decode(a, ctx_u8, 0.01), family.decode(b, ctx_fl, 0.01)
+        assert len(da) == len(db)
+        np.testing.assert_allclose(da.boxes, db.boxes, atol=1e-2)
+
+
+def test_openvino_layer_times_and_throughput(cpu_export):
+    from export.runtimes import OpenVINORunner
+
+    _, out, _ = cpu_export
+    family = _family(out)
+    for fmt, prec in (("openvino_fp32", "fp32"), ("openvino_int8", "int8")):
+        runner = OpenVINORunner(
+            out / fmt / "model.xml", prec, u8_input=family.graph_preprocessing, profile=True
+        )
+        feeds, _ = family.feeds_u8(VALID[0])
+        kernels = runner.layer_times(feeds, runs=3)
+        assert kernels and all(isinstance(k, str) and v > 0 for k, v in kernels.items()), kernels
+        assert list(kernels.values()) == sorted(kernels.values(), reverse=True)
+        tp = runner.throughput(feeds, seconds=0.3, warmup=1)
+        assert set(tp) == {"pages_per_s", "requests", "streams"}
+        assert all(v > 0 for v in tp.values()), tp
+        assert tp["requests"] == int(tp["requests"])
+
+
+# ---------------------------------------------------------------- the INT8 IR
+
+
+def _through_fq(node):
+    """The node behind a chain of FakeQuantize ops."""
+    while node.get_type_name() == "FakeQuantize":
+        node = node.input(0).get_source_output().get_node()
+    return node
+
+
+def test_int8_ir_has_swish_and_no_quantized_sigmoid_multiply(cpu_export):
+    import openvino as ov
+
+    _, out, manifest = cpu_export
+    assert _artifact(manifest, "openvino_int8")["status"] == "passed", manifest
+    core = ov.Core()
+    ops = core.read_model(str(out / "openvino_int8" / "model.xml")).get_ordered_ops()
+    kinds = [op.get_type_name() for op in ops]
+    assert kinds.count("FakeQuantize") > 10, "not an INT8 model"
+    assert kinds.count("Swish") >= 10, "SiLU was not fused to Swish before NNCF"
+    # read as is (Core.read_model of the ONNX), NNCF quantizes both inputs of every x * Sigmoid(x): a
+    # Multiply fed by a FakeQuantize with a Sigmoid (directly or behind a FakeQuantize) on an input
+    bad = []
+    for op in ops:
+        if op.get_type_name() != "Multiply":
+            continue
+        producers = [inp.get_source_output().get_node() for inp in op.inputs()]
+        quantized = any(p.get_type_name() == "FakeQuantize" for p in producers)
+        if quantized and any(_through_fq(p).get_type_name() == "Sigmoid" for p in producers):
+            bad.append(op.get_friendly_name())
+    assert not bad, f"quantized x * Sigmoid(x) left in the INT8 IR: {bad[:5]}"
+    # the FP32 IR went through the same conversion
+    fp32 = [
+        op.get_type_name()
+        for op in core.read_model(str(out / "openvino_fp32" / "model.xml")).get_ordered_ops()
+    ]
+    assert "Swish" in fp32 and "FakeQuantize" not in fp32
+
+
+class _Calib:
+    def __init__(self, images):
+        self.calibration = images
+
+
+@pytest.mark.parametrize("preset", ["mixed", "performance"])
+def test_int8_preset_reaches_nncf(cpu_export, tmp_path, monkeypatch, preset):
+    """``openvino.int8.preset`` goes from the config through ``to_openvino`` to ``nncf.quantize``."""
+    import nncf
+
+    from export.families import load_family
+    from export.run import _build
+    from export.runtimes import OpenVINORunner
+
+    ckpt, out, _ = cpu_export
+    seen = {}
+
+    def fake_quantize(model, dataset, **kwargs):  # the preset is what we check: skip the calibration
+        seen.update(kwargs)
+        seen["n"] = len(list(dataset.get_inference_data()))
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", fake_quantize)
+    over = [
+        f"checkpoint={ckpt}",
+        f"openvino.int8.preset={preset}",
+        "openvino.int8.ignored_patterns=[.*extra.*]",
+    ]
+    cfg = compose_cfg("export", over, tmp_path)
+    family = load_family(ckpt, decode_table())
+    path, runner = _build("openvino_int8", family, tmp_path, out / "model.onnx", _Calib(VALID[:2]), cfg)
+    want = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[
+        preset
+    ]
+    assert seen["preset"] == want and seen["subset_size"] == 2 and seen["n"] == 2
+    assert seen["fast_bias_correction"] is False  # conf/export.yaml: the full correction
+    # the backend's hints go along with the user's patterns
+    assert ".*extra.*" in seen["ignored_scope"].patterns and len(seen["ignored_scope"].patterns) > 1
+    assert path == tmp_path / "openvino_int8" / "model.xml" and path.is_file()
+    assert isinstance(runner, OpenVINORunner) and runner.u8_input
+
+
+def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
+    import nncf
+
+    from export.convert import to_openvino
+    from export.families import load_family
+    from training.errors import ConfigError
+
+    ckpt, out, _ = cpu_export
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized with a bad preset"))
+    family = load_family(ckpt, decode_table())
+    calib = [family.feeds(VALID[0])[0]]
+    with pytest.raises(ValueError, match="fastest"):
+        to_openvino(out / "model.onnx", tmp_path / "x.xml", family, "int8", calib, {"preset": "fastest"})
+    # the command refuses it before any work, with one line, whatever the formats
+    with pytest.raises(ConfigError, match="openvino.int8.preset='fastest'.*performance") as e:
+        _export(tmp_path, ckpt, ["onnx"], ["openvino.int8.preset=fastest"])
+    assert "\n" not in str(e.value) and not (tmp_path / "export").exists()
+
+
+# ---------------------------------------------------------------- the CPU path in the manifest
+
+
+def test_manifest_records_the_fastest_cpu_path(cpu_export):
+    from export.model import META
+    from export.runtimes import bf16_supported
+
+    _, out, manifest = cpu_export
+    statuses = {a["format"]: a["status"] for a in manifest["artifacts"]}
+    assert statuses == dict.fromkeys(CPU_FORMATS, "passed"), manifest
+    choice = manifest["cpu_choice"]
+    assert set(choice) == {"format", "path", "e2e_p50_ms", "timings_ms", "why"}
+    assert set(choice["timings_ms"]) == set(CPU_FORMATS)
+    assert all(v > 0 for v in choice["timings_ms"].values())
+    assert choice["format"] == min(choice["timings_ms"], key=choice["timings_ms"].get)
+    assert choice["e2e_p50_ms"] == choice["timings_ms"][choice["format"]]
+    assert choice["path"] == _artifact(manifest, choice["format"])["path"]
+    assert (out / choice["path"]).is_file()
+    assert isinstance(choice["why"], str) and "fastest" in choice["why"]
+    # the manifest on disk is the one returned
+    assert json.loads((out / META).read_text())["cpu_choice"] == choice
+    # OpenVINO artifacts: the hint they ran with and the uint8 page (conf/export.yaml openvino.u8_input: true)
+    fp32, int8 = _artifact(manifest, "openvino_fp32"), _artifact(manifest, "openvino_int8")
+    assert fp32["inference_precision"] == "f32"
+    assert int8["inference_precision"] == ("bf16" if bf16_supported()[0] else "f32")
+    assert fp32["u8_input"] is True and int8["u8_input"] is True
+    assert "inference_precision" not in _artifact(manifest, "onnx")
+
+
+def test_export_folder_loads_the_chosen_path(cpu_export, tmp_path):
+    from export.model import is_exported, load_exported
+
+    _, out, manifest = cpu_export
+    choice = manifest["cpu_choice"]
+    assert is_exported(out) and is_exported(str(out))
+    assert not is_exported(tmp_path)  # a folder without a manifest
+    model = load_exported(out)
+    assert model.checkpoint == out / choice["path"]
+    fmt = choice["format"]
+    assert model.format == (fmt if fmt == "onnx" else f"openvino_{fmt.split('_')[1]}")
+    if fmt.startswith("openvino"):
+        assert model.runner.u8_input
+    direct = load_exported(out / choice["path"])
+    got, ref = model.predict(VALID[:2], conf=0.01), direct.predict(VALID[:2], conf=0.01)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g.boxes, r.boxes, atol=1e-3)
+        np.testing.assert_allclose(g.scores, r.scores, atol=1e-5)
+
+
+def test_evaluator_runs_the_export_folder(cpu_export, tmp_path):
+    from evaluation.__main__ import evaluate_checkpoint
+
+    _, out, manifest = cpu_export
+    cfg = compose_cfg(
+        "evaluate",
+        [f"checkpoint={out}", "evaluation.n_bootstrap=0", "evaluation.splits=[val]"],
+        tmp_path,
+    )
+    m = evaluate_checkpoint(cfg)
+    entry = _artifact(manifest, manifest["cpu_choice"]["format"])
+    assert m["val/mAP50"] == pytest.approx(entry["parity"]["export/mAP50"], abs=1e-9)
+    prov = json.loads((tmp_path / "run" / "metrics.json").read_text())["provenance"]
+    assert prov["checkpoint"].endswith(manifest["cpu_choice"]["path"])
+
+
+# ---------------------------------------------------------------- rectangular inputs
+
+
+def test_rectangular_export_without_selection(cpu_export, tmp_path):
+    import onnx
+
+    from export.model import META, is_exported, load_exported
+
+    ckpt, _, _ = cpu_export
+    _, out, manifest = _export(tmp_path, ckpt, ["onnx"], ["input_hw=[64,96]", "select.enabled=false"])
+    assert _artifact(manifest, "onnx")["status"] == "passed", manifest
+    assert "cpu_choice" not in manifest
+    square = manifest["reference_square"]  # the same PyTorch model on the training square (64)
+    assert {"mAP50", "mAP50-95", "f1"} <= set(square) and square.get("imgsz", 64) == 64
+    meta = json.loads((out / META).read_text())
+    assert meta["options"]["input_hw"] == [64, 96] and meta["imgsz"] == 96
+    assert "cpu_choice" not in meta and meta["reference_square"] == manifest["reference_square"]
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 64, 96]
+    # a folder with no chosen CPU path is not loadable as a folder; its files are
+    assert is_exported(out)
+    with pytest.raises(UserError, match="chose no CPU path"):
+        load_exported(out)
+    model = load_exported(out / "model.onnx")
+    assert model.family.input_hw == (64, 96)
+    feeds, _ = model.feeds(VALID[0])
+    assert feeds["images"].shape == (1, 3, 64, 96)
+    page = Image.open(VALID[0])
+    (det,) = model.predict([VALID[0]], conf=0.001)
+    assert len(det) > 0
+    assert (det.boxes >= 0).all() and (det.boxes[:, [0, 2]] <= page.width).all()
+    assert (det.boxes[:, [1, 3]] <= page.height).all()
+
+
+@pytest.mark.parametrize("hw", [[50, 64], [64, 100], [64], [16, 32]], ids=str)
+def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
+    from export.families import load_family
+
+    ckpt, _, _ = cpu_export
+    with pytest.raises(UserError, match="multiples of 32") as e:
+        load_family(ckpt, decode_table(), input_hw=hw)
+    assert "\n" not in str(e.value)
+    if hw == [50, 64]:  # and from the command's config key, before anything is written
+        with pytest.raises(UserError, match="multiples of 32") as e:
+            _export(tmp_path, ckpt, ["onnx"], [f"input_hw=[{','.join(map(str, hw))}]"])
+        assert "\n" not in str(e.value) and not (tmp_path / "export" / "model.onnx").exists()
+
+
+# ---------------------------------------------------------------- CPU peak and FLOPs
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    import evaluation.latency as lat
+
+    info = {"cpu MHz": "1000", "flags": "fpu sse avx2 fma amx_int8 avx512f"}
+    monkeypatch.setattr(lat, "_cpuinfo", lambda key: info.get(key))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(lat, "physical_cores", lambda: 2)
+    return info
+
+
+@pytest.mark.parametrize(
+    "precision, flags, ops, unit",
+    [
+        ("int8", ["avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16"], 2048, "amx_int8"),
+        ("int8", ["avx2", "fma"], 64, "avx2"),
+        ("int8", ["avx2", "avx_vnni"], 128, "avx_vnni"),
+        ("int8", ["avx2", "avx512f", "avx512_vnni"], 256, "avx512_vnni"),
+        ("fp32", ["avx2", "avx512f"], 64, "avx512f"),
+        ("fp32", ["avx2", "amx_int8"], 32, "avx2"),
+        ("bf16", ["avx512f", "avx512_bf16", "amx_bf16"], 1024, "amx_bf16"),
+        ("bf16", ["avx512f", "avx512_bf16"], 128, "avx512_bf16"),
+    ],
+)
+def test_cpu_peak_by_best_unit(fake_cpu, precision, flags, ops, unit):
+    from evaluation.latency import cpu_peak
+
+    peak, how = cpu_peak(precision, flags)
+    assert peak == 2 * 1000e6 * ops
+    assert unit in how and "2 cores" in how and "1000 MHz" in how
+
+
+def test_cpu_peak_unknown(fake_cpu, monkeypatch):
+    import evaluation.latency as lat
+
+    assert lat.cpu_peak("bf16", ["avx2", "avx512f", "amx_int8"]) == (None, "no bf16 unit known for this CPU")
+    assert lat.cpu_peak("int8", [])[0] is None
+    assert lat.cpu_peak("fp32", ["sse4_2"])[0] is None
+    # flags default to /proc/cpuinfo's (here: the fake one)
+    assert lat.cpu_peak("int8")[0] == 2 * 1000e6 * 2048
+    assert lat.cpu_peak("fp32")[0] == 2 * 1000e6 * 64
+    # no clock: unknown, whatever the flags
+    monkeypatch.setattr(lat, "_cpuinfo", lambda key: None)
+    assert lat.cpu_peak("int8", ["amx_int8"])[0] is None
+
+
+def test_physical_cores_counts_each_core_once(tmp_path, monkeypatch):
+    """Two hyper-threads of one core share its units: the peak counts the core once; CPUs outside the
+    affinity mask are not counted."""
+    import builtins
+
+    import evaluation.latency as lat
+
+    blocks = [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1), (4, 1, 0)]  # (processor, physical id, core id)
+    text = "".join(f"processor\t: {p}\nphysical id\t: {s}\ncore id\t\t: {c}\n\n" for p, s, c in blocks)
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(text)
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda f, *a, **k: real_open(fake if f == "/proc/cpuinfo" else f, *a, **k)
+    )
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert lat.physical_cores() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert lat.physical_cores() == 1
+
+
+def test_environment_records_isa_and_clock(fake_cpu):
+    from evaluation.latency import environment
+
+    env = environment()
+    assert env["cpu_mhz"] == "1000"
+    assert env["cpu_isa"] == "avx2 fma avx512f amx_int8"  # ISA_FLAGS' order, the rest left out
+    assert env["cpu_count"] == 2
+
+
+def test_onnx_flops_counts_conv_groupconv_and_matmul(tmp_path):
+    pytest.importorskip("openvino")
+    import torch
+
+    from export.benchmark import onnx_flops
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.fc = torch.nn.Linear(8 * 16 * 16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.dw(self.conv(x))).flatten(1))
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.rand(1, 3, 16, 16),), str(path), opset_version=17, dynamo=False)
+    conv = 2 * (8 * 16 * 16) * (3 * 3 * 3)  # output elements x (in channels x kernel)
+    dw = 2 * (8 * 16 * 16) * (1 * 3 * 3)  # one input channel per group
+    fc = 2 * 10 * (8 * 16 * 16)
+    assert onnx_flops(path) == conv + dw + fc
+    # a dynamic batch: no static count
+    dyn = tmp_path / "dyn.onnx"
+    torch.onnx.export(
+        Net().eval(),
+        (torch.rand(1, 3, 16, 16),),
+        str(dyn),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    assert onnx_flops(dyn) is None
+    # a damaged file: None, not a crash
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage, not a protobuf")
+    assert onnx_flops(bad) is None
+
+
+def test_kernel_shares_group_by_precision_suffix():
+    from export.benchmark import _kernel_shares
+
+    shares = _kernel_shares(
+        {
+            "brgconv_avx512_amx_I8": 3.0,
+            "jit_avx512_i8": 1.0,
+            "gemm_u8": 1.0,
+            "brgemm_avx512_amx_bf16": 2.0,
+            "jit_avx512_f32": 1.5,
+            "ref_any_F32": 0.5,
+            "unknown": 0.6,
+            "reorder_fp16": 0.4,
+        }
+    )
+    assert set(shares) == {"int8", "bf16", "fp32", "other"}
+    assert shares == pytest.approx({"int8": 0.5, "bf16": 0.2, "fp32": 0.2, "other": 0.1})
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert _kernel_shares({}) == {"int8": 0.0, "bf16": 0.0, "fp32": 0.0, "other": 0.0}
+
+
+# ---------------------------------------------------------------- the latency command with the CPU columns
+
+
+def test_benchmark_throughput_kernels_peak_and_accuracy(cpu_export, tmp_path):
+    from export.benchmark import benchmark_export, onnx_flops
+
+    _, out, manifest = cpu_export
+    cfg = compose_cfg(
+        "export_benchmark",
+        [
+            f"export_dir={out}",
+            "warmup=1",
+            "min_runs=2",
+            "min_seconds=0",
+            "throughput_seconds=0.3",
+            "profile=true",
+            "accuracy=true",
+        ],
+        tmp_path,
+    )
+    doc = benchmark_export(out, cfg)
+    rows = {(r["runtime"], r["device"], r["precision"]): r for r in doc["rows"]}
+    ov = {p: rows[("OpenVINO", "CPU", p)] for p in ("fp32", "int8")}
+    for prec, r in ov.items():
+        assert r["status"] == "ok", r
+        assert r["throughput/pages_per_s"] > 0 and r["throughput/mode"] == "async"
+        assert r["throughput/requests"] >= 1 and r["throughput/streams"] >= 1
+        assert r["kernels"] and sum(r["kernel_shares"].values()) == pytest.approx(1.0)
+        assert 0.0 <= r["val/mAP50"] <= 1.0 and "val/mAP50-95" in r
+        # the accuracy of the row is the export's parity accuracy (same model, same val split, same decoding)
+        assert r["val/mAP50"] == pytest.approx(
+            _artifact(manifest, f"openvino_{prec}")["parity"]["export/mAP50"], abs=1e-6
+        )
+    # INT8 runs INT8 kernels; FP32 runs FP32 ones (its only "I8" kernels are the uint8 page's in-graph
+    # transpose / conversion: a few percent)
+    assert ov["int8"]["kernel_shares"]["int8"] > 0.5, ov["int8"]["kernels"]
+    assert ov["fp32"]["kernel_shares"]["fp32"] > 0.8, ov["fp32"]["kernels"]
+    assert ov["fp32"]["kernel_shares"]["int8"] < 0.1, ov["fp32"]["kernels"]
+    # no BF16 in this export: a row that says so
+    assert rows[("OpenVINO", "CPU", "bf16")]["status"] == "unavailable"
+    for key in (("PyTorch eager", "CPU", "fp32"), ("ONNX Runtime", "CPU", "fp32")):
+        r = rows[key]
+        assert r["status"] == "ok" and r["throughput/mode"] == "sync" and "val/mAP50" in r
+        assert r["throughput/pages_per_s"] == pytest.approx(1000.0 / r["model/mean_ms"])
+        assert "kernel_shares" not in r
+    # % of peak: FLOPs of model.onnx / model p50 / the CPU's peak in the row's precision, where it is known
+    flops = onnx_flops(out / "model.onnx")
+    assert flops and doc["gflops"] == pytest.approx(flops / 1e9)
+    for r in doc["rows"]:
+        if r["status"] != "ok":
+            assert "peak_fraction" not in r
+            continue
+        peak = doc["peaks"].get(r["precision"], {}).get("ops_per_s")
+        if r["device"] == "CPU" and peak:
+            assert r["peak_fraction"] == pytest.approx(flops / (r["model/p50_ms"] / 1000.0) / peak)
+            assert r["peak_fraction"] > 0
+        else:
+            assert "peak_fraction" not in r
+    md = (tmp_path / "run" / "latency.md").read_text()
+    assert "OPTIMIZATION_CAPABILITIES" in md and "% of peak" in md and "pages/s" in md
+    assert "Where OpenVINO spends the time" in md
+    saved = json.loads((tmp_path / "run" / "latency.json").read_text())
+    assert saved["gflops"] == pytest.approx(doc["gflops"]) and "cpu_isa" in saved["environment"]
+
+
+def test_yolov8n_flops_scale_with_the_input(cpu_export):
+    """Sanity of the FLOP count on a real graph: YOLOv8n is ~8.7 GFLOPs at 640 px (ultralytics' model card,
+    80 classes); our single-class model at 64 px is ~1/100 of it."""
+    from export.benchmark import onnx_flops
+
+    _, out, _ = cpu_export
+    gflops = onnx_flops(out / "model.onnx") / 1e9
+    assert 0.05 < gflops < 0.1, gflops
+
+
+# ---------------------------------------------------------------- ultralytics' own exports (slow)
+
+
+def _iou(a, b) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.slow
+def test_ultralytics_peers(cpu_export, tmp_path):
+    from export.benchmark import benchmark_export
+    from export.model import load_exported
+    from export.peers import UltralyticsPeer, export_peer
+
+    ckpt, out, _ = cpu_export
+    cfg = compose_cfg(
+        "export_benchmark",
+        [
+            f"export_dir={out}",
+            "warmup=1",
+            "min_runs=2",
+            "min_seconds=0",
+            "throughput_seconds=0",
+            "accuracy=true",
+            "peers=[ultralytics_onnx,ultralytics_openvino_int8]",
+        ],
+        tmp_path,
+    )
+    doc = benchmark_export(out, cfg)
+    rows = {r["runtime"]: r for r in doc["rows"]}
+    for name, prec in (
+        ("ultralytics onnx (its predictor)", "fp32"),
+        ("ultralytics openvino_int8 (its predictor)", "int8"),
+    ):
+        r = rows[name]
+        assert r["status"] == "ok", r
+        assert r["device"] == "CPU" and r["precision"] == prec
+        assert r["e2e/p50_ms"] > 0 and r["model/p50_ms"] > 0 and r["e2e/runs"] >= 2
+        assert 0.0 <= r["val/mAP50"] <= 1.0
+    md = (tmp_path / "run" / "latency.md").read_text()
+    assert "ultralytics onnx (its predictor)" in md
+
+    # ultralytics' predictor gives boxes in the original frame, where ours are: the same top box. A model
+    # trained 2 epochs at 64 px rarely scores 0.25; then the top box of the low-confidence candidates (the
+    # same raw outputs, so the same box survives both NMS) is what is compared
+    family = load_exported(out / "model.onnx").family
+    peer = UltralyticsPeer(
+        export_peer("ultralytics_onnx", ckpt, family.imgsz, None, tmp_path / "peer"),
+        family.imgsz,
+        family.class_names,
+    )
+    ours = load_exported(out / "model.onnx")
+    for image in VALID[:4]:
+        w, h = Image.open(image).size
+        (theirs,) = peer.predict([image], conf=0.25)
+        (mine,) = ours.predict([image], conf=0.25)
+        if len(theirs) == 0 and len(mine) == 0:
+            (theirs,) = peer.predict([image], conf=0.001)
+            (mine,) = ours.predict([image], conf=0.001)
+            if len(theirs) == 0 and len(mine) == 0:
+                continue
+        assert len(theirs) and len(mine), (theirs, mine)
+        for d in (theirs, mine):
+            assert (d.boxes >= -1e-3).all()
+            assert (d.boxes[:, [0, 2]] <= w + 1e-3).all() and (d.boxes[:, [1, 3]] <= h + 1e-3).all()
+        i, j = np.argmax(theirs.scores), np.argmax(mine.scores)
+        assert theirs.scores[i] == pytest.approx(mine.scores[j], abs=1e-3)
+        assert _iou(theirs.boxes[i], mine.boxes[j]) > 0.9, (theirs.boxes[i], mine.boxes[j])
