@@ -122,6 +122,9 @@ def environment() -> dict[str, str | int | None]:
         "cpu_count": os.cpu_count(),
         "cpu_mhz": _cpuinfo("cpu MHz"),
         "cpu_isa": " ".join(f for f in ISA_FLAGS if f in flags),
+        # OpenVINO's CPU kernels (oneDNN) stop at this instruction set when it is set, e.g. AVX2 to see what an
+        # AVX2-only server would get; ONNX Runtime and PyTorch ignore it
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -251,7 +251,14 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         f"({env['cpu_count']} cores); GPU: {env['gpu'] or 'none'}; warm-up {cfg.warmup}, >= {cfg.min_runs} runs "
         f"and >= {cfg.min_seconds} s per row.\n\n"
         f"CPU instruction sets (lscpu flags): {env['cpu_isa'] or 'n/a'}; OpenVINO OPTIMIZATION_CAPABILITIES: "
-        f"{' '.join(caps) or 'n/a'}; clock {env['cpu_mhz'] or '?'} MHz.\n\n"
+        f"{' '.join(caps) or 'n/a'}; clock {env['cpu_mhz'] or '?'} MHz"
+        + (
+            f"; ONEDNN_MAX_CPU_ISA={env['onednn_max_cpu_isa']} (OpenVINO's kernels capped there; ONNX Runtime "
+            "and PyTorch ignore it)"
+            if env["onednn_max_cpu_isa"]
+            else ""
+        )
+        + ".\n\n"
     )
     if flops:
         note += (
@@ -261,6 +268,11 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             + ". INT8 rows divide by the INT8 peak (their convolutions run INT8; NNCF leaves a few ops "
             "in float). Pages/s: OpenVINO rows with the THROUGHPUT hint and async requests (model only); others "
             "1000 / model mean of one synchronous request.\n"
+        )
+    if any(r.get("peak_fraction", 0) > 1 for r in rows):
+        note += (
+            "\nA fraction above 100% means the cores ran faster than the clock /proc/cpuinfo reports (turbo, or a "
+            "VM reporting its nominal clock): read that column as relative between rows.\n"
         )
     md = markdown_table(table, f"# Latency\n\n{note}\n") + "\n"
     md += markdown_table(up, "## ONNX (CPU) vs TensorRT (GPU)\n")
