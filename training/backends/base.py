@@ -188,7 +188,8 @@ class Backend(ABC):
 
     @staticmethod
     def preprocess_u8(image, imgsz: int, options: dict) -> tuple[dict[str, np.ndarray], tuple]:
-        """:meth:`preprocess` up to, not including, the float conversion (see :meth:`in_graph_preprocessing`)."""
+        """:meth:`preprocess` up to, not including, the float conversion (see :meth:`in_graph_preprocessing`);
+        ``image`` is an RGB PIL image or an ``HxWx3`` uint8 RGB array (taken as is, without a PIL round trip)."""
         raise NotImplementedError("this backend's pre-processing cannot move into the graph")
 
     @staticmethod

@@ -497,7 +497,8 @@ class UltralyticsDetector(Detector):
         from training.backends.yolo_processing import letterbox_u8
 
         canvas, meta = letterbox_u8(image, UltralyticsDetector._input_hw(imgsz, options))
-        return {"images": canvas[None]}, (meta, image.size)
+        size = (image.shape[1], image.shape[0]) if hasattr(image, "shape") else image.size  # array or PIL
+        return {"images": canvas[None]}, (meta, size)
 
     @staticmethod
     def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:

@@ -23,19 +23,19 @@ PAD_VALUE = 114
 
 
 def letterbox_u8(
-    img: Image.Image, imgsz: int | tuple[int, int]
+    img: Image.Image | np.ndarray, imgsz: int | tuple[int, int]
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """RGB PIL image -> (``H x W x 3`` uint8 page, (gain, pad_x, pad_y)): the letterboxed canvas before any
-    conversion, what an OpenVINO graph with in-graph pre-processing takes (``export.runtimes``). ``imgsz`` is
-    the square side or an ``(h, w)`` input (rectangular exports)."""
+    """RGB PIL image (or ``HxWx3`` uint8 RGB array, used as is) -> (``H x W x 3`` uint8 page, (gain, pad_x,
+    pad_y)): the letterboxed canvas before any conversion, what an OpenVINO graph with in-graph pre-processing
+    takes (``export.runtimes``). ``imgsz`` is the square side or an ``(h, w)`` input (rectangular exports)."""
     th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
-    w, h = img.size
+    arr = img if isinstance(img, np.ndarray) else np.asarray(img.convert("RGB"))
+    h, w = arr.shape[:2]
     gain = min(tw / w, th / h)
     nw, nh = max(1, round(w * gain)), max(1, round(h * gain))
     px, py = (tw - nw) / 2, (th - nh) / 2
     canvas = np.full((th, tw, 3), PAD_VALUE, np.uint8)
     left, top = round(px - 0.1), round(py - 0.1)  # ultralytics' rounding of the two borders
-    arr = np.asarray(img.convert("RGB"))
     if (nw, nh) != (w, h):
         # cv2's bilinear, as ultralytics trains and predicts with: PIL's antialiased bilinear thins the strokes
         # differently and moved a trained model's scores by 4x in a check
