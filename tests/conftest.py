@@ -117,3 +117,28 @@ def trained_run(tmp_path_factory):
     cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "train.epochs=2"], tmp)
     metrics = train(cfg, evaluate=lambda d, c, r, t, p: evaluate_run(d, c, r, t, p))
     return cfg, Path(cfg.paths.run_dir), metrics
+
+
+# small parity / calibration sets and a handful of timing runs for the CPU-path choice: the point is the round trip
+EXPORT_TINY = [
+    "calibration.n_images=4",
+    "parity.n_images=4",
+    "evaluation.n_bootstrap=0",
+    "select.warmup=1",
+    "select.runs=3",
+]
+# the latency protocol cut to a smoke test
+BENCH_TINY = ["warmup=1", "min_runs=2", "min_seconds=0"]
+
+
+def export_tiny(tmp_path, checkpoint, formats, extra=(), sub="export"):
+    """``python -m export`` of ``checkpoint`` to ``formats`` with :data:`EXPORT_TINY`: (cfg, folder, manifest)."""
+    from export.run import export_checkpoint
+
+    cfg = compose_cfg(
+        "export",
+        [f"checkpoint={checkpoint}", f"formats=[{','.join(formats)}]", *EXPORT_TINY, *extra],
+        tmp_path,
+    )
+    out = tmp_path / sub
+    return cfg, out, export_checkpoint(cfg, out)

@@ -12,29 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table
+from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table, export_tiny
 from training.errors import UserError
 
-# small parity / calibration sets and a tiny classifier crop pool: the point is the round trip
-EXPORT_TINY = ["calibration.n_images=4", "parity.n_images=4", "evaluation.n_bootstrap=0"]
 CROPS_TINY = [
     "crops.detection.enabled=false",
     "crops.synthetic.pages.train=3",
     "crops.synthetic.pages.val=3",
     "crops.synthetic.pages.test=0",
 ]
-
-
-def _export(tmp_path, checkpoint, formats, extra=(), sub="export"):
-    from export.run import export_checkpoint
-
-    cfg = compose_cfg(
-        "export",
-        [f"checkpoint={checkpoint}", f"formats=[{','.join(formats)}]", *EXPORT_TINY, *extra],
-        tmp_path,
-    )
-    out = tmp_path / sub
-    return cfg, out, export_checkpoint(cfg, out)
 
 
 def _statuses(manifest):
@@ -46,7 +32,7 @@ def yolo_export(tmp_path_factory, trained_run):
     """A trained tiny YOLOv8n exported to ONNX, OpenVINO FP32 / BF16 (where supported) / INT8."""
     _, run_dir, _ = trained_run
     tmp = tmp_path_factory.mktemp("yolo_export")
-    cfg, out, manifest = _export(
+    cfg, out, manifest = export_tiny(
         tmp, run_dir / "weights" / "best.pt", ["onnx", "openvino_fp32", "openvino_bf16", "openvino_int8"]
     )
     return run_dir, out, manifest
@@ -127,7 +113,7 @@ def test_corrupted_export_fails_parity_loudly(trained_run, tmp_path, monkeypatch
     monkeypatch.setattr(run, "to_onnx", corrupt)
     _, run_dir, _ = trained_run
     with pytest.raises(run.ParityError, match="export parity failed for onnx"):
-        _export(tmp_path, run_dir / "weights" / "best.pt", ["onnx"])
+        export_tiny(tmp_path, run_dir / "weights" / "best.pt", ["onnx"])
     out = tmp_path / "export"
     manifest = json.loads((out / "sigdet_export.json").read_text())
     entry = manifest["artifacts"][0]
@@ -146,7 +132,7 @@ def test_transformers_export_round_trip(tmp_path):
     cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY], tmp_path / "train")
     train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
     ckpt = Path(cfg.paths.run_dir) / "weights" / "best"
-    _, out, manifest = _export(tmp_path, ckpt, ["onnx", "openvino_fp32"])
+    _, out, manifest = export_tiny(tmp_path, ckpt, ["onnx", "openvino_fp32"])
     assert _statuses(manifest) == {"onnx": "passed", "openvino_fp32": "passed"}, manifest
     meta = json.loads((out / "sigdet_export.json").read_text())
     assert meta["kind"] == "transformers" and meta["input_names"] == ["pixel_values", "pixel_mask"]
@@ -166,7 +152,7 @@ def test_classifier_export_round_trip(tmp_path):
 
     torch.manual_seed(0)
     ckpt = RegionClassifier(["signature", "stamp", "thumb"], 32).save(tmp_path / "clf.pt")
-    _, out, manifest = _export(tmp_path, ckpt, ["onnx", "openvino_fp32", "openvino_int8"], CROPS_TINY)
+    _, out, manifest = export_tiny(tmp_path, ckpt, ["onnx", "openvino_fp32", "openvino_int8"], CROPS_TINY)
     st = _statuses(manifest)
     assert st["onnx"] == st["openvino_fp32"] == "passed", manifest
     int8 = next(a for a in manifest["artifacts"] if a["format"] == "openvino_int8")
@@ -179,7 +165,7 @@ def test_classifier_export_round_trip(tmp_path):
     probs = model.predict_proba([np.full((40, 90, 3), 200, np.uint8)])
     assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     # dynamic batch: one graph, any batch size
-    _, out2, manifest2 = _export(
+    _, out2, manifest2 = export_tiny(
         tmp_path, ckpt, ["onnx"], [*CROPS_TINY, "dynamic=true", "opset=18"], sub="dyn"
     )
     assert _statuses(manifest2) == {"onnx": "passed"} and manifest2["opset"] == 18
@@ -251,7 +237,7 @@ def test_tensorrt_export_and_latency(trained_run, tmp_path):
     from export.benchmark import benchmark_export
 
     _, run_dir, _ = trained_run
-    _, out, manifest = _export(
+    _, out, manifest = export_tiny(
         tmp_path, run_dir / "weights" / "best.pt", ["onnx", "tensorrt_fp32", "tensorrt_fp16"]
     )
     assert _statuses(manifest) == {"onnx": "passed", "tensorrt_fp32": "passed", "tensorrt_fp16": "passed"}, (
@@ -304,7 +290,7 @@ def test_every_other_family_exports(overrides, tmp_path):
     train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
     run = Path(cfg.paths.run_dir) / "weights"
     ckpt = run / "best" if (run / "best").is_dir() else run / "best.pt"
-    _, _, manifest = _export(
+    _, _, manifest = export_tiny(
         tmp_path, ckpt, ["onnx", "openvino_fp32"], ["parity.bounds.default.max_raw_diff=null"]
     )
     assert set(_statuses(manifest).values()) == {"passed"}, manifest

@@ -15,27 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import EMBEDDED, compose_cfg, decode_table
+from tests.conftest import BENCH_TINY, EMBEDDED, compose_cfg, decode_table, export_tiny
 from training.errors import UserError
 
-# small parity / calibration sets: the point is the round trip (as tests/test_export.py)
-EXPORT_TINY = ["calibration.n_images=4", "parity.n_images=4", "evaluation.n_bootstrap=0"]
-# the CPU-path timing of the export: a handful of runs is enough to pick one
-SELECT_TINY = ["select.warmup=1", "select.runs=3"]
 CPU_FORMATS = ["onnx", "openvino_fp32", "openvino_int8"]
 VALID = sorted((EMBEDDED / "valid").glob("*.jpg"))
-
-
-def _export(tmp_path, checkpoint, formats, extra=(), sub="export"):
-    from export.run import export_checkpoint
-
-    cfg = compose_cfg(
-        "export",
-        [f"checkpoint={checkpoint}", f"formats=[{','.join(formats)}]", *EXPORT_TINY, *extra],
-        tmp_path,
-    )
-    out = tmp_path / sub
-    return cfg, out, export_checkpoint(cfg, out)
 
 
 def _artifact(manifest, fmt):
@@ -50,7 +34,7 @@ def cpu_export(tmp_path_factory, trained_run):
     _, run_dir, _ = trained_run
     tmp = tmp_path_factory.mktemp("cpu_export")
     ckpt = run_dir / "weights" / "best.pt"
-    cfg, out, manifest = _export(tmp, ckpt, CPU_FORMATS, SELECT_TINY)
+    cfg, out, manifest = export_tiny(tmp, ckpt, CPU_FORMATS)
     return ckpt, out, manifest
 
 
@@ -315,7 +299,7 @@ def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
         to_openvino(out / "model.onnx", tmp_path / "x.xml", family, "int8", calib, {"preset": "fastest"})
     # the command refuses it before any work, with one line, whatever the formats
     with pytest.raises(ConfigError, match="openvino.int8.preset='fastest'.*performance") as e:
-        _export(tmp_path, ckpt, ["onnx"], ["openvino.int8.preset=fastest"])
+        export_tiny(tmp_path, ckpt, ["onnx"], ["openvino.int8.preset=fastest"])
     assert "\n" not in str(e.value) and not (tmp_path / "export").exists()
 
 
@@ -393,7 +377,7 @@ def test_rectangular_export_without_selection(cpu_export, tmp_path):
     from export.model import META, is_exported, load_exported
 
     ckpt, _, _ = cpu_export
-    _, out, manifest = _export(tmp_path, ckpt, ["onnx"], ["input_hw=[64,96]", "select.enabled=false"])
+    _, out, manifest = export_tiny(tmp_path, ckpt, ["onnx"], ["input_hw=[64,96]", "select.enabled=false"])
     assert _artifact(manifest, "onnx")["status"] == "passed", manifest
     assert "cpu_choice" not in manifest
     square = manifest["reference_square"]  # the same PyTorch model on the training square (64)
@@ -428,7 +412,7 @@ def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
     assert "\n" not in str(e.value)
     if hw == [50, 64]:  # and from the command's config key, before anything is written
         with pytest.raises(UserError, match="multiples of 32") as e:
-            _export(tmp_path, ckpt, ["onnx"], [f"input_hw=[{','.join(map(str, hw))}]"])
+            export_tiny(tmp_path, ckpt, ["onnx"], [f"input_hw=[{','.join(map(str, hw))}]"])
         assert "\n" not in str(e.value) and not (tmp_path / "export" / "model.onnx").exists()
 
 
@@ -580,19 +564,8 @@ def test_benchmark_throughput_kernels_peak_and_accuracy(cpu_export, tmp_path):
     from export.benchmark import benchmark_export, onnx_flops
 
     _, out, manifest = cpu_export
-    cfg = compose_cfg(
-        "export_benchmark",
-        [
-            f"export_dir={out}",
-            "warmup=1",
-            "min_runs=2",
-            "min_seconds=0",
-            "throughput_seconds=0.3",
-            "profile=true",
-            "accuracy=true",
-        ],
-        tmp_path,
-    )
+    over = ["throughput_seconds=0.3", "profile=true", "accuracy=true"]
+    cfg = compose_cfg("export_benchmark", [f"export_dir={out}", *BENCH_TINY, *over], tmp_path)
     doc = benchmark_export(out, cfg)
     rows = {(r["runtime"], r["device"], r["precision"]): r for r in doc["rows"]}
     ov = {p: rows[("OpenVINO", "CPU", p)] for p in ("fp32", "int8")}
@@ -651,34 +624,16 @@ def test_yolov8n_flops_scale_with_the_input(cpu_export):
 # ---------------------------------------------------------------- ultralytics' own exports (slow)
 
 
-def _iou(a, b) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @pytest.mark.slow
 def test_ultralytics_peers(cpu_export, tmp_path):
+    from evaluation.metrics import iou_matrix
     from export.benchmark import benchmark_export
     from export.model import load_exported
     from export.peers import UltralyticsPeer, export_peer
 
     ckpt, out, _ = cpu_export
-    cfg = compose_cfg(
-        "export_benchmark",
-        [
-            f"export_dir={out}",
-            "warmup=1",
-            "min_runs=2",
-            "min_seconds=0",
-            "throughput_seconds=0",
-            "accuracy=true",
-            "peers=[ultralytics_onnx,ultralytics_openvino_int8]",
-        ],
-        tmp_path,
-    )
+    over = ["throughput_seconds=0", "accuracy=true", "peers=[ultralytics_onnx,ultralytics_openvino_int8]"]
+    cfg = compose_cfg("export_benchmark", [f"export_dir={out}", *BENCH_TINY, *over], tmp_path)
     doc = benchmark_export(out, cfg)
     rows = {r["runtime"]: r for r in doc["rows"]}
     for name, prec in (
@@ -718,4 +673,5 @@ def test_ultralytics_peers(cpu_export, tmp_path):
             assert (d.boxes[:, [0, 2]] <= w + 1e-3).all() and (d.boxes[:, [1, 3]] <= h + 1e-3).all()
         i, j = np.argmax(theirs.scores), np.argmax(mine.scores)
         assert theirs.scores[i] == pytest.approx(mine.scores[j], abs=1e-3)
-        assert _iou(theirs.boxes[i], mine.boxes[j]) > 0.9, (theirs.boxes[i], mine.boxes[j])
+        iou = iou_matrix(theirs.boxes[i : i + 1], mine.boxes[j : j + 1])[0, 0]
+        assert iou > 0.9, (theirs.boxes[i], mine.boxes[j])
