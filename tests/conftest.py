@@ -127,6 +127,13 @@ EXPORT_TINY = [
     "select.warmup=1",
     "select.runs=3",
 ]
+# a tiny crop pool for the region classifier's parity and calibration
+CROPS_TINY = [
+    "crops.detection.enabled=false",
+    "crops.synthetic.pages.train=3",
+    "crops.synthetic.pages.val=3",
+    "crops.synthetic.pages.test=0",
+]
 # the latency protocol cut to a smoke test
 BENCH_TINY = ["warmup=1", "min_runs=2", "min_seconds=0"]
 

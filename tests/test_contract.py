@@ -59,20 +59,17 @@ def test_export_contract(trained, tmp_path):
     """Every backend: the checkpoint is recognised as its own, exports to ONNX through export_spec, and the
     exported graph with the backend's shared pre/post-processing passes the parity check."""
     from export.model import load_exported
-    from export.run import export_checkpoint
-    from tests.test_export import CROPS_TINY, EXPORT_TINY
+    from tests.conftest import CROPS_TINY, export_tiny
     from training.backends import backend_of
 
     backend, cfg, checkpoint, _ = trained
     assert backend_of(checkpoint) == backend
-    extra = CROPS_TINY if backend == "classifier" else []
-    ecfg = compose_cfg(
-        "export", [f"checkpoint={checkpoint}", "formats=[onnx]", *EXPORT_TINY, *extra], tmp_path
+    _, out, manifest = export_tiny(
+        tmp_path, checkpoint, ["onnx"], CROPS_TINY if backend == "classifier" else []
     )
-    manifest = export_checkpoint(ecfg, tmp_path / "export")
     (onnx,) = manifest["artifacts"]
     assert onnx["status"] == "passed", onnx
-    model = load_exported(tmp_path / "export" / "model.onnx")
+    model = load_exported(out / "model.onnx")
     assert model.family.kind == backend and model.family.is_detector == (backend != "classifier")
 
 

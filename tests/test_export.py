@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table, export_tiny
+from tests.conftest import CROPS_TINY, EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table, export_tiny
 from training.errors import UserError
-
-CROPS_TINY = [
-    "crops.detection.enabled=false",
-    "crops.synthetic.pages.train=3",
-    "crops.synthetic.pages.val=3",
-    "crops.synthetic.pages.test=0",
-]
 
 
 def _statuses(manifest):
