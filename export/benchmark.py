@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from evaluation.evaluator import evaluate_detector
 from evaluation.latency import benchmark_detector, cpu_peak, environment, protocol
 from evaluation.report import markdown_table, write_csv
 from export.families import Family, load_family
@@ -41,9 +42,11 @@ log = logging.getLogger(__name__)
 STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")
 
 
-def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tuple[str, str, str, object]]:
-    """(runtime, device, precision, factory) for every configured row; the factory raises Unavailable."""
-    family_base = Family.from_meta(meta)
+def _rows_to_try(
+    out: Path, meta: dict, base: Family, family: Family | None, cfg
+) -> list[tuple[str, str, str, object]]:
+    """(runtime, device, precision, factory) for every configured row; the factory raises Unavailable.
+    ``base``: the export's own model description; ``family``: the source checkpoint's (PyTorch rows)."""
     threads = cfg.get("threads")
     arts = {a["format"]: a for a in meta.get("artifacts", [])}
     onnx = out / "model.onnx"
@@ -59,7 +62,7 @@ def _rows_to_try(out: Path, meta: dict, family: Family | None, cfg) -> list[tupl
             raise Unavailable(f"no {fmt} in this export (add it to formats= of python -m export)")
         if a.get("status") != "passed":
             raise Unavailable(f"{fmt}: {a.get('status')} ({a.get('reason', '')})")
-        u8 = family_base.graph_preprocessing if a.get("u8_input") else None
+        u8 = base.graph_preprocessing if a.get("u8_input") else None
         return OpenVINORunner(out / a["path"], prec, threads, u8, profile=bool(cfg.profile))
 
     def trt_runner(prec):
@@ -124,9 +127,11 @@ def onnx_flops(path: Path) -> float | None:
     return total
 
 
-def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray) -> list[dict]:
-    """ultralytics' own ONNX and OpenVINO INT8 exports through its predictor (``cfg.peers``), same protocol."""
+def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray, dataset) -> list[dict]:
+    """ultralytics' own ONNX and OpenVINO INT8 exports through its predictor (``cfg.peers``), same protocol;
+    ``dataset()``: the data of the run (the INT8 peer's calibration)."""
     from export.peers import UltralyticsPeer, export_peer
+    from training.data.loader import cache_root, prepare_yolo
 
     rows = []
     for name in [str(p) for p in cfg.peers]:
@@ -135,26 +140,18 @@ def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray) -
         if meta["kind"] != "ultralytics" or not Path(meta["source"]).is_file():
             rows.append({**row, "status": "unavailable", "reason": "peers are for ultralytics checkpoints"})
             continue
+        # another library's exporter: its failure is this row's note, not the run's end
         try:
-            data_yaml = _data_yaml(cfg) if name.endswith("int8") else None
+            data_yaml = prepare_yolo(dataset(), cache_root(cfg.data)) if name.endswith("int8") else None
             path = export_peer(name, meta["source"], base.imgsz, data_yaml, run_dir / "peers")
             model = UltralyticsPeer(path, base.imgsz, base.class_names)
-        except (
-            Exception
-        ) as e:  # another library's exporter: its failure is this row's note, not the run's end
+        except Exception as e:
             rows.append({**row, "status": "failed", "reason": f"{e.__class__.__name__}: {first_line(e)}"})
             log.warning("%s: failed (%s)", name, e)
             continue
         r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
         rows.append({**row, "status": "ok", **r, "model_obj": model})
     return rows
-
-
-def _data_yaml(cfg) -> Path:
-    from training.data import load_dataset
-    from training.data.loader import cache_root, prepare_yolo
-
-    return prepare_yolo(load_dataset(cfg.data, ["train", "val"]), cache_root(cfg.data))
 
 
 def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None) -> dict:
@@ -175,13 +172,18 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         page = np.full((*base.input_hw, 3), 255, np.uint8)
     run_dir = Path(cfg.paths.get("run_dir") or out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    split = None
-    if cfg.accuracy and base.is_detector:
+
+    @cache
+    def dataset():
+        """``cfg.data``, read once for the accuracy column (val) and the INT8 peer's calibration (train)."""
         from training.data import load_dataset
 
-        split = load_dataset(cfg.data, ["val"])["val"]
+        int8_peer = any(str(p).endswith("int8") for p in cfg.peers)
+        return load_dataset(cfg.data, ["train", "val"] if int8_peer else ["val"])
+
+    split = dataset()["val"] if cfg.accuracy and base.is_detector else None
     rows = []
-    for runtime, device, prec, make in _rows_to_try(out, meta, family, cfg):
+    for runtime, device, prec, make in _rows_to_try(out, meta, base, family, cfg):
         row = {"runtime": runtime, "device": device, "precision": prec}
         what = f"{runtime} {device} {prec}"
         try:
@@ -210,11 +212,12 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         rows.append({**row, "status": "ok", **r})
         log.info("%s: model p50 %.2f ms, end-to-end p50 %.2f ms", what, r["model/p50_ms"], r["e2e/p50_ms"])
     if cfg.peers:
-        rows += _peer_rows(meta, base, cfg, run_dir, page)
+        rows += _peer_rows(meta, base, cfg, run_dir, page, dataset)
     flops = (
         onnx_flops(out / "model.onnx") if (out / "model.onnx").is_file() and not meta.get("dynamic") else None
     )
     peaks = {p: cpu_peak(p) for p in ("fp32", "bf16", "int8")}
+    eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
     for r in rows:
         model = r.pop("model_obj", None)
         if r["status"] != "ok":
@@ -223,9 +226,6 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         if flops and peak:
             r["peak_fraction"] = flops / (r["model/p50_ms"] / 1000.0) / peak
         if split is not None and model is not None:
-            from evaluation.evaluator import evaluate_detector
-
-            eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
             result, _ = evaluate_detector(model, split, eval_cfg)
             r.update({f"val/{k}": float(result.metrics[k]) for k in ("mAP50", "mAP50-95")})
     env = environment()

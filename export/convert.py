@@ -39,6 +39,12 @@ def to_onnx(family: Family, path: Path, opset: int, dynamic: bool = False) -> Pa
     return path
 
 
+INT8_PRESETS = (
+    "mixed",
+    "performance",
+)  # NNCF's QuantizationPreset names (conf/export.yaml openvino.int8.preset)
+
+
 def _quantize_kwargs(family: Family, extra_patterns: list[str] = ()) -> dict:
     """NNCF arguments from the backend's quantization hints (``ExportSpec.int8``) plus the user's patterns."""
     import nncf
@@ -88,13 +94,11 @@ def to_openvino(
             raise ValueError("INT8 quantization needs calibration images")
         names = [i.get_any_name() for i in model.inputs]
         dataset = nncf.Dataset(calibration, lambda feeds: {k: feeds[k] for k in names})
-        int8 = dict(int8 or {})
-        preset = str(int8.get("preset", "mixed"))
-        presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-        if preset not in presets:
-            raise ValueError(f"NNCF preset {preset!r}: valid are {list(presets)}")
-        kwargs = {"subset_size": len(calibration), "preset": presets[preset]}
-        kwargs["fast_bias_correction"] = bool(int8.get("fast_bias_correction", True))
+        preset = str(int8["preset"])
+        if preset not in INT8_PRESETS:
+            raise ValueError(f"NNCF preset {preset!r}: valid are {list(INT8_PRESETS)}")
+        kwargs = {"subset_size": len(calibration), "preset": getattr(nncf.QuantizationPreset, preset.upper())}
+        kwargs["fast_bias_correction"] = bool(int8["fast_bias_correction"])
         kwargs.update(_quantize_kwargs(family, list(int8.get("ignored_patterns") or [])))
         model = nncf.quantize(model, dataset, **kwargs)
     elif precision != "fp32":

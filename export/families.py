@@ -10,7 +10,7 @@ runs without the checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -78,6 +78,20 @@ class Family(ExportSpec):
         hw = self.options.get("input_hw")
         return (int(hw[0]), int(hw[1])) if hw else (self.imgsz, self.imgsz)
 
+    def with_input_hw(self, input_hw) -> Family:
+        """This model with a rectangular ``[h, w]`` input (backends with ``rect_inputs``; both multiples of 32,
+        the largest stride of the YOLO heads): a copy sharing the module, pages letterboxed into ``h x w``."""
+        hw = [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)  # a list or ListConfig
+        if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
+            raise UserError(
+                f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480])"
+            )
+        if not self.backend.rect_inputs:
+            raise UserError(
+                f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {self.kind}"
+            )
+        return replace(self, options={**self.options, "input_hw": hw}, imgsz=max(hw))
+
     def batch_feeds(self, images: list) -> dict[str, np.ndarray]:
         """Stacked feeds of several images (calibration, batched classification)."""
         parts = [self.feeds(im)[0] for im in images]
@@ -122,19 +136,7 @@ def load_family(
     backend = get_backend(kind).from_checkpoint(checkpoint, decode.get(kind), device="cpu")
     family = Family.from_spec(backend.export_spec(imgsz, dynamic))
     family.source = str(checkpoint)
-    if input_hw:
-        hw = [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)  # a list or ListConfig
-        if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
-            raise UserError(
-                f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480])"
-            )
-        if not backend.rect_inputs:
-            raise UserError(
-                f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {kind}"
-            )
-        family.options = {**family.options, "input_hw": hw}
-        family.imgsz = max(hw)
-    return family
+    return family.with_input_hw(input_hw) if input_hw else family
 
 
 def write_meta(family: Family, path: Path, extra: dict) -> Path:

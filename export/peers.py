@@ -33,12 +33,8 @@ class UltralyticsPeer:
         from ultralytics import YOLO
 
         self.yolo = YOLO(str(path), task="detect")
-        self.checkpoint, self.imgsz, self.class_names, self.device = (
-            Path(path),
-            int(imgsz),
-            class_names,
-            "cpu",
-        )
+        self.checkpoint, self.imgsz = Path(path), int(imgsz)
+        self.class_names, self.device = class_names, "cpu"
 
     def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_) -> list[Detections]:
         # ultralytics takes numpy pages as BGR (OpenCV's order)

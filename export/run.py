@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from evaluation.report import fmt_num, markdown_table, write_csv
-from export.convert import to_onnx, to_openvino, to_tensorrt
+from export.convert import INT8_PRESETS, to_onnx, to_openvino, to_tensorrt
 from export.families import Family, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
@@ -28,7 +28,6 @@ from training.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-INT8_PRESETS = ("mixed", "performance")  # NNCF's QuantizationPreset names
 FORMATS = ("onnx", "openvino_fp32", "openvino_bf16", "openvino_int8", "tensorrt_fp32", "tensorrt_fp16")
 
 
@@ -142,8 +141,10 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
-    args = (str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic))
-    family = load_family(*args, input_hw=cfg.get("input_hw"))
+    on_square = load_family(
+        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic)
+    )
+    family = on_square.with_input_hw(cfg.input_hw) if cfg.get("input_hw") else on_square
     data = ParityData(family, cfg)
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
     ref = reference_model(family)
@@ -151,8 +152,7 @@ def export_checkpoint(cfg, out: Path) -> dict:
     ref_metrics = data.evaluate(ref, eval_cfg)
     log.info("PyTorch reference: %s", ref_metrics)
     square = None
-    if "input_hw" in family.options:  # what the rectangular input costs: the same model on the square
-        on_square = load_family(*args)
+    if family is not on_square:  # what the rectangular input costs: the same model on the square
         square = {"imgsz": on_square.imgsz, **data.evaluate(reference_model(on_square), eval_cfg)}
         log.info("PyTorch on the square: %s", square)
     onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
@@ -200,7 +200,8 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if square is not None:
         manifest["reference_square"] = square
     if cfg.select.enabled:
-        manifest["cpu_choice"] = choose_cpu_path(artifacts, models, data.images[0], cfg.select)
+        conf = float(cfg.evaluation.conf_fixed)
+        manifest["cpu_choice"] = choose_cpu_path(artifacts, models, data.images[0], conf, cfg.select)
     write_meta(family, out / META, manifest)
     rows = parity_rows(family, artifacts)
     title = f"# Export parity: {family.source}"
@@ -226,9 +227,10 @@ def _metrics_line(m: dict) -> str:
     return ", ".join(f"{k} {fmt_num(v)}" for k, v in m.items())
 
 
-def choose_cpu_path(artifacts: list[dict], models: dict, page, node) -> dict | None:
-    """The fastest CPU format of those that passed parity, timed end to end (pre-processing, runtime, decoding)
-    on a real page of the parity split, with the reason in words: what ``python -m evaluation`` /
+def choose_cpu_path(artifacts: list[dict], models: dict, page, conf: float, node) -> dict | None:
+    """The fastest CPU format of those that passed parity, timed end to end (pre-processing, runtime, decoding
+    of the boxes above ``conf``, the evaluation's ``conf_fixed``) on a real page of the parity split, with the
+    reason in words: what ``python -m evaluation`` /
     ``evaluation.predict`` run when given the export folder. A short timing (``select.runs``); the full
     protocol is ``python -m export.benchmark``."""
     from evaluation.latency import environment, measure
@@ -238,7 +240,7 @@ def choose_cpu_path(artifacts: list[dict], models: dict, page, node) -> dict | N
         model = models.get(a["format"])
         if a.get("status") != "passed" or model is None or getattr(model.runner, "device", "cpu") != "cpu":
             continue
-        run = partial(model.predict, [page], conf=0.25)
+        run = partial(model.predict, [page], conf=conf)
         timings[a["format"]] = measure(run, int(node.warmup), int(node.runs), 0.0)["p50_ms"]
     if not timings:
         return None

@@ -3,6 +3,7 @@ TensorRT). Each is imported lazily: a missing runtime is an :class:`Unavailable`
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -79,8 +80,10 @@ def openvino_core():
     return ov.Core()
 
 
+@functools.cache
 def cpu_capabilities() -> list[str]:
-    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32 BF16 INT8 ...``); empty without openvino."""
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32 BF16 INT8 ...``); empty without openvino.
+    A fact of the machine, asked once (every OpenVINO runner and the CPU-path choice read it)."""
     try:
         return [str(c) for c in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     except Unavailable:

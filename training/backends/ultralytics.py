@@ -480,10 +480,10 @@ class UltralyticsDetector(Detector):
         return {"mean": [0.0, 0.0, 0.0], "scale": [255.0, 255.0, 255.0]}  # the letterboxed page / 255
 
     @staticmethod
-    def _input_hw(imgsz: int, options: dict) -> int | tuple[int, int]:
-        """The network input: ``imgsz`` square, or the export's rectangular ``options["input_hw"]``."""
-        hw = options.get("input_hw")
-        return (int(hw[0]), int(hw[1])) if hw else int(imgsz)
+    def _input_hw(imgsz: int, options: dict) -> tuple[int, int]:
+        """The network input (h, w): ``imgsz`` square, or the export's rectangular ``options["input_hw"]``."""
+        hw = options.get("input_hw") or (imgsz, imgsz)
+        return int(hw[0]), int(hw[1])
 
     @staticmethod
     def preprocess(image, imgsz: int, options: dict):
@@ -504,9 +504,7 @@ class UltralyticsDetector(Detector):
     def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:
         import torch
 
-        hw = UltralyticsDetector._input_hw(imgsz, options)
-        h, w = (hw, hw) if isinstance(hw, int) else hw
-        return (torch.rand(batch, 3, h, w),)
+        return (torch.rand(batch, 3, *UltralyticsDetector._input_hw(imgsz, options)),)
 
     @staticmethod
     def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
