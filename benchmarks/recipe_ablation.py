@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 # name -> (description, overrides of `python -m training experiment=signatures_cpu`); None: plain ultralytics
 ROWS: dict[str, tuple[str, list[str] | None]] = {
     "ultralytics": ("plain YOLO('yolov8n.yaml').train(), its defaults, 416 px", None),
@@ -31,11 +32,13 @@ ROWS: dict[str, tuple[str, list[str] | None]] = {
         "framework, recipe=none, random init, 416 px (its plain defaults)",
         ["recipe=none", "model.weights=null", "train.imgsz=416"],
     ),
-    "recipe": ("framework recipe: copy-paste + scan effects + synthetic init, 320 px", []),
-    "no_paste": ("recipe without copy-paste", ["recipe.copy_paste=null"]),
+    "recipe": ("signatures_cpu as it is: scan effects + synthetic init, 320 px, no copy-paste", []),
+    "with_paste": ("the recipe plus copy-paste (conf/recipe/document.yaml's p)", ["recipe.copy_paste.p=0.5"]),
     "no_scan": ("recipe without scan effects", ["recipe.scan=null"]),
     "no_pretrain": ("recipe without synthetic pretraining (random init)", ["model.weights=null"]),
     "imgsz_416": ("recipe at 416 px instead of 320", ["train.imgsz=416"]),
+    # on a CPU without native BF16 the config already trains in FP32 and this row repeats recipe
+    "fp32": ("the recipe trained in FP32 instead of BF16 autocast", ["train.amp=false"]),
 }
 
 

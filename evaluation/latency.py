@@ -47,6 +47,11 @@ def _cpuinfo(key: str) -> str | None:
     return None
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's instruction-set flags as lscpu names them (/proc/cpuinfo ``flags``); empty where unknown."""
+    return (_cpuinfo("flags") or "").split()
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on: the CPUs of its affinity mask, hyper-threads of one core counted
     once (they share its vector and AMX units), from /proc/cpuinfo; ``os.cpu_count()`` where that is missing."""
@@ -95,7 +100,7 @@ def cpu_peak(precision: str, flags: list[str] | None = None) -> tuple[float | No
     it was derived: physical cores (:func:`physical_cores`) x clock x the operations per cycle of the best unit
     the flags list (:data:`PEAK_OPS_PER_CYCLE`). The clock is ``cpu MHz`` of /proc/cpuinfo: what a VM reports
     (its base clock here), the current clock on bare metal, so the figure is an estimate. None where unknown."""
-    flags = flags if flags is not None else (_cpuinfo("flags") or "").split()
+    flags = flags if flags is not None else cpu_flags()
     mhz = float(_cpuinfo("cpu MHz") or 0)
     cores = physical_cores()
     for flag, prec, ops in PEAK_OPS_PER_CYCLE:
@@ -116,7 +121,7 @@ def environment() -> dict[str, str | int | None]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
-    flags = (_cpuinfo("flags") or "").split()
+    flags = cpu_flags()
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),

@@ -158,3 +158,50 @@ def test_tensorrt_model_only_timing_has_no_host_device_copy():
     assert counts == {"copy": 1, "execute": 5, "sync": 5, "to_host": 0}
     runner({"images": np.zeros((1, 3, 8, 8), np.float32)})  # end to end: copies in and out
     assert counts["copy"] == 2 and counts["to_host"] == 1 and counts["execute"] == 6
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_training_runs_ultralytics_step_under_cpu_autocast(tmp_path, monkeypatch, native):
+    """train.amp=bf16 on the CPU (ultralytics' own autocast() raises there): the training forward runs under
+    torch's CPU BF16 autocast where the CPU has native BF16, in FP32 where it does not; validation stays FP32, the
+    checkpoint keeps amp=bf16 (a resume trains the same way) and loads through the safe loader."""
+    from ultralytics.engine import trainer as engine
+
+    from tests.conftest import TINY
+    from training.backends import build_detector
+    from training.backends import ultralytics as ub
+
+    monkeypatch.setattr(ub, "native_cpu_bf16", lambda: (native, "faked"))
+    seen = []
+    setup = engine.BaseTrainer._setup_train
+
+    def spy(self, *a, **k):  # a forward hook on the training model only (the EMA copy validates)
+        setup(self, *a, **k)
+        self.model.register_forward_hook(
+            lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        )
+
+    monkeypatch.setattr(engine.BaseTrainer, "_setup_train", spy)
+    over = ["experiment=quickstart", *TINY, "train.amp=bf16", "model.weights=null", "recipe=none"]
+    cfg = compose_cfg("train", over, tmp_path)
+    det = build_detector(cfg.model, tmp_path / "run", None)
+    det.train(cfg)
+    assert seen and set(seen) == ({torch.bfloat16} if native else {False})
+    assert det.checkpoint.name == "best.pt"  # det.train loaded it back through the safe loader
+    assert det.model.ckpt["train_args"]["amp"] == "bf16"
+
+
+def test_bf16_plan_per_device(monkeypatch):
+    from training.backends import ultralytics as ub
+
+    monkeypatch.setattr(ub, "native_cpu_bf16", lambda: (True, "amx"))
+    assert ub.bf16_plan("bf16", "cpu") == (False, True, "BF16 autocast")
+    monkeypatch.setattr(ub, "native_cpu_bf16", lambda: (False, "no native BF16"))
+    assert ub.bf16_plan("bf16", "cpu") == (False, False, "FP32 (no native BF16)")
+    monkeypatch.setattr(ub, "native_cuda_bf16", lambda: False)  # a T4: ultralytics' autocast would raise
+    assert ub.bf16_plan("bf16", "cuda") == (True, False, "FP16 AMP (this GPU has no native BF16)")
+    monkeypatch.setattr(ub, "native_cuda_bf16", lambda: True)
+    assert ub.bf16_plan("bf16", "cuda") == ("bf16", False, None)
+    for amp in (True, False, "fp16", "fp32"):
+        assert ub.bf16_plan(amp, "cpu") == (amp, False, None)
+    assert ub.native_cuda_bf16() in (True, False)  # no CUDA here: False, no exception
