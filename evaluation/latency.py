@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from training.loops import cpu_flags
+
 
 def measure(
     fn: Callable[[], object], warmup: int = 10, min_runs: int = 100, min_seconds: float = 10.0
@@ -45,11 +47,6 @@ def _cpuinfo(key: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's instruction-set flags as lscpu names them (/proc/cpuinfo ``flags``); empty where unknown."""
-    return (_cpuinfo("flags") or "").split()
 
 
 def physical_cores() -> int:

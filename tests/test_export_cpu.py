@@ -425,6 +425,7 @@ def fake_cpu(monkeypatch):
 
     info = {"cpu MHz": "1000", "flags": "fpu sse avx2 fma amx_int8 avx512f"}
     monkeypatch.setattr(lat, "_cpuinfo", lambda key: info.get(key))
+    monkeypatch.setattr(lat, "cpu_flags", lambda: info["flags"].split())
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(lat, "physical_cores", lambda: 2)
     return info

@@ -22,6 +22,18 @@ from training.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's instruction-set flags as lscpu names them (/proc/cpuinfo ``flags``); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == "flags":
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def resolve_device(spec) -> torch.device:
     """A ``device`` setting as torch reads it: null, "" or "auto" -> CUDA when there is one, else the CPU; a GPU
     index (``0``) -> ``cuda:0``; anything else (``cpu``, ``cuda:1``, ``mps``) as is."""

@@ -144,7 +144,7 @@ def resolve_weights(weights: str) -> str:
 def native_cpu_bf16() -> tuple[bool, str]:
     """Whether this CPU computes BF16 natively (AMX or AVX512-BF16: what makes torch's BF16 autocast faster than
     FP32 there; elsewhere oneDNN emulates it, slower than FP32), with the reason."""
-    from evaluation.latency import cpu_flags
+    from training.loops import cpu_flags
 
     have = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
     if have:
