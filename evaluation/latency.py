@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from training.loops import cpu_flags
+from training.loops import cpuinfo as _cpuinfo
 
 
 def measure(
@@ -35,18 +36,6 @@ def measure(
         "runs": float(a.size),
         "warmup": float(warmup),
     }
-
-
-def _cpuinfo(key: str) -> str | None:
-    """The first ``key`` line of /proc/cpuinfo (Linux), None elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.split(":", 1)[0].strip() == key:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def physical_cores() -> int:

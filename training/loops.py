@@ -22,16 +22,21 @@ from training.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's instruction-set flags as lscpu names them (/proc/cpuinfo ``flags``); empty where unknown."""
+def cpuinfo(key: str) -> str | None:
+    """The first ``key`` line of /proc/cpuinfo (Linux), None elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.split(":", 1)[0].strip() == "flags":
-                    return line.split(":", 1)[1].split()
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return []
+    return None
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's instruction-set flags as lscpu names them (/proc/cpuinfo ``flags``); empty where unknown."""
+    return (cpuinfo("flags") or "").split()
 
 
 def resolve_device(spec) -> torch.device:
