@@ -7,8 +7,14 @@ Signatures are pen trajectories: cursive letters built from loops, arches, cups,
 a larger capital, slant, baseline drift, pressure, pen lifts and an optional flourish, placed where signatures
 sit (above a signature line, at the foot of a letter, in a table cell).
 
+The finished page is then *captured* the way real pages reach a detector: left clean, scanned (grey, slightly
+rotated, often at fax resolution and binarised, with specks: the Tobacco800 look) or photographed (tinted paper
+in perspective on a background, uneven light, blur, JPEG: the look of the Roboflow pages); some pages get a
+certificate's coloured border and large title.
+
 Labels are exact by construction: every signature is drawn on its own layer and its box is the bounding box of
-that layer's visible ink. Page ``i`` of a set depends only on ``(seed, i)`` (``np.random.default_rng([seed, i])``).
+that layer's ink as captured (moved by the scan's rotation or the photo's perspective, and only the strokes a
+binarised scan kept). Page ``i`` of a set depends only on ``(seed, i)`` (``np.random.default_rng([seed, i])``).
 The pages are written as a Roboflow-style COCO folder (``data=synthetic`` materialises them into the cache).
 """
 
@@ -29,7 +35,7 @@ from training.data.coco import coco_ann, dump_coco
 from training.fileio import publish_dir
 
 # bump when the pages a (seed, index) produces change: it keys the materialised cache
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASS_NAME = "signature"
 _WORDS = (  # noqa: SIM905 (one string: the words, in order, that rng.choice draws from)
     "agreement contract party hereby date total amount invoice payment terms conditions page section "
@@ -54,6 +60,12 @@ class PageConfig:
     text_blocks: tuple[int, int] = (2, 6)
     font_px: tuple[int, int] = (7, 15)
     blank_p: float = 0.08  # a page without signatures (only distractors)
+    certificate_p: float = 0.15  # a decorative border and a large coloured title (diplomas, certificates)
+    # how the page reaches the detector (the rest: a clean digital page). scan_p: an office scan (grey, slightly
+    # rotated, often fax resolution and binarised: Tobacco800); photo_p: a photograph (tinted paper in perspective
+    # on a background, uneven light, blur, JPEG)
+    scan_p: float = 0.3
+    photo_p: float = 0.3
 
     @classmethod
     def from_cfg(cls, cfg) -> PageConfig:
@@ -321,6 +333,123 @@ def _place(
     return None
 
 
+def _certificate(draw, rng, W: int, H: int, y: int, s: float, printed: list) -> int:
+    """A diploma / certificate look: a coloured double border and a large coloured title; returns the next y."""
+    colour = tuple(int(c) for c in rng.integers(0, 170, 3))
+    m, lw = int(W * rng.uniform(0.015, 0.04)), int(rng.integers(2, 7))
+    draw.rectangle([m, m, W - m - 1, H - m - 1], outline=colour, width=lw)
+    if rng.random() < 0.6:
+        g = lw + int(rng.integers(2, 6))
+        draw.rectangle([m + g, m + g, W - m - g - 1, H - m - g - 1], outline=colour, width=max(1, lw // 2))
+    fpx = int(rng.uniform(22, 44) * s)
+    font = _font(int(rng.integers(0, 64)), fpx)
+    title = " ".join(str(rng.choice(_WORDS)).capitalize() for _ in range(int(rng.integers(1, 4))))
+    tw = draw.textlength(title, font=font)
+    x0, y0 = max(m, int((W - tw) / 2)), max(y, m + lw + int(8 * s))
+    draw.text((x0, y0), title, fill=colour, font=font)
+    printed.append((x0, y0, int(x0 + tw), y0 + fpx))
+    return y0 + fpx + int(rng.uniform(10, 30) * s)
+
+
+def _capture_geometry(rng: np.random.Generator, style: str, W: int, H: int) -> np.ndarray:
+    """The 3x3 map from the page to the captured image: a scan's small rotation, or a photo's perspective."""
+    if style == "scan":
+        A = cv2.getRotationMatrix2D(
+            (W / 2, H / 2), float(rng.uniform(-2.0, 2.0)), float(rng.uniform(0.92, 1.0))
+        )
+        return np.vstack([A, [0.0, 0.0, 1.0]])
+    if style == "photo":
+        k = rng.uniform(0.55, 0.95)  # the page's share of the frame, its centre anywhere the page still fits
+        cx, cy = W * rng.uniform(k / 2, 1 - k / 2), H * rng.uniform(k / 2, 1 - k / 2)
+        src = np.float32([[0, 0], [W, 0], [W, H], [0, H]])
+        dst = np.float32([[cx + k * (x - W / 2), cy + k * (y - H / 2)] for x, y in src])
+        dst += rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * np.float32([W, H])
+        return cv2.getPerspectiveTransform(src, dst)
+    return np.eye(3)
+
+
+def _warp(img: np.ndarray, M: np.ndarray, W: int, H: int, border: float = 0.0):
+    return cv2.warpPerspective(img, M, (W, H), flags=cv2.INTER_LINEAR, borderValue=border)
+
+
+def _signature_boxes(layers, M, W: int, H: int, visible: np.ndarray | None = None):
+    """Each signature's visible ink after the capture geometry ``M`` (its warped coverage > 0.25, and where
+    ``visible`` says the captured page shows ink) and its tight box; None when two boxes would overlap."""
+    masks, boxes = [], []
+    for alpha, x, y in layers:
+        full = np.zeros((H, W), np.float32)
+        h, w = alpha.shape
+        full[y : y + h, x : x + w] = alpha
+        m = (full if np.allclose(M, np.eye(3)) else _warp(full, M, W, H)) > 0.25
+        if visible is not None:
+            m &= visible
+        ys, xs = np.nonzero(m)
+        if len(xs) == 0:
+            continue
+        masks.append(m)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            if not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]):
+                return None
+    return masks, boxes
+
+
+def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig):
+    """How the page reaches the detector: clean, an office scan or a photograph (``cfg.scan_p`` / ``photo_p``).
+
+    Written here rather than as albumentations transforms: the labels must stay the exact bounds of each
+    signature's *visible* ink (a binarised scan drops faint strokes, a perspective moves them), which needs the
+    per-signature ink layers only the generator has. The recipe's scan effects still apply on top in training.
+    Returns the page (uint8 RGB), the boxes and the union of the signatures' visible ink.
+    """
+    H, W = page.shape[:2]
+    u = rng.random()
+    style = "scan" if u < cfg.scan_p else "photo" if u < cfg.scan_p + cfg.photo_p else "clean"
+    M = _capture_geometry(rng, style, W, H)
+    if _signature_boxes(layers, M, W, H) is None:  # the geometry would make two labels overlap: keep it flat
+        M = np.eye(3)
+    visible = None
+    if style == "scan":
+        grey = page @ np.float32([0.299, 0.587, 0.114])
+        paper = float(np.median(grey))
+        grey = _warp(grey, M, W, H, border=paper)
+        if rng.random() < 0.5:  # fax / low-dpi resolution
+            f = rng.uniform(0.45, 0.8)
+            small = cv2.resize(grey, (int(W * f), int(H * f)), interpolation=cv2.INTER_AREA)
+            grey = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.7:  # binarised: ink is what falls under the threshold
+            visible = grey < paper * rng.uniform(0.6, 0.8)  # keeps a stroke's core, drops its faint edges
+            grey = np.where(visible, rng.uniform(0, 40), rng.uniform(235, 255)).astype(np.float32)
+            specks = rng.random((H, W)) < rng.uniform(0, 0.0004)
+            grey[cv2.dilate(specks.astype(np.uint8), np.ones((2, 2), np.uint8)) > 0] = 20.0
+        out = np.repeat(grey[..., None], 3, axis=2)
+    elif style == "photo":
+        page = page * np.float32([1.0, rng.uniform(0.92, 1.0), rng.uniform(0.78, 0.97)])  # paper tint
+        warped = _warp(page, M, W, H)
+        cover = _warp(np.ones((H, W), np.float32), M, W, H)[..., None]
+        bg = rng.uniform(20, 200, 3).astype(np.float32) * (
+            0.75 + 0.5 * cv2.resize(rng.random((3, 3)).astype(np.float32), (W, H))[..., None]
+        )
+        out = warped * cover + bg * (1 - cover)
+        light = 1 - rng.uniform(0.0, 0.4) * cv2.resize(rng.random((3, 3)).astype(np.float32), (W, H))
+        out = out * light[..., None] + rng.normal(0, rng.uniform(1, 6), (H, W, 1))
+        sigma = rng.uniform(0.0, 1.2)
+        if sigma > 0.3:
+            out = cv2.GaussianBlur(out, (0, 0), sigma)
+    else:
+        out = page
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    if style != "clean" and rng.random() < 0.6:
+        ok, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
+        out = cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy()
+    masks, boxes = _signature_boxes(layers, M, W, H, visible)
+    ink = np.zeros((H, W), bool)
+    for m in masks:
+        ink |= m
+    return out, boxes, ink
+
+
 def generate_page(
     rng: np.random.Generator, cfg: PageConfig = PageConfig()
 ) -> tuple[np.ndarray, list, np.ndarray]:
@@ -340,6 +469,8 @@ def generate_page(
         _logo(draw, rng, margin, y, size)
         printed.append((margin, y, margin + size * 5, y + size))
         y += size + int(10 * s)
+    if rng.random() < cfg.certificate_p:
+        y = _certificate(draw, rng, W, H, y, s, printed)
     anchors: list[tuple[int, int]] = []  # (x, y) spots where a signature belongs: above lines, in cells
     n_blocks = _between(rng, cfg.text_blocks)
     for _ in range(n_blocks):
@@ -374,9 +505,8 @@ def generate_page(
     page = np.asarray(paper, np.float32).copy()
     page -= rng.uniform(0, 10) * cv2.resize(rng.random((4, 4)).astype(np.float32), (W, H))[..., None]
 
-    boxes: list[list[int]] = []
+    layers: list[tuple[np.ndarray, int, int]] = []  # each signature's ink coverage and its top-left corner
     taken: list[tuple] = []
-    signature_ink = np.zeros((H, W), bool)
     n_sig = 0 if rng.random() < cfg.blank_p else _between(rng, cfg.signatures)
     ink = _INKS[int(rng.integers(len(_INKS)))]
     for _ in range(n_sig):
@@ -406,9 +536,8 @@ def generate_page(
         else:
             continue
         _multiply(page, alpha, x, yy, ink if rng.random() < 0.8 else _INKS[int(rng.integers(len(_INKS)))])
-        signature_ink[yy : yy + h, x : x + w] |= alpha > 0.25
+        layers.append((alpha, x, yy))
         taken.append(box)
-        boxes.append(list(box))
 
     # distractors: never labelled, kept off the signatures so every label box holds one signature only
     # (ink coverage, the inks it is drawn in): initials, notes, stamps
@@ -431,7 +560,7 @@ def generate_page(
         _multiply(page, alpha, x, yy, inks[int(rng.integers(len(inks)))])
         taken.append((x, yy, x + w, yy + h))
     page += rng.normal(0, rng.uniform(0.5, 3.0), page.shape[:2])[..., None]
-    return np.clip(page, 0, 255).astype(np.uint8), boxes, signature_ink
+    return _capture(rng, page, layers, cfg)
 
 
 def write_split(out: Path, n: int, seed: int, cfg: PageConfig, split_offset: int) -> None:
