@@ -11,12 +11,13 @@ from tests.conftest import compose_cfg
 from training.data.synthetic import PageConfig, generate_page, handwriting
 from training.errors import ConfigError
 
-# every capture style alone (a clean page, an office scan - often binarised -, a photograph in perspective), and the
-# default mix
+# every capture style alone (a clean page, an office scan - often binarised -, a photograph in perspective), the
+# mix measured in the README, and the default (capture off: the version-1 pages)
 STYLES = {
-    "clean": PageConfig(scan_p=0.0, photo_p=0.0),
-    "scan": PageConfig(scan_p=1.0, photo_p=0.0),
-    "photo": PageConfig(scan_p=0.0, photo_p=1.0),
+    "clean": PageConfig(certificate_p=1.0),
+    "scan": PageConfig(scan_p=1.0),
+    "photo": PageConfig(photo_p=1.0),
+    "mix": PageConfig(certificate_p=0.15, scan_p=0.3, photo_p=0.3),
     "default": PageConfig(),
 }
 
