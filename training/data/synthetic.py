@@ -375,27 +375,32 @@ def _warp(img: np.ndarray, M: np.ndarray, W: int, H: int, border: float = 0.0):
     return cv2.warpPerspective(img, M, (W, H), flags=cv2.INTER_LINEAR, borderValue=border)
 
 
-def _signature_boxes(layers, M, W: int, H: int, visible: np.ndarray | None = None):
-    """Each signature's visible ink after the capture geometry ``M`` (its warped coverage > 0.25, and where
-    ``visible`` says the captured page shows ink) and its tight box; None when two boxes would overlap."""
-    masks, boxes = [], []
+def _signature_masks(layers, M: np.ndarray | None, W: int, H: int) -> list[np.ndarray]:
+    """Each signature's ink (coverage > 0.25) on the captured frame: its layer moved by the capture geometry
+    ``M`` (None: the page as drawn)."""
+    masks = []
     for alpha, x, y in layers:
-        full = np.zeros((H, W), np.float32)
         h, w = alpha.shape
-        full[y : y + h, x : x + w] = alpha
-        m = (full if np.allclose(M, np.eye(3)) else _warp(full, M, W, H)) > 0.25
-        if visible is not None:
-            m &= visible
-        ys, xs = np.nonzero(m)
-        if len(xs) == 0:
-            continue
+        if M is None:
+            m = np.zeros((H, W), bool)
+            m[y : y + h, x : x + w] = alpha > 0.25
+        else:
+            full = np.zeros((H, W), np.float32)
+            full[y : y + h, x : x + w] = alpha
+            m = _warp(full, M, W, H) > 0.25
         masks.append(m)
-        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1 :]:
-            if not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]):
-                return None
-    return masks, boxes
+    return masks
+
+
+def _tight_boxes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The non-empty masks and their tight boxes ``[x0, y0, x1, y1]`` (exclusive ends)."""
+    kept, boxes = [], []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            kept.append(m)
+            boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    return kept, boxes
 
 
 def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig):
@@ -409,9 +414,13 @@ def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig
     H, W = page.shape[:2]
     u = rng.random() if cfg.scan_p + cfg.photo_p > 0 else 1.0  # no draw when off: version-1 pages
     style = "scan" if u < cfg.scan_p else "photo" if u < cfg.scan_p + cfg.photo_p else "clean"
-    M = _capture_geometry(rng, style, W, H)
-    if _signature_boxes(layers, M, W, H) is None:  # the geometry would make two labels overlap: keep it flat
+    M = _capture_geometry(rng, style, W, H) if style != "clean" else None
+    masks = _signature_masks(layers, M, W, H)
+    boxes = _tight_boxes(masks)[1]
+    if any(not _free(a, boxes[i + 1 :], gap=0) for i, a in enumerate(boxes)):
+        # the geometry would make two labels overlap: keep the page flat (the drawn boxes are apart)
         M = np.eye(3)
+        masks = _signature_masks(layers, None, W, H)
     visible = None
     if style == "scan":
         grey = page @ np.float32([0.299, 0.587, 0.114])
@@ -444,9 +453,9 @@ def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig
         out = page
     out = np.clip(out, 0, 255).astype(np.uint8)
     if style != "clean" and rng.random() < 0.6:
-        ok, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
+        _, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
         out = cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy()
-    masks, boxes = _signature_boxes(layers, M, W, H, visible)
+    masks, boxes = _tight_boxes(masks if visible is None else [m & visible for m in masks])
     ink = np.zeros((H, W), bool)
     for m in masks:
         ink |= m
