@@ -60,12 +60,11 @@ class PageConfig:
     text_blocks: tuple[int, int] = (2, 6)
     font_px: tuple[int, int] = (7, 15)
     blank_p: float = 0.08  # a page without signatures (only distractors)
-    # Capture styles (generator version 2), off by default: with all three at 0 a page is bit for bit the
-    # version-1 page the shipped yolov8n-synthetic.pt was pretrained on. certificate_p: a decorative border and a
-    # large coloured title; scan_p: an office scan (grey, slightly rotated, often fax resolution and binarised:
-    # Tobacco800); photo_p: a photograph (tinted paper in perspective on a background, uneven light, blur, JPEG);
-    # the rest of the pages stay clean. Measured (README "A detector that learns on a CPU"): 0.15 / 0.3 / 0.3 lifted
-    # signatures_cpu's valid mAP50 by 2.6 points (one seed) but cost the quickstart 22 (two seeds).
+    # Capture styles (generator version 2), off here (with all three at 0 a page is bit for bit the version-1
+    # page); experiment=synthetic_pretrain sets 0.15 / 0.3 / 0.3, the pages the shipped yolov8n-synthetic.pt was
+    # pretrained on. certificate_p: a decorative border and a large coloured title; scan_p: an office scan (grey,
+    # slightly rotated, often fax resolution and binarised: Tobacco800); photo_p: a photograph (tinted paper in
+    # perspective on a background, uneven light, blur, JPEG); the rest of the pages stay clean.
     certificate_p: float = 0.0
     scan_p: float = 0.0
     photo_p: float = 0.0
