@@ -414,12 +414,11 @@ def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig
     u = rng.random() if cfg.scan_p + cfg.photo_p > 0 else 1.0  # no draw when off: version-1 pages
     style = "scan" if u < cfg.scan_p else "photo" if u < cfg.scan_p + cfg.photo_p else "clean"
     M = _capture_geometry(rng, style, W, H) if style != "clean" else None
-    masks = _signature_masks(layers, M, W, H)
-    boxes = _tight_boxes(masks)[1]
+    masks, boxes = _tight_boxes(_signature_masks(layers, M, W, H))
     if any(not _free(a, boxes[i + 1 :], gap=0) for i, a in enumerate(boxes)):
         # the geometry would make two labels overlap: keep the page flat (the drawn boxes are apart)
         M = np.eye(3)
-        masks = _signature_masks(layers, None, W, H)
+        masks, boxes = _tight_boxes(_signature_masks(layers, None, W, H))
     visible = None
     if style == "scan":
         grey = page @ np.float32([0.299, 0.587, 0.114])
@@ -454,7 +453,8 @@ def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig
     if style != "clean" and rng.random() < 0.6:
         _, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
         out = cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1].copy()
-    masks, boxes = _tight_boxes(masks if visible is None else [m & visible for m in masks])
+    if visible is not None:  # only the strokes the binarisation kept are labelled
+        masks, boxes = _tight_boxes([m & visible for m in masks])
     ink = np.zeros((H, W), bool)
     for m in masks:
         ink |= m
