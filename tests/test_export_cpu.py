@@ -213,6 +213,16 @@ def _through_fq(node):
     return node
 
 
+def _c2f_blocks(checkpoint) -> int:
+    from ultralytics import YOLO
+    from ultralytics.nn.modules.block import C2f
+
+    from training.checkpoints import enable_ultralytics_safe_load
+
+    enable_ultralytics_safe_load()
+    return sum(isinstance(m, C2f) for m in YOLO(str(checkpoint)).model.modules())
+
+
 def test_int8_ir_has_swish_and_no_quantized_sigmoid_multiply(cpu_export):
     import openvino as ov
 
@@ -234,6 +244,20 @@ def test_int8_ir_has_swish_and_no_quantized_sigmoid_multiply(cpu_export):
         if quantized and any(_through_fq(p).get_type_name() == "Sigmoid" for p in producers):
             bad.append(op.get_friendly_name())
     assert not bad, f"quantized x * Sigmoid(x) left in the INT8 IR: {bad[:5]}"
+    # every C2f block splits cv1's output with a constant split behind one quantizer (ultralytics' forward_split):
+    # traced from chunk() it was a ShapeOf-driven Slice per half, each with its own FakeQuantize, which the CPU
+    # plugin ran as a float split plus a requantization per block (~8% of a YOLOv8s INT8 inference)
+    splits = [op for op in ops if op.get_type_name() in ("Split", "VariadicSplit")]
+    assert len(splits) == _c2f_blocks(cpu_export[0]) > 0, [op.get_friendly_name() for op in splits]
+    for op in splits:
+        assert op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize", op
+    requant = [
+        op.get_friendly_name()
+        for op in ops
+        if op.get_type_name() == "FakeQuantize"
+        and op.input(0).get_source_output().get_node().get_type_name() == "Slice"
+    ]
+    assert not requant, f"a quantizer per slice (a C2f traced through chunk()): {requant[:4]}"
     # the FP32 IR went through the same conversion
     fp32 = [
         op.get_type_name()

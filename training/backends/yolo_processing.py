@@ -119,6 +119,7 @@ def export_module(model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Mod
     tensor): the PyTorch reference of every exported model, and what ``torch.onnx.export`` traces."""
     import copy
 
+    from ultralytics.nn.modules.block import C2f
     from ultralytics.nn.modules.head import Detect, RTDETRDecoder
 
     model = copy.deepcopy(model).float().eval()
@@ -135,4 +136,9 @@ def export_module(model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Mod
             if hasattr(m, "xyxy"):
                 m.xyxy = False
             m.shape = None
+        elif isinstance(m, C2f):
+            # split() with constant sizes, as ultralytics' exporter does: chunk() traces to ShapeOf / Gather / Slice,
+            # which keeps NNCF's quantizers on each half (a float split and a requantization per C2f block in the
+            # INT8 IR); a constant Split lets one quantizer sit on cv1's output, fused into the INT8 convolution
+            m.forward = m.forward_split
     return model
