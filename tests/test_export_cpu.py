@@ -214,13 +214,11 @@ def _through_fq(node):
 
 
 def _c2f_blocks(checkpoint) -> int:
-    from ultralytics import YOLO
     from ultralytics.nn.modules.block import C2f
 
-    from training.checkpoints import enable_ultralytics_safe_load
+    from training.backends.ultralytics import load_yolo
 
-    enable_ultralytics_safe_load()
-    return sum(isinstance(m, C2f) for m in YOLO(str(checkpoint)).model.modules())
+    return sum(isinstance(m, C2f) for m in load_yolo(checkpoint).model.modules())
 
 
 def test_int8_ir_has_swish_and_no_quantized_sigmoid_multiply(cpu_export):
