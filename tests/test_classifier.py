@@ -179,6 +179,29 @@ def test_mining_adds_exactly_the_misclassified_crops_times_k():
     assert all(np.array_equal(a.image, b.image) for a, b in zip(new, again, strict=True))
 
 
+@pytest.mark.parametrize("normalize", ["imagenet", "none"])
+def test_preprocess_matches_the_torch_formula(normalize):
+    """The NumPy preprocessing is the resize, /255 and (x - mean) / std of torchvision's recipe, bit for bit."""
+    from training.classifier.model import resized
+    from training.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((31, 57), (224, 224), (300, 90))]
+    x = preprocess(crops, 64, normalize)
+    ref = torch.stack(
+        [torch.from_numpy(np.asarray(resized(c, 64), np.float32) / 255.0).permute(2, 0, 1) for c in crops]
+    )
+    if normalize == "imagenet":
+        ref = (ref - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
+    assert x.dtype == torch.float32 and x.shape == (3, 3, 64, 64) and x.is_contiguous()
+    assert torch.equal(x, ref)
+    assert preprocess([], 64, normalize).shape == (0, 3, 64, 64)
+    with pytest.raises(ConfigError, match="model.normalize"):
+        preprocess(crops, 64, "zscore")
+
+
 def test_published_state_dict_loads_in_compatibility_mode(tmp_path):
     from torchvision.models import resnet18
 

@@ -31,19 +31,23 @@ def resized(crop, imgsz: int) -> Image.Image:
 
 def preprocess(crops: list, imgsz: int, normalize: str = "imagenet") -> torch.Tensor:
     """RGB crops (PIL or HxWx3 uint8) -> float batch: resize to ``imgsz`` square, scale to [0, 1], and with
-    ``normalize="imagenet"`` standardise; ``"none"`` is the published classifier's resize + to-tensor."""
-    out = []
-    for c in crops:
-        im = resized(c, imgsz)
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    x = torch.stack(out) if out else torch.zeros((0, 3, imgsz, imgsz))
-    if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    elif normalize != "none":
+    ``normalize="imagenet"`` standardise; ``"none"`` is the published classifier's resize + to-tensor.
+
+    The arithmetic is in-place NumPy (the same float32 operations as torch's, bit for bit), not torch ops. Alone
+    torch is a little faster (224 px crop: 0.65 vs 0.97 ms p50, resize 0.35 ms included), but between runs of
+    another runtime its OpenMP pool wakes and spins against that runtime's threads: ONNX Runtime FP32, 2 threads,
+    2-core Xeon, model p50 10.0 ms, end to end 16.0 ms with the torch arithmetic vs 11.3 ms with this one."""
+    if normalize not in ("imagenet", "none"):
         raise ConfigError(f"model.normalize={normalize!r}: valid values are ['imagenet', 'none']")
-    return x
+    if not crops:
+        return torch.zeros((0, 3, imgsz, imgsz))
+    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+    x = np.stack([np.asarray(resized(c, imgsz), np.uint8) for c in crops]).astype(np.float32)
+    x /= np.float32(255.0)
+    if normalize == "imagenet":
+        x -= mean
+        x /= std
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 class RegionClassifier(nn.Module):
