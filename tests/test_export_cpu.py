@@ -1,6 +1,6 @@
 """The CPU deployment path of ``python -m export``: the shared letterbox (uint8 page and its float view,
 rectangular inputs, RT-DETR decoding at (h, w)), OpenVINO with the uint8 page converted inside the graph, the
-inference-precision hints, the INT8 IR (SiLU fused to Swish before NNCF, the NNCF preset), the fastest CPU path
+inference-precision hints, the INT8 IR (SiLU fused to Swish before NNCF, the NNCF preset and overflow fix), the fastest CPU path
 recorded in the manifest and loaded from the export folder, rectangular exports, the CPU peak and FLOP count
 behind the latency table's "% of peak", and ultralytics' own exports as peers (slow).
 
@@ -306,6 +306,63 @@ def test_int8_preset_reaches_nncf(cpu_export, tmp_path, monkeypatch, preset):
     assert isinstance(runner, OpenVINORunner) and runner.u8_input
 
 
+@pytest.mark.parametrize(
+    "flags, isa_cap, want",
+    [
+        (["avx2", "fma"], None, "enable"),  # AVX2 only (a Zen 3 EPYC): vpmaddubsw's 16-bit sums saturate
+        (["avx2", "avx512f", "avx512_vnni"], None, "first_layer_only"),
+        (["avx2", "avx_vnni"], None, "first_layer_only"),
+        (["avx2", "avx512f", "avx512_vnni", "amx_int8"], None, "first_layer_only"),
+        (
+            ["avx2", "avx512f", "avx512_vnni", "amx_int8"],
+            "avx2",
+            "enable",
+        ),  # OpenVINO's kernels capped below VNNI
+        (["avx2", "avx512f", "avx512_vnni", "amx_int8"], "AVX512_CORE_AMX", "first_layer_only"),
+    ],
+)
+def test_overflow_fix_auto_follows_the_int8_unit(monkeypatch, flags, isa_cap, want):
+    from export.convert import overflow_fix
+
+    if isa_cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    fix, why = overflow_fix("auto", flags)
+    assert fix == want and why.startswith("auto: ")
+    assert ("VNNI" in why) if want == "enable" else ("default" in why)
+    # a value set by hand wins over the CPU
+    for setting in ("enable", "first_layer_only", "disable"):
+        assert overflow_fix(setting, flags) == (setting, "openvino.int8.overflow_fix")
+    with pytest.raises(ValueError, match="overflow_fix='half'"):
+        overflow_fix("half", flags)
+
+
+@pytest.mark.parametrize(
+    "setting, vnni, want",
+    [("auto", False, "enable"), ("auto", True, "first_layer_only"), ("disable", False, "disable")],
+)
+def test_overflow_fix_reaches_nncf(cpu_export, tmp_path, monkeypatch, setting, vnni, want):
+    """``openvino.int8.overflow_fix`` (resolved for the CPU when ``auto``) reaches ``nncf.quantize``."""
+    import nncf
+
+    import export.convert
+    from export.families import load_family
+    from export.run import _build
+
+    ckpt, out, _ = cpu_export
+    seen = {}
+    monkeypatch.setattr(nncf, "quantize", lambda model, dataset, **kw: seen.update(kw) or model)
+    monkeypatch.setattr(
+        export.convert, "cpu_flags", lambda: ["avx2", "fma"] + (["avx512_vnni"] if vnni else [])
+    )
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    cfg = compose_cfg("export", [f"checkpoint={ckpt}", f"openvino.int8.overflow_fix={setting}"], tmp_path)
+    family = load_family(ckpt, decode_table())
+    _build("openvino_int8", family, tmp_path, out / "model.onnx", _Calib(VALID[:2]), cfg)
+    assert seen["advanced_parameters"].overflow_fix == nncf.OverflowFix(want)
+
+
 def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
     import nncf
 
@@ -322,6 +379,9 @@ def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
     # the command refuses it before any work, with one line, whatever the formats
     with pytest.raises(ConfigError, match="openvino.int8.preset='fastest'.*performance") as e:
         export_tiny(tmp_path, ckpt, ["onnx"], ["openvino.int8.preset=fastest"])
+    assert "\n" not in str(e.value) and not (tmp_path / "export").exists()
+    with pytest.raises(ConfigError, match="openvino.int8.overflow_fix='half'.*first_layer_only") as e:
+        export_tiny(tmp_path, ckpt, ["onnx"], ["openvino.int8.overflow_fix=half"])
     assert "\n" not in str(e.value) and not (tmp_path / "export").exists()
 
 
@@ -352,6 +412,11 @@ def test_manifest_records_the_fastest_cpu_path(cpu_export):
     assert int8["inference_precision"] == ("bf16" if bf16_supported()[0] else "f32")
     assert fp32["u8_input"] is True and int8["u8_input"] is True
     assert "inference_precision" not in _artifact(manifest, "onnx")
+    # the INT8 artifact says which overflow fix NNCF applied on this CPU, and why
+    from export.convert import overflow_fix
+
+    assert (int8["overflow_fix"], int8["overflow_fix_why"]) == overflow_fix("auto")
+    assert "overflow_fix" not in fp32
 
 
 def test_export_folder_loads_the_chosen_path(cpu_export, tmp_path):
