@@ -42,14 +42,20 @@ def load_model(
 def provenance(cfg, detector: Detector) -> dict:
     import torch
 
+    device = str(
+        getattr(detector, "device", None) or getattr(getattr(detector, "model", None), "device", "cpu")
+    )
+    hardware = platform.processor() or platform.machine()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hardware += (
+            f" + {torch.cuda.get_device_name(torch.device(device))}"  # the table's numbers came from it
+        )
     return {
         "data": str(cfg.data.get("name")),
         "checkpoint": str(detector.checkpoint) if detector.checkpoint else None,
         "model": str(cfg.model.get("name")) if cfg.get("model") else None,
-        "hardware": platform.processor() or platform.machine(),
-        "device": str(
-            getattr(detector, "device", None) or getattr(getattr(detector, "model", None), "device", "cpu")
-        ),
+        "hardware": hardware,
+        "device": device,
         "torch": torch.__version__,
     }
 

@@ -44,6 +44,28 @@ def test_cpu_column_is_timed_on_the_cpu_when_cuda_exists(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("cuda", [False, True])
+def test_provenance_names_where_the_evaluation_ran(monkeypatch, cuda):
+    """A metrics table says the device its numbers came from: the ultralytics detector reports where predict runs
+    (CUDA when there is one; its ultralytics model object stays on the CPU), and a CUDA run names the GPU."""
+    from omegaconf import OmegaConf
+
+    from evaluation.run import provenance
+    from training.backends import get_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
+    det = get_backend("ultralytics").from_checkpoint(PRETRAINED, {"iou": 0.7, "max_det": 300})
+    assert det.device == ("cuda" if cuda else "cpu")
+    cfg = OmegaConf.create({"data": {"name": "embedded"}, "model": {"name": "yolov8n"}})
+    prov = provenance(cfg, det)
+    assert prov["device"] == det.device
+    assert prov["hardware"].endswith(" + NVIDIA H200") == cuda
+    # loaded for the CPU on a CUDA machine, it says CPU
+    cpu = get_backend("ultralytics").from_checkpoint(PRETRAINED, {"iou": 0.7, "max_det": 300}, device="cpu")
+    assert provenance(cfg, cpu)["device"] == "cpu" and "H200" not in provenance(cfg, cpu)["hardware"]
+
+
+@pytest.mark.parametrize("cuda", [False, True])
 def test_model_selection_loads_each_column_on_its_device(monkeypatch, tmp_path, cuda):
     import evaluation.model_selection as ms
 

@@ -463,6 +463,14 @@ class UltralyticsDetector(Detector):
             self._net_of = model
         return self._infer_net
 
+    @property
+    def device(self) -> str:
+        """Where :meth:`predict` runs: the device :meth:`_net` puts the network on (load()'s, else CUDA when there
+        is one). ultralytics' own model object stays on the CPU, so its ``device`` does not say."""
+        from training.loops import resolve_device
+
+        return str(resolve_device(self._device))
+
     def _imgsz(self, imgsz: int | None) -> int:
         if imgsz:
             return int(imgsz)
