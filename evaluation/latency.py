@@ -81,14 +81,17 @@ PEAK_OPS_PER_CYCLE = (
 )
 
 
-def cpu_peak(precision: str, flags: list[str] | None = None) -> tuple[float | None, str]:
+def cpu_peak(
+    precision: str, flags: list[str] | None = None, threads: int | None = None
+) -> tuple[float | None, str]:
     """The CPU's peak in operations per second for ``precision`` (``fp32`` / ``bf16`` / ``int8``), with how
-    it was derived: physical cores (:func:`physical_cores`) x clock x the operations per cycle of the best unit
-    the flags list (:data:`PEAK_OPS_PER_CYCLE`). The clock is ``cpu MHz`` of /proc/cpuinfo: what a VM reports
+    it was derived: physical cores (:func:`physical_cores`; at most ``threads`` when the runtimes were limited to
+    that many, since the other cores' units sat idle) x clock x the operations per cycle of the best unit the
+    flags list (:data:`PEAK_OPS_PER_CYCLE`). The clock is ``cpu MHz`` of /proc/cpuinfo: what a VM reports
     (its base clock here), the current clock on bare metal, so the figure is an estimate. None where unknown."""
     flags = flags if flags is not None else cpu_flags()
     mhz = float(_cpuinfo("cpu MHz") or 0)
-    cores = physical_cores()
+    cores = min(physical_cores(), int(threads)) if threads else physical_cores()
     for flag, prec, ops in PEAK_OPS_PER_CYCLE:
         if prec == precision and flag in flags and mhz:
             peak = cores * mhz * 1e6 * ops

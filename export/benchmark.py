@@ -216,7 +216,7 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     flops = (
         onnx_flops(out / "model.onnx") if (out / "model.onnx").is_file() and not meta.get("dynamic") else None
     )
-    peaks = {p: cpu_peak(p) for p in ("fp32", "bf16", "int8")}
+    peaks = {p: cpu_peak(p, threads=cfg.get("threads")) for p in ("fp32", "bf16", "int8")}
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
     for r in rows:
         model = r.pop("model_obj", None)

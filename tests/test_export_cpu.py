@@ -548,6 +548,11 @@ def test_cpu_peak_unknown(fake_cpu, monkeypatch):
     # flags default to /proc/cpuinfo's (here: the fake one)
     assert lat.cpu_peak("int8")[0] == 2 * 1000e6 * 2048
     assert lat.cpu_peak("fp32")[0] == 2 * 1000e6 * 64
+    # runtimes limited to fewer threads than cores: the peak of the cores they could use (16-core host, 2 threads)
+    monkeypatch.setattr(lat, "physical_cores", lambda: 16)
+    peak, how = lat.cpu_peak("int8", threads=2)
+    assert peak == 2 * 1000e6 * 2048 and "2 cores" in how
+    assert lat.cpu_peak("int8", threads=32)[0] == lat.cpu_peak("int8")[0] == 16 * 1000e6 * 2048
     # no clock: unknown, whatever the flags
     monkeypatch.setattr(lat, "_cpuinfo", lambda key: None)
     assert lat.cpu_peak("int8", ["amx_int8"])[0] is None
