@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from evaluation.report import fmt_num, markdown_table, write_csv
-from export.convert import INT8_PRESETS, OVERFLOW_FIXES, overflow_fix, to_onnx, to_openvino, to_tensorrt
+from export.convert import INT8_PRESETS, overflow_fix, to_onnx, to_openvino, to_tensorrt
 from export.families import Family, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
@@ -138,10 +138,10 @@ def export_checkpoint(cfg, out: Path) -> dict:
         raise ConfigError(
             f"openvino.int8.preset={cfg.openvino.int8.preset!r}: valid are {list(INT8_PRESETS)}"
         )
-    if str(cfg.openvino.int8.overflow_fix) not in OVERFLOW_FIXES:
-        raise ConfigError(
-            f"openvino.int8.overflow_fix={cfg.openvino.int8.overflow_fix!r}: valid are {list(OVERFLOW_FIXES)}"
-        )
+    try:  # resolved once, before any work: what to_openvino applies and the manifest records
+        int8_fix = overflow_fix(str(cfg.openvino.int8.overflow_fix))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +176,7 @@ def export_checkpoint(cfg, out: Path) -> dict:
                 inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input
             )
         if fmt == "openvino_int8":
-            fix, why = overflow_fix(str(cfg.openvino.int8.overflow_fix))
-            entry.update(overflow_fix=fix, overflow_fix_why=why)
+            entry.update(overflow_fix=int8_fix[0], overflow_fix_why=int8_fix[1])
         model = models[fmt] = ExportedModel(family, runner, str(path), fmt)
         raw, dets = data.outputs(model)
         m = {f"ref/{k}": v for k, v in ref_metrics.items()}

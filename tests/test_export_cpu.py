@@ -313,11 +313,8 @@ def test_int8_preset_reaches_nncf(cpu_export, tmp_path, monkeypatch, preset):
         (["avx2", "avx512f", "avx512_vnni"], None, "first_layer_only"),
         (["avx2", "avx_vnni"], None, "first_layer_only"),
         (["avx2", "avx512f", "avx512_vnni", "amx_int8"], None, "first_layer_only"),
-        (
-            ["avx2", "avx512f", "avx512_vnni", "amx_int8"],
-            "avx2",
-            "enable",
-        ),  # OpenVINO's kernels capped below VNNI
+        # OpenVINO's kernels capped below VNNI
+        (["avx2", "avx512f", "avx512_vnni", "amx_int8"], "avx2", "enable"),
         (["avx2", "avx512f", "avx512_vnni", "amx_int8"], "AVX512_CORE_AMX", "first_layer_only"),
     ],
 )

@@ -454,11 +454,10 @@ class UltralyticsDetector(Detector):
         """The network in the state ultralytics' exporter puts it in (fused, head returning one raw tensor),
         cached per loaded model: the same module an export traces, so both decode the same output."""
         from training.backends.yolo_processing import export_module, head_kind
-        from training.loops import resolve_device
 
         model = self._require()
         if self._net_of is not model:
-            self._infer_net = export_module(model.model).to(resolve_device(self._device))
+            self._infer_net = export_module(model.model).to(self.device)
             self._head = head_kind(model.model)
             self._net_of = model
         return self._infer_net
