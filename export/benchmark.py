@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from evaluation.evaluator import evaluate_detector
 from evaluation.latency import benchmark_detector, cpu_peak, environment, protocol
 from evaluation.report import markdown_table, write_csv
-from export.families import Family, load_family
+from export.families import Family, input_shape_words, load_family
 from export.model import META, ExportedModel, load_meta
 from export.runtimes import (
     OpenVINORunner,
@@ -71,7 +71,14 @@ def _rows_to_try(
             from export.convert import to_tensorrt
 
             # raises Unavailable without CUDA / tensorrt
-            to_tensorrt(onnx, engine, prec == "fp16", float(cfg.trt_workspace_gb), int(cfg.trt_max_batch))
+            to_tensorrt(
+                onnx,
+                engine,
+                prec == "fp16",
+                float(cfg.trt_workspace_gb),
+                int(cfg.trt_max_batch),
+                base.input_hw,
+            )
         return TensorRTRunner(engine)
 
     return [
@@ -99,13 +106,16 @@ def _kernel_shares(kernels: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in groups.items()}
 
 
-def onnx_flops(path: Path) -> float | None:
+def onnx_flops(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> float | None:
     """Operations of one inference (2 per multiply-add) of the convolutions and matrix products of an ONNX
     graph: what the fraction-of-peak column divides by. Shapes from OpenVINO's reading of the graph (static
-    after its shape propagation; ONNX's own shape inference loses them after YOLO's Split). None without
-    openvino, with a dynamic shape or an unreadable file."""
+    after its shape propagation; ONNX's own shape inference loses them after YOLO's Split); ``shapes`` (input
+    name -> shape, e.g. the timed page's feeds) fixes the symbolic axes of a dynamic graph first. None without
+    openvino, with a shape still dynamic or an unreadable file."""
     try:
         model = openvino_core().read_model(str(path))
+        if shapes:
+            model.reshape({k: list(v) for k, v in shapes.items()})
     except (Unavailable, RuntimeError) as e:  # a damaged model.onnx: its own row says so
         log.info("no FLOP count for %s (%s)", path, first_line(e))
         return None
@@ -143,8 +153,10 @@ def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray, d
         # another library's exporter: its failure is this row's note, not the run's end
         try:
             data_yaml = prepare_yolo(dataset(), cache_root(cfg.data)) if name.endswith("int8") else None
-            path = export_peer(name, meta["source"], base.imgsz, data_yaml, run_dir / "peers")
-            model = UltralyticsPeer(path, base.imgsz, base.class_names)
+            size = base.imgsz if base.dynamic_hw else list(base.input_hw)  # the input ours has
+            path = export_peer(name, meta["source"], size, data_yaml, run_dir / "peers", base.dynamic_hw)
+            model = UltralyticsPeer(path, size, base.class_names)
+            model.timing_page = page
         except Exception as e:
             rows.append({**row, "status": "failed", "reason": f"{e.__class__.__name__}: {first_line(e)}"})
             log.warning("%s: failed (%s)", name, e)
@@ -168,8 +180,10 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             family = load_family(
                 meta["source"], options, meta["kind"], base.imgsz, False, base.options.get("input_hw")
             )
-    if page is None:
-        page = np.full((*base.input_hw, 3), 255, np.uint8)
+    if page is None:  # a blank page of the input size; for a dynamic input an A4 portrait one (h : w = 1.414)
+        h, w = base.input_hw
+        page = np.full((h, round(w / 2**0.5) if base.dynamic_hw else w, 3), 255, np.uint8)
+    timed_feeds = base.feeds(page)[0]  # the input shape every row is timed at
     run_dir = Path(cfg.paths.get("run_dir") or out)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -197,6 +211,7 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             log.warning("%s: failed (%s)", what, e)
             continue
         model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
+        model.timing_page = page
         r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
         r["model_obj"] = model
         if isinstance(runner, OpenVINORunner):
@@ -213,9 +228,8 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         log.info("%s: model p50 %.2f ms, end-to-end p50 %.2f ms", what, r["model/p50_ms"], r["e2e/p50_ms"])
     if cfg.peers:
         rows += _peer_rows(meta, base, cfg, run_dir, page, dataset)
-    flops = (
-        onnx_flops(out / "model.onnx") if (out / "model.onnx").is_file() and not meta.get("dynamic") else None
-    )
+    shapes = {k: v.shape for k, v in timed_feeds.items()}
+    flops = onnx_flops(out / "model.onnx", shapes) if (out / "model.onnx").is_file() else None
     peaks = {p: cpu_peak(p, threads=cfg.get("threads")) for p in ("fp32", "bf16", "int8")}
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
     for r in rows:
@@ -237,7 +251,8 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         "source": meta.get("source"),
         "kind": meta["kind"],
         "imgsz": base.imgsz,
-        "input_hw": list(base.input_hw),
+        "input_hw": list(base.input_hw) if not base.dynamic_hw else "dynamic",
+        "timed_input_shapes": {k: list(v) for k, v in shapes.items()},
         "gflops": flops / 1e9 if flops else None,
         "peaks": {p: {"ops_per_s": v, "how": how} for p, (v, how) in peaks.items()},
     }
@@ -245,9 +260,12 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     table = latency_rows(rows)
     write_csv(run_dir / "latency.csv", table)
     up = upstream_rows(rows)
-    hw = "x".join(map(str, base.input_hw))
+    hw = input_shape_words(base)
+    if base.dynamic_hw:
+        timed = "x".join(map(str, next(iter(shapes.values()))[2:]))
+        hw += f", timed on a {page.shape[0]}x{page.shape[1]} page: input {timed}"
     note = (
-        f"Model: {meta.get('source')} ({meta['kind']}), input {hw} (h x w), batch 1; CPU: {env['cpu']} "
+        f"Model: {meta.get('source')} ({meta['kind']}), input {hw}, batch 1; CPU: {env['cpu']} "
         f"({env['cpu_count']} cores); GPU: {env['gpu'] or 'none'}; warm-up {cfg.warmup}, >= {cfg.min_runs} runs "
         f"and >= {cfg.min_seconds} s per row.\n\n"
         f"CPU instruction sets (lscpu flags): {env['cpu_isa'] or 'n/a'}; OpenVINO OPTIMIZATION_CAPABILITIES: "

@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def to_onnx(family: Family, path: Path, opset: int, dynamic: bool = False) -> Path:
-    """Trace the family's module at ``imgsz``; ``dynamic`` makes the batch axis symbolic."""
-    axes = {n: {0: "batch"} for n in family.input_names + family.output_names} if dynamic else None
+    """Trace the family's module at ``imgsz``; ``dynamic`` makes the batch axis symbolic, a dynamic input
+    (``family.dynamic_hw``) the inputs' height and width (the outputs' sizes follow from them)."""
+    axes = {n: {0: "batch"} if dynamic else {} for n in family.input_names + family.output_names}
+    if family.dynamic_hw:
+        for n in family.input_names:
+            axes[n].update({2: "height", 3: "width"})
+    axes = {n: a for n, a in axes.items() if a} or None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in the heads
         torch.onnx.export(
@@ -146,9 +151,46 @@ def to_openvino(
     return xml_path
 
 
-def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, workspace_gb: float, max_batch: int) -> Path:
-    """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package); a dynamic batch axis gets an
-    optimisation profile for batches 1..``max_batch`` (``trt_workspace_gb`` / ``trt_max_batch`` in conf/export.yaml)."""
+def profile_shapes(
+    shape: tuple[int, ...], max_batch: int, max_hw: tuple[int, int], stride: int = 32
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """TensorRT's (min, opt, max) shapes for an NCHW input ``shape`` with symbolic (-1) axes, or None for a
+    static one: batch 1..``max_batch`` (opt 1, the latency case); height and width (a dynamic input: one side is
+    ``imgsz``, the other padded to the stride) from a quarter of ``max_hw`` up to it, opt at ``max_hw``: pages up
+    to 4:1, and enough anchors at the smallest shape for a YOLOv10 head's top-300 (160 x 160: 525 anchors)."""
+    if all(d >= 0 for d in shape):
+        return None
+    lo, opt, hi = list(shape), list(shape), list(shape)
+    for axis, d in enumerate(shape):
+        if d >= 0:
+            continue
+        if axis == 0:
+            lo[axis], opt[axis], hi[axis] = 1, 1, int(max_batch)
+        elif axis in (2, 3) and len(shape) == 4:
+            side = int(max_hw[axis - 2])
+            lo[axis], opt[axis], hi[axis] = (
+                min(side, max(stride, -(-side // 4 // stride) * stride)),
+                side,
+                side,
+            )
+        else:
+            raise ValueError(
+                f"TensorRT profile: no range for the symbolic axis {axis} of input shape {shape}"
+            )
+    return tuple(lo), tuple(opt), tuple(hi)
+
+
+def to_tensorrt(
+    onnx_path: Path,
+    engine_path: Path,
+    fp16: bool,
+    workspace_gb: float,
+    max_batch: int,
+    max_hw: tuple[int, int] = (640, 640),
+) -> Path:
+    """ONNX -> serialized TensorRT engine (needs CUDA and the tensorrt package); symbolic axes get an
+    optimisation profile (:func:`profile_shapes`): batches 1..``max_batch`` (``trt_workspace_gb`` /
+    ``trt_max_batch`` in conf/export.yaml), a dynamic input's height and width up to ``max_hw``."""
     trt = tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -163,10 +205,11 @@ def to_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, workspace_gb: fl
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    dynamic = {inp.name: tuple(inp.shape)[1:] for inp in inputs if tuple(inp.shape)[0] == -1}
-    for name, rest in dynamic.items():
-        profile.set_shape(name, (1, *rest), (1, *rest), (int(max_batch), *rest))
-    if dynamic:
+    shapes = {inp.name: profile_shapes(tuple(inp.shape), max_batch, max_hw) for inp in inputs}
+    for name, s in shapes.items():
+        if s is not None:
+            profile.set_shape(name, *s)
+    if any(s is not None for s in shapes.values()):
         config.add_optimization_profile(profile)
     blob = builder.build_serialized_network(network, config)
     if blob is None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from training.backends import BACKENDS, Backend, ExportSpec, backend_of, get_backend
+from training.backends.base import DYNAMIC_HW
 from training.data.images import as_pil
 from training.errors import UserError
 
@@ -73,24 +74,39 @@ class Family(ExportSpec):
         return self.backend.in_graph_preprocessing(self.options)
 
     @property
+    def dynamic_hw(self) -> bool:
+        """Whether the input's height and width are symbolic: each page letterboxed into its own rectangle."""
+        return self.options.get("input_hw") == DYNAMIC_HW
+
+    @property
     def input_hw(self) -> tuple[int, int]:
-        """The network input's (height, width): ``imgsz`` square unless the export is rectangular."""
+        """The network input's (height, width): ``imgsz`` square unless the export is rectangular; the largest
+        one (the square) for a dynamic input."""
         hw = self.options.get("input_hw")
-        return (int(hw[0]), int(hw[1])) if hw else (self.imgsz, self.imgsz)
+        return (int(hw[0]), int(hw[1])) if hw and not self.dynamic_hw else (self.imgsz, self.imgsz)
 
     def with_input_hw(self, input_hw) -> Family:
-        """This model with a rectangular ``[h, w]`` input (backends with ``rect_inputs``; both multiples of 32,
-        the largest stride of the YOLO heads): a copy sharing the module, pages letterboxed into ``h x w``."""
-        hw = [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)  # a list or ListConfig
-        if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
-            raise UserError(
-                f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480])"
-            )
+        """This model with a rectangular input (backends with ``rect_inputs``): a fixed ``[h, w]`` (both multiples
+        of 32, the largest stride of the YOLO heads), pages letterboxed into ``h x w``; or ``dynamic``, each page
+        scaled to ``imgsz`` on its long side and padded to the stride on the other (a graph with symbolic height
+        and width; the module must come from ``load_family(..., dynamic=True)``). A copy sharing the module."""
+        if isinstance(input_hw, str) and input_hw == DYNAMIC_HW:
+            hw = DYNAMIC_HW
+        else:
+            hw = (
+                [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)
+            )  # a list or ListConfig
+            if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
+                raise UserError(
+                    f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480]), "
+                    f"or {DYNAMIC_HW}"
+                )
         if not self.backend.rect_inputs:
             raise UserError(
                 f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {self.kind}"
             )
-        return replace(self, options={**self.options, "input_hw": hw}, imgsz=max(hw))
+        imgsz = self.imgsz if hw == DYNAMIC_HW else max(hw)
+        return replace(self, options={**self.options, "input_hw": hw}, imgsz=imgsz)
 
     def batch_feeds(self, images: list) -> dict[str, np.ndarray]:
         """Stacked feeds of several images (calibration, batched classification)."""
@@ -127,16 +143,29 @@ def load_family(
     """The adapter of a trained checkpoint of any backend, with its PyTorch module on the CPU in eval mode.
 
     ``decode``: backend -> its decoding (``evaluation.decode``, conf/decode/default.yaml), baked into the export.
-    ``input_hw``: a rectangular ``[h, w]`` network input (backends with ``rect_inputs``; both multiples of 32,
-    the largest stride of the YOLO heads); pages are letterboxed into it like into the square.
+    ``input_hw``: a rectangular ``[h, w]`` network input or ``dynamic`` (:meth:`Family.with_input_hw`); pages
+    are letterboxed into it like into the square. ``dynamic``: a symbolic batch axis; a dynamic input also
+    makes the module compute its anchors from the input's shape.
     """
     kind = backend_of(checkpoint) if kind in (None, "auto") else kind
     if kind not in BACKENDS:
         raise UserError(f"backend={kind!r}: valid values are {['auto', *BACKENDS]}")
     backend = get_backend(kind).from_checkpoint(checkpoint, decode.get(kind), device="cpu")
-    family = Family.from_spec(backend.export_spec(imgsz, dynamic))
+    family = Family.from_spec(backend.export_spec(imgsz, dynamic or is_dynamic_hw(input_hw)))
     family.source = str(checkpoint)
     return family.with_input_hw(input_hw) if input_hw else family
+
+
+def is_dynamic_hw(input_hw) -> bool:
+    """Whether an ``input_hw`` setting (None, ``[h, w]`` or a string) asks for a dynamic input."""
+    return isinstance(input_hw, str) and input_hw == DYNAMIC_HW
+
+
+def input_shape_words(family: Family) -> str:
+    """The network input in words for tables: ``640x480 (h x w)``, or what a dynamic input does."""
+    if family.dynamic_hw:
+        return f"dynamic (each page {family.imgsz} on its long side, the other padded to a multiple of 32)"
+    return "x".join(map(str, family.input_hw)) + " (h x w)"
 
 
 def write_meta(family: Family, path: Path, extra: dict) -> Path:

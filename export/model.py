@@ -21,6 +21,9 @@ class ExportedModel:
         self.family, self.runner, self.checkpoint, self.format = family, runner, Path(checkpoint), fmt
         self.class_names = family.class_names
         self.device = getattr(runner, "device", "cpu")
+        #: the page :meth:`benchmark_forward` letterboxes (None: a blank page of the input size); the latency
+        #: benchmark sets its page, so that a dynamic input is timed model-only at the shape it is end to end
+        self.timing_page: np.ndarray | None = None
 
     @property
     def imgsz(self) -> int:
@@ -48,8 +51,8 @@ class ExportedModel:
     def benchmark_forward(self, imgsz: int | None = None):
         """The runtime alone on one preprocessed page (latency protocol, model-only): a GPU runtime's
         ``timed`` binds the inputs on the device once, so no host-device copy is timed."""
-        page = np.full((*self.family.input_hw, 3), 255, np.uint8)
-        feeds, _ = self.feeds(page)
+        page = self.timing_page
+        feeds, _ = self.feeds(np.full((*self.family.input_hw, 3), 255, np.uint8) if page is None else page)
         timed = getattr(self.runner, "timed", None)
         return timed(feeds) if timed else lambda: self.runner(feeds)
 

@@ -29,16 +29,22 @@ class UltralyticsPeer:
     """An ultralytics export behind the part of the detector contract the latency protocol and the evaluator
     use (``predict``, ``benchmark_forward``, ``class_names``, ``checkpoint``)."""
 
-    def __init__(self, path: str | Path, imgsz: int, class_names: list[str]):
+    def __init__(self, path: str | Path, imgsz: int | list[int], class_names: list[str]):
         from ultralytics import YOLO
 
         self.yolo = YOLO(str(path), task="detect")
-        self.checkpoint, self.imgsz = Path(path), int(imgsz)
+        # imgsz: the square side or the [h, w] the peer was exported at (a dynamic export: the long side)
+        self.checkpoint, self.imgsz = Path(path), imgsz if isinstance(imgsz, list) else int(imgsz)
         self.class_names, self.device = class_names, "cpu"
+        self.timing_page: np.ndarray | None = None  # what benchmark_forward letterboxes (None: a blank page)
+
+    @staticmethod
+    def _bgr(image) -> np.ndarray:
+        """ultralytics takes numpy pages as BGR (OpenCV's order)."""
+        return np.ascontiguousarray(np.asarray(as_pil(image).convert("RGB"))[..., ::-1])
 
     def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_) -> list[Detections]:
-        # ultralytics takes numpy pages as BGR (OpenCV's order)
-        pages = [np.ascontiguousarray(np.asarray(as_pil(im).convert("RGB"))[..., ::-1]) for im in images]
+        pages = [self._bgr(im) for im in images]
         results = self.yolo.predict(
             pages, imgsz=self.imgsz, conf=conf, device="cpu", verbose=False, max_det=300
         )
@@ -49,12 +55,14 @@ class UltralyticsPeer:
         return out
 
     def benchmark_forward(self, imgsz: int | None = None):
-        """ultralytics' ``AutoBackend`` alone on one letterboxed page (the latency protocol's model-only)."""
-        import torch
-
-        self.predict([np.full((self.imgsz, self.imgsz, 3), 255, np.uint8)])  # sets up the predictor
-        backend = self.yolo.predictor.model
-        x = torch.full((1, 3, self.imgsz, self.imgsz), 1.0)
+        """ultralytics' ``AutoBackend`` alone on one page letterboxed by its own predictor (the latency
+        protocol's model-only): ``timing_page``, or a blank page of the input size."""
+        h, w = self.imgsz if isinstance(self.imgsz, list) else (self.imgsz, self.imgsz)
+        page = np.full((h, w, 3), 255, np.uint8) if self.timing_page is None else self.timing_page
+        self.predict([page])  # sets up the predictor
+        predictor = self.yolo.predictor
+        x = predictor.preprocess([self._bgr(page)])  # its letterbox: the shape it runs this page at
+        backend = predictor.model
 
         def run() -> None:
             backend(x)
@@ -62,9 +70,18 @@ class UltralyticsPeer:
         return run
 
 
-def export_peer(name: str, checkpoint: str | Path, imgsz: int, data_yaml: Path | None, out: Path) -> Path:
+def export_peer(
+    name: str,
+    checkpoint: str | Path,
+    imgsz: int | list[int],
+    data_yaml: Path | None,
+    out: Path,
+    dynamic: bool = False,
+) -> Path:
     """Run ultralytics' exporter for peer ``name`` on a copy of ``checkpoint`` in ``out`` (ultralytics writes
-    its exports beside the weights); returns the exported file or folder."""
+    its exports beside the weights); returns the exported file or folder. ``imgsz``: the input our export has
+    (a square side or ``[h, w]``); ``dynamic``: symbolic height and width, for which ultralytics' predictor
+    letterboxes each page into its own rectangle padded to the stride, as ours does."""
     from training.checkpoints import check_ultralytics_checkpoint, enable_ultralytics_safe_load
 
     check_ultralytics_checkpoint(checkpoint)  # ultralytics unpickles it: refuse one that names foreign code
@@ -82,6 +99,7 @@ def export_peer(name: str, checkpoint: str | Path, imgsz: int, data_yaml: Path |
     work.mkdir(parents=True, exist_ok=True)
     weights = work / "model.pt"
     shutil.copyfile(checkpoint, weights)
-    path = YOLO(str(weights)).export(imgsz=int(imgsz), device="cpu", verbose=False, **args)
+    size = [int(v) for v in imgsz] if isinstance(imgsz, list) else int(imgsz)
+    path = YOLO(str(weights)).export(imgsz=size, dynamic=bool(dynamic), device="cpu", verbose=False, **args)
     log.info("%s: %s", name, path)
     return Path(path)

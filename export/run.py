@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from evaluation.report import fmt_num, markdown_table, write_csv
 from export.convert import INT8_PRESETS, overflow_fix, to_onnx, to_openvino, to_tensorrt
-from export.families import Family, load_family, write_meta
+from export.families import Family, input_shape_words, is_dynamic_hw, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
 from export.runtimes import (
@@ -121,7 +121,12 @@ def _build(
     if fmt.startswith("tensorrt"):
         engine = out / f"model_{fmt.split('_')[1]}.engine"
         to_tensorrt(
-            onnx_path, engine, fmt.endswith("fp16"), float(cfg.trt_workspace_gb), int(cfg.trt_max_batch)
+            onnx_path,
+            engine,
+            fmt.endswith("fp16"),
+            float(cfg.trt_workspace_gb),
+            int(cfg.trt_max_batch),
+            family.input_hw,
         )
         return engine, TensorRTRunner(engine)
     raise ConfigError(f"unknown export format {fmt!r}; valid: {list(FORMATS)}")
@@ -145,8 +150,9 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
     out.mkdir(parents=True, exist_ok=True)
+    dynamic = bool(cfg.dynamic) or is_dynamic_hw(cfg.get("input_hw"))  # anchors from the input's shape
     on_square = load_family(
-        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), bool(cfg.dynamic)
+        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), dynamic
     )
     family = on_square.with_input_hw(cfg.input_hw) if cfg.get("input_hw") else on_square
     data = ParityData(family, cfg)
@@ -213,8 +219,10 @@ def export_checkpoint(cfg, out: Path) -> dict:
     title = f"# Export parity: {family.source}"
     notes = ""
     if square is not None:
-        hw = "x".join(map(str, family.input_hw))
-        notes += f"\nRectangular input {hw} (h x w): PyTorch {_metrics_line(ref_metrics)}; the same model on the square "
+        hw = input_shape_words(family)
+        notes += (
+            f"\nRectangular input {hw}: PyTorch {_metrics_line(ref_metrics)}; the same model on the square "
+        )
         notes += f"{square['imgsz']}: {_metrics_line({k: v for k, v in square.items() if k != 'imgsz'})}.\n"
     if manifest.get("cpu_choice"):
         notes += f"\nCPU path for this machine: **{manifest['cpu_choice']['format']}**, {manifest['cpu_choice']['why']}.\n"

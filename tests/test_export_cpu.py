@@ -93,6 +93,23 @@ def test_rectangular_letterbox_portrait_fills_the_height_centred():
     )
 
 
+@pytest.mark.parametrize("hw", [(630, 480), (480, 630), (640, 640), (300, 900), (7, 3), (1000, 999)], ids=str)
+def test_letterbox_is_ultralytics_letterbox_in_both_modes(hw):
+    """Bit for bit ultralytics' own ``LetterBox``: into a fixed input (``auto=False``), and for a dynamic input
+    (``auto=True``, its rectangular inference) each page padded only to the stride: 630 x 480 -> 640 x 512."""
+    from ultralytics.data.augment import LetterBox
+
+    from training.backends.yolo_processing import letterbox_u8
+
+    page = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    ours, (gain, px, py) = letterbox_u8(page, 640, stride=32)
+    assert np.array_equal(ours, LetterBox((640, 640), auto=True, stride=32)(image=page))
+    assert max(ours.shape[:2]) == 640 and ours.shape[0] % 32 == 0 and ours.shape[1] % 32 == 0
+    assert ours.shape[0] - round(hw[0] * gain) < 32 and ours.shape[1] - round(hw[1] * gain) < 32
+    fixed, _ = letterbox_u8(page, (640, 480))
+    assert np.array_equal(fixed, LetterBox((640, 480), auto=False)(image=page))
+
+
 def test_rtdetr_decode_scales_normalised_boxes_by_width_and_height():
     from training.backends.yolo_processing import decode
 
@@ -498,6 +515,77 @@ def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
         with pytest.raises(UserError, match="multiples of 32") as e:
             export_tiny(tmp_path, ckpt, ["onnx"], [f"input_hw=[{','.join(map(str, hw))}]"])
         assert "\n" not in str(e.value) and not (tmp_path / "export" / "model.onnx").exists()
+
+
+def test_dynamic_input_export(cpu_export, tmp_path):
+    """``input_hw=dynamic``: one graph with symbolic height and width; each page letterboxed into its own
+    rectangle (long side ``imgsz``, the other padded to 32) on every runtime, INT8 calibrated across shapes; the
+    same boxes as the PyTorch module on the same input; the latency benchmark times an A4 portrait page model-only
+    and end to end at its own shape, with its FLOPs at that shape."""
+    import onnx
+
+    from export.benchmark import benchmark_export, onnx_flops
+    from export.families import load_family
+    from export.model import META, load_exported, reference_model
+
+    ckpt, _, _ = cpu_export
+    _, out, manifest = export_tiny(tmp_path, ckpt, CPU_FORMATS, ["input_hw=dynamic", "imgsz=128"])
+    assert all(a["status"] == "passed" for a in manifest["artifacts"]), manifest
+    assert manifest["reference_square"]["imgsz"] == 128
+    meta = json.loads((out / META).read_text())
+    assert meta["options"]["input_hw"] == "dynamic" and meta["imgsz"] == 128
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == [1, 3, "height", "width"]
+    ref = reference_model(load_family(ckpt, decode_table(), imgsz=128, input_hw="dynamic"))
+    # real pages cut to a narrow portrait (h 630 x w 300 -> 128 x 61, padded to 128 x 64) and turned to a
+    # landscape strip (h 300 x w 900 -> 43 x 128, padded to 64 x 128)
+    page = Image.open(VALID[0]).convert("RGB").resize((480, 630))
+    portrait = page.crop((90, 0, 390, 630))
+    landscape = page.transpose(Image.Transpose.ROTATE_90).resize((900, 300))
+    for path in ("model.onnx", "openvino_fp32/model.xml", "openvino_int8/model.xml"):
+        model = load_exported(out / path)
+        assert model.family.dynamic_hw and model.family.input_hw == (128, 128)
+        u8 = getattr(model.runner, "u8_input", False)  # uint8 NHWC, else float NCHW
+        hw = [
+            model.feeds(page)[0]["images"].shape[1:3] if u8 else model.feeds(page)[0]["images"].shape[2:]
+            for page in (portrait, landscape)
+        ]
+        assert hw == [(128, 64), (64, 128)], (path, hw)
+        if path != "openvino_int8/model.xml":  # the float graphs give the module's boxes on every shape
+            for page in (portrait, landscape):
+                (a,), (b,) = model.predict([page], conf=0.001), ref.predict([page], conf=0.001)
+                assert len(a) == len(b) > 0
+                np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+                np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    bcfg = compose_cfg(
+        "export_benchmark", [f"export_dir={out}", *BENCH_TINY, "throughput_seconds=0"], tmp_path
+    )
+    doc = benchmark_export(out, bcfg)
+    assert doc["input_hw"] == "dynamic"
+    assert doc["timed_input_shapes"] == {"images": [1, 3, 128, 96]}  # A4 portrait: 128 x 91 -> 128 x 96
+    square = onnx_flops(out / "model.onnx", {"images": (1, 3, 128, 128)})
+    assert doc["gflops"] * 1e9 == pytest.approx(
+        0.75 * square, rel=1e-9
+    )  # every convolution scales with h x w
+    assert onnx_flops(out / "model.onnx") is None  # symbolic shapes and no input given: no count
+
+
+def test_tensorrt_profile_shapes():
+    """TensorRT's optimisation profile: a static input needs none; a dynamic batch runs 1..max_batch; a
+    dynamic input's sides run from a quarter of the input (4:1 pages) to it, optimised for the full size."""
+    from export.convert import profile_shapes
+
+    assert profile_shapes((1, 3, 640, 640), 8, (640, 640)) is None
+    assert profile_shapes((-1, 3, 640, 480), 8, (640, 480)) == (
+        (1, 3, 640, 480),
+        (1, 3, 640, 480),
+        (8, 3, 640, 480),
+    )
+    lo, opt, hi = profile_shapes((1, 3, -1, -1), 8, (640, 640))
+    assert lo == (1, 3, 160, 160) and opt == hi == (1, 3, 640, 640)
+    assert profile_shapes((-1, 3, -1, -1), 4, (64, 64))[0] == (1, 3, 32, 32)  # never below one stride
+    with pytest.raises(ValueError, match="symbolic axis 1"):
+        profile_shapes((1, -1, 64, 64), 8, (64, 64))
 
 
 # ---------------------------------------------------------------- CPU peak and FLOPs

@@ -47,6 +47,10 @@ class Detections:
 ImageInput = str | Path | np.ndarray
 
 
+#: ``options["input_hw"]`` of an export whose height and width are symbolic (``python -m export input_hw=dynamic``)
+DYNAMIC_HW = "dynamic"
+
+
 @dataclass
 class ExportSpec:
     """What the export layer needs from a loaded model, given by :meth:`Backend.export_spec`.
@@ -87,7 +91,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     is_detector: ClassVar[bool] = True
-    #: whether an export may take a rectangular ``(h, w)`` input (``options["input_hw"]``)
+    #: whether an export may take a rectangular input (``options["input_hw"]``: a fixed ``[h, w]``, or
+    #: :data:`DYNAMIC_HW`, each page its own rectangle)
     rect_inputs: ClassVar[bool] = False
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from training.backends.base import Detections, Detector, ExportSpec, ImageInput
+from training.backends.base import DYNAMIC_HW, Detections, Detector, ExportSpec, ImageInput
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import ConfigError, OfflineError, UserError, first_line
 
@@ -546,24 +546,32 @@ class UltralyticsDetector(Detector):
 
     @staticmethod
     def _input_hw(imgsz: int, options: dict) -> tuple[int, int]:
-        """The network input (h, w): ``imgsz`` square, or the export's rectangular ``options["input_hw"]``."""
-        hw = options.get("input_hw") or (imgsz, imgsz)
+        """The network input (h, w): ``imgsz`` square, or the export's rectangular ``options["input_hw"]``; for a
+        dynamic input (``"dynamic"``) the largest one, the square (each page's own is :meth:`_letterbox`'s)."""
+        hw = options.get("input_hw")
+        hw = (imgsz, imgsz) if not hw or hw == DYNAMIC_HW else hw
         return int(hw[0]), int(hw[1])
 
     @staticmethod
-    def preprocess(image, imgsz: int, options: dict):
-        from training.backends.yolo_processing import letterbox
+    def _letterbox(image, imgsz: int, options: dict, as_u8: bool):
+        """The page letterboxed into the export's input: a fixed square or rectangle, or, with a dynamic input,
+        its own rectangle padded to the heads' largest stride (32); the canvas is ``... x H x W`` either way."""
+        from training.backends.yolo_processing import letterbox, letterbox_u8
 
-        x, meta = letterbox(image, UltralyticsDetector._input_hw(imgsz, options))
-        return {"images": x[None]}, (meta, image.size)
+        stride = 32 if options.get("input_hw") == DYNAMIC_HW else 0
+        fn = letterbox_u8 if as_u8 else letterbox
+        return fn(image, UltralyticsDetector._input_hw(imgsz, options), stride)
+
+    @staticmethod
+    def preprocess(image, imgsz: int, options: dict):
+        x, meta = UltralyticsDetector._letterbox(image, imgsz, options, as_u8=False)
+        return {"images": x[None]}, (meta, image.size, x.shape[1:])
 
     @staticmethod
     def preprocess_u8(image, imgsz: int, options: dict):
-        from training.backends.yolo_processing import letterbox_u8
-
-        canvas, meta = letterbox_u8(image, UltralyticsDetector._input_hw(imgsz, options))
+        canvas, meta = UltralyticsDetector._letterbox(image, imgsz, options, as_u8=True)
         size = (image.shape[1], image.shape[0]) if hasattr(image, "shape") else image.size  # array or PIL
-        return {"images": canvas[None]}, (meta, size)
+        return {"images": canvas[None]}, (meta, size, canvas.shape[:2])
 
     @staticmethod
     def example_inputs(imgsz: int, options: dict, batch: int = 1) -> tuple:
@@ -575,13 +583,13 @@ class UltralyticsDetector(Detector):
     def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
         from training.backends.yolo_processing import decode
 
-        meta, size = ctx
+        meta, size, input_hw = ctx  # input_hw: this page's network input (h, w)
         return decode(
             outputs[0][0],
             options["head"],
             meta,
             size,
-            UltralyticsDetector._input_hw(imgsz, options),
+            tuple(input_hw),
             conf,
             float(options["iou"]),
             int(options["max_det"]),

@@ -2,8 +2,9 @@
 ultralytics, in one place: the exported models (ONNX Runtime, OpenVINO, TensorRT) and their PyTorch reference
 all go through it, so that one image gives the same boxes on every runtime.
 
-Letterbox to a fixed ``imgsz x imgsz`` square (aspect kept, centred, grey 114 padding, RGB, [0, 1]); decoding
-depends on the head's raw export output:
+Letterbox to a fixed ``imgsz x imgsz`` square, a fixed ``(h, w)`` rectangle, or (a dynamic input) the page's own
+rectangle padded to the stride (aspect kept, centred, grey 114 padding, RGB, [0, 1]); decoding depends on the
+head's raw export output:
 
 - ``anchors`` (YOLOv8 / YOLO11 ``Detect``): ``(B, 4 + nc, A)``, boxes ``cx, cy, w, h`` in input pixels, class
   scores after sigmoid; class-aware NMS at ``iou``.
@@ -23,16 +24,22 @@ PAD_VALUE = 114
 
 
 def letterbox_u8(
-    img: Image.Image | np.ndarray, imgsz: int | tuple[int, int]
+    img: Image.Image | np.ndarray, imgsz: int | tuple[int, int], stride: int = 0
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """RGB PIL image (or ``HxWx3`` uint8 RGB array, used as is) -> (``H x W x 3`` uint8 page, (gain, pad_x,
     pad_y)): the letterboxed canvas before any conversion, what an OpenVINO graph with in-graph pre-processing
-    takes (``export.runtimes``). ``imgsz`` is the square side or an ``(h, w)`` input (rectangular exports)."""
+    takes (``export.runtimes``). ``imgsz`` is the square side or an ``(h, w)`` input (rectangular exports).
+
+    ``stride`` > 0 (exports with a dynamic input, ``input_hw=dynamic``): the page is scaled as into ``imgsz``,
+    but each side of the canvas is padded only up to the next multiple of ``stride`` (ultralytics'
+    ``LetterBox(auto=True)``, its rectangular inference): a 630 x 480 portrait page into 640 gives 640 x 512."""
     th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     arr = img if isinstance(img, np.ndarray) else np.asarray(img.convert("RGB"))
     h, w = arr.shape[:2]
     gain = min(tw / w, th / h)
     nw, nh = max(1, round(w * gain)), max(1, round(h * gain))
+    if stride:
+        th, tw = nh + (th - nh) % stride, nw + (tw - nw) % stride  # ultralytics' np.mod(dw, stride)
     px, py = (tw - nw) / 2, (th - nh) / 2
     canvas = np.full((th, tw, 3), PAD_VALUE, np.uint8)
     left, top = round(px - 0.1), round(py - 0.1)  # ultralytics' rounding of the two borders
@@ -47,10 +54,10 @@ def letterbox_u8(
 
 
 def letterbox(
-    img: Image.Image, imgsz: int | tuple[int, int]
+    img: Image.Image, imgsz: int | tuple[int, int], stride: int = 0
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """RGB PIL image -> (``3 x H x W`` float32 in [0, 1], (gain, pad_x, pad_y))."""
-    canvas, meta = letterbox_u8(img, imgsz)
+    """RGB PIL image -> (``3 x H x W`` float32 in [0, 1], (gain, pad_x, pad_y)); ``stride``: :func:`letterbox_u8`."""
+    canvas, meta = letterbox_u8(img, imgsz, stride)
     return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, meta
 
 
