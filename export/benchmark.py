@@ -153,7 +153,8 @@ def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray, d
         # another library's exporter: its failure is this row's note, not the run's end
         try:
             data_yaml = prepare_yolo(dataset(), cache_root(cfg.data)) if name.endswith("int8") else None
-            size = base.imgsz if base.dynamic_hw else list(base.input_hw)  # the input ours has
+            fixed = base.options.get("input_hw") and not base.dynamic_hw
+            size = list(base.input_hw) if fixed else base.imgsz  # the input ours has
             path = export_peer(name, meta["source"], size, data_yaml, run_dir / "peers", base.dynamic_hw)
             model = UltralyticsPeer(path, size, base.class_names)
             model.timing_page = page

@@ -93,9 +93,8 @@ class Family(ExportSpec):
         if isinstance(input_hw, str) and input_hw == DYNAMIC_HW:
             hw = DYNAMIC_HW
         else:
-            hw = (
-                [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)
-            )  # a list or ListConfig
+            # a list or ListConfig; a lone value or a string other than dynamic fails the length check below
+            hw = [input_hw] if isinstance(input_hw, (str, int, float)) else list(input_hw)
             if len(hw) != 2 or not all(isinstance(v, int) and v >= 32 and v % 32 == 0 for v in hw):
                 raise UserError(
                     f"input_hw={input_hw}: expected [height, width], both multiples of 32 (e.g. [640,480]), "

@@ -44,10 +44,15 @@ class UltralyticsPeer:
         return np.ascontiguousarray(np.asarray(as_pil(image).convert("RGB"))[..., ::-1])
 
     def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_) -> list[Detections]:
-        pages = [self._bgr(im) for im in images]
-        results = self.yolo.predict(
-            pages, imgsz=self.imgsz, conf=conf, device="cpu", verbose=False, max_det=300
-        )
+        # one page per call, batch 1 as ours: given a list of pages of different sizes, ultralytics' predictor
+        # letterboxes them all into the square, even for a dynamic export (its LetterBox(auto=...) needs equal
+        # shapes), which scored a dynamic peer as a square one
+        results = [
+            self.yolo.predict(
+                self._bgr(im), imgsz=self.imgsz, conf=conf, device="cpu", verbose=False, max_det=300
+            )[0]
+            for im in images
+        ]
         out = []
         for r in results:
             b = r.boxes

@@ -503,7 +503,7 @@ def test_rectangular_export_without_selection(cpu_export, tmp_path):
     assert (det.boxes[:, [1, 3]] <= page.height).all()
 
 
-@pytest.mark.parametrize("hw", [[50, 64], [64, 100], [64], [16, 32]], ids=str)
+@pytest.mark.parametrize("hw", [[50, 64], [64, 100], [64], [16, 32], "dynamik"], ids=str)
 def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
     from export.families import load_family
 
@@ -853,3 +853,30 @@ def test_ultralytics_peers(cpu_export, tmp_path):
         assert theirs.scores[i] == pytest.approx(mine.scores[j], abs=1e-3)
         iou = iou_matrix(theirs.boxes[i : i + 1], mine.boxes[j : j + 1])[0, 0]
         assert iou > 0.9, (theirs.boxes[i], mine.boxes[j])
+
+
+@pytest.mark.slow
+def test_ultralytics_dynamic_peer_letterboxes_like_ours(cpu_export, tmp_path):
+    """A dynamic export and ultralytics' own dynamic export run each page at the same rectangle, and the peer
+    keeps it for every page of a list (its predictor squares a list of pages of different sizes)."""
+    from export.model import load_exported
+    from export.peers import UltralyticsPeer, export_peer
+
+    ckpt, _, _ = cpu_export
+    _, out, _ = export_tiny(
+        tmp_path, ckpt, ["onnx"], ["input_hw=dynamic", "imgsz=128", "select.enabled=false"]
+    )
+    ours = load_exported(out / "model.onnx")
+    path = export_peer("ultralytics_onnx", ckpt, 128, None, tmp_path / "peer", dynamic=True)
+    peer = UltralyticsPeer(path, 128, ours.family.class_names)
+    page = Image.open(VALID[0]).convert("RGB").resize((480, 630))
+    pages = [page.crop((90, 0, 390, 630)), page.transpose(Image.Transpose.ROTATE_90).resize((900, 300))]
+    for p in pages:
+        peer.timing_page = np.asarray(p)
+        peer.benchmark_forward()  # sets up the predictor on this page
+        theirs = peer.yolo.predictor.preprocess([peer._bgr(p)])
+        assert tuple(theirs.shape) == ours.feeds(p)[0]["images"].shape  # (1, 3, 128, 64) / (1, 3, 64, 128)
+    together = peer.predict(pages, conf=0.001)
+    alone = [peer.predict([p], conf=0.001)[0] for p in pages]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
