@@ -58,7 +58,7 @@ def main() -> None:
                 model.runner = OpenVINORunner(path, "int8", a.threads, u8)
             rows[f"{name} {fmt}"] = model
     times: dict[str, list[float]] = {k: [] for k in rows}
-    for k, model in rows.items():
+    for model in rows.values():
         for _ in range(a.warmup):
             model.predict([page], conf=a.conf)
     for i in range(a.rounds):
