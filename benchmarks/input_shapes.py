@@ -38,7 +38,6 @@ def main() -> None:
     a = ap.parse_args()
 
     from export.model import load_exported
-    from export.runtimes import OpenVINORunner, OrtRunner
     from training.data.images import load_rgb
 
     page = np.asarray(load_rgb(a.page))
@@ -50,13 +49,7 @@ def main() -> None:
             if not path.is_file():
                 print(f"{name}: no {fmt} ({path})")
                 continue
-            model = load_exported(path)
-            if isinstance(model.runner, OrtRunner):  # the runners again, with the thread count asked for
-                model.runner = OrtRunner(path, threads=a.threads)
-            elif isinstance(model.runner, OpenVINORunner):
-                u8 = model.family.graph_preprocessing if model.runner.u8_input else None
-                model.runner = OpenVINORunner(path, "int8", a.threads, u8)
-            rows[f"{name} {fmt}"] = model
+            rows[f"{name} {fmt}"] = load_exported(path, threads=a.threads)
     times: dict[str, list[float]] = {k: [] for k in rows}
     for model in rows.values():
         for _ in range(a.warmup):

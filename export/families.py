@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from training.backends import BACKENDS, Backend, ExportSpec, backend_of, get_backend
-from training.backends.base import DYNAMIC_HW
+from training.backends.base import DYNAMIC_HW, is_dynamic_hw
 from training.data.images import as_pil
 from training.errors import UserError
 
@@ -76,7 +76,7 @@ class Family(ExportSpec):
     @property
     def dynamic_hw(self) -> bool:
         """Whether the input's height and width are symbolic: each page letterboxed into its own rectangle."""
-        return self.options.get("input_hw") == DYNAMIC_HW
+        return is_dynamic_hw(self.options.get("input_hw"))
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -90,7 +90,7 @@ class Family(ExportSpec):
         of 32, the largest stride of the YOLO heads), pages letterboxed into ``h x w``; or ``dynamic``, each page
         scaled to ``imgsz`` on its long side and padded to the stride on the other (a graph with symbolic height
         and width; the module must come from ``load_family(..., dynamic=True)``). A copy sharing the module."""
-        if isinstance(input_hw, str) and input_hw == DYNAMIC_HW:
+        if is_dynamic_hw(input_hw):
             hw = DYNAMIC_HW
         else:
             # a list or ListConfig; a lone value or a string other than dynamic fails the length check below
@@ -104,7 +104,7 @@ class Family(ExportSpec):
             raise UserError(
                 f"input_hw={hw}: rectangular inputs are for the ultralytics detectors, not {self.kind}"
             )
-        imgsz = self.imgsz if hw == DYNAMIC_HW else max(hw)
+        imgsz = self.imgsz if is_dynamic_hw(hw) else max(hw)
         return replace(self, options={**self.options, "input_hw": hw}, imgsz=imgsz)
 
     def batch_feeds(self, images: list) -> dict[str, np.ndarray]:
@@ -153,11 +153,6 @@ def load_family(
     family = Family.from_spec(backend.export_spec(imgsz, dynamic or is_dynamic_hw(input_hw)))
     family.source = str(checkpoint)
     return family.with_input_hw(input_hw) if input_hw else family
-
-
-def is_dynamic_hw(input_hw) -> bool:
-    """Whether an ``input_hw`` setting (None, ``[h, w]`` or a string) asks for a dynamic input."""
-    return isinstance(input_hw, str) and input_hw == DYNAMIC_HW
 
 
 def input_shape_words(family: Family) -> str:

@@ -91,10 +91,13 @@ def is_exported(path: str | Path) -> bool:
     return path.suffix in SUFFIXES or (path.is_dir() and (path / META).is_file())
 
 
-def load_exported(path: str | Path, precision: str | None = None) -> ExportedModel:
+def load_exported(
+    path: str | Path, precision: str | None = None, threads: int | None = None
+) -> ExportedModel:
     """Load an ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO; ``precision="bf16"`` runs it with the BF16 hint) or
     ``.engine`` (TensorRT) written by ``python -m export``; an export folder loads the CPU path ``python -m
-    export`` chose for the machine it ran on (``cpu_choice`` in its manifest)."""
+    export`` chose for the machine it ran on (``cpu_choice`` in its manifest). ``threads``: the CPU runtimes'
+    intra-op threads (None: the runtime's default)."""
     path = Path(path)
     if path.is_dir() and (path / META).is_file():
         choice = load_meta(path / META).get("cpu_choice")
@@ -113,11 +116,11 @@ def load_exported(path: str | Path, precision: str | None = None) -> ExportedMod
     family = Family.from_meta(meta)
     kind = SUFFIXES[path.suffix]
     if kind == "onnx":
-        runner, fmt = OrtRunner(path), "onnx"
+        runner, fmt = OrtRunner(path, threads=threads), "onnx"
     elif kind == "openvino":
         prec = precision or (entry or {}).get("precision", "fp32")
         u8 = family.graph_preprocessing if (entry or {}).get("u8_input") else None
-        runner, fmt = OpenVINORunner(path, prec, u8_input=u8), f"openvino_{prec}"
+        runner, fmt = OpenVINORunner(path, prec, threads, u8), f"openvino_{prec}"
     else:
         runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")
     return ExportedModel(family, runner, str(path), fmt)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from evaluation.report import fmt_num, markdown_table, write_csv
 from export.convert import INT8_PRESETS, overflow_fix, to_onnx, to_openvino, to_tensorrt
-from export.families import Family, input_shape_words, is_dynamic_hw, load_family, write_meta
+from export.families import Family, input_shape_words, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
 from export.runtimes import (
@@ -24,6 +24,7 @@ from export.runtimes import (
     cpu_capabilities,
     inference_precision,
 )
+from training.backends.base import is_dynamic_hw
 from training.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)

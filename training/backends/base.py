@@ -51,6 +51,11 @@ ImageInput = str | Path | np.ndarray
 DYNAMIC_HW = "dynamic"
 
 
+def is_dynamic_hw(input_hw) -> bool:
+    """Whether an ``input_hw`` setting (None, ``[h, w]`` or a string) asks for a dynamic input."""
+    return isinstance(input_hw, str) and input_hw == DYNAMIC_HW
+
+
 @dataclass
 class ExportSpec:
     """What the export layer needs from a loaded model, given by :meth:`Backend.export_spec`.

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from training.backends.base import DYNAMIC_HW, Detections, Detector, ExportSpec, ImageInput
+from training.backends.base import Detections, Detector, ExportSpec, ImageInput, is_dynamic_hw
 from training.data import cache_root, load_dataset, prepare_yolo
 from training.errors import ConfigError, OfflineError, UserError, first_line
 
@@ -549,7 +549,7 @@ class UltralyticsDetector(Detector):
         """The network input (h, w): ``imgsz`` square, or the export's rectangular ``options["input_hw"]``; for a
         dynamic input (``"dynamic"``) the largest one, the square (each page's own is :meth:`_letterbox`'s)."""
         hw = options.get("input_hw")
-        hw = (imgsz, imgsz) if not hw or hw == DYNAMIC_HW else hw
+        hw = (imgsz, imgsz) if not hw or is_dynamic_hw(hw) else hw
         return int(hw[0]), int(hw[1])
 
     @staticmethod
@@ -558,7 +558,7 @@ class UltralyticsDetector(Detector):
         its own rectangle padded to the heads' largest stride (32); the canvas is ``... x H x W`` either way."""
         from training.backends.yolo_processing import letterbox, letterbox_u8
 
-        stride = 32 if options.get("input_hw") == DYNAMIC_HW else 0
+        stride = 32 if is_dynamic_hw(options.get("input_hw")) else 0
         fn = letterbox_u8 if as_u8 else letterbox
         return fn(image, UltralyticsDetector._input_hw(imgsz, options), stride)
 
