@@ -7,12 +7,13 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from evaluation.report import fmt_num, markdown_table, write_csv
-from export.convert import INT8_PRESETS, overflow_fix, to_onnx, to_openvino, to_tensorrt
+from export.convert import INT8_PRESETS, overflow_fix_candidates, to_onnx, to_openvino, to_tensorrt
 from export.families import Family, input_shape_words, load_family, write_meta
 from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
@@ -100,9 +101,10 @@ def _bounds(cfg, fmt: str) -> dict:
 
 
 def _build(
-    fmt: str, family: Family, out: Path, onnx_path: Path, data: ParityData, cfg
+    fmt: str, family: Family, out: Path, onnx_path: Path, data: ParityData, cfg, int8_fix: str | None = None
 ) -> tuple[Path, object]:
-    """Write the artifact of ``fmt`` and return it with a runner over it."""
+    """Write the artifact of ``fmt`` and return it with a runner over it (``int8_fix``: NNCF's overflow fix for
+    ``openvino_int8``, resolved; default: ``openvino.int8.overflow_fix`` resolved for this CPU)."""
     threads = cfg.get("threads")
     if fmt == "onnx":
         return onnx_path, OrtRunner(onnx_path, "CPUExecutionProvider", threads)
@@ -116,7 +118,10 @@ def _build(
             calib = [family.feeds(im)[0] for im in data.calibration] if stored == "int8" else None
             if stored == "int8" and not calib:
                 raise UserError(f"no calibration images in split '{cfg.calibration.split}'")
-            to_openvino(onnx_path, xml, family, stored, calib, OmegaConf.to_container(cfg.openvino.int8))
+            int8 = OmegaConf.to_container(cfg.openvino.int8)
+            if int8_fix:
+                int8["overflow_fix"] = int8_fix
+            to_openvino(onnx_path, xml, family, stored, calib, int8)
         u8 = family.graph_preprocessing if cfg.openvino.u8_input else None
         return xml, OpenVINORunner(xml, prec, threads, u8)
     if fmt.startswith("tensorrt"):
@@ -133,6 +138,60 @@ def _build(
     raise ConfigError(f"unknown export format {fmt!r}; valid: {list(FORMATS)}")
 
 
+class _Reference(NamedTuple):
+    """What every format is compared with: the PyTorch module's raw outputs and boxes on the parity images, and
+    its metrics over the parity split (with ``eval_cfg``)."""
+
+    raw: list
+    dets: list
+    metrics: dict
+    eval_cfg: object
+
+
+def _export_format(
+    fmt: str,
+    family: Family,
+    out: Path,
+    onnx_path: Path,
+    data: ParityData,
+    cfg,
+    ref: _Reference,
+    int8_fix: tuple[str, str] | None,
+) -> tuple[dict, ExportedModel | None]:
+    """Build ``fmt`` and check its parity with ``ref``: its manifest entry (``status`` passed / failed /
+    unavailable; ``reason`` when not passed) and the model (None when unavailable)."""
+    entry = {"format": fmt, "precision": fmt.split("_")[1] if "_" in fmt else "fp32"}
+    t0 = time.perf_counter()
+    try:
+        path, runner = _build(fmt, family, out, onnx_path, data, cfg, int8_fix and int8_fix[0])
+    except Unavailable as e:
+        log.warning("%s: unavailable here (%s)", fmt, e)
+        return {**entry, "status": "unavailable", "reason": str(e)}, None
+    entry.update(path=str(path.relative_to(out)), seconds_to_build=round(time.perf_counter() - t0, 2))
+    if isinstance(runner, OpenVINORunner):
+        entry.update(inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input)
+    if int8_fix:
+        entry.update(overflow_fix=int8_fix[0], overflow_fix_why=int8_fix[1])
+    model = ExportedModel(family, runner, str(path), fmt)
+    raw, dets = data.outputs(model)
+    m = {f"ref/{k}": v for k, v in ref.metrics.items()}
+    m.update({f"export/{k}": v for k, v in data.evaluate(model, ref.eval_cfg).items()})
+    m["raw_diff"] = raw_difference(ref.raw, raw)
+    if family.is_detector:
+        m.update(match_detections(ref.dets, dets, float(cfg.parity.score_min), float(cfg.parity.iou)))
+    else:
+        pairs = list(zip(ref.dets, dets, strict=True))
+        m["top1_agreement"] = float(np.mean([r.argmax() == d.argmax() for r, d in pairs]))
+        m["max_score_diff"] = float(max(np.abs(r - d).max() for r, d in pairs))
+    bounds = _bounds(cfg, fmt)
+    problems = check(m, bounds)
+    entry.update(parity=m, bounds=bounds, status="failed" if problems else "passed")
+    if problems:
+        entry["reason"] = "; ".join(problems)
+    log.info("%s: %s %s", fmt, entry["status"], entry.get("reason", ""))
+    return entry, model
+
+
 def export_checkpoint(cfg, out: Path) -> dict:
     """Export ``cfg.checkpoint`` to ``cfg.formats`` in ``out``; returns the manifest. Raises :class:`ParityError`
     (after writing the manifest and moving the failed files to ``out/failed/``) when a format breaks its bounds."""
@@ -145,7 +204,7 @@ def export_checkpoint(cfg, out: Path) -> dict:
             f"openvino.int8.preset={cfg.openvino.int8.preset!r}: valid are {list(INT8_PRESETS)}"
         )
     try:  # resolved once, before any work: what to_openvino applies and the manifest records
-        int8_fix = overflow_fix(str(cfg.openvino.int8.overflow_fix))
+        int8_fixes = overflow_fix_candidates(str(cfg.openvino.int8.overflow_fix))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if (out / META).exists():
@@ -158,51 +217,39 @@ def export_checkpoint(cfg, out: Path) -> dict:
     family = on_square.with_input_hw(cfg.input_hw) if cfg.get("input_hw") else on_square
     data = ParityData(family, cfg)
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
-    ref = reference_model(family)
-    ref_raw, ref_dets = data.outputs(ref)
-    ref_metrics = data.evaluate(ref, eval_cfg)
+    torch_ref = reference_model(family)
+    ref_raw, ref_dets = data.outputs(torch_ref)
+    ref_metrics = data.evaluate(torch_ref, eval_cfg)
     log.info("PyTorch reference: %s", ref_metrics)
     square = None
     if family is not on_square:  # what the rectangular input costs: the same model on the square
         square = {"imgsz": on_square.imgsz, **data.evaluate(reference_model(on_square), eval_cfg)}
         log.info("PyTorch on the square: %s", square)
     onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
+    ref = _Reference(ref_raw, ref_dets, ref_metrics, eval_cfg)
     artifacts, failures, models = [], [], {}
     for fmt in formats:
-        entry = {"format": fmt, "precision": fmt.split("_")[1] if "_" in fmt else "fp32"}
-        t0 = time.perf_counter()
-        try:
-            path, runner = _build(fmt, family, out, onnx_path, data, cfg)
-        except Unavailable as e:
-            log.warning("%s: unavailable here (%s)", fmt, e)
-            artifacts.append({**entry, "status": "unavailable", "reason": str(e)})
-            continue
-        entry.update(path=str(path.relative_to(out)), seconds_to_build=round(time.perf_counter() - t0, 2))
-        if isinstance(runner, OpenVINORunner):
-            entry.update(
-                inference_precision=runner.config["INFERENCE_PRECISION_HINT"], u8_input=runner.u8_input
+        tried = []  # openvino_int8: the overflow fixes that failed parity before the one kept
+        fixes = int8_fixes if fmt == "openvino_int8" else [None]
+        for i, fix in enumerate(fixes):
+            entry, model = _export_format(fmt, family, out, onnx_path, data, cfg, ref, fix)
+            if entry["status"] != "failed" or i + 1 == len(fixes):
+                break
+            log.warning(
+                "%s with overflow_fix=%s failed parity (%s); quantizing again with the next fix",
+                fmt,
+                fix[0],
+                entry["reason"],
             )
-        if fmt == "openvino_int8":
-            entry.update(overflow_fix=int8_fix[0], overflow_fix_why=int8_fix[1])
-        model = models[fmt] = ExportedModel(family, runner, str(path), fmt)
-        raw, dets = data.outputs(model)
-        m = {f"ref/{k}": v for k, v in ref_metrics.items()}
-        m.update({f"export/{k}": v for k, v in data.evaluate(model, eval_cfg).items()})
-        m["raw_diff"] = raw_difference(ref_raw, raw)
-        if family.is_detector:
-            m.update(match_detections(ref_dets, dets, float(cfg.parity.score_min), float(cfg.parity.iou)))
-        else:
-            pairs = list(zip(ref_dets, dets, strict=True))
-            m["top1_agreement"] = float(np.mean([r.argmax() == d.argmax() for r, d in pairs]))
-            m["max_score_diff"] = float(max(np.abs(r - d).max() for r, d in pairs))
-        bounds = _bounds(cfg, fmt)
-        problems = check(m, bounds)
-        entry.update(parity=m, bounds=bounds, status="failed" if problems else "passed")
-        if problems:
-            entry["reason"] = "; ".join(problems)
+            shutil.rmtree(out / Path(entry.pop("path")).parent)  # the next fix is written in its place
+            tried.append({**entry, "status": "replaced"})
+        if tried:
+            entry["overflow_fix_tried"] = tried
+        if model is not None:
+            models[fmt] = model
+        if entry["status"] == "failed":
             failures.append(f"{fmt}: {entry['reason']}")
         artifacts.append(entry)
-        log.info("%s: %s %s", fmt, entry["status"], entry.get("reason", ""))
     manifest = {
         "artifacts": artifacts,
         "opset": int(cfg.opset),
@@ -300,7 +347,16 @@ def _quarantine(out: Path, artifacts: list[dict]) -> None:
 def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
     keys = ("mAP50", "mAP50-95") if family.is_detector else ("accuracy", "macro_f1")
     rows = []
-    for a in artifacts:
+    # an INT8 quantized again after its first overflow fix failed parity: the replaced try first, then the kept one
+    tried = [
+        [
+            {**t, "format": f"{a['format']} (overflow_fix={t['overflow_fix']})"}
+            for t in a.get("overflow_fix_tried", [])
+        ]
+        + [a]
+        for a in artifacts
+    ]
+    for a in (entry for group in tried for entry in group):
         m = a.get("parity") or {}
         row = {"format": a["format"], "status": a["status"]}
         for k in keys:

@@ -336,7 +336,7 @@ def test_int8_preset_reaches_nncf(cpu_export, tmp_path, monkeypatch, preset):
     ],
 )
 def test_overflow_fix_auto_follows_the_int8_unit(monkeypatch, flags, isa_cap, want):
-    from export.convert import overflow_fix
+    from export.convert import overflow_fix, overflow_fix_candidates
 
     if isa_cap:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
@@ -345,9 +345,14 @@ def test_overflow_fix_auto_follows_the_int8_unit(monkeypatch, flags, isa_cap, wa
     fix, why = overflow_fix("auto", flags)
     assert fix == want and why.startswith("auto: ")
     assert ("VNNI" in why) if want == "enable" else ("default" in why)
-    # a value set by hand wins over the CPU
+    # what the export tries in turn: without VNNI NNCF's default after enable, else the one fix
+    tries = overflow_fix_candidates("auto", flags)
+    assert tries[0] == (fix, why)
+    assert [t[0] for t in tries] == (["enable", "first_layer_only"] if want == "enable" else [want])
+    # a value set by hand wins over the CPU, and is the only one tried
     for setting in ("enable", "first_layer_only", "disable"):
         assert overflow_fix(setting, flags) == (setting, "openvino.int8.overflow_fix")
+        assert overflow_fix_candidates(setting, flags) == [overflow_fix(setting, flags)]
     with pytest.raises(ValueError, match="overflow_fix='half'"):
         overflow_fix("half", flags)
 
@@ -375,6 +380,63 @@ def test_overflow_fix_reaches_nncf(cpu_export, tmp_path, monkeypatch, setting, v
     family = load_family(ckpt, decode_table())
     _build("openvino_int8", family, tmp_path, out / "model.onnx", _Calib(VALID[:2]), cfg)
     assert seen["advanced_parameters"].overflow_fix == nncf.OverflowFix(want)
+
+
+@pytest.mark.parametrize(
+    "vnni, failing, tried, kept",
+    [
+        # no VNNI: enable first; when it fails parity, NNCF's default is quantized in its place
+        (False, {"enable"}, ["enable", "first_layer_only"], "passed"),
+        (False, set(), ["enable"], "passed"),  # enable passes: nothing quantized twice
+        (False, {"enable", "first_layer_only"}, ["enable", "first_layer_only"], "failed"),
+        (True, {"first_layer_only"}, ["first_layer_only"], "failed"),  # VNNI: one fix, no second try
+    ],
+)
+def test_int8_overflow_fix_falls_back_on_parity(
+    cpu_export, tmp_path, monkeypatch, vnni, failing, tried, kept
+):
+    """``overflow_fix: auto`` on a CPU without VNNI: an INT8 that fails parity with ``enable`` is quantized again
+    with ``first_layer_only``; the manifest and parity.md keep the replaced try and why."""
+    import nncf
+
+    import export.convert
+    import export.run
+
+    ckpt = cpu_export[0]
+    quantized = []
+
+    def fake_quantize(model, dataset, **kw):  # records the fix; the float graph passes parity by itself
+        quantized.append(kw["advanced_parameters"].overflow_fix.value)
+        return model
+
+    real_check = export.run.check
+    monkeypatch.setattr(nncf, "quantize", fake_quantize)
+    monkeypatch.setattr(
+        export.run, "check", lambda m, b: ["forced"] if quantized[-1] in failing else real_check(m, b)
+    )
+    monkeypatch.setattr(
+        export.convert, "cpu_flags", lambda: ["avx2", "fma"] + (["avx512_vnni"] if vnni else [])
+    )
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    out = tmp_path / "export"
+    if kept == "failed":
+        with pytest.raises(export.run.ParityError, match="openvino_int8: forced"):
+            export_tiny(tmp_path, ckpt, ["openvino_int8"], ["select.enabled=false"])
+        manifest = json.loads((out / "sigdet_export.json").read_text())
+    else:
+        manifest = export_tiny(tmp_path, ckpt, ["openvino_int8"], ["select.enabled=false"])[2]
+    assert quantized == tried
+    (int8,) = manifest["artifacts"]
+    assert int8["status"] == kept and int8["overflow_fix"] == tried[-1]
+    replaced = int8.get("overflow_fix_tried", [])
+    assert [t["overflow_fix"] for t in replaced] == tried[:-1]
+    assert all(t["status"] == "replaced" and t["reason"] == "forced" and "path" not in t for t in replaced)
+    if replaced:
+        assert "failed parity" in int8["overflow_fix_why"]
+        table = (out / "parity.md").read_text()
+        assert "openvino_int8 (overflow_fix=enable) | replaced" in table
+    where = out / ("failed" if kept == "failed" else ".") / "openvino_int8" / "model.xml"
+    assert where.is_file() and len(list(out.rglob("model.xml"))) == 1
 
 
 def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
