@@ -117,6 +117,7 @@ def test_precision_no_in_yaml_reads_as_no(tmp_path):
     assert precision_of(cfg.train, torch.device("cuda")) == "fp16"
 
 
+@pytest.mark.slow  # two training processes and a one-process run: ~45 s on 2 cores
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
 def test_two_gloo_processes_match_one(tmp_path):
     """``torchrun --nproc_per_node 2`` on the CPU (gloo), batch 1 per process, against one process with batch 2.
