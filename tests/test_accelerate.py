@@ -158,6 +158,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert metrics["train/processes"] == 2 and metrics["train/steps"] == 7
     assert len(list((two_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, the main process's
     assert (two.stdout + two.stderr).count(f"wrote {two_dir / 'metrics.md'}") == 1  # one evaluation
+    assert (two.stdout + two.stderr).count("train epoch 1/1 ") == 1  # one epoch line, the main process's
 
     # the checkpoint loads as any other and predicts
     backend = get_backend("transformers")

@@ -208,6 +208,7 @@ def fit(
     step0: int = 0,
     name: str = "train",
     state: FitState | None = None,
+    verbose: bool = True,
 ) -> FitState:
     """Run epochs until ``epochs``, ``max_steps`` optimizer steps in total, or ``patience`` evaluations without
     an improvement of ``monitor`` (``mode`` max or min; ``patience`` 0: never stop early).
@@ -216,6 +217,7 @@ def fit(
     logged); ``validate()`` returns the validation metrics, named as ``monitor`` is. ``on_best`` runs when the
     monitor improves (save or snapshot the weights), ``on_epoch_end`` after every epoch (save the last state,
     with :func:`rng_state`). The tracker's step is ``step0 + epoch``. ``state`` continues a resumed fit.
+    ``verbose``: log each epoch's line (False on every process but the main one under a launcher).
     """
     st = state or FitState()
     for _ in range(st.epoch, epochs):
@@ -246,10 +248,12 @@ def fit(
         st.history.append({"phase": name, "epoch": step0 + st.epoch, **logs})
         if tracker is not None:
             tracker.log_metrics(logs, step=step0 + st.epoch)
-        log.info("%s epoch %d/%d %s", name, st.epoch, epochs, {k: round(v, 4) for k, v in logs.items()})
+        if verbose:
+            log.info("%s epoch %d/%d %s", name, st.epoch, epochs, {k: round(v, 4) for k, v in logs.items()})
         if on_epoch_end is not None:
             on_epoch_end(st)
         if patience and st.bad_epochs >= patience:
-            log.info("%s: early stop, %s did not improve for %d evaluations", name, monitor, patience)
+            if verbose:
+                log.info("%s: early stop, %s did not improve for %d evaluations", name, monitor, patience)
             break
     return st

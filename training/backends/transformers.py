@@ -535,6 +535,7 @@ class TransformersDetector(Detector):
                 on_epoch_end=on_main(save_last),
                 tracker=self.tracker if main else None,
                 state=state,
+                verbose=main,  # one line per epoch, not one per process
             )
         # this process's steps (a resumed run's rates exclude the interrupted part)
         best, steps_done, epochs_done = st.best, st.steps - steps0, st.epoch
