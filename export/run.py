@@ -348,7 +348,7 @@ def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
     keys = ("mAP50", "mAP50-95") if family.is_detector else ("accuracy", "macro_f1")
     rows = []
     # an INT8 quantized again after its first overflow fix failed parity: the replaced try first, then the kept one
-    tried = [
+    groups = [
         [
             {**t, "format": f"{a['format']} (overflow_fix={t['overflow_fix']})"}
             for t in a.get("overflow_fix_tried", [])
@@ -356,7 +356,7 @@ def parity_rows(family: Family, artifacts: list[dict]) -> list[dict]:
         + [a]
         for a in artifacts
     ]
-    for a in (entry for group in tried for entry in group):
+    for a in (entry for group in groups for entry in group):
         m = a.get("parity") or {}
         row = {"format": a["format"], "status": a["status"]}
         for k in keys:
