@@ -23,8 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FORMATS = {"onnx": "model.onnx", "openvino_int8": "openvino_int8/model.xml"}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,19 +35,24 @@ def main() -> None:
     ap.add_argument("--conf", type=float, default=0.25)
     a = ap.parse_args()
 
-    from export.model import load_exported
+    from export.model import META, load_exported, load_meta
     from training.data.images import load_rgb
 
     page = np.asarray(load_rgb(a.page))
     rows = {}
     for spec in a.exports:
         name, _, folder = spec.partition("=")
+        # the files the export wrote and passed, as its manifest lists them
+        passed = {
+            x["format"]: x["path"]
+            for x in load_meta(Path(folder) / META).get("artifacts", [])
+            if x.get("status") == "passed"
+        }
         for fmt in a.formats.split(","):
-            path = Path(folder) / FORMATS[fmt]
-            if not path.is_file():
-                print(f"{name}: no {fmt} ({path})")
+            if fmt not in passed:
+                print(f"{name}: no {fmt} that passed parity in {folder}")
                 continue
-            rows[f"{name} {fmt}"] = load_exported(path, threads=a.threads)
+            rows[f"{name} {fmt}"] = load_exported(Path(folder) / passed[fmt], threads=a.threads)
     times: dict[str, list[float]] = {k: [] for k in rows}
     for model in rows.values():
         for _ in range(a.warmup):
@@ -64,8 +67,7 @@ def main() -> None:
     print(f"page {a.page} ({page.shape[0]} x {page.shape[1]}), {a.rounds} rounds, threads {a.threads}")
     print("| row | input | e2e p50 (ms) | e2e p10 (ms) |\n|---|---|---|---|")
     for k, model in rows.items():
-        x = next(iter(model.feeds(page)[0].values()))
-        hw = x.shape[1:3] if getattr(model.runner, "u8_input", False) else x.shape[2:4]
+        hw = next(iter(model.family.feeds(page)[0].values())).shape[2:4]  # NCHW, whatever the runner takes
         t = np.asarray(times[k])
         print(f"| {k} | {hw[0]}x{hw[1]} | {np.median(t):.1f} | {np.percentile(t, 10):.1f} |")
 
