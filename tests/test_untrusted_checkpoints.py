@@ -223,3 +223,86 @@ def test_resume_repairs_torn_checkpoints_of_its_own_run_but_never_trapped_ones(t
     shutil.copy(evil_checkpoints(tmp_path / "in", marker)["system"], w / "best.pt")
     with pytest.raises(UserError, match="refused"):
         _vet_run_checkpoints(w)
+
+
+def getattr_trap(path: Path, marker: Path) -> Path:
+    """A zip checkpoint whose pickle names only ``builtins.getattr`` and an ultralytics model class, so the scan of
+    globals lets it through, and walks ``DetectionModel.__init__.__globals__`` to ``eval``: harmless under
+    ultralytics' restricted loader (its getattr stand-in), code under any unrestricted load."""
+    import io
+    import struct
+    import zipfile
+
+    def s(text):
+        b = text.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    def get(obj, name):
+        return b"h\x00" + obj + s(name) + b"\x86R"
+
+    def call(fn, arg):
+        return fn + arg + b"\x85R"
+
+    cls = b"cultralytics.nn.tasks\nDetectionModel\n"
+    builtins = call(get(get(get(cls, "__init__"), "__globals__"), "get"), s("__builtins__"))
+    payload = b"\x80\x02cbuiltins\ngetattr\nq\x00" + call(
+        call(get(builtins, "get"), s("eval")), s(f"open({str(marker)!r}, 'w').close()")
+    )
+    buf = io.BytesIO()
+    torch.save({"a": 1}, buf)
+    src = zipfile.ZipFile(buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n in src.namelist():
+            z.writestr(n, payload + b"." if n.endswith("/data.pkl") else src.read(n))
+    return path
+
+
+def test_getattr_trap_passes_the_scan_but_never_runs(tmp_path, trained_run, marker):
+    """ultralytics' own torch_load unpickles without restriction (strip_optimizer at the end of every training):
+    under our safe load it goes through the restricted loader; resume's vetting trial-loads every checkpoint."""
+    from training.backends.ultralytics import _vet_run_checkpoints, load_yolo
+    from training.checkpoints import check_ultralytics_checkpoint, enable_ultralytics_safe_load
+
+    trap = getattr_trap(tmp_path / "w" / "best.pt", marker)
+    assert check_ultralytics_checkpoint(trap) == trap  # the scan alone cannot tell
+    enable_ultralytics_safe_load()
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    assert strip_optimizer(trap) == {}  # refused (ultralytics logs "Skipping"), not run
+    with pytest.raises(UserError, match=trap.name):
+        load_yolo(trap)
+    shutil.copy(trained_run[1] / "weights" / "last.pt", trap.with_name("last.pt"))
+    with pytest.raises(UserError, match="best.pt: refused"):
+        _vet_run_checkpoints(trap.parent)
+    # a genuine checkpoint still strips through the restricted loader
+    genuine = shutil.copy(trained_run[1] / "weights" / "last.pt", tmp_path / "genuine.pt")
+    assert "model" in strip_optimizer(genuine)
+
+
+def test_resume_reads_this_runs_data_and_writes_into_its_folder(tmp_path, trained_run, marker):
+    """ultralytics takes a resumed run's arguments from last.pt's train_args: a data YAML (whose `download:`
+    script it runs when the images are missing) and a save_dir elsewhere. Resume uses ours instead."""
+    import ultralytics.utils.patches as patches
+
+    from training.checkpoints import enable_ultralytics_safe_load
+    from training.train import train
+
+    enable_ultralytics_safe_load()
+    ckpt = patches.torch_load(trained_run[1] / "weights" / "last.pt", map_location="cpu")
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(
+        f"path: {tmp_path / 'nowhere'}\ntrain: images\nval: images\nnames: {{0: signature}}\n"
+        f"download: |\n  open({str(marker)!r}, 'w').close()\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    ckpt["train_args"].update(data=str(evil), save_dir=str(elsewhere), epochs=2)
+    ckpt["epoch"] = 0  # an interrupted run
+    rd = tmp_path / "run"
+    (rd / "weights").mkdir(parents=True)
+    torch.save(ckpt, rd / "weights" / "last.pt")
+    cfg = compose_cfg("train", ["experiment=quickstart", *TINY, "resume=true"], tmp_path)
+    cfg.paths.run_dir = str(rd)
+    train(cfg)
+    assert not elsewhere.exists()
+    assert (rd / "weights" / "best.pt").is_file() and (rd / "results.csv").is_file()

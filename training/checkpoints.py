@@ -17,6 +17,7 @@ are ONNX / OpenVINO IR / TensorRT engines.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
@@ -140,12 +141,37 @@ def is_model_global(name: str) -> bool:
 
 
 def check_ultralytics_checkpoint(path: str | Path) -> Path:
-    """Refuse a file that is not a PyTorch checkpoint or names a global that is not a model class / plain data."""
+    """Refuse a file that is not a PyTorch checkpoint or names a global that is not a model class / plain data.
+
+    A legacy raw pickle (not a zip archive) is refused too: ultralytics never writes one, and torch cannot list
+    its globals without running it."""
     path = Path(path)
     _check_file(path, "checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise UnsafeCheckpoint(
+            f"{path}: refused to load: a legacy raw pickle, which ultralytics never writes and whose globals cannot "
+            "be listed without unpickling it (re-save it with torch.save if you trust its origin)"
+        )
     bad = [g for g in checkpoint_globals(path) if not is_model_global(g)]
     if bad:
         raise _refuse(path, bad)
+    return path
+
+
+def vet_ultralytics_checkpoint(path: str | Path) -> Path:
+    """:func:`check_ultralytics_checkpoint`, then a trial load through ultralytics' restricted loader: for a file
+    that ultralytics will read without us in between (a resumed run's own checkpoints). Its ``getattr`` stand-in
+    refuses what the scan of globals alone lets through (``getattr`` on a model class reaches functions)."""
+    path = check_ultralytics_checkpoint(path)
+    enable_ultralytics_safe_load()
+    import ultralytics.utils.patches as patches
+
+    try:
+        patches.torch_load(path, map_location="cpu")
+    except Exception as e:  # the restricted unpickler's refusal, whatever its class
+        raise UnsafeCheckpoint(
+            f"{path}: refused to load: ultralytics' restricted loader rejects it ({first_line(e, 160)})"
+        ) from None
     return path
 
 
@@ -206,3 +232,33 @@ def enable_ultralytics_safe_load() -> None:
         )
     tasks.SAFE_LOAD = True
     uutils.SAFE_LOAD = True
+    _restrict_ultralytics_torch_load(tasks)
+
+
+def _restrict_ultralytics_torch_load(tasks) -> None:
+    """ultralytics' ``torch_load`` defaults to ``weights_only=False`` whatever ``ULTRALYTICS_SAFE_LOAD`` says, and
+    its trainer calls it on the run's own files (``strip_optimizer`` of last.pt / best.pt at the end of a training,
+    a resumed one included): in this process such a load goes through ultralytics' own restricted loader instead
+    (``weights_only=True`` with its allow-list of model classes; its ``getattr`` stand-in reaches only attributes of
+    modules). Rebound where ultralytics' modules imported it by name; a genuine checkpoint loads the same."""
+    import ultralytics.utils.patches as patches
+    import ultralytics.utils.torch_utils as torch_utils
+
+    original = patches.torch_load
+    if getattr(original, "restricted", False):
+        return
+
+    @functools.wraps(original)
+    def torch_load(f, *args, **kwargs):
+        if kwargs.get("weights_only") is True:
+            return original(f, *args, **kwargs)
+        kwargs["weights_only"] = True
+        if not isinstance(f, (str, os.PathLike)):  # a buffer: the classes registered by earlier loads
+            return original(f, *args, **kwargs)
+        with tasks._SafeLoad.loading(f):
+            return original(f, *args, **kwargs)
+
+    torch_load.restricted = True
+    for module in (patches, torch_utils, tasks):
+        if getattr(module, "torch_load", None) is original:
+            module.torch_load = torch_load

@@ -17,7 +17,8 @@ from training.errors import ConfigError, OfflineError, UserError, first_line
 log = logging.getLogger(__name__)
 
 # Set by the framework, never by ``train.*``: they would bypass the data layer or the run dir.
-RESERVED_ARGS = {"data", "project", "name", "exist_ok", "resume", "model", "mode", "task"}
+# `cfg` is ultralytics' file of further arguments (it could set the reserved ones); `save_dir` its run folder
+RESERVED_ARGS = {"data", "project", "name", "exist_ok", "resume", "model", "mode", "task", "cfg", "save_dir"}
 # ultralytics integrations that would open / close their own tracker runs behind ours.
 FOREIGN_TRACKERS = ("ultralytics.utils.callbacks.wb",)
 ASSET_URL = "https://github.com/ultralytics/assets/releases"
@@ -68,20 +69,21 @@ def _keep_complete_last(trainer) -> None:
 
 
 def _vet_run_checkpoints(weights: Path) -> None:
-    """Before resuming, check every checkpoint of the run: ultralytics' final evaluation re-reads best.pt without
-    restriction, so a booby-trapped one is refused here. A file torn by a kill mid-save is this run's own: last.pt
-    is restored from its atomic copy, a torn best.pt is set aside (the resumed run writes a new one)."""
-    from training.checkpoints import UnsafeCheckpoint, check_ultralytics_checkpoint
+    """Before resuming, check every checkpoint of the run, each scanned and trial-loaded through ultralytics'
+    restricted loader (ultralytics re-reads last.pt and best.pt itself), so a booby-trapped one is refused before
+    any work. A file torn by a kill mid-save is this run's own: last.pt is restored from its atomic copy, a torn
+    best.pt is set aside (the resumed run writes a new one)."""
+    from training.checkpoints import UnsafeCheckpoint, vet_ultralytics_checkpoint
 
     for pt in sorted(weights.glob("*.pt")):
         try:
-            check_ultralytics_checkpoint(pt)
+            vet_ultralytics_checkpoint(pt)
         except UnsafeCheckpoint:
             raise
         except UserError as e:
             complete = weights / LAST_COMPLETE
             if pt.name == "last.pt" and complete.is_file():
-                check_ultralytics_checkpoint(complete)
+                vet_ultralytics_checkpoint(complete)
                 log.warning("%s; resuming from %s, saved after the last complete epoch", e, complete)
                 shutil.copyfile(complete, pt)
             elif pt.name == "best.pt":
@@ -406,7 +408,14 @@ class UltralyticsDetector(Detector):
         trainer_cls = trainer_class(model._smart_load("trainer"))
         t0 = time.perf_counter()
         if resume:
-            model.train(resume=str(last), trainer=trainer_cls)
+            # ultralytics takes every other argument from the checkpoint's train_args: its data (whose YAML it
+            # reads, `download:` script included) and its save_dir are ours, not whatever the file says
+            model.train(
+                resume=str(last),
+                data=str(data_yaml),
+                save_dir=str(self.run_dir.resolve()),
+                trainer=trainer_cls,
+            )
         else:
             model.train(
                 **args,
