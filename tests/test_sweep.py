@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from tests.conftest import CONF, ROOT, compose_cfg
@@ -287,3 +287,50 @@ def test_trial_runs_are_grouped_by_study_for_wandb(tmp_path):
         run.logger.type == "wandb" and run.logger.group == "quickstart_tiny" and run.logger.name == "trial-7"
     )
     assert "quickstart_tiny" in run.logger.tags and run.train.lr0 == 0.01 and run.train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("hydra.callbacks.x._target_", "os.system"),  # a key outside the search space
+        ("train.optimizer", "${oc.env:HOME}"),  # a choice the search space does not have
+        ("train.lr0", 1.0e6),  # out of range
+    ],
+)
+def test_summary_writes_only_search_space_values_from_the_shared_storage(tmp_path, name, value):
+    """The storage is shared by the workers (a database): its best trial's parameters go into an experiment file
+    that is then run, so a parameter the search space cannot give is refused, and no file is written."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from training.errors import DataError
+    from training.sweep import summarize
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        from hydra import compose
+
+        scfg = compose("sweep", overrides=["sweep=quickstart_tiny", f"sweep.storage={storage}"]).sweep
+    assert "train.lr0" in scfg.search_space and "train.optimizer" in scfg.search_space
+    study = optuna.create_study(study_name=str(scfg.study_name), storage=storage, direction="maximize")
+    dist = (
+        FloatDistribution(0.0, 2.0e6)
+        if isinstance(value, float)
+        else CategoricalDistribution([value, "AdamW"])
+    )
+    study.add_trial(optuna.trial.create_trial(params={name: value}, distributions={name: dist}, value=0.9))
+    with pytest.raises(DataError, match=f"parameter {name}="):
+        summarize(scfg, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.yaml"))
+    # the same study with a value the search space gives is summarised
+    ok = optuna.create_study(study_name="ok", storage=storage, direction="maximize")
+    ok.add_trial(
+        optuna.trial.create_trial(
+            params={"train.optimizer": "AdamW"},
+            distributions={"train.optimizer": CategoricalDistribution(["AdamW", "RMSProp"])},
+            value=0.9,
+        )
+    )
+    with open_dict(scfg):
+        scfg.study_name = "ok"
+    summarize(scfg, tmp_path / "out")
+    assert "optimizer: AdamW" in (tmp_path / "out" / "experiment" / "ok_best.yaml").read_text()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from evaluation.metrics import HEADLINE
 from evaluation.report import markdown_table, pyplot, write_csv
-from training.errors import ConfigError, UserError, cli, first_line
+from training.errors import ConfigError, DataError, UserError, cli, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 from training.workers import pin_device, worker_index
@@ -54,6 +54,16 @@ def suggest(trial, space) -> dict:
                 f"sweep.search_space.{name}: type {kind!r} is not one of ['float', 'int', 'categorical']"
             )
     return params
+
+
+def in_space(spec: dict, value) -> bool:
+    """Whether ``value`` is one that the search-space entry ``spec`` can give (a shared storage is untrusted)."""
+    if spec.get("type") == "categorical":
+        return any(type(value) is type(c) and value == c for c in spec["choices"])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    low, high = float(spec["low"]), float(spec["high"])
+    return low - 1e-9 * abs(low) <= value <= high + 1e-9 * abs(high)
 
 
 def as_overrides(params: dict) -> list[str]:
@@ -361,7 +371,15 @@ def summarize(scfg, out_dir: Path) -> None:
     name = f"{scfg.study_name}_best"
     exp = OmegaConf.load(CONF / "experiment" / f"{scfg.experiment}.yaml")
     exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
+    # the storage is shared with other workers (a database): only names of sweep.search_space, with values
+    # its entries can give, go into a file that is then run (never a hydra.* key, a ${...} or a path of its own)
+    space = OmegaConf.to_container(scfg.search_space, resolve=True)
     for k, v in best.params.items():
+        if k not in space or not in_space(space[k], v):
+            raise DataError(
+                f"{scfg.storage}: study {scfg.study_name}, trial {best.number}: parameter {k}={v!r} is not one "
+                "of sweep.search_space; refused to write it into an experiment file"
+            )
         OmegaConf.update(exp, k, v, force_add=True)
     exp.task_name = name
     header = [
