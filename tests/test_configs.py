@@ -203,3 +203,15 @@ def test_schema_groups_set_every_key_and_refuse_unknown_ones(tmp_path):
         compose_cfg("train", [f"hydra.searchpath=[file://{tmp_path / 'sp'}]", "experiment=typo"], tmp_path)
     with pytest.raises(ConfigCompositionException, match="n_bootstap"):
         compose_cfg("train", ["evaluation.n_bootstap=5"], tmp_path)
+
+
+def test_run_files_guard_is_one_of_our_functions():
+    """``hydra.callbacks.run_files.guard`` is called through Hydra's get_method, which runs any dotted path without
+    the checks Hydra applies to ``_target_``: only a function of our packages is accepted."""
+    from training.errors import ConfigError
+    from training.runfiles import RunFiles
+
+    assert RunFiles(guard="training.train.check_run_dir").guard == "training.train.check_run_dir"
+    for bad in ("os.system", "builtins.exec", "subprocess.call"):
+        with pytest.raises(ConfigError, match="run_files.guard"):
+            RunFiles(guard=bad)

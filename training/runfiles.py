@@ -21,12 +21,13 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from training.errors import UserError
+from training.errors import ConfigError, UserError
 from training.fileio import write_atomic
 from training.tracking import redact
 
 log = logging.getLogger(__name__)
 
+GUARD_PACKAGES = ("training.", "evaluation.", "export.")
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's name, written by its basic sweeper
 
 
@@ -88,6 +89,9 @@ class RunFiles(Callback):
     ) -> None:
         self.subdir = subdir
         self.finished = list(finished or [])
+        # a function of ours (get_method runs any dotted path it is given, without Hydra's checks of _target_)
+        if guard is not None and not str(guard).startswith(GUARD_PACKAGES):
+            raise ConfigError(f"run_files.guard={guard!r}: must be a function of {list(GUARD_PACKAGES)}")
         self.guard = guard
         self.multirun = multirun
         self._multirun_text: str | None = None
