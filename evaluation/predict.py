@@ -25,6 +25,7 @@ from training.backends.base import Detections
 from training.data.images import ImageError, decode_rgb
 from training.data.yolo import IMAGE_SUFFIXES
 from training.errors import UserError, cli, first_line, require
+from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
 
@@ -240,7 +241,8 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
                     + [f"{v:.2f}" for v in (x0, y0, x1, y1)]
                 )
                 if cfg.save.crops:
-                    folder = run_dir / "crops" / names[int(lab)]
+                    # class names come with the model (its metadata): never a path of their own
+                    folder = run_dir / "crops" / folder_name(names[int(lab)], f"class_{int(lab)}")
                     folder.mkdir(exist_ok=True)
                     crop = arr[max(0, int(y0)) : int(np.ceil(y1)), max(0, int(x0)) : int(np.ceil(x1))]
                     if crop.size:

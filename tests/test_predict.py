@@ -203,3 +203,33 @@ def test_progress_is_quiet_under_ci(monkeypatch):
     assert not progress(range(3), desc="x").disable
     monkeypatch.setenv("SIGDET_PROGRESS", "0")
     assert progress(range(3)).disable
+
+
+def test_class_names_from_the_model_never_leave_the_crops_folder(tmp_path):
+    """A model's class names come with the file (its metadata): a name with separators or dots is one folder
+    inside crops/, never a path elsewhere."""
+    import torch
+    import ultralytics.utils.patches as patches
+
+    from training.checkpoints import enable_ultralytics_safe_load
+    from training.fileio import folder_name
+
+    assert [folder_name(n, "class_0") for n in ("signature", "../../x", "/abs", "..", "", "a\\b")] == [
+        "signature",
+        ".._.._x",
+        "_abs",
+        "class_0",
+        "class_0",
+        "a_b",
+    ]
+    enable_ultralytics_safe_load()
+    ckpt = patches.torch_load(PRETRAINED, map_location="cpu")
+    escape = tmp_path / "escaped"
+    ckpt["model"].names = {0: f"../../{escape.name}"}
+    doctored = tmp_path / "doctored.pt"
+    torch.save(ckpt, doctored)
+    run_dir, summary = _predict(tmp_path, doctored, TEST_IMAGES[0], "conf=0.1", "save.crops=true")
+    assert summary["images"][0]["n_detections"] > 0
+    assert not escape.exists()
+    (folder,) = (run_dir / "crops").iterdir()
+    assert folder.name == f".._.._{escape.name}" and list(folder.glob("*.png"))

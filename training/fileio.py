@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -27,3 +28,11 @@ def publish_dir(tmp: Path, root: Path) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def folder_name(name: str, fallback: str) -> str:
+    """``name`` as one path component, for names that come with a file from others (a model's class names):
+    path separators and anything but letters, digits, ``_ - .`` and spaces become ``_``; a name left empty or
+    made of dots only (``..``) gives ``fallback``."""
+    clean = re.sub(r"[^\w .-]+", "_", str(name)).strip()
+    return fallback if not clean.strip(".") else clean
