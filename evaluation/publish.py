@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,16 +42,40 @@ def publish_files(rec: RunRecord) -> dict[str, Path]:
             f"{rec.run_dir}: no best weights to publish (weights/best, weights/best.pt or an existing checkpoint "
             "named in metrics.json)"
         )
+    _check_publishable(rec, weights)
     if weights.is_dir():
         from training.backends.transformers import STATE
 
-        files = {f.name: f for f in sorted(weights.iterdir()) if f.is_file() and f.name != STATE}
+        files = {f.name: f for f in sorted(weights.iterdir()) if _own_file(f) and f.name != STATE}
     else:
         files = {weights.name: weights}
     for name in (CARD, "metrics.json"):
-        if (rec.run_dir / name).is_file():
+        if _own_file(rec.run_dir / name):
             files[name] = rec.run_dir / name
     return files
+
+
+def _own_file(path: Path) -> bool:
+    """A regular file, not a link to one elsewhere (what publish uploads is public by default)."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _check_publishable(rec: RunRecord, weights: Path) -> None:
+    """The weights publish uploads are a model: a run folder may name any path in its metrics.json
+    (``provenance.checkpoint``) or hold a link, and what is uploaded is public unless ``hub.private=true``."""
+    if weights.is_symlink():
+        raise UserError(
+            f"{weights}: a symbolic link; publish uploads a run's own files, not what a link points to"
+        )
+    if weights.is_dir():
+        model = any(_own_file(weights / n) for n in ("config.json", "sigdet_export.json"))
+    else:
+        model = weights.suffix == ".pt" and zipfile.is_zipfile(weights)
+    if not model:
+        raise UserError(
+            f"{rec.run_dir}: its weights {weights} are not a model (a .pt checkpoint, a transformers run folder or "
+            "an export folder); refused to publish them"
+        )
 
 
 def stage(rec: RunRecord, dest: Path) -> list[str]:

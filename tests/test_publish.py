@@ -260,3 +260,27 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
         r = cli("evaluation.publish", *args)
         assert r.returncode == 2 and text in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_publish_uploads_only_a_model_of_the_run(tmp_path):
+    """What publish uploads is public by default: a metrics.json naming any file as its checkpoint, or a link in
+    the run folder, never gets a file from elsewhere uploaded."""
+    import torch
+
+    from evaluation.model_card import CARD, read_run
+    from evaluation.publish import publish_files
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    run = fake_run(tmp_path, "ultralytics", {"test/mAP50": 0.9}, {"checkpoint": str(secret)})
+    best = run / "weights" / "best.pt"
+    best.unlink()  # an evaluation run: its weights are the checkpoint its provenance names
+    with pytest.raises(UserError, match="not a model"):
+        publish_files(read_run(run))
+    best.symlink_to(secret)
+    with pytest.raises(UserError, match="symbolic link"):
+        publish_files(read_run(run))
+    best.unlink()
+    torch.save({"w": torch.zeros(1)}, best)
+    (run / CARD).symlink_to(secret)
+    assert publish_files(read_run(run)) == {"best.pt": best, "metrics.json": run / "metrics.json"}
