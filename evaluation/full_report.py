@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.metrics import HEADLINE
 from evaluation.report import fmt_ci, fmt_num, image_grid, markdown_table, save_figure, write_csv
-from training.errors import UserError, cli
+from training.errors import UserError, cli, first_line
 
 
 def _f(v, digits: int = 4) -> str:
@@ -42,6 +42,16 @@ def _json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable ({e.__class__.__name__})") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        doc = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # YAML syntax, encoding: one line naming the file
+        raise UserError(f"{path}: not a readable YAML file ({first_line(e, 120)})") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise UserError(f"{path}: the published numbers must be a mapping, not a {type(doc).__name__}")
+    return doc or {}
 
 
 def _need(folder, name: str, file: str) -> Path | None:
@@ -248,9 +258,8 @@ def build_report(cfg) -> dict[str, Path]:
     pub_path = Path(str(cfg.published)).expanduser()
     if not pub_path.is_absolute() and not pub_path.is_file():
         pub_path = Path(__file__).resolve().parents[1] / "conf" / pub_path
-    published = (
-        OmegaConf.to_container(OmegaConf.load(pub_path), resolve=True) if pub_path.is_file() else {}
-    ) or {}
+    # plain YAML, no interpolation: a ${oc.env:...} in a file from others would copy a secret into the report
+    published = _read_yaml(pub_path) if pub_path.is_file() else {}
     inputs = {
         "model_selection": _need(cfg.get("model_selection"), "model_selection", "model_selection.json"),
         "sweep": _need(cfg.get("tuning"), "tuning", "summary.json"),

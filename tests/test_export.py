@@ -289,7 +289,7 @@ def test_every_other_family_exports(overrides, tmp_path):
     assert set(_statuses(manifest).values()) == {"passed"}, manifest
 
 
-def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run, tmp_path):
+def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run, tmp_path, monkeypatch):
     from evaluation.full_report import build_report
     from export.benchmark import benchmark_export
 
@@ -318,6 +318,14 @@ def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run,
         build_report(compose_cfg("report", [f"out={tmp_path / 'r2'}", f"tuning={run_dir}"]))
     with pytest.raises(UserError, match="already holds a report"):
         build_report(cfg)
+    # a published file from others is read as plain YAML: an interpolation never copies a secret into the report
+    monkeypatch.setenv("SIGDET_PROBE_SECRET", "hunter2")
+    pub = tmp_path / "pub.yaml"
+    pub.write_text("final_test:\n  source: ${oc.env:SIGDET_PROBE_SECRET}\n  metrics: {mAP50: 0.9}\n")
+    md = build_report(
+        compose_cfg("report", [f"out={tmp_path / 'r3'}", f"test={run_dir}", f"published={pub}"])
+    )["md"].read_text()
+    assert "hunter2" not in md and "${oc.env:SIGDET_PROBE_SECRET}" in md
 
 
 def test_garbage_onnx_beside_a_valid_manifest_is_one_line_and_a_failed_latency_row(yolo_export, tmp_path):
