@@ -147,7 +147,7 @@ def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray, d
     for name in [str(p) for p in cfg.peers]:
         row = {"runtime": f"{name.replace('_', ' ', 1)} (its predictor)", "device": "CPU"}
         row["precision"] = "int8" if name.endswith("int8") else "fp32"
-        if meta["kind"] != "ultralytics" or not Path(meta["source"]).is_file():
+        if meta["kind"] != "ultralytics" or not meta.get("source") or not Path(meta["source"]).is_file():
             rows.append({**row, "status": "unavailable", "reason": "peers are for ultralytics checkpoints"})
             continue
         # another library's exporter: its failure is this row's note, not the run's end
@@ -175,9 +175,9 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
     meta = load_meta(out / META)
     base = Family.from_meta(meta)
     family = None
-    if Path(meta["source"]).exists():
+    if meta.get("source") and Path(meta["source"]).exists():
         with contextlib.suppress(UserError):
-            options = {meta["kind"]: meta["options"]}
+            options = {meta["kind"]: meta.get("options") or {}}
             family = load_family(
                 meta["source"], options, meta["kind"], base.imgsz, False, base.options.get("input_hw")
             )

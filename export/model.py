@@ -82,7 +82,49 @@ def load_meta(path: Path) -> dict:
     missing = [k for k in ("kind", "imgsz", "class_names", "input_names", "output_names") if k not in meta]
     if missing:
         raise DataError(f"{path}: not a valid export manifest (missing {missing})")
+    bad = _malformed(meta)
+    if bad:
+        raise DataError(f"{path}: not a valid export manifest ({bad})")
     return meta
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _malformed(meta: dict) -> str | None:
+    """The first entry of a manifest that its readers could not use, said as ``key: what is wrong`` (a manifest
+    comes with an export folder from others: every reader may then index it without a check of its own)."""
+    imgsz = meta["imgsz"]
+    checks = [
+        ("kind", isinstance(meta["kind"], str), "a backend name"),
+        ("imgsz", isinstance(imgsz, int) and not isinstance(imgsz, bool) and imgsz > 0, "a positive integer"),
+        *(
+            (k, _is_str_list(meta[k]), "a list of names")
+            for k in ("class_names", "input_names", "output_names")
+        ),
+        ("options", isinstance(meta.get("options") or {}, dict), "an object"),
+        ("source", isinstance(meta.get("source", ""), str), "a path"),
+        ("artifacts", isinstance(meta.get("artifacts", []), list), "a list"),
+    ]
+    for key, ok, want in checks:
+        if not ok:
+            return f"{key}: {meta.get(key)!r} is not {want}"
+    for i, a in enumerate(meta.get("artifacts", [])):
+        if not isinstance(a, dict) or not isinstance(a.get("path", ""), str):
+            return f"artifacts[{i}]: not an object with a path"
+    choice = meta.get("cpu_choice")
+    if choice is not None:
+        rel = choice.get("path") if isinstance(choice, dict) else None
+        if not isinstance(rel, str) or Path(rel).suffix not in SUFFIXES or not _inside(rel):
+            return f"cpu_choice: {choice!r} does not name an exported file in the folder ({list(SUFFIXES)})"
+    return None
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays in its folder."""
+    p = Path(rel)
+    return not p.is_absolute() and ".." not in p.parts
 
 
 def is_exported(path: str | Path) -> bool:

@@ -362,3 +362,43 @@ def test_garbage_onnx_beside_a_valid_manifest_is_one_line_and_a_failed_latency_r
     onnx_cpu = rows[("ONNX Runtime", "CPU", "fp32")]
     assert onnx_cpu["status"] == "failed" and "model.onnx" in onnx_cpu["reason"]
     assert rows[("OpenVINO", "CPU", "fp32")]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"cpu_choice": "model.onnx"}, "cpu_choice"),
+        ({"cpu_choice": {"path": "model.bin"}}, "cpu_choice"),
+        ({"cpu_choice": {"path": "../../elsewhere/model.onnx"}}, "cpu_choice"),
+        ({"imgsz": "big"}, "imgsz"),
+        ({"kind": ["ultralytics"]}, "kind"),
+        ({"class_names": "signature"}, "class_names"),
+        ({"artifacts": [1]}, "artifacts[0]"),
+        ({"options": [1]}, "options"),
+    ],
+)
+def test_malformed_manifest_is_one_line_naming_the_entry(yolo_export, tmp_path, change, why):
+    """A manifest comes with an export folder from others: a wrong type in any entry is one line naming the
+    manifest and the entry, for every reader (evaluation, predict, the latency command), never a traceback."""
+    import shutil
+
+    from export.model import META, load_exported
+
+    _, out, _ = yolo_export
+    bad = tmp_path / "bad_export"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / META).read_text())
+    (bad / META).write_text(json.dumps({**meta, **change}))
+    with pytest.raises(UserError) as e:
+        load_exported(bad)
+    assert str(bad / META) in str(e.value) and why in str(e.value) and "\n" not in str(e.value)
+    if why == "imgsz":  # the same through a CLI: exit 2, one line
+        r = subprocess.run(
+            [sys.executable, "-m", "evaluation", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'ev'}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert str(bad / META) in r.stderr
