@@ -306,3 +306,46 @@ def test_resume_reads_this_runs_data_and_writes_into_its_folder(tmp_path, traine
     train(cfg)
     assert not elsewhere.exists()
     assert (rd / "weights" / "best.pt").is_file() and (rd / "results.csv").is_file()
+
+
+def _zip_with_pickle(path: Path, data: bytes) -> Path:
+    """A torch.save archive whose data.pkl is replaced by ``data`` (a malformed pickle stream)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"a": 1}, buf)
+    src = zipfile.ZipFile(buf)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n in src.namelist():
+            z.writestr(n, data if n.endswith("/data.pkl") else src.read(n))
+    return path
+
+
+def test_malformed_checkpoints_are_one_line(tmp_path):
+    """Malformed pickle streams and classifier checkpoints whose entries have other types or shapes: one line
+    naming the file (they were IndexError / ValueError / RuntimeError tracebacks)."""
+    from training.checkpoints import load_weights
+    from training.classifier.model import load_classifier
+
+    bad = {
+        "empty_stack": _zip_with_pickle(tmp_path / "empty_stack.pt", b"\x80\x02."),
+        "bad_memo": _zip_with_pickle(tmp_path / "bad_memo.pt", b"\x80\x02h\x05."),
+    }
+    for name, content in {
+        "classes_text": {"classes": "abc", "state_dict": {}},
+        "imgsz_text": {"classes": ["a"], "imgsz": "big", "state_dict": {}},
+        "state_dict_list": {"classes": ["a", "b", "c"], "state_dict": [[1]]},
+        "fc_int": {"fc.weight": 1},
+        "size_mismatch": {"fc.weight": torch.zeros(3, 512), "conv1.weight": torch.zeros(1)},
+    }.items():
+        torch.save(content, tmp_path / f"{name}.pt")
+        bad[name] = tmp_path / f"{name}.pt"
+    for name, path in bad.items():
+        loaders = (
+            (load_weights, load_classifier) if name in ("empty_stack", "bad_memo") else (load_classifier,)
+        )
+        for load in loaders:
+            with pytest.raises(UserError) as e:
+                load(path)
+            assert path.name in str(e.value) and "\n" not in str(e.value), (name, load.__name__, e.value)

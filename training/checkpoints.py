@@ -22,6 +22,7 @@ import importlib
 import io
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -209,6 +210,9 @@ def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu")
         raise DataError(
             f"{path}: truncated or corrupted {what} ({e.__class__.__name__}: {first_line(e)})"
         ) from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, struct.error) as e:
+        # a malformed pickle stream (an empty stack, a bad opcode argument): torch's unpickler lets these through
+        raise DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {first_line(e)})") from None
 
 
 def enable_ultralytics_safe_load() -> None:

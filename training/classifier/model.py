@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from training.data.images import IMAGENET_MEAN, IMAGENET_STD
-from training.errors import ConfigError, DataError, UserError
+from training.errors import ConfigError, DataError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,24 @@ def load_classifier(path: str | Path) -> RegionClassifier:
     from training.checkpoints import load_weights
 
     obj = load_weights(path, "classifier checkpoint", "cpu")  # weights_only: never runs code
+    try:
+        return _classifier_from(obj, path)
+    except DataError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError) as e:
+        # the file's entries have other types or shapes than a checkpoint of ours (it comes from others)
+        raise DataError(
+            f"{path}: not a classifier checkpoint ({e.__class__.__name__}: {first_line(e, 160)})"
+        ) from None
+
+
+def _classifier_from(obj, path: Path) -> RegionClassifier:
     if isinstance(obj, dict) and "state_dict" in obj and "classes" in obj:
+        classes = obj["classes"]
+        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+            raise DataError(f"{path}: 'classes' is {classes!r}, not a list of class names")
         model = RegionClassifier(
-            obj["classes"], int(obj.get("imgsz", 224)), str(obj.get("normalize", "imagenet"))
+            list(classes), int(obj.get("imgsz", 224)), str(obj.get("normalize", "imagenet"))
         )
         sd = obj["state_dict"]
     elif isinstance(obj, dict):
