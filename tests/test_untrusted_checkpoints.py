@@ -4,6 +4,7 @@ foreign files are one line naming the file, exit code 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -194,8 +195,17 @@ def test_transformers_run_folder_and_resume_state_never_unpickle_code(tmp_path, 
     (trapped / "model.safetensors").unlink()
     torch.save({"w": _Payload(os.system, _touch_cmd(marker))}, trapped / "pytorch_model.bin")
     det = TransformersDetector(compose_cfg("train", ["model=debug/detr"]).model, tmp_path / "x")
-    with pytest.raises(Exception):  # noqa: B017 (transformers' own error; what matters is the marker)
+    with pytest.raises(UserError, match="trapped_folder"):  # safetensors only: the pickle is never read
         det.load(trapped)
+    # a sigdet.json whose entries have other types: one line naming it
+    for change in ({"imgsz": "big"}, {"class_names": "signature"}, {"family": ["detr"]}, {"family": "rcnn"}):
+        odd = tmp_path / "odd_meta"
+        shutil.rmtree(odd, ignore_errors=True)
+        shutil.copytree(best, odd)
+        meta = json.loads((odd / "sigdet.json").read_text())
+        (odd / "sigdet.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(UserError, match="sigdet.json"):
+            det.load(odd)
     # a trapped trainer state on resume
     evil = evil_checkpoints(tmp_path / "in", marker)["system"]
     shutil.copy(evil, run / "weights" / "last" / STATE)

@@ -41,7 +41,7 @@ from training.backends.hf_processing import (
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
-from training.errors import ConfigError, OfflineError, UserError, first_line
+from training.errors import ConfigError, DataError, OfflineError, UserError, first_line
 from training.loops import (
     FitState,
     evaluate_loss,
@@ -116,6 +116,15 @@ def _read_meta(folder: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or not {"family", "imgsz", "class_names"} <= set(meta):
             raise ValueError("family, imgsz or class_names missing")
+        imgsz, names = meta["imgsz"], meta["class_names"]
+        if not isinstance(meta["family"], str) or meta["family"] not in FAMILIES:
+            raise ValueError(f"family {meta['family']!r} is not one of {sorted(FAMILIES)}")
+        if not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz <= 0:
+            raise ValueError(f"imgsz {imgsz!r} is not a positive integer")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names {names!r} is not a list of names")
+        if not isinstance(meta.get("box_frame", "canvas"), str):
+            raise ValueError(f"box_frame {meta['box_frame']!r} is not a name")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a {META} of the transformers backend ({first_line(e, 120)})") from None
     return meta
@@ -577,7 +586,13 @@ class TransformersDetector(Detector):
         model_cls = _family(self.family)[1]
         # train.device decides for the run's own reloads
         self.device = self._train_device if device is None and self._train_device else resolve_device(device)
-        self.model = model_cls.from_pretrained(str(path)).to(self.device).eval()
+        try:  # safetensors only: a folder from others may hold a pickled pytorch_model.bin instead
+            model = model_cls.from_pretrained(str(path), use_safetensors=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise DataError(
+                f"{path}: not a loadable {model_cls.__name__} run folder ({e.__class__.__name__}: {first_line(e, 160)})"
+            ) from None
+        self.model = model.to(self.device).eval()
         self._checkpoint = path
 
     def _options(self) -> dict:
