@@ -637,3 +637,23 @@ def test_sweep_summary_without_a_study_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         summarize(scfg, tmp_path)
     assert_one_line(str(e.value), "quickstart_tiny", "mode=optimize")
+
+
+def test_architecture_yaml_ultralytics_cannot_build_is_one_line(tmp_path):
+    """A model YAML of one's own or from others: a refused activation, a wrong shape, a missing file are one
+    line naming model.arch (they were tracebacks)."""
+    from training.train import train
+
+    refused = tmp_path / "refused.yaml"
+    refused.write_text(
+        'nc: 1\nactivation: os.system("touch x")\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\n'
+        "head:\n  - [[0], 1, Detect, [nc]]\n"
+    )
+    shape = tmp_path / "shape.yaml"
+    shape.write_text("nc: 1\nbackbone: 5\nhead: []\n")
+    for arch in (refused, shape, tmp_path / "missing.yaml"):
+        cfg = compose_cfg(
+            "train", ["experiment=quickstart", *TINY, "model.weights=null", f"model.arch={arch}"], tmp_path
+        )
+        with pytest.raises(UserError, match=f"model.arch={arch}: not an architecture"):
+            train(cfg)

@@ -360,12 +360,26 @@ class UltralyticsDetector(Detector):
             return model
         if not arch:
             raise ConfigError(f"model '{self.model_cfg.name}': set model.arch (a YAML) or model.weights")
-        if "rtdetr" in Path(str(arch)).stem:
-            # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
-            from ultralytics import RTDETR
+        # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
+        from ultralytics import RTDETR
 
-            return RTDETR(str(arch))
-        return YOLO(str(arch))  # random init from the architecture YAML
+        build = RTDETR if "rtdetr" in Path(str(arch)).stem else YOLO
+        try:
+            return build(str(arch))  # random init from the architecture YAML
+        except (
+            FileNotFoundError,
+            TypeError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            SyntaxError,
+        ) as e:
+            # a YAML of one's own (or from others) that ultralytics cannot build, e.g. a refused activation
+            raise ConfigError(
+                f"model.arch={arch}: not an architecture ultralytics can build ({e.__class__.__name__}: "
+                f"{first_line(e, 160)})"
+            ) from None
 
     # -- training -------------------------------------------------------------------------------------
     def train(self, cfg) -> dict[str, float]:
