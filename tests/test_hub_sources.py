@@ -171,3 +171,44 @@ def test_roboflow_network_failure_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(OfflineError) as e:
         load_dataset(rf_cfg(tmp_path))
     assert "\n" not in str(e.value) and "signatures-xc8up" in str(e.value)
+
+
+def test_hf_rows_of_another_shape_are_one_line(tmp_path):
+    """A dataset from others whose rows lack the objects, or whose ids are not numbers: one line naming the
+    dataset, the split and the row (they were KeyError / ValueError tracebacks)."""
+    import datasets
+
+    img = str(next((EMBEDDED / "train").glob("*.jpg")))
+    for case, rows, features in (
+        ("no_objects", {"image_id": [1], "image": [img]}, {"image_id": datasets.Value("int64")}),
+        (
+            "text_id",
+            {"image_id": ["abc"], "image": [img], "objects": [[{"bbox": [1.0, 2.0, 3.0, 4.0]}]]},
+            {
+                "image_id": datasets.Value("string"),
+                "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"))}),
+            },
+        ),
+    ):
+        src = tmp_path / case
+        (src / "data").mkdir(parents=True)
+        for ours in HF_SPLITS.values():
+            ds = datasets.Dataset.from_dict(
+                rows, features=datasets.Features({**features, "image": datasets.Image()})
+            )
+            ds.to_parquet(str(src / "data" / f"{ours}-00000-of-00001.parquet"))
+        cfg = data_node(
+            {
+                "name": case,
+                "format": "hf",
+                "path": str(src),
+                "revision": None,
+                "splits": HF_SPLITS,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+        with pytest.raises(UserError) as e:
+            load_dataset(cfg)
+        why = "has no column ['objects']" if case == "no_objects" else "row 0: malformed"
+        assert why in str(e.value) and str(src) in str(e.value), e.value
+        assert "\n" not in str(e.value)

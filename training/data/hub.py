@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from training.data.coco import coco_ann, dump_coco
-from training.errors import DataError, OfflineError, UserError
+from training.errors import DataError, OfflineError, UserError, first_line
 from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _class_names(features) -> list[str]:
     from datasets import ClassLabel
 
     obj = getattr(features["objects"], "feature", features["objects"])  # Sequence(dict) / List(dict)
-    cat = obj["category"] if isinstance(obj, dict) else None
+    cat = obj.get("category") if isinstance(obj, dict) else None
     while cat is not None and not isinstance(cat, ClassLabel) and hasattr(cat, "feature"):
         cat = cat.feature
     return list(cat.names) if isinstance(cat, ClassLabel) else []
@@ -88,33 +88,45 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
     shutil.rmtree(tmp, ignore_errors=True)
     for folder in split_names.values():
         ds = dsd[folder]
+        missing = {"image", "objects"} - set(ds.features)
+        if missing:
+            raise DataError(
+                f"{path}: split '{folder}' has no column {sorted(missing)} (columns {sorted(ds.features)}; "
+                "the schema of tech4humans/signature-detection: image, objects{{id, area, bbox, category}})"
+            )
         names = _class_names(ds.features)
         ds = ds.cast_column("image", HFImage(decode=False))
         out = tmp / folder
         out.mkdir(parents=True)
         images, annotations = [], []
         for row_i, row in enumerate(ds):
-            iid = int(row.get("image_id", row_i))
-            data = row["image"].get("bytes")
-            if data is None and row["image"].get("path"):
-                data = Path(row["image"]["path"]).read_bytes()
             try:
-                with Image.open(io.BytesIO(data or b"")) as im:
-                    fmt = (im.format or "PNG").lower()
-                    w, h = im.size
-            except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as e:
-                # the pixels are checked again, fully, when the materialised folder is validated
+                iid = int(row.get("image_id", row_i))
+                data = row["image"].get("bytes")
+                if data is None and row["image"].get("path"):
+                    data = Path(row["image"]["path"]).read_bytes()
+                try:
+                    with Image.open(io.BytesIO(data or b"")) as im:
+                        fmt = (im.format or "PNG").lower()
+                        w, h = im.size
+                except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as e:
+                    # the pixels are checked again, fully, when the materialised folder is validated
+                    raise DataError(
+                        f"{path}: split '{folder}', row {row_i}: unreadable image ({e.__class__.__name__})"
+                    ) from None
+                name = f"{iid}.{'jpg' if fmt == 'jpeg' else fmt}"
+                (out / name).write_bytes(data)
+                width, height = int(row.get("width") or w), int(row.get("height") or h)
+                images.append({"id": iid, "file_name": name, "width": width, "height": height})
+                for obj in _rows_objects(row["objects"]):
+                    aid = int(obj["id"]) if obj.get("id") is not None else len(annotations)
+                    bbox, area = [float(v) for v in obj["bbox"]], float(obj.get("area") or 0.0)
+                    annotations.append(coco_ann(aid, iid, int(obj["category"]), bbox, area))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                # a dataset from others: a row without objects / bbox, an id that is not a number
                 raise DataError(
-                    f"{path}: split '{folder}', row {row_i}: unreadable image ({e.__class__.__name__})"
+                    f"{path}: split '{folder}', row {row_i}: malformed ({e.__class__.__name__}: {first_line(e, 120)})"
                 ) from None
-            name = f"{iid}.{'jpg' if fmt == 'jpeg' else fmt}"
-            (out / name).write_bytes(data)
-            width, height = int(row.get("width") or w), int(row.get("height") or h)
-            images.append({"id": iid, "file_name": name, "width": width, "height": height})
-            for obj in _rows_objects(row["objects"]):
-                aid = int(obj["id"]) if obj.get("id") is not None else len(annotations)
-                bbox, area = [float(v) for v in obj["bbox"]], float(obj.get("area") or 0.0)
-                annotations.append(coco_ann(aid, iid, int(obj["category"]), bbox, area))
         if names:
             categories = [{"id": i, "name": str(n), "supercategory": "none"} for i, n in enumerate(names)]
         else:  # plain integer categories: keep their ids
