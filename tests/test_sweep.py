@@ -334,3 +334,19 @@ def test_summary_writes_only_search_space_values_from_the_shared_storage(tmp_pat
         scfg.study_name = "ok"
     summarize(scfg, tmp_path / "out")
     assert "optimizer: AdamW" in (tmp_path / "out" / "experiment" / "ok_best.yaml").read_text()
+
+
+def test_dead_trial_check_skips_attributes_no_worker_wrote():
+    """fail_dead_local_trials reads host / pid from the shared storage: a pid of another type is skipped, never a
+    traceback that stops every worker."""
+    import socket
+
+    from training.sweep import fail_dead_local_trials
+
+    study = optuna.create_study()
+    for pid in ("abc", None, [1]):
+        t = study.ask()
+        t.set_user_attr("host", socket.gethostname())
+        t.set_user_attr("pid", pid)
+    fail_dead_local_trials(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 3

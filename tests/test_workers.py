@@ -45,6 +45,9 @@ def test_claims(tmp_path):
     assert claim(work)  # its worker died: taken over
     (work / "claim.json").write_text(json.dumps({"host": "elsewhere", "pid": 1}))
     assert not claim(work)  # another machine's claim is trusted
+    for odd in ([1, 2], {"host": socket.gethostname(), "pid": "abc"}, "text"):
+        (work / "claim.json").write_text(json.dumps(odd))
+        assert not claim(work)  # not a worker's: trusted like a torn one, never a traceback
     release(work)
     assert claim(work)
 

@@ -167,9 +167,9 @@ def fail_dead_local_trials(study) -> None:
 
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = int(t.user_attrs.get("pid", -1))
-        if t.user_attrs.get("host") != host or pid == os.getpid():
-            continue
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+            continue  # another host's trial, or attributes no worker of ours wrote (the storage is shared)
         with contextlib.suppress(ProcessLookupError, PermissionError, OverflowError):
             os.kill(pid, 0)  # signal 0: the worker is alive
             continue
@@ -314,7 +314,15 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
 def _run_json(run_dir: Path) -> dict:
     """A run's metrics.json (``metrics``, ``provenance``); {} while the run has not finished."""
     f = Path(run_dir) / "metrics.json"
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{f}: unreadable ({e.__class__.__name__}: {first_line(e, 120)})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics", {}), dict):
+        raise DataError(f"{f}: not a metrics.json of a run (expected an object with a metrics object)")
+    return doc
 
 
 def _log_summary(scfg, out_dir: Path, rows: list[dict], trial_rows: list[dict], plots: dict) -> None:

@@ -77,9 +77,11 @@ def claim(folder: Path) -> bool:
                 held = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 held = {}  # torn by a kill mid-write: trusted like another host's (delete it to free the work)
+            if not isinstance(held, dict) or not isinstance(held.get("pid"), int):
+                held = {}  # not written by a worker: trusted like another host's, as above
             if held == me:
                 return True
-            if held.get("host") == me["host"] and not _alive(int(held.get("pid", -1))):
+            if held.get("host") == me["host"] and not _alive(held["pid"]):
                 log.warning("%s: taking over the claim of dead worker pid %s", folder, held.get("pid"))
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
