@@ -242,7 +242,9 @@ class Report:
 def to_html(md: str, title: str) -> str:
     import markdown
 
-    body = markdown.markdown(md, extensions=["tables"])
+    # Python-Markdown passes raw HTML through, and the published file's text comes from others: no tag of
+    # theirs reaches the page (ours are all Markdown)
+    body = markdown.markdown(md.replace("<", "&lt;"), extensions=["tables"])
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"

@@ -321,11 +321,15 @@ def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run,
     # a published file from others is read as plain YAML: an interpolation never copies a secret into the report
     monkeypatch.setenv("SIGDET_PROBE_SECRET", "hunter2")
     pub = tmp_path / "pub.yaml"
-    pub.write_text("final_test:\n  source: ${oc.env:SIGDET_PROBE_SECRET}\n  metrics: {mAP50: 0.9}\n")
-    md = build_report(
+    pub.write_text(
+        "final_test:\n  source: ${oc.env:SIGDET_PROBE_SECRET} <script>alert(1)</script>\n  metrics: {mAP50: 0.9}\n"
+    )
+    paths = build_report(
         compose_cfg("report", [f"out={tmp_path / 'r3'}", f"test={run_dir}", f"published={pub}"])
-    )["md"].read_text()
+    )
+    md, html = paths["md"].read_text(), paths["html"].read_text()
     assert "hunter2" not in md and "${oc.env:SIGDET_PROBE_SECRET}" in md
+    assert "<script>" not in html and "&lt;script&gt;" in html  # its text, never its tags
 
 
 def test_garbage_onnx_beside_a_valid_manifest_is_one_line_and_a_failed_latency_row(yolo_export, tmp_path):
