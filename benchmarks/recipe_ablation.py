@@ -129,11 +129,6 @@ def main() -> None:
             row = json.loads(done.read_text(encoding="utf-8"))
             results[name] = row.get("metrics", row)
             continue
-        if name == "no_pretrain" and not args.pretrained:
-            print(
-                f"skip {name}: no --pretrained checkpoint, so the recipe row already starts from random init"
-            )
-            continue
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"{name}: {ROWS[name][0]} ...", flush=True)
         overrides = ROWS[name][1]

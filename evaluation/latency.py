@@ -1,4 +1,4 @@
-"""The latency protocol (DESIGN.md): batch 1, fixed input size, >= 10 warm-up runs, then >= 100 timed runs
+"""The latency protocol (every latency table uses it): batch 1, fixed input size, >= 10 warm-up runs, then >= 100 timed runs
 or >= 10 s (whichever is longer); p50 / p90 / p99 / mean / std in milliseconds; model-only and end-to-end
 (pre + inference + post) separately; the hardware, threads and library versions recorded beside them."""
 

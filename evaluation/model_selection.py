@@ -220,7 +220,7 @@ def write_selection(
     hl = highlights(results, split)
     note = (
         f"Data: {data_name}, split {split}; CPU: {env['cpu']} ({results[0]['latency'].get('threads', env['torch_threads']):.0f} torch threads); "
-        f"torch {env['version/torch']}; latency at batch 1 per the DESIGN.md protocol."
+        f"torch {env['version/torch']}; latency at batch 1 per the protocol of evaluation/latency.py."
     )
     md = markdown_table(rows, f"# Model selection\n\n{note}\n") + "\n"
     md += "\n".join(f"- **{k}**: {v}" for k, v in hl.items()) + "\n"

@@ -1,5 +1,5 @@
 """``python -m export.benchmark export_dir=...``: latency of one exported model on every runtime, per the
-DESIGN.md protocol, and the upstream "ONNX (CPU) vs TensorRT (GPU)" table.
+latency protocol of evaluation/latency.py, and the upstream "ONNX (CPU) vs TensorRT (GPU)" table.
 
 Rows: PyTorch eager (CPU; CUDA where present), ONNX Runtime (CPU; CUDA EP where present), OpenVINO CPU in each
 precision the export holds (BF16 only where the CPU has it), TensorRT FP32 / FP16 (engines of the export, or

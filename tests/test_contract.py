@@ -182,7 +182,7 @@ def test_offline_hub_id_is_one_clear_line(tmp_path, monkeypatch):
         det._build(["signature"])
     assert (
         "facebook/detr-resnet-50" in str(e.value)
-        and "huggingface-cli download" in str(e.value)
+        and "hf download" in str(e.value)
         and "\n" not in str(e.value)
     )
 

@@ -98,7 +98,7 @@ def test_hf_hub_id_offline_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(OfflineError) as e:
         load_dataset(cfg)
     msg = str(e.value)
-    assert "tech4humans/signature-detection" in msg and "huggingface-cli download" in msg and "\n" not in msg
+    assert "tech4humans/signature-detection" in msg and "hf download" in msg and "\n" not in msg
 
 
 def rf_cfg(tmp_path):

@@ -1,4 +1,4 @@
-"""Layers import downward only (DESIGN.md): library code below orchestration, no package importing another
+"""Layers import downward only (docs/architecture.md): library code below orchestration, no package importing another
 that imports it back, no import cycle between modules. Every import counts, also the ones inside functions:
 a lazy import hides a cycle from Python, not from this test."""
 

@@ -18,7 +18,7 @@ from training.tracking import redact, tracked
 log = logging.getLogger(__name__)
 
 # (backend, cfg, run_dir, tracker, training metrics) -> all metrics; the entry point injects the evaluator so
-# that this package does not import `evaluation` (DESIGN.md: evaluation imports training, not the reverse).
+# that this package does not import `evaluation` (docs/architecture.md: evaluation imports training, not the reverse).
 EvaluateFn = Callable[..., dict[str, float]]
 
 
@@ -100,7 +100,7 @@ def train(
         if world > 1 and not getattr(detector, "distributed", False):
             raise ConfigError(
                 f"model.backend={cfg.model.backend} under a launcher ({world} processes): only the transformers "
-                "backend trains with torchrun / accelerate launch (ultralytics: train.device=0,1 launches its own DDP)"
+                'backend trains with torchrun / accelerate launch (ultralytics: train.device="0,1" launches its own DDP)'
             )
         if main and evaluate is not None and cfg.get("evaluation") and detector.is_detector:
             from training.data import load_dataset

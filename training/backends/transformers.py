@@ -368,7 +368,7 @@ class TransformersDetector(Detector):
                 ) from None
             raise OfflineError(
                 f"model.weights={source}: not reachable ({e.__class__.__name__}); on a machine with access run "
-                f"`huggingface-cli download {source} --local-dir DIR` and set model.weights=DIR "
+                f"`hf download {source} --local-dir DIR` and set model.weights=DIR "
                 f"(or model.weights=null to build it from config with random init)"
             ) from None
 

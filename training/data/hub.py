@@ -66,7 +66,7 @@ def load_hf_dataset(path: str, revision: str | None = None):
     except Exception as e:
         raise OfflineError(
             f"could not load Hugging Face dataset '{path}' ({_short(e)}); on a machine with access run "
-            f"`huggingface-cli download --repo-type dataset {path} --local-dir DIR` and set data.path=DIR"
+            f"`hf download {path} --repo-type dataset --local-dir DIR` and set data.path=DIR"
         ) from None
 
 
