@@ -135,6 +135,9 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
 
         @functools.wraps(task)
         def entry() -> None:
+            from training.config_files import vet_config_files
+
+            exit_on_user_error(vet_config_files)()  # a config file from others never runs code (before Hydra)
             run_cli(composed)
 
         return entry

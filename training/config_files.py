@@ -1,0 +1,116 @@
+"""Config files from others never run code.
+
+Hydra instantiates ``_target_`` in ``hydra.callbacks`` / ``hydra.launcher`` / ``hydra.sweeper``, and hands
+``hydra.job_logging`` to ``logging.config.dictConfig``, which imports any ``class`` and calls any ``()`` factory it
+names: an experiment file someone sends (dropped into ``conf/experiment/`` or reached through
+``hydra.searchpath`` / ``--config-dir``) could run code before our entry point starts. Hydra has no switch for
+this, so :func:`vet_config_files` reads every YAML file of the search path before Hydra composes, and refuses one
+that names code: a ``_target_`` (other than our own Hydra callback), a ``()`` factory or a logging ``class``. What
+the user types on the command line is theirs and is not vetted; installed packages (``pkg://`` search paths, Hydra's
+plugins) are code the user installed.
+
+Also refused: ``--experimental-rerun``, which unpickles the file it is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from training.errors import CONF, ConfigError
+
+# the one place our own configs name code: the run-files callback (conf/hydra/callbacks/run_files.yaml)
+OWN_TARGETS = {((CONF / "hydra" / "callbacks" / "run_files.yaml").resolve(), "training.runfiles.RunFiles")}
+CODE_KEYS = ("_target_", "()", "class")
+
+
+def _searchpath_dirs(values) -> list[Path]:
+    """The ``file://`` folders of a ``hydra.searchpath`` value (``pkg://`` ones are installed packages)."""
+    values = values if isinstance(values, list | tuple) else [values]
+    return [Path(str(v)[len("file://") :]).expanduser() for v in values if str(v).startswith("file://")]
+
+
+def _names_code(node, path: Path, where: str = "") -> str | None:
+    """The first key of ``node`` that names code, as ``key.path: value``; None when there is none."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            here = f"{where}.{k}" if where else str(k)
+            if k in CODE_KEYS and not (k == "_target_" and (path, v) in OWN_TARGETS):
+                return f"{here}: {v!r}"
+            found = _names_code(v, path, here)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = _names_code(v, path, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def vet_file(path: Path) -> list[Path]:
+    """Refuse ``path`` when it names code; the ``file://`` search paths it adds (``hydra.searchpath``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # Hydra reports an unreadable file itself, if the run uses it
+    if not any(k in text for k in (*CODE_KEYS, "searchpath")):
+        return []  # the common case, without parsing
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return []  # the same: a syntax error is Hydra's to report
+    added = []
+    for doc in docs:
+        found = _names_code(doc, path.resolve())
+        if found:
+            raise ConfigError(
+                f"{path}: {found} names code that Hydra or logging would import and run; refused (a config file "
+                "from others must not run code: move what you trust into your own module and config)"
+            )
+        hydra = doc.get("hydra") if isinstance(doc, dict) else None
+        if isinstance(hydra, dict) and "searchpath" in hydra:
+            added += _searchpath_dirs(hydra["searchpath"])
+    return added
+
+
+def vet_config_files(argv: list[str] | None = None) -> None:
+    """Vet the YAML files of every config folder a CLI run composes from: ours, ``--config-dir``, and the
+    ``file://`` entries of ``hydra.searchpath`` (given on the command line or in a vetted file)."""
+    from hydra._internal.utils import (
+        get_args_parser,
+    )  # Hydra's own parser: the same reading of argv as Hydra's
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit:
+        return  # Hydra reports the bad command line itself
+    if args.experimental_rerun:
+        raise ConfigError(
+            f"--experimental-rerun {args.experimental_rerun}: not supported (Hydra unpickles that file, which can "
+            "run code); rerun with the run's .hydra/overrides.yaml instead"
+        )
+    dirs = [CONF]
+    for given in (args.config_dir, args.config_path):
+        if given:
+            dirs.append(Path(given).expanduser())
+    overrides = []
+    if any("searchpath" in o for o in args.overrides or []):
+        try:
+            overrides = OverridesParser.create().parse_overrides(args.overrides)
+        except Exception:  # noqa: BLE001 (Hydra reports a malformed override itself)
+            overrides = []
+    for o in overrides:
+        if o.key_or_group.lstrip("+~") == "hydra.searchpath" and not o.is_sweep_override():
+            dirs += _searchpath_dirs(o.value())
+    seen: set[Path] = set()
+    while dirs:
+        d = dirs.pop().resolve()
+        if d in seen or not d.is_dir():
+            continue
+        seen.add(d)
+        for f in sorted(d.rglob("*.y*ml")):
+            dirs += vet_file(f)
