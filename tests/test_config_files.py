@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from training.errors import ConfigError
+from training.config_files import RefusedConfig
 
 ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
 
@@ -83,15 +83,15 @@ def test_every_key_that_names_code_is_refused(tmp_path, text, key):
 
     d = tmp_path / "c"
     f = _group_file(d, text)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(RefusedConfig) as e:
         vet_config_files([f"hydra.searchpath=[file://{d}]", "+extra=pwn"])
     assert str(f) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
     # the same folder through --config-dir, and a searchpath that a vetted file adds
-    with pytest.raises(ConfigError):
+    with pytest.raises(RefusedConfig):
         vet_config_files(["--config-dir", str(d)])
     hop = tmp_path / "hop"
     _group_file(hop, f"hydra:\n  searchpath: [file://{d}]\n")
-    with pytest.raises(ConfigError):
+    with pytest.raises(RefusedConfig):
         vet_config_files([f"hydra.searchpath=[file://{hop}]"])
 
 
@@ -102,5 +102,5 @@ def test_own_configs_and_plain_experiments_pass(tmp_path):
     _group_file(d, "train:\n  epochs: 2\n  lr0: 0.01\nclasses_note: a key that merely contains the word\n")
     vet_config_files(["experiment=quickstart"])  # conf/ holds our one callback _target_
     vet_config_files([f"hydra.searchpath=[file://{d},pkg://hydra.conf]", "+extra=pwn"])
-    with pytest.raises(ConfigError, match="experimental-rerun"):
+    with pytest.raises(RefusedConfig, match="experimental-rerun"):
         vet_config_files(["--experimental-rerun", str(tmp_path / "config.pickle")])

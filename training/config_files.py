@@ -19,11 +19,16 @@ from pathlib import Path
 
 import yaml
 
-from training.errors import CONF, ConfigError
-
+# the repository's conf/ (training/errors.py CONF; not imported from there, which imports this module)
+CONF = Path(__file__).resolve().parents[1] / "conf"
 # the one place our own configs name code: the run-files callback (conf/hydra/callbacks/run_files.yaml)
 OWN_TARGETS = {((CONF / "hydra" / "callbacks" / "run_files.yaml").resolve(), "training.runfiles.RunFiles")}
 CODE_KEYS = ("_target_", "()", "class")
+
+
+class RefusedConfig(ValueError):
+    """A config file that names code, or a command line that would unpickle a file (training/errors.py's ``cli``
+    turns it into one line and exit code 2)."""
 
 
 def _searchpath_dirs(values) -> list[Path]:
@@ -66,7 +71,7 @@ def vet_file(path: Path) -> list[Path]:
     for doc in docs:
         found = _names_code(doc, path.resolve())
         if found:
-            raise ConfigError(
+            raise RefusedConfig(
                 f"{path}: {found} names code that Hydra or logging would import and run; refused (a config file "
                 "from others must not run code: move what you trust into your own module and config)"
             )
@@ -89,7 +94,7 @@ def vet_config_files(argv: list[str] | None = None) -> None:
     except SystemExit:
         return  # Hydra reports the bad command line itself
     if args.experimental_rerun:
-        raise ConfigError(
+        raise RefusedConfig(
             f"--experimental-rerun {args.experimental_rerun}: not supported (Hydra unpickles that file, which can "
             "run code); rerun with the run's .hydra/overrides.yaml instead"
         )

@@ -122,6 +122,16 @@ def run_cli(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
+def _vet_config_files() -> None:
+    """training/config_files.py, before Hydra composes; its refusal as a :class:`ConfigError`."""
+    from training.config_files import RefusedConfig, vet_config_files
+
+    try:
+        vet_config_files()
+    except RefusedConfig as e:
+        raise ConfigError(str(e)) from None
+
+
 def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
     """Make ``main(cfg)`` an entry point on ``conf/<config_name>.yaml``: Hydra composes the config, a
     :class:`UserError` is one line with its exit code, and :func:`run_cli` turns config mistakes into one line with
@@ -135,9 +145,7 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
 
         @functools.wraps(task)
         def entry() -> None:
-            from training.config_files import vet_config_files
-
-            exit_on_user_error(vet_config_files)()  # a config file from others never runs code (before Hydra)
+            exit_on_user_error(_vet_config_files)()  # a config file from others never runs code
             run_cli(composed)
 
         return entry
