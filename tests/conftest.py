@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,21 @@ import training  # noqa: F401  (registers resolvers)
 from training.data import asset_path
 
 ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m module args...`` from the repository root, offline, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=OFFLINE_ENV,
+    )
+
+
 CONF = ROOT / "conf"
 EMBEDDED = Path(asset_path("signatures-xc8up-mini"))
 

@@ -5,17 +5,13 @@ naming the file and the key, exit code 2; our own configs and the sweep's best-t
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import run_module
 from training.config_files import RefusedConfig
-
-ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
 
 
 class _Payload:
@@ -46,21 +42,12 @@ def test_a_callback_target_in_a_searchpath_file_never_runs(tmp_path):
         d,
         f"hydra:\n  callbacks:\n    pwn:\n      _target_: torch.load\n      f: {pickle_file}\n      weights_only: false\n",
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "evaluation",
-            f"hydra.searchpath=[file://{d}]",
-            "+extra=pwn",
-            f"checkpoint={tmp_path / 'none.pt'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
+    r = run_module(
+        "evaluation",
+        f"hydra.searchpath=[file://{d}]",
+        "+extra=pwn",
+        f"checkpoint={tmp_path / 'none.pt'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert not marker.exists(), "a config file ran code"
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CROPS_TINY, EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg, decode_table, export_tiny
+from tests.conftest import (
+    CROPS_TINY,
+    EMBEDDED,
+    HF_TINY,
+    ROOT,
+    TINY,
+    compose_cfg,
+    decode_table,
+    export_tiny,
+    run_module,
+)
 from training.errors import UserError
 
 
@@ -397,12 +407,6 @@ def test_malformed_manifest_is_one_line_naming_the_entry(yolo_export, tmp_path, 
         load_exported(bad)
     assert str(bad / META) in str(e.value) and why in str(e.value) and "\n" not in str(e.value)
     if why == "imgsz":  # the same through a CLI: exit 2, one line
-        r = subprocess.run(
-            [sys.executable, "-m", "evaluation", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'ev'}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = run_module("evaluation", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'ev'}")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert str(bad / META) in r.stderr
