@@ -195,6 +195,11 @@ class _SigdetTrainer:
     callbacks (we own the W&B run) and hooks the recipe's copy-paste (``PASTE_EVENT``) into the training set."""
 
     def __init__(self, *args, **kwargs):
+        from training.checkpoints import enable_ultralytics_safe_load
+
+        # in a DDP worker too (a fresh process that imports this class): its final evaluation re-reads the
+        # run's checkpoints through ultralytics' torch_load, restricted by this
+        enable_ultralytics_safe_load()
         super().__init__(*args, **kwargs)
         for event, fns in self.callbacks.items():
             self.callbacks[event] = [f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS]
