@@ -63,6 +63,8 @@ def test_a_callback_target_in_a_searchpath_file_never_runs(tmp_path):
         ("hydra:\n  job_logging:\n    handlers:\n      x:\n        class: some.module.Handler\n", "class"),
         ("hydra:\n  launcher:\n    _target_: some.module.Launcher\n", "_target_"),
         ("train:\n  epochs: 2\nnested:\n  - {a: 1}\n  - {_target_: os.system}\n", "nested[1]._target_"),
+        ('x:\n  "_tar\\x67et_": os.system\n', "x._target_"),  # a key spelt with an escape
+        ("x:\n  _target_: [1]\n", "x._target_"),
     ],
 )
 def test_every_key_that_names_code_is_refused(tmp_path, text, key):

@@ -42,7 +42,7 @@ def _names_code(node, path: Path, where: str = "") -> str | None:
     if isinstance(node, dict):
         for k, v in node.items():
             here = f"{where}.{k}" if where else str(k)
-            if k in CODE_KEYS and not (k == "_target_" and (path, v) in OWN_TARGETS):
+            if k in CODE_KEYS and not (k == "_target_" and isinstance(v, str) and (path, v) in OWN_TARGETS):
                 return f"{here}: {v!r}"
             found = _names_code(v, path, here)
             if found:
@@ -61,12 +61,18 @@ def vet_file(path: Path) -> list[Path]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []  # Hydra reports an unreadable file itself, if the run uses it
-    if not any(k in text for k in (*CODE_KEYS, "searchpath")):
-        return []  # the common case, without parsing
+    if "\\" not in text and not any(k in text for k in (*CODE_KEYS, "searchpath")):
+        return []  # the common case, without parsing (a backslash could spell a key with an escape)
+    try:  # OmegaConf's own YAML loader: the file is read here as Hydra will read it
+        from omegaconf._utils import get_yaml_loader
+
+        loader = get_yaml_loader()
+    except ImportError:  # an OmegaConf that moved it
+        loader = yaml.SafeLoader
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=loader))  # noqa: S506 (a safe loader)
     except yaml.YAMLError:
-        return []  # the same: a syntax error is Hydra's to report
+        return []  # Hydra cannot load it either: its error, if the run uses the file
     added = []
     for doc in docs:
         found = _names_code(doc, path.resolve())
@@ -84,9 +90,8 @@ def vet_file(path: Path) -> list[Path]:
 def vet_config_files(argv: list[str] | None = None) -> None:
     """Vet the YAML files of every config folder a CLI run composes from: ours, ``--config-dir``, and the
     ``file://`` entries of ``hydra.searchpath`` (given on the command line or in a vetted file)."""
-    from hydra._internal.utils import (
-        get_args_parser,
-    )  # Hydra's own parser: the same reading of argv as Hydra's
+    # Hydra's own parser: the same reading of argv as Hydra's
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -100,8 +105,10 @@ def vet_config_files(argv: list[str] | None = None) -> None:
         )
     dirs = [CONF]
     for given in (args.config_dir, args.config_path):
-        if given:
-            dirs.append(Path(given).expanduser())
+        if (
+            given
+        ):  # a relative --config-path is relative to the file that calls hydra.main (training/errors.py)
+            dirs += [Path(given).expanduser(), Path(__file__).parent / given]
     overrides = []
     if any("searchpath" in o for o in args.overrides or []):
         try:
