@@ -588,7 +588,7 @@ class TransformersDetector(Detector):
         self.device = self._train_device if device is None and self._train_device else resolve_device(device)
         try:  # safetensors only: a folder from others may hold a pickled pytorch_model.bin instead
             model = model_cls.from_pretrained(str(path), use_safetensors=True)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
             raise DataError(
                 f"{path}: not a loadable {model_cls.__name__} run folder ({e.__class__.__name__}: {first_line(e, 160)})"
             ) from None
