@@ -88,7 +88,11 @@ def test_own_configs_and_plain_experiments_pass(tmp_path):
     from training.config_files import vet_config_files
 
     d = tmp_path / "c"
-    _group_file(d, "train:\n  epochs: 2\n  lr0: 0.01\nclasses_note: a key that merely contains the word\n")
+    _group_file(
+        d,
+        "train:\n  epochs: 2\n  lr0: 0.01\nclasses_note: a key that merely contains the word\n"
+        "hydra:\n  job_logging:\n    handlers:\n      file:\n        class: logging.FileHandler\n",
+    )
     vet_config_files(["experiment=quickstart"])  # conf/ holds our one callback _target_
     vet_config_files([f"hydra.searchpath=[file://{d},pkg://hydra.conf]", "+extra=pwn"])
     with pytest.raises(RefusedConfig, match="experimental-rerun"):

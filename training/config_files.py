@@ -5,9 +5,10 @@ Hydra instantiates ``_target_`` in ``hydra.callbacks`` / ``hydra.launcher`` / ``
 names: an experiment file someone sends (dropped into ``conf/experiment/`` or reached through
 ``hydra.searchpath`` / ``--config-dir``) could run code before our entry point starts. Hydra has no switch for
 this, so :func:`vet_config_files` reads every YAML file of the search path before Hydra composes, and refuses one
-that names code: a ``_target_`` (other than our own Hydra callback), a ``()`` factory or a logging ``class``. What
-the user types on the command line is theirs and is not vetted; installed packages (``pkg://`` search paths, Hydra's
-plugins) are code the user installed.
+that names code: a ``_target_`` (other than our own Hydra callback), a ``()`` factory or a logging ``class``
+(other than the standard library's stream / file / null handlers). What the user types on the command line is
+theirs and is not vetted; installed packages (``pkg://`` search paths, Hydra's plugins) are code the user
+installed.
 
 Also refused: ``--experimental-rerun``, which unpickles the file it is given.
 """
@@ -24,6 +25,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # the one place our own configs name code: the run-files callback (conf/hydra/callbacks/run_files.yaml)
 OWN_TARGETS = {((CONF / "hydra" / "callbacks" / "run_files.yaml").resolve(), "training.runfiles.RunFiles")}
 CODE_KEYS = ("_target_", "()", "class")
+# logging handler classes of the standard library that write where they are told and call nothing else
+PLAIN_HANDLERS = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler"}
 
 
 class RefusedConfig(ValueError):
@@ -42,7 +45,8 @@ def _names_code(node, path: Path, where: str = "") -> str | None:
     if isinstance(node, dict):
         for k, v in node.items():
             here = f"{where}.{k}" if where else str(k)
-            if k in CODE_KEYS and not (k == "_target_" and isinstance(v, str) and (path, v) in OWN_TARGETS):
+            own = k == "_target_" and isinstance(v, str) and (path, v) in OWN_TARGETS
+            if k in CODE_KEYS and not own and not (k == "class" and v in PLAIN_HANDLERS):
                 return f"{here}: {v!r}"
             found = _names_code(v, path, here)
             if found:
