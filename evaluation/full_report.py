@@ -18,11 +18,12 @@ import json
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from evaluation.metrics import HEADLINE
+from evaluation.model_card import load_yaml
 from evaluation.report import fmt_ci, fmt_num, image_grid, markdown_table, save_figure, write_csv
-from training.errors import UserError, cli, first_line
+from training.errors import UserError, cli
 
 
 def _f(v, digits: int = 4) -> str:
@@ -45,10 +46,7 @@ def _json(path: Path) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        doc = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as e:  # YAML syntax, encoding: one line naming the file
-        raise UserError(f"{path}: not a readable YAML file ({first_line(e, 120)})") from None
+    doc = load_yaml(path)
     if doc is not None and not isinstance(doc, dict):
         raise UserError(f"{path}: the published numbers must be a mapping, not a {type(doc).__name__}")
     return doc or {}

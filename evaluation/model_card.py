@@ -92,7 +92,9 @@ class RunRecord:
         return name
 
 
-def _load_yaml(path: Path):
+def load_yaml(path: Path):
+    """A YAML file as plain containers, interpolations left as text (never resolved: files may come from others);
+    one line naming the file when it is not YAML."""
     from omegaconf import OmegaConf
 
     try:
@@ -124,15 +126,15 @@ def read_run(run_dir: str | Path) -> RunRecord:
     rec = RunRecord(run_dir, doc["metrics"], doc.get("provenance") or {}, doc)
     for cfg_path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if cfg_path.is_file():
-            cfg = _load_yaml(cfg_path)
+            cfg = load_yaml(cfg_path)
             rec.config = cfg if isinstance(cfg, dict) else {}
             break
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if overrides.is_file():
-        rec.overrides = [str(o) for o in (_load_yaml(overrides) or [])]
+        rec.overrides = [str(o) for o in (load_yaml(overrides) or [])]
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
-        job = ((_load_yaml(hydra_yaml) or {}).get("hydra") or {}).get("job") or {}
+        job = ((load_yaml(hydra_yaml) or {}).get("hydra") or {}).get("job") or {}
         rec.config_name = job.get("config_name")
     return rec
 

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_module
+from tests.conftest import CONF, run_module
+from tests.test_untrusted_checkpoints import _Payload
 from training.config_files import RefusedConfig
-
-
-class _Payload:
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
 
 
 def _group_file(root: Path, text: str) -> Path:
@@ -73,15 +66,15 @@ def test_every_key_that_names_code_is_refused(tmp_path, text, key):
     d = tmp_path / "c"
     f = _group_file(d, text)
     with pytest.raises(RefusedConfig) as e:
-        vet_config_files([f"hydra.searchpath=[file://{d}]", "+extra=pwn"])
+        vet_config_files(CONF, [f"hydra.searchpath=[file://{d}]", "+extra=pwn"])
     assert str(f) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
     # the same folder through --config-dir, and a searchpath that a vetted file adds
     with pytest.raises(RefusedConfig):
-        vet_config_files(["--config-dir", str(d)])
+        vet_config_files(CONF, ["--config-dir", str(d)])
     hop = tmp_path / "hop"
     _group_file(hop, f"hydra:\n  searchpath: [file://{d}]\n")
     with pytest.raises(RefusedConfig):
-        vet_config_files([f"hydra.searchpath=[file://{hop}]"])
+        vet_config_files(CONF, [f"hydra.searchpath=[file://{hop}]"])
 
 
 def test_own_configs_and_plain_experiments_pass(tmp_path):
@@ -93,7 +86,7 @@ def test_own_configs_and_plain_experiments_pass(tmp_path):
         "train:\n  epochs: 2\n  lr0: 0.01\nclasses_note: a key that merely contains the word\n"
         "hydra:\n  job_logging:\n    handlers:\n      file:\n        class: logging.FileHandler\n",
     )
-    vet_config_files(["experiment=quickstart"])  # conf/ holds our one callback _target_
-    vet_config_files([f"hydra.searchpath=[file://{d},pkg://hydra.conf]", "+extra=pwn"])
+    vet_config_files(CONF, ["experiment=quickstart"])  # conf/ holds our one callback _target_
+    vet_config_files(CONF, [f"hydra.searchpath=[file://{d},pkg://hydra.conf]", "+extra=pwn"])
     with pytest.raises(RefusedConfig, match="experimental-rerun"):
-        vet_config_files(["--experimental-rerun", str(tmp_path / "config.pickle")])
+        vet_config_files(CONF, ["--experimental-rerun", str(tmp_path / "config.pickle")])

@@ -239,9 +239,7 @@ def getattr_trap(path: Path, marker: Path) -> Path:
     """A zip checkpoint whose pickle names only ``builtins.getattr`` and an ultralytics model class, so the scan of
     globals lets it through, and walks ``DetectionModel.__init__.__globals__`` to ``eval``: harmless under
     ultralytics' restricted loader (its getattr stand-in), code under any unrestricted load."""
-    import io
     import struct
-    import zipfile
 
     def s(text):
         b = text.encode()
@@ -258,13 +256,8 @@ def getattr_trap(path: Path, marker: Path) -> Path:
     payload = b"\x80\x02cbuiltins\ngetattr\nq\x00" + call(
         call(get(builtins, "get"), s("eval")), s(f"open({str(marker)!r}, 'w').close()")
     )
-    buf = io.BytesIO()
-    torch.save({"a": 1}, buf)
-    src = zipfile.ZipFile(buf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        for n in src.namelist():
-            z.writestr(n, payload + b"." if n.endswith("/data.pkl") else src.read(n))
+    _zip_with_pickle(path, payload + b".")
     return path
 
 

@@ -240,11 +240,11 @@ def enable_ultralytics_safe_load() -> None:
 
 
 def _restrict_ultralytics_torch_load(tasks) -> None:
-    """ultralytics' ``torch_load`` defaults to ``weights_only=False`` whatever ``ULTRALYTICS_SAFE_LOAD`` says, and
-    its trainer calls it on the run's own files (``strip_optimizer`` of last.pt / best.pt at the end of a training,
-    a resumed one included): in this process such a load goes through ultralytics' own restricted loader instead
-    (``weights_only=True`` with its allow-list of model classes; its ``getattr`` stand-in reaches only attributes of
-    modules). Rebound where ultralytics' modules imported it by name; a genuine checkpoint loads the same."""
+    """Make every load through ultralytics' ``torch_load`` a restricted one (``weights_only=True`` with ultralytics'
+    allow-list of model classes; its ``getattr`` stand-in reaches only attributes of modules). Left alone, that
+    function unpickles without restriction whatever ``ULTRALYTICS_SAFE_LOAD`` says, and ultralytics' trainer calls it
+    on the run's own files (``strip_optimizer`` of last.pt / best.pt at the end of a training, a resumed one
+    included). Rebound where ultralytics' modules imported it by name; a genuine checkpoint loads the same."""
     import ultralytics.utils.patches as patches
     import ultralytics.utils.torch_utils as torch_utils
 
@@ -254,9 +254,9 @@ def _restrict_ultralytics_torch_load(tasks) -> None:
 
     @functools.wraps(original)
     def torch_load(f, *args, **kwargs):
-        if kwargs.get("weights_only") is True:
+        if kwargs.get("weights_only") is True:  # ultralytics' own restricted path, already set up
             return original(f, *args, **kwargs)
-        kwargs["weights_only"] = True
+        kwargs["weights_only"] = True  # never an unrestricted unpickle, whatever the caller asked
         if not isinstance(f, (str, os.PathLike)):  # a buffer: the classes registered by earlier loads
             return original(f, *args, **kwargs)
         with tasks._SafeLoad.loading(f):

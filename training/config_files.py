@@ -20,10 +20,8 @@ from pathlib import Path
 
 import yaml
 
-# the repository's conf/ (training/errors.py CONF; not imported from there, which imports this module)
-CONF = Path(__file__).resolve().parents[1] / "conf"
-# the one place our own configs name code: the run-files callback (conf/hydra/callbacks/run_files.yaml)
-OWN_TARGETS = {((CONF / "hydra" / "callbacks" / "run_files.yaml").resolve(), "training.runfiles.RunFiles")}
+# the one place our own configs name code: the run-files callback, as (file below conf/, target)
+OWN_TARGETS = {(("hydra", "callbacks", "run_files.yaml"), "training.runfiles.RunFiles")}
 CODE_KEYS = ("_target_", "()", "class")
 # logging handler classes of the standard library that write where they are told and call nothing else
 PLAIN_HANDLERS = {"logging.StreamHandler", "logging.FileHandler", "logging.NullHandler"}
@@ -40,27 +38,29 @@ def _searchpath_dirs(values) -> list[Path]:
     return [Path(str(v)[len("file://") :]).expanduser() for v in values if str(v).startswith("file://")]
 
 
-def _names_code(node, path: Path, where: str = "") -> str | None:
-    """The first key of ``node`` that names code, as ``key.path: value``; None when there is none."""
+def _names_code(node, own_file: tuple | None, where: str = "") -> str | None:
+    """The first key of ``node`` that names code, as ``key.path: value``; None when there is none.
+    ``own_file``: the file's path parts below our conf/ (None for a file elsewhere)."""
     if isinstance(node, dict):
         for k, v in node.items():
             here = f"{where}.{k}" if where else str(k)
-            own = k == "_target_" and isinstance(v, str) and (path, v) in OWN_TARGETS
+            own = k == "_target_" and isinstance(v, str) and (own_file, v) in OWN_TARGETS
             if k in CODE_KEYS and not own and not (k == "class" and v in PLAIN_HANDLERS):
                 return f"{here}: {v!r}"
-            found = _names_code(v, path, here)
+            found = _names_code(v, own_file, here)
             if found:
                 return found
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            found = _names_code(v, path, f"{where}[{i}]")
+            found = _names_code(v, own_file, f"{where}[{i}]")
             if found:
                 return found
     return None
 
 
-def vet_file(path: Path) -> list[Path]:
-    """Refuse ``path`` when it names code; the ``file://`` search paths it adds (``hydra.searchpath``)."""
+def vet_file(path: Path, conf: Path) -> list[Path]:
+    """Refuse ``path`` when it names code; the ``file://`` search paths it adds (``hydra.searchpath``).
+    ``conf``: our config folder (its files may name our own targets)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -79,7 +79,9 @@ def vet_file(path: Path) -> list[Path]:
         return []  # Hydra cannot load it either: its error, if the run uses the file
     added = []
     for doc in docs:
-        found = _names_code(doc, path.resolve())
+        resolved = path.resolve()
+        own_file = resolved.relative_to(conf).parts if resolved.is_relative_to(conf) else None
+        found = _names_code(doc, own_file)
         if found:
             raise RefusedConfig(
                 f"{path}: {found} names code that Hydra or logging would import and run; refused (a config file "
@@ -91,9 +93,9 @@ def vet_file(path: Path) -> list[Path]:
     return added
 
 
-def vet_config_files(argv: list[str] | None = None) -> None:
-    """Vet the YAML files of every config folder a CLI run composes from: ours, ``--config-dir``, and the
-    ``file://`` entries of ``hydra.searchpath`` (given on the command line or in a vetted file)."""
+def vet_config_files(conf: Path, argv: list[str] | None = None) -> None:
+    """Vet the YAML files of every config folder a CLI run composes from: ours (``conf``), ``--config-dir``, and
+    the ``file://`` entries of ``hydra.searchpath`` (given on the command line or in a vetted file)."""
     # Hydra's own parser: the same reading of argv as Hydra's
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -107,7 +109,8 @@ def vet_config_files(argv: list[str] | None = None) -> None:
             f"--experimental-rerun {args.experimental_rerun}: not supported (Hydra unpickles that file, which can "
             "run code); rerun with the run's .hydra/overrides.yaml instead"
         )
-    dirs = [CONF]
+    conf = Path(conf).resolve()
+    dirs = [conf]
     for given in (args.config_dir, args.config_path):
         if (
             given
@@ -129,4 +132,4 @@ def vet_config_files(argv: list[str] | None = None) -> None:
             continue
         seen.add(d)
         for f in sorted(d.rglob("*.y*ml")):
-            dirs += vet_file(f)
+            dirs += vet_file(f, conf)

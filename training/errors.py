@@ -127,7 +127,7 @@ def _vet_config_files() -> None:
     from training.config_files import RefusedConfig, vet_config_files
 
     try:
-        vet_config_files()
+        vet_config_files(CONF)
     except RefusedConfig as e:
         raise ConfigError(str(e)) from None
 
