@@ -25,7 +25,7 @@ from evaluation.report import fmt_ci, fmt_num, markdown_table, pyplot, save_figu
 from training.backends import get_backend
 from training.data import load_dataset
 from training.data.images import load_rgb
-from training.errors import ConfigError, UserError, cli
+from training.errors import CONF, ConfigError, UserError, cli
 from training.overrides import flatten_overrides
 from training.progress import progress
 from training.tracking import tracked
@@ -33,7 +33,6 @@ from training.train import run_dir_of
 from training.workers import claim, pin_device, release, worker_index
 
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # W&B: one group per selection (WANDB_GROUP.format(cfg.name)), one run per model and a summary run, tagged
 WANDB_GROUP, WANDB_TAGS = "model-selection-{}", ["signature-detection", "model-selection"]
 

@@ -1,9 +1,20 @@
-"""``python -m evaluation.predict checkpoint=... source=...``: a trained detector on images, folders, globs and PDFs.
+"""``python -m evaluation.predict source=...`` (``sigdet predict``, ``sigdet.load().predict``): a trained detector
+on images, folders, globs and PDFs, with a page-level answer: *is this page signed?*
 
 The detector is loaded as the evaluator loads it (:func:`evaluation.run.load_model`: any backend's checkpoint or
-any export) and called as the evaluator calls it (``predict`` on decoded RGB pages), so the boxes here are the
-evaluator's. PDF pages are rendered with pypdfium2. A file that cannot be read (corrupt or encrypted PDF, a file
-that is not an image) is listed and skipped with a count; with nothing left to predict it is one line, exit 2.
+any export; the shipped real-page model when no checkpoint is given) and called as the evaluator calls it
+(``predict`` on decoded RGB pages), so the boxes here are the evaluator's. A page is called signed when its best
+box scores at least the operating confidence: ``conf=`` when given, else the model's stored operating point (the
+confidence reaching the target page recall on valid, :mod:`evaluation.pages`), else ``fallback_conf``.
+
+At scale: pages are decoded / rendered (pypdfium2) in a background thread while the detector runs, one JSON line
+per page is appended and flushed to ``pages.jsonl`` as it goes, ``resume=true`` continues a killed run (no page
+twice, a torn last line dropped), ``shard=i/n`` takes a deterministic share of the files (a job array scales it out)
+and memory does not grow with the number of pages. The COCO ``predictions.json``, ``predictions.csv``,
+``documents.csv`` and ``summary.json`` are written from ``pages.jsonl`` at the end.
+
+A file that cannot be read (corrupt or encrypted PDF, a file that is not an image) is listed and skipped with a
+count; with nothing left to predict it is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -12,8 +23,11 @@ import csv
 import glob
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import queue
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +38,93 @@ from evaluation.run import load_model
 from training.backends.base import Detections
 from training.data.images import ImageError, decode_rgb
 from training.data.yolo import IMAGE_SUFFIXES
-from training.errors import UserError, cli, first_line, require
+from training.errors import DataError, UserError, cli, first_line
 from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
 
 PDF = ".pdf"
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+PAGES, STATE = "pages.jsonl", "predict_state.json"
+# the real-page detector the package ships (training/assets/pretrained; its card says how it was made)
+SHIPPED = "pretrained/signatures-yolov8n.pt"
 
 
 @dataclass
 class Page:
-    """One image to predict: a file, or one page of a PDF (``page`` counts from 1)."""
+    """One image to predict: a file, one page of a PDF (``page`` counts from 1), or an in-memory image."""
 
-    file: Path
+    file: Path | None
     name: str  # unique output stem (the path below its source root, page number appended for PDFs)
     page: int | None = None
+    image: np.ndarray | None = None  # an in-memory page (the API's PIL images and arrays)
+
+    @property
+    def key(self) -> str:
+        """What ``pages.jsonl`` and ``resume`` identify the page by."""
+        return f"{self.file}#{self.page or 0}" if self.file is not None else self.name
 
 
+@dataclass
+class PageResult:
+    """The answer for one page: its boxes (``xyxy`` pixels of the page as read or rendered) and whether it is
+    signed. ``boxes_pt`` gives PDF pages' boxes in PDF points (1/72 inch from the page's top-left corner)."""
+
+    file: str | None
+    page: int | None
+    width: int
+    height: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    conf: float
+    dpi: float | None = None  # PDF pages: the rendering resolution
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def signed(self) -> bool:
+        return bool(len(self.scores)) and float(self.scores.max()) >= self.conf
+
+    @property
+    def best_score(self) -> float:
+        return float(self.scores.max()) if len(self.scores) else 0.0
+
+    @property
+    def boxes_pt(self) -> np.ndarray | None:
+        return None if self.dpi is None else self.boxes * (72.0 / self.dpi)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.class_names[int(k)] for k in self.labels]
+
+    def to_json(self) -> dict:
+        """One line of ``pages.jsonl``."""
+        out = {
+            "file": self.file,
+            "page": self.page,
+            "width": self.width,
+            "height": self.height,
+            "signed": self.signed,
+            "n_boxes": len(self.scores),
+            "best_score": self.best_score,
+            "conf": self.conf,
+            "boxes": self.boxes.tolist(),
+            "scores": self.scores.tolist(),
+            "labels": self.label_names,
+        }
+        if self.dpi is not None:
+            out["dpi"] = self.dpi
+            out["boxes_pt"] = self.boxes_pt.tolist()
+        return out | self.extra
+
+    def __repr__(self) -> str:
+        where = f"{self.file or self.name}" + (f" p{self.page}" if self.page else "")
+        return f"PageResult({where}: {'signed' if self.signed else 'not signed'}, {len(self.scores)} boxes)"
+
+
+# -- sources ---------------------------------------------------------------------------------------------------
 def _is_glob(source: str) -> bool:
     return any(c in source for c in "*?[")
 
@@ -77,6 +160,30 @@ def collect(sources: list[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str
             else:
                 skipped.append((str(f), f"not an image or PDF (suffix {f.suffix or 'none'!r})"))
     return found, skipped
+
+
+def parse_shard(value) -> tuple[int, int] | None:
+    """``shard=i/n`` as ``(i, n)`` (0 <= i < n); None for no sharding; a :class:`UserError` otherwise."""
+    if value is None or str(value).strip() in ("", "null"):
+        return None
+    text = str(value).strip()
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"shard={text}: expected i/n with whole numbers, e.g. shard=0/4")
+    i, n = (int(p) for p in parts)
+    if n < 1 or i >= n:
+        raise UserError(f"shard={text}: needs n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def in_shard(file: Path, root: Path, shard: tuple[int, int] | None) -> bool:
+    """Whether ``file`` belongs to ``shard``: a stable hash of its path below the source root (the same on every
+    machine and in every run, whatever else the folder holds), so that n jobs together take every file once and
+    a PDF's pages stay in one job."""
+    if shard is None:
+        return True
+    rel = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
+    return zlib.crc32(rel.encode("utf-8")) % shard[1] == shard[0]
 
 
 def _open_pdf(path: Path, password: str | None):
@@ -131,13 +238,39 @@ def pages(found: list[tuple[Path, Path]], password: str | None) -> tuple[list[Pa
     return out, skipped
 
 
-def render(pages_: list[Page], dpi: float, password: str | None, max_pixels: int, skipped: list) -> Iterator:
+def in_memory(images: list, start: int = 0) -> list[Page]:
+    """PIL images and ``HxWx3`` arrays as pages (RGB uint8; a grey ``HxW`` array or RGBA is converted)."""
+    out = []
+    for k, im in enumerate(images, start):
+        if isinstance(im, Image.Image):
+            arr = np.asarray(im.convert("RGB"))
+        elif isinstance(im, np.ndarray):
+            arr = im
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+                raise UserError(f"image {k}: an array of shape {im.shape}; expected HxWx3 RGB")
+            arr = np.ascontiguousarray(arr[..., :3])
+            if arr.dtype != np.uint8:
+                raise UserError(f"image {k}: an array of dtype {im.dtype}; expected uint8 RGB")
+        else:
+            raise UserError(f"image {k}: {type(im).__name__} is not a path, a PIL image or an array")
+        out.append(Page(None, f"image_{k}", None, arr))
+    return out
+
+
+def render(
+    pages_: Iterable[Page], dpi: float, password: str | None, max_pixels: int, skipped: list
+) -> Iterator:
     """``(page, HxWx3 uint8 RGB)`` for every page that decodes; the others go to ``skipped``."""
     import pypdfium2 as pdfium
 
     pdf, pdf_path = None, None
     for p in pages_:
         try:
+            if p.image is not None:
+                yield p, p.image
+                continue
             if p.page is None:
                 yield p, decode_rgb(p.file, max_pixels)
                 continue
@@ -155,6 +288,45 @@ def render(pages_: list[Page], dpi: float, password: str | None, max_pixels: int
             skipped.append((str(p.file), where + str(e).removeprefix(f"{p.file}: ")))
     if pdf is not None:
         pdf.close()
+
+
+def prefetch(items: Iterator, size: int) -> Iterator:
+    """``items`` produced by a background thread, at most ``size`` ahead: PDF rendering and image decoding (PDFium
+    and Pillow release the GIL) overlap the detector, and memory stays bounded by ``size`` pages.
+
+    Written here rather than taken from a library: a bounded single-producer queue is all it is, and torch's
+    DataLoader would pickle pages into worker processes (and the PDF handle cannot cross a process)."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, size))
+    done, stop = object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=produce, name="sigdet-render", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
@@ -188,89 +360,373 @@ def draw(image: np.ndarray, det: Detections, class_names: list[str]) -> Image.Im
     return im
 
 
+# -- the model and its operating point ------------------------------------------------------------------------
+def shipped_checkpoint() -> Path:
+    """The real-page detector shipped in the package (its card: the .md beside it)."""
+    from training.data import asset_path
+
+    return Path(asset_path(SHIPPED))
+
+
+def resolve_checkpoint(checkpoint) -> Path:
+    """What ``checkpoint=`` names: None -> the shipped model; a run folder -> its ``weights/best.pt`` (or the
+    transformers ``weights/best`` folder); a file or an export as given."""
+    if checkpoint is None or str(checkpoint) in ("", "null"):
+        path = shipped_checkpoint()
+        if not path.is_file():
+            raise UserError(f"{path}: the shipped model is missing from this install; give checkpoint=")
+        return path
+    path = Path(str(checkpoint)).expanduser()
+    if path.is_dir():
+        for cand in (path / "weights" / "best.pt", path / "weights" / "best"):
+            if cand.exists():
+                return cand
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found")
+    return path
+
+
+def _op_from(path: Path, entry) -> dict | None:
+    """An ``operating_point`` entry of a file from others, checked: None when absent, one line when malformed."""
+    if entry is None:
+        return None
+    conf = entry.get("conf") if isinstance(entry, dict) else None
+    if conf is None and isinstance(entry, dict) and "conf" in entry:
+        return None  # recorded, but no confidence could be chosen (no valid pages with boxes)
+    if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 < float(conf) <= 1.0:
+        raise DataError(f"{path}: operating_point.conf {conf!r} is not a confidence in (0, 1]")
+    return dict(entry) | {"conf": float(conf), "from": str(path)}
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable JSON ({e.__class__.__name__}: {first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def stored_operating_point(checkpoint: Path) -> dict | None:
+    """The page-level operating point stored with a model: its sidecar ``<name>.json`` (the shipped model), its
+    run's ``metrics.json`` (``weights/best.pt`` -> the run folder), or an export manifest's copy of it."""
+    from export.model import META, is_exported
+
+    checkpoint = Path(checkpoint)
+    if is_exported(checkpoint):
+        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        for d in (folder, folder.parent):
+            if (d / META).is_file():
+                return _op_from(d / META, _json_object(d / META).get("operating_point"))
+        return None
+    for cand in (checkpoint.with_suffix(".json"), checkpoint.parent.parent / "metrics.json"):
+        if cand.is_file() and cand != checkpoint:
+            op = _op_from(cand, _json_object(cand).get("operating_point"))
+            if op is not None:
+                return op
+    return None
+
+
+class Predictor:
+    """A loaded detector with the page-level decision: what ``sigdet.load`` returns and ``predict`` runs.
+
+    ``conf``: the operating confidence; None takes the model's stored operating point (``operating_point``), else
+    ``fallback_conf``.
+    """
+
+    def __init__(self, model, checkpoint: Path, cfg: DictConfig):
+        self.model = model
+        self.checkpoint = Path(checkpoint)
+        self.class_names = list(model.class_names)
+        self.operating_point = stored_operating_point(self.checkpoint)
+        if cfg.conf is not None:
+            self.conf, self.conf_source = float(cfg.conf), "conf="
+        elif self.operating_point is not None:
+            self.conf = float(self.operating_point["conf"])
+            self.conf_source = (
+                f"operating point (page recall {self.operating_point.get('target_recall')} on "
+                f"{self.operating_point.get('chosen_on')}, {self.operating_point['from']})"
+            )
+        else:
+            self.conf, self.conf_source = (
+                float(cfg.fallback_conf),
+                "fallback_conf (no stored operating point)",
+            )
+        self.imgsz = cfg.imgsz  # None: the size the checkpoint was trained or exported at
+        self.max_det = None if cfg.max_det is None else int(cfg.max_det)
+        self.batch = int(cfg.batch)
+        self.dpi = float(cfg.pdf.dpi)
+        self.password = cfg.pdf.password
+        self.max_pixels = int(cfg.max_image_pixels)
+        self.prefetch = int(cfg.prefetch)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_dir: Path | str = ".") -> Predictor:
+        """The detector ``cfg.checkpoint`` names (conf/predict.yaml), loaded on ``cfg.device``."""
+        from export.model import is_exported
+        from training.backends import backend_of, get_backend
+
+        checkpoint = resolve_checkpoint(cfg.checkpoint)
+        if str(cfg.device or "").startswith("cuda") or str(cfg.device or "").isdigit():
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"device={cfg.device}: no CUDA device on this machine (device=cpu runs here)")
+        exported = is_exported(checkpoint)
+        backend = cfg.backend or ("ultralytics" if exported else backend_of(checkpoint))
+        if not exported and not get_backend(backend).is_detector:
+            raise UserError(
+                f"{checkpoint}: not a detector (a {backend} checkpoint); predict needs a detector"
+            )
+        model = load_model(checkpoint, backend, cfg.decode, cfg.get("precision"), run_dir, device=cfg.device)
+        return cls(model, checkpoint, cfg)
+
+    def pages_of(self, source) -> tuple[list[Page], list[tuple[str, str]]]:
+        """The pages of ``source`` (a path, folder, glob or PDF, a PIL image, an array, or a list of these) and the
+        files skipped."""
+        items = list(source) if isinstance(source, list | tuple) else [source]
+        paths = [str(s) for s in items if isinstance(s, str | os.PathLike)]
+        images = [s for s in items if not isinstance(s, str | os.PathLike)]
+        if paths and images:
+            raise UserError("source: give either paths or in-memory images, not both in one call")
+        if images:
+            return in_memory(images), []
+        found, skipped = collect(paths)
+        todo, unreadable = pages(found, self.password)
+        return todo, skipped + unreadable
+
+    def stream(
+        self, todo: Iterable[Page], skipped: list
+    ) -> Iterator[tuple[PageResult, np.ndarray, Detections]]:
+        """``(result, page pixels, detections)`` per page of ``todo`` that decodes, in order; the pages that do not
+        go to ``skipped``. Decoding runs ahead in a background thread (at most ``prefetch`` pages)."""
+        decoded = prefetch(
+            render(todo, self.dpi, self.password, self.max_pixels, skipped), self.prefetch or self.batch
+        )
+        for chunk in _batches(decoded, self.batch):
+            dets = self.model.predict([a for _, a in chunk], conf=self.conf_min, imgsz=self.imgsz)
+            for (page, arr), det in zip(chunk, dets, strict=True):
+                det = cap(det, self.max_det)
+                result = PageResult(
+                    file=None if page.file is None else str(page.file),
+                    page=page.page,
+                    width=int(arr.shape[1]),
+                    height=int(arr.shape[0]),
+                    boxes=np.asarray(det.boxes, dtype=float).reshape(-1, 4),
+                    scores=np.asarray(det.scores, dtype=float),
+                    labels=np.asarray(det.labels, dtype=int),
+                    class_names=self.class_names,
+                    conf=self.conf,
+                    dpi=self.dpi if page.page else None,
+                    name=page.name,
+                )
+                yield result, arr, det
+
+    @property
+    def conf_min(self) -> float:
+        """The boxes kept: those at the operating confidence or above."""
+        return self.conf
+
+    def predict(self, source) -> list[PageResult]:
+        """One :class:`PageResult` per page of ``source`` (unreadable files are skipped; see :meth:`iter`)."""
+        return list(self.iter(source))
+
+    def iter(self, source, skipped: list | None = None) -> Iterator[PageResult]:
+        """:meth:`predict` one page at a time (constant memory over a large source); ``skipped`` collects
+        ``(path, why)`` of the files that could not be read."""
+        todo, skip = self.pages_of(source)
+        sink = skipped if skipped is not None else []
+        sink.extend(skip)
+        for result, _, _ in self.stream(todo, sink):
+            yield result
+
+
+# -- the command: a run folder of results ---------------------------------------------------------------------
+def _sources(cfg) -> list[str]:
+    return [str(s) for s in (cfg.source if OmegaConf.is_list(cfg.source) else [cfg.source])]
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def read_done(path: Path) -> set[str]:
+    """The pages ``pages.jsonl`` already holds; a torn last line (a kill mid-write) is cut off the file."""
+    done: set[str] = set()
+    if not path.is_file():
+        return done
+    good = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(raw)
+                done.add(f"{row['file']}#{row.get('page') or 0}")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break
+            good += len(raw)
+    if good != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return done
+
+
+def _state(cfg, checkpoint: Path, conf: float) -> dict:
+    return {
+        "sources": [str(Path(s).expanduser().resolve()) if not _is_glob(s) else s for s in _sources(cfg)],
+        "shard": None if cfg.shard is None else str(cfg.shard),
+        "checkpoint": str(checkpoint.resolve()),
+        "conf": conf,
+    }
+
+
+def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
+    path = run_dir / STATE
+    if not resume:
+        if (run_dir / PAGES).exists():
+            raise UserError(
+                f"{run_dir} already holds {PAGES}; add resume=true to continue it, or choose another hydra.run.dir"
+            )
+        return
+    if not path.is_file():
+        return  # nothing to continue: a fresh run
+    old = _json_object(path)
+    for key in ("sources", "shard", "checkpoint", "conf"):
+        if old.get(key) != state[key]:
+            raise UserError(
+                f"{path}: resume=true on a run of another {key} ({old.get(key)!r}, now {state[key]!r}); "
+                "choose another hydra.run.dir"
+            )
+
+
 def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
-    """Predict every page of ``cfg.source``; write the outputs into ``run_dir``; return the summary."""
-    sources = [str(s) for s in (cfg.source if OmegaConf.is_list(cfg.source) else [cfg.source])]
+    """Predict every page of ``cfg.source`` into ``run_dir`` (pages.jsonl as it goes, then the tables); the
+    summary."""
+    sources = _sources(cfg)
     for s in sources:
         if not _is_glob(s) and Path(s).expanduser().is_dir() and _inside(run_dir, Path(s).expanduser()):
             raise UserError(f"{run_dir}: the run dir is inside source {s}; choose another hydra.run.dir")
+    shard = parse_shard(cfg.shard)
     found, skipped = collect(sources)
+    found = [(f, r) for f, r in found if in_shard(f, r, shard)]
+    predictor = Predictor.from_config(cfg, run_dir)
+    state = _state(cfg, predictor.checkpoint, predictor.conf)
+    _check_resume(run_dir, state, bool(cfg.resume))
+    (run_dir / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     todo, unreadable = pages(found, cfg.pdf.password)
     skipped += unreadable
-    if not todo:
+    if not todo and not (run_dir / PAGES).exists():
         raise UserError(f"source={','.join(sources)}: nothing to predict ({_skip_text(skipped)})")
-
-    model = load_model(cfg.checkpoint, cfg.backend, cfg.decode, cfg.get("precision"), run_dir)
-    names = list(model.class_names)
-    imgsz = cfg.imgsz  # None: the size the checkpoint was trained or exported at
-    max_det = None if cfg.max_det is None else int(cfg.max_det)
-    conf = float(cfg.conf)
-    results, rows, images = [], [], []
+    done = read_done(run_dir / PAGES)
+    left = [p for p in todo if p.key not in done]
+    names = predictor.class_names
     for sub in ("annotated", "crops"):
         if cfg.save[sub]:
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    bar = progress(desc="predict", total=len(todo), unit="page")
-    decoded = render(todo, float(cfg.pdf.dpi), cfg.pdf.password, int(cfg.max_image_pixels), skipped)
-    for chunk in _batches(decoded, int(cfg.batch)):
-        dets = model.predict([a for _, a in chunk], conf=conf, imgsz=imgsz)
-        for (page, arr), det in zip(chunk, dets, strict=True):
-            det = cap(det, max_det)  # predict() already dropped the boxes below conf
-            image_id = len(images) + 1
-            entry = {
-                "id": image_id,
-                "file_name": str(page.file),
-                "width": arr.shape[1],
-                "height": arr.shape[0],
-            }
-            images.append(entry | ({"page": page.page} if page.page else {}) | {"n_detections": len(det)})
-            for k, ((x0, y0, x1, y1), s, lab) in enumerate(
-                zip(det.boxes, det.scores, det.labels, strict=True)
-            ):
-                box = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-                res = {"image_id": image_id, "category_id": int(lab), "bbox": box, "score": float(s)}
-                results.append(res | {"category_name": names[int(lab)], "file_name": str(page.file)})
-                if page.page:
-                    results[-1]["page"] = page.page
-                rows.append(
-                    [str(page.file), page.page or "", image_id, names[int(lab)], f"{s:.6f}"]
-                    + [f"{v:.2f}" for v in (x0, y0, x1, y1)]
-                )
+    bar = progress(desc="predict", total=len(left), unit="page")
+    with open(run_dir / PAGES, "a", encoding="utf-8") as out:
+        for result, arr, det in predictor.stream(left, skipped):
+            for k, ((x0, y0, x1, y1), lab) in enumerate(zip(det.boxes, det.labels, strict=True)):
                 if cfg.save.crops:
                     # class names come with the model (its metadata): never a path of their own
                     folder = run_dir / "crops" / folder_name(names[int(lab)], f"class_{int(lab)}")
                     folder.mkdir(exist_ok=True)
                     crop = arr[max(0, int(y0)) : int(np.ceil(y1)), max(0, int(x0)) : int(np.ceil(x1))]
                     if crop.size:
-                        Image.fromarray(crop).save(folder / f"{page.name}_{k}.png")
+                        Image.fromarray(crop).save(folder / f"{result.name}_{k}.png")
             if cfg.save.annotated:
-                draw(arr, det, names).save(run_dir / "annotated" / f"{page.name}.png")
-        bar.update(len(chunk))
+                draw(arr, det, names).save(run_dir / "annotated" / f"{result.name}.png")
+            # one line per page, flushed: a kill loses at most the page in flight (resume=true redoes it)
+            out.write(json.dumps(result.to_json()) + "\n")
+            out.flush()
+            bar.update(1)
     bar.close()
-    if not images:
+    summary = write_tables(run_dir, names, bool(cfg.save.csv))
+    if not summary["n_pages"]:
         raise UserError(f"source={','.join(sources)}: no page could be read ({_skip_text(skipped)})")
-
-    (run_dir / "predictions.json").write_text(json.dumps(results), encoding="utf-8")
-    if cfg.save.csv:
-        with open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "page", "image_id", "class", "score", "x0", "y0", "x1", "y1"])
-            w.writerows(rows)
-    summary = {
-        "checkpoint": str(cfg.checkpoint),
-        "conf": conf,
-        "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
-        "n_pages": len(images),
-        "n_detections": len(results),
-        "images": images,
-        "skipped": [{"path": p, "why": why} for p, why in skipped],
+    summary |= {
+        "checkpoint": str(predictor.checkpoint),
+        "conf": predictor.conf,
+        "conf_source": predictor.conf_source,
+        "shard": state["shard"],
+        "skipped": [{"path": p, "why": why} for p, why in dict.fromkeys(skipped)],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
+    """predictions.json (COCO results), predictions.csv and documents.csv from pages.jsonl, streamed; the
+    counts of the summary."""
+    docs: dict[str, dict] = {}
+    n_pages = n_boxes = n_signed = 0
+    cat = {n: i for i, n in enumerate(names)}
+    with (
+        open(run_dir / "predictions.json", "w", encoding="utf-8") as pj,
+        open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8")
+        if with_csv
+        else open(os.devnull, "w") as pc,
+    ):
+        w = csv.writer(pc)
+        w.writerow(["file", "page", "image_id", "class", "score", "x0", "y0", "x1", "y1"])
+        pj.write("[")
+        for image_id, row in enumerate(_rows(run_dir / PAGES), 1):
+            n_pages += 1
+            n_signed += bool(row["signed"])
+            for (x0, y0, x1, y1), s, lab in zip(row["boxes"], row["scores"], row["labels"], strict=True):
+                res = {
+                    "image_id": image_id,
+                    "category_id": cat.get(lab, -1),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": s,
+                    "category_name": lab,
+                    "file_name": row["file"],
+                } | ({"page": row["page"]} if row["page"] else {})
+                pj.write(("," if n_boxes else "") + json.dumps(res))
+                n_boxes += 1
+                w.writerow(
+                    [row["file"], row["page"] or "", image_id, lab, f"{s:.6f}"]
+                    + [f"{v:.2f}" for v in (x0, y0, x1, y1)]
+                )
+            d = docs.setdefault(row["file"], {"pages": 0, "signed_pages": [], "boxes": 0, "best_score": 0.0})
+            d["pages"] += 1
+            d["boxes"] += len(row["scores"])
+            d["best_score"] = max(d["best_score"], float(row["best_score"]))
+            if row["signed"]:
+                d["signed_pages"].append(row["page"] or 1)
+        pj.write("]")
+    with open(run_dir / "documents.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "pages", "signed", "signed_pages", "boxes", "best_score"])
+        for file, d in docs.items():
+            signed_pages = " ".join(str(p) for p in sorted(d["signed_pages"]))
+            w.writerow(
+                [
+                    file,
+                    d["pages"],
+                    "yes" if d["signed_pages"] else "no",
+                    signed_pages,
+                    d["boxes"],
+                    f"{d['best_score']:.4f}",
+                ]
+            )
+    return {
+        "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
+        "n_pages": n_pages,
+        "n_signed_pages": n_signed,
+        "n_detections": n_boxes,
+        "n_documents": len(docs),
+        "n_signed_documents": sum(1 for d in docs.values() if d["signed_pages"]),
+    }
 
 
 def _skip_text(skipped: list[tuple[str, str]]) -> str:
@@ -280,22 +736,31 @@ def _skip_text(skipped: list[tuple[str, str]]) -> str:
     return f"{len(skipped)} skipped, first: {first}" if len(skipped) > 1 else first
 
 
-@cli("predict")
-def main(cfg: DictConfig) -> None:
-    require(cfg, "checkpoint", "source", usage="checkpoint=RUN_OR_EXPORT source=IMAGE|FOLDER|GLOB|PDF")
+def run_predict(cfg: DictConfig) -> tuple[Path, dict]:
+    """The command's work: a run folder (made here) with pages.jsonl and the tables; ``(run dir, summary)``."""
+    from training.errors import require
+
+    require(cfg, "source", usage="source=IMAGE|FOLDER|GLOB|PDF [checkpoint=RUN_OR_EXPORT]")
     run_dir = run_dir_of(cfg)
     if (run_dir / "predictions.json").exists():
         raise UserError(f"{run_dir} already holds predictions.json; choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
-    summary = predict_sources(cfg, run_dir)
+    return run_dir, predict_sources(cfg, run_dir)
+
+
+@cli("predict")
+def main(cfg: DictConfig) -> None:
+    run_dir, summary = run_predict(cfg)
     for skip in summary["skipped"]:
         print(f"skipped {skip['path']}: {skip['why']}")
     n_skip = len(summary["skipped"])
     print(
-        f"{summary['n_detections']} boxes on {summary['n_pages']} pages"
+        f"{summary['n_signed_pages']} of {summary['n_pages']} pages signed"
+        f" ({summary['n_signed_documents']} of {summary['n_documents']} files), {summary['n_detections']} boxes"
+        f" at conf {summary['conf']:.3f} [{summary['conf_source']}]"
         + (f", {n_skip} skipped" if n_skip else "")
-        + f" -> {run_dir / 'predictions.json'}"
+        + f" -> {run_dir / PAGES}, {run_dir / 'documents.csv'}"
     )
 
 

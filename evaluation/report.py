@@ -13,7 +13,12 @@ from evaluation.metrics import HEADLINE
 
 # (metric, has a 95% interval): the headline metrics with their intervals, then the single numbers
 WITHOUT_CI = "conf_at_max_f1 precision_at_conf recall_at_conf f1_at_conf conf_fixed mAP75 AP_small AP_medium AP_large AR100"
-ROWS = [(n, True) for n in HEADLINE] + [(n, False) for n in WITHOUT_CI.split()]
+# page-level "signed?" decisions at the run's operating point (evaluation/pages.py)
+PAGE_ROWS = [("page/precision", True), ("page/recall", True), ("page/f1", True), ("page/conf", False)]
+PAGE_ROWS += [
+    (f"page/{n}", False) for n in ["n_pages", "n_signed", "n_called_signed", "n_signed_without_box"]
+]
+ROWS = [(n, True) for n in HEADLINE] + [(n, False) for n in WITHOUT_CI.split()] + PAGE_ROWS
 
 
 def fmt_num(v, digits: int = 4, missing: str = "n/a") -> str:

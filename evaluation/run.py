@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from evaluation import errors
 from evaluation.evaluator import evaluate_detector
+from evaluation.pages import operating_point, page_metrics, page_truth
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends import get_backend
 from training.backends.base import Detector
@@ -20,13 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def load_model(
-    checkpoint, backend: str, decode_table, precision: str | None = None, run_dir: Path | str = "."
+    checkpoint,
+    backend: str,
+    decode_table,
+    precision: str | None = None,
+    run_dir: Path | str = ".",
+    device: str | None = None,
 ):
     """A checkpoint through ``backend`` (``training.backends.BACKENDS``), or an exported detector (.onnx / .xml /
     .engine written by ``python -m export``) through its runtime with the family's shared pre/post-processing.
 
     ``decode_table``: conf/decode/default.yaml (NMS IoU and max detections per backend); an export decodes as
     its ``sigdet_export.json`` recorded. ``precision``: OpenVINO only, the inference hint of an FP32 IR.
+    ``device``: where a checkpoint runs (``cpu``, ``cuda``, ``cuda:1``; None: the backend's choice); an export
+    runs where its runtime does.
     """
     from export.model import is_exported, load_exported
 
@@ -36,7 +44,7 @@ def load_model(
             raise UserError(f"{checkpoint}: a classifier export; evaluate it with python -m export (parity)")
         return model
     be = get_backend(str(backend))
-    return be.from_checkpoint(str(checkpoint), decode_table[be.name], run_dir=run_dir)
+    return be.from_checkpoint(str(checkpoint), decode_table[be.name], device=device, run_dir=run_dir)
 
 
 def provenance(cfg, detector: Detector) -> dict:
@@ -75,6 +83,26 @@ def validator(eval_cfg):
 VALIDATION_KEYS = ("mAP50", "mAP50-95", "precision", "recall", "f1", "conf_at_max_f1", "AR100")
 
 
+def page_decisions(truth: dict, ev, metrics: dict[str, float]) -> dict | None:
+    """Page-level "signed?" metrics of every split into ``metrics``; the operating point they are taken at.
+
+    The operating point (the confidence reaching ``ev.page.target_recall`` of the signed pages) is chosen on the
+    split ``ev.page.choose_on`` (valid) when it was evaluated; every split is then scored at it. Without that split
+    no operating point is chosen and the pages are scored at ``ev.conf_fixed``.
+    """
+    on = str(ev.page.choose_on)
+    op = None
+    if on in truth:
+        op = operating_point(*truth[on], float(ev.page.target_recall), on)
+    conf = op["conf"] if op and op["conf"] is not None else float(ev.conf_fixed)
+    for split, (signed, best) in truth.items():
+        pm = page_metrics(signed, best, conf, int(ev.n_bootstrap), int(ev.seed))
+        metrics.update({f"{split}/{k}": v for k, v in pm.items()})
+    if op:
+        metrics[f"{on}/page/conf_at_target_recall"] = float("nan") if op["conf"] is None else op["conf"]
+    return op
+
+
 def evaluate_run(
     detector: Detector, cfg, run_dir: Path, tracker=None, prior: dict[str, float] | None = None
 ) -> dict[str, float]:
@@ -94,9 +122,11 @@ def evaluate_run(
     analyses, sections = {}, []
     metrics.update(dataset.skipped_metrics())
     data_yaml = None
+    truth = {}
     for split in splits:
         result, preds = evaluate_detector(detector, dataset[split], ev)
         metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
+        truth[split] = page_truth(dataset[split], preds)
         plot_curves(run_dir, split, result.curves, metrics)
         plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.n_page_figures))
         ea = analyses[split] = errors.analyse(
@@ -126,11 +156,13 @@ def evaluate_run(
             )
             if png:
                 tracker.log_images(f"{split}/errors", [png])
+    op = page_decisions(truth, ev, metrics)
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
         **prov
     )
-    write_metrics_json(run_dir, metrics, {"provenance": prov, "errors": analyses})
+    extra = {"provenance": prov, "errors": analyses} | ({"operating_point": op} if op else {})
+    write_metrics_json(run_dir, metrics, extra)
     md, rows = write_tables(run_dir, metrics, splits, note)
     with open(md, "a", encoding="utf-8") as f:
         f.write("\n" + "\n".join(sections))

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from omegaconf import OmegaConf
 
+from evaluation.predict import stored_operating_point
 from evaluation.report import fmt_num, markdown_table, write_csv
 from export.convert import INT8_PRESETS, overflow_fix_candidates, to_onnx, to_openvino, to_tensorrt
 from export.families import Family, input_shape_words, load_family, write_meta
@@ -259,6 +260,10 @@ def export_checkpoint(cfg, out: Path) -> dict:
     }
     if square is not None:
         manifest["reference_square"] = square
+    # the page-level operating point the model's run chose on valid travels with the export (predict reads it)
+    op = stored_operating_point(Path(str(cfg.checkpoint)))
+    if op is not None:
+        manifest["operating_point"] = {k: v for k, v in op.items() if k != "from"}
     if cfg.select.enabled:
         conf = float(cfg.evaluation.conf_fixed)
         manifest["cpu_choice"] = choose_cpu_path(artifacts, models, data.images[0], conf, cfg.select)

@@ -46,6 +46,11 @@ def pdf_bytes(encrypt: bool = False) -> bytes:
     return out + f"startxref\n{xref}\n%%EOF\n".encode()
 
 
+def _pages(run_dir: Path) -> list[dict]:
+    """pages.jsonl, one dict per page, in the order written (predictions.json's image ids count from 1 in it)."""
+    return [json.loads(line) for line in (run_dir / "pages.jsonl").read_text().splitlines()]
+
+
 def _predict(tmp_path: Path, checkpoint, source, *extra: str, sub: str = "run"):
     from evaluation.predict import predict_sources
 
@@ -89,10 +94,10 @@ def test_predict_gives_the_evaluators_boxes(tmp_path, kind, request):
     assert [Path(s["path"]).name for s in summary["skipped"]] == ["_annotations.coco.json"]
     by_file = {im.file.name: ours[im.id] for im in split.images}
     assert sum(len(d) for d in by_file.values()) == len(results) > 0
-    for image in summary["images"]:
-        mine = [r for r in results if r["image_id"] == image["id"]]
-        ref = by_file[Path(image["file_name"]).name]
-        assert len(mine) == len(ref) == image["n_detections"]
+    for image_id, image in enumerate(_pages(run_dir), 1):
+        mine = [r for r in results if r["image_id"] == image_id]
+        ref = by_file[Path(image["file"]).name]
+        assert len(mine) == len(ref) == image["n_boxes"]
         order = np.argsort(-ref.scores, kind="stable")
         got = np.array([[*r["bbox"], r["score"], r["category_id"]] for r in mine]).reshape(-1, 6)
         want = np.column_stack(
@@ -118,19 +123,27 @@ def test_folders_globs_and_pdfs(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in src.rglob("*")}
 
     run_dir, summary = _predict(
-        tmp_path, PRETRAINED, src, "conf=0.1", "save.crops=true", "pdf.dpi=72", "max_det=2"
+        tmp_path,
+        PRETRAINED,
+        src,
+        "conf=0.1",
+        "save.crops=true",
+        "save.annotated=true",
+        "pdf.dpi=72",
+        "max_det=2",
     )
     assert {p: p.stat().st_mtime_ns for p in src.rglob("*")} == before
     assert summary["n_pages"] == 5
     why = {Path(s["path"]).name: s["why"] for s in summary["skipped"]}
     assert set(why) == {"notes.txt", "broken.pdf", "locked.pdf"}
     assert "encrypted" in why["locked.pdf"] and "unreadable PDF" in why["broken.pdf"]
-    pdf_pages = [im for im in summary["images"] if im["file_name"].endswith("contract.pdf")]
+    pdf_pages = [im for im in _pages(run_dir) if im["file"].endswith("contract.pdf")]
     assert [im["page"] for im in pdf_pages] == [1, 2]
     assert (pdf_pages[0]["width"], pdf_pages[0]["height"]) == pages[0].size  # 72 dpi: one pixel per point
+    assert all(im["boxes_pt"] == im["boxes"] for im in pdf_pages)  # ... so PDF points are the pixels
     results = json.loads((run_dir / "predictions.json").read_text())
     assert all(r["score"] >= 0.1 for r in results) and results, "the shipped detector finds signatures"
-    assert max(im["n_detections"] for im in summary["images"]) <= 2
+    assert max(im["n_boxes"] for im in _pages(run_dir)) <= 2
     assert all("page" in r for r in results if r["file_name"].endswith(".pdf"))
     names = sorted(p.name for p in (run_dir / "annotated").iterdir())
     assert (
@@ -229,7 +242,7 @@ def test_class_names_from_the_model_never_leave_the_crops_folder(tmp_path):
     doctored = tmp_path / "doctored.pt"
     torch.save(ckpt, doctored)
     run_dir, summary = _predict(tmp_path, doctored, TEST_IMAGES[0], "conf=0.1", "save.crops=true")
-    assert summary["images"][0]["n_detections"] > 0
+    assert _pages(run_dir)[0]["n_boxes"] > 0
     assert not escape.exists()
     (folder,) = (run_dir / "crops").iterdir()
     assert folder.name == f".._.._{escape.name}" and list(folder.glob("*.png"))

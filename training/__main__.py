@@ -9,16 +9,21 @@ from training.errors import cli
 from training.train import train
 
 
-@cli("train")
-def main(cfg: DictConfig) -> float | None:
+def train_and_evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Train ``cfg``'s model and evaluate it with the evaluator that suits it (the command's work, also
+    ``sigdet.train``); all metrics."""
     if not get_backend(str(cfg.model.get("backend"))).is_detector:
         from evaluation.classification import evaluate_classifier_run, validation_metrics
 
-        metrics = train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
-    else:
-        from evaluation.run import evaluate_run, validator
+        return train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
+    from evaluation.run import evaluate_run, validator
 
-        metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+    return train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
+
+
+@cli("train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train_and_evaluate(cfg)
     value = metrics.get(str(cfg.get("optimized_metric")))
     return None if value is None else float(value)
 

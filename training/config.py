@@ -40,6 +40,14 @@ class ErrorAnalysis:
 
 
 @dataclass
+class PageDecision:
+    """``evaluation.page`` (evaluation/pages.py): the page-level "signed?" operating point."""
+
+    target_recall: float = MISSING
+    choose_on: str = MISSING
+
+
+@dataclass
 class DetectionEvaluation:
     """``conf/evaluation/default.yaml`` (evaluation/evaluator.py, evaluation/run.py)."""
 
@@ -55,6 +63,7 @@ class DetectionEvaluation:
     n_page_figures: int = MISSING
     decode: dict[str, Decode] = MISSING  # backend -> its decoding (conf/decode/default.yaml)
     errors: ErrorAnalysis = MISSING
+    page: PageDecision = MISSING
 
 
 @dataclass

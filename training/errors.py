@@ -13,7 +13,22 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
-CONF = Path(__file__).resolve().parents[1] / "conf"
+_CHECKOUT_CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _conf_dir() -> Path:
+    """The config folder: the checkout's ``conf/`` (also an editable install), else the copy an installed wheel
+    carries as the package ``sigdet.conf`` (pyproject maps ``conf/`` there)."""
+    if (_CHECKOUT_CONF / "train.yaml").is_file():
+        return _CHECKOUT_CONF
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("sigdet.conf")))
+
+
+CONF = _conf_dir()
+#: what ``@hydra.main`` is given: the folder in a checkout, Hydra's ``pkg://`` search path in an installed wheel
+CONFIG_PATH = str(CONF) if CONF == _CHECKOUT_CONF else "pkg://sigdet.conf"
 
 
 class UserError(Exception):
@@ -139,7 +154,7 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
     import hydra
 
     def wrap(task: Callable[..., T]) -> Callable[[], None]:
-        composed = hydra.main(version_base="1.3", config_path=str(CONF), config_name=config_name)(
+        composed = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
             exit_on_user_error(task)
         )
 
@@ -151,6 +166,36 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
         return entry
 
     return wrap
+
+
+def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
+    """The config an entry point on ``conf/<config_name>.yaml`` would run with ``overrides`` (a list of Hydra
+    override strings), for the Python API: the same vetting of config files and the same one-line errors
+    (raised as :class:`ConfigError`, not an exit). ``paths.run_dir`` is set to ``run_dir``, else to the run dir
+    Hydra would have made (``hydra.run.dir``), so that the task writes where the command would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    _vet_config_files()
+    overrides = [str(o) for o in ([overrides] if isinstance(overrides, str) else overrides)]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()  # a composition of an earlier call (or of a notebook's own)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            if "paths" in cfg and not cfg.paths.get("run_dir"):
+                cfg.paths.run_dir = str(run_dir or OmegaConf.select(cfg, "hydra.run.dir"))
+            elif run_dir is not None:
+                cfg.paths.run_dir = str(run_dir)
+            del cfg["hydra"]
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None
+    return cfg
 
 
 def require(cfg, *keys: str, usage: str) -> None:

@@ -1,0 +1,236 @@
+"""``import sigdet`` and the ``sigdet`` command: the same boxes as the CLI, page decisions at the model's stored
+operating point, sharding, SIGKILL + ``resume=true``, and one line / exit 2 for each mistake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sigdet
+from tests.conftest import EMBEDDED, OFFLINE_ENV, ROOT
+from training.data import asset_path
+
+SYNTHETIC = Path(asset_path("pretrained")) / "yolov8n-synthetic.pt"
+TEST_IMAGES = sorted((EMBEDDED / "test").glob("*.jpg"))
+
+
+def sigdet_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, wait: bool = True):
+    cmd = [sys.executable, "-m", "sigdet", *args]
+    env = OFFLINE_ENV | {"CI": "true"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def lines(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "pages.jsonl").read_text().splitlines()]
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    err = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), (
+        r.returncode,
+        r.stderr[-2000:],
+    )
+    return err[0]
+
+
+def test_help_lists_the_commands_and_an_unknown_one_is_exit_2():
+    r = sigdet_cli("--help")
+    assert r.returncode == 0
+    for name in ("train", "evaluate", "predict", "export", "benchmark", "sweep", "report"):
+        assert f"\n  {name} " in r.stdout
+    bad = sigdet_cli("pedict", "source=x")
+    assert bad.returncode == 2 and "did you mean 'predict'" in bad.stderr and "commands:" in bad.stderr
+    sub = sigdet_cli("predict", "--help")
+    assert sub.returncode == 0 and "checkpoint" in sub.stdout  # Hydra's help of the predict app
+
+
+def test_api_and_cli_give_the_same_boxes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for im in TEST_IMAGES[:4]:
+        shutil.copy(im, src)
+    r = sigdet_cli(
+        "predict",
+        f"checkpoint={SYNTHETIC}",
+        f"source={src}",
+        "conf=0.05",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli = {Path(p["file"]).name: p for p in lines(tmp_path / "cli")}
+
+    det = sigdet.load(SYNTHETIC, device="cpu", conf=0.05)
+    api = det.predict(src)
+    assert len(api) == len(cli) == 4
+    for page in api:
+        ref = cli[Path(page.file).name]
+        assert page.page is None and (page.width, page.height) == (ref["width"], ref["height"])
+        np.testing.assert_allclose(page.boxes, np.array(ref["boxes"]).reshape(-1, 4), atol=1e-6)
+        np.testing.assert_allclose(page.scores, ref["scores"], atol=1e-6)
+        assert page.label_names == ref["labels"] and page.signed == ref["signed"]
+    # a PIL image and an array give the file's boxes
+    pil = det.predict(Image.open(api[0].file))[0]
+    arr = det.predict([np.asarray(Image.open(api[0].file).convert("RGB"))])[0]
+    for other in (pil, arr):
+        assert other.file is None
+        np.testing.assert_allclose(other.boxes, api[0].boxes, atol=1e-6)
+
+    # sigdet.predict: the command's run folder, from Python
+    run = sigdet.predict(src, checkpoint=SYNTHETIC, overrides=["conf=0.05"], run_dir=tmp_path / "py")
+    assert {Path(p["file"]).name: p["boxes"] for p in lines(run.dir)} == {
+        k: v["boxes"] for k, v in cli.items()
+    }
+
+
+def test_stored_operating_point_is_the_default(tmp_path):
+    """A run folder's metrics.json operating point decides "signed" unless conf= is given; malformed is one line."""
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    shutil.copy(SYNTHETIC, run / "weights" / "best.pt")
+    op = {"conf": 0.3, "target_recall": 0.98, "chosen_on": "val", "reached": True}
+    (run / "metrics.json").write_text(json.dumps({"metrics": {}, "operating_point": op}))
+    det = sigdet.load(run, device="cpu")
+    assert det.conf == 0.3 and "operating point" in det.conf_source
+    assert all(p.scores.min() >= 0.3 for p in det.predict(TEST_IMAGES[:3]) if len(p.scores))
+    assert sigdet.load(run, device="cpu", conf=0.5).conf == 0.5
+    (run / "metrics.json").write_text(json.dumps({"metrics": {}, "operating_point": {"conf": "high"}}))
+    with pytest.raises(sigdet.UserError, match="metrics.json: operating_point.conf"):
+        sigdet.load(run, device="cpu")
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    img = str(TEST_IMAGES[0])
+    for shard in ("2/2", "0/0", "a/b", "1"):
+        r = sigdet_cli(
+            "predict",
+            f"checkpoint={SYNTHETIC}",
+            f"source={img}",
+            f"shard={shard}",
+            f"hydra.run.dir={tmp_path / 's'}",
+        )
+        assert "shard=" in one_error_line(r)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    r = sigdet_cli("predict", f"checkpoint={plain}", f"source={img}", f"hydra.run.dir={tmp_path / 'p'}")
+    assert "plain.pt" in one_error_line(r)
+    if not torch.cuda.is_available():
+        r = sigdet_cli(
+            "predict",
+            f"checkpoint={SYNTHETIC}",
+            f"source={img}",
+            "device=cuda",
+            f"hydra.run.dir={tmp_path / 'c'}",
+        )
+        assert "no CUDA" in one_error_line(r)
+    with pytest.raises(sigdet.UserError, match="not a path, a PIL image or an array"):
+        sigdet.load(SYNTHETIC, device="cpu").predict([3])
+
+
+def test_shards_split_the_files_deterministically(tmp_path):
+    from evaluation.predict import in_shard
+
+    files = [Path(f"/data/box{i // 50}/scan_{i}.pdf") for i in range(400)]
+    owners = [[k for k in range(4) if in_shard(f, Path("/data"), (k, 4))] for f in files]
+    assert all(len(o) == 1 for o in owners)  # every file in exactly one shard
+    sizes = np.bincount([o[0] for o in owners])
+    assert sizes.min() > 60  # and the shares are even enough
+    # the same file under another root keeps its shard (the path below the root decides)
+    assert in_shard(Path("/mnt/x/box1/scan_60.pdf"), Path("/mnt/x"), (owners[60][0], 4))
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for im in TEST_IMAGES[:6]:
+        shutil.copy(im, src)
+    seen = []
+    for k in range(2):
+        r = sigdet_cli(
+            "predict",
+            f"checkpoint={SYNTHETIC}",
+            f"source={src}",
+            f"shard={k}/2",
+            f"hydra.run.dir={tmp_path / str(k)}",
+        )
+        if r.returncode == 2:  # a shard with no file is one line
+            assert "nothing to predict" in r.stderr
+            continue
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen += [Path(p["file"]).name for p in lines(tmp_path / str(k))]
+    assert sorted(seen) == sorted(p.name for p in TEST_IMAGES[:6])
+
+
+def test_sigkill_and_resume_give_every_page_once(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(40):
+        shutil.copy(TEST_IMAGES[k % len(TEST_IMAGES)], src / f"page_{k:03d}.jpg")
+    run = tmp_path / "run"
+    args = [f"checkpoint={SYNTHETIC}", f"source={src}", "batch=1", "prefetch=2", f"hydra.run.dir={run}"]
+    proc = sigdet_cli("predict", *args, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "pages.jsonl").is_file() and len((run / "pages.jsonl").read_bytes().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(lines(run))
+    assert 3 <= done < 40, done
+    with open(run / "pages.jsonl", "a") as f:  # a line torn by the kill: dropped, its page redone
+        f.write('{"file": "' + str(src / "page_039.jpg"))
+
+    again = sigdet_cli("predict", *args)
+    assert "already holds" in one_error_line(again) and "resume=true" in again.stderr
+    r = sigdet_cli("predict", *args, "resume=true")
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = [p["file"] for p in lines(run)]
+    assert len(files) == len(set(files)) == 40
+    summary = json.loads((run / "summary.json").read_text())
+    assert (
+        summary["n_pages"] == 40
+        and len(json.loads((run / "predictions.json").read_text())) == summary["n_detections"]
+    )
+
+    # resume=true on a run of another source is refused, nothing touched
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(TEST_IMAGES[0], other)
+    before = (run / "pages.jsonl").read_bytes()
+    (run / "predictions.json").unlink()  # past the finished-run guard: the source check must refuse it
+    r = sigdet_cli(
+        "predict", f"checkpoint={SYNTHETIC}", f"source={other}", f"hydra.run.dir={run}", "resume=true"
+    )
+    assert "another sources" in one_error_line(r)
+    assert (run / "pages.jsonl").read_bytes() == before
+
+
+def test_documents_and_pdf_points(tmp_path):
+    """documents.csv: one row per file with its signed pages; PDF pages' boxes in points as well as pixels."""
+    src = tmp_path / "src"
+    src.mkdir()
+    pages = [Image.open(p).convert("RGB") for p in TEST_IMAGES[:3]]
+    pages[0].save(src / "contract.pdf", save_all=True, append_images=pages[1:], resolution=72)
+    run = sigdet.predict(
+        src, checkpoint=SYNTHETIC, overrides=["conf=0.1", "pdf.dpi=144"], run_dir=tmp_path / "run"
+    )
+    rows = lines(run.dir)
+    assert [p["page"] for p in rows] == [1, 2, 3] and all(p["dpi"] == 144 for p in rows)
+    for p in rows:
+        np.testing.assert_allclose(
+            np.array(p["boxes_pt"]).reshape(-1, 4) * 2, np.array(p["boxes"]).reshape(-1, 4)
+        )
+    doc = (run.dir / "documents.csv").read_text().splitlines()
+    assert doc[0] == "file,pages,signed,signed_pages,boxes,best_score" and len(doc) == 2
+    signed = [str(p["page"]) for p in rows if p["signed"]]
+    assert doc[1].split(",")[1:4] == ["3", "yes" if signed else "no", " ".join(signed)]
