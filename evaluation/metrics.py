@@ -1,4 +1,4 @@
-"""The metric definitions (README "Metric definitions"), written once and used everywhere.
+"""The metric definitions (docs/outputs.md "Metric definitions"), written once and used everywhere.
 
 - ``mAP50``, ``mAP50-95``, ``AP_small/medium/large``: COCO protocol through pycocotools (maxDets 100).
 - ``precision``, ``recall``, ``f1``: from the same COCO matching at IoU 0.5 (area "all", maxDets 100),

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.model_card import CARD, RunRecord, best_weights, read_run, splits_of, write_model_card
-from training.errors import UserError, cli, first_line, require
+from training.errors import UserError, cli, first_line, optional_import, require
 from training.tracking import build_tracker, redact
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def log_artifact(rec: RunRecord, logger_cfg, name: str | None = None) -> str:
     files = publish_files(rec)
     logger_cfg = OmegaConf.merge(logger_cfg, {"name": logger_cfg.get("name") or f"publish-{rec.model_name}"})
     tracker = build_tracker(logger_cfg, rec.run_dir, rec.config)
-    import wandb
+    wandb = optional_import("wandb", "wandb", "wandb_artifact=true")
 
     art_name = artifact_name(rec, name)
     split = next((s for s in ("test", "val") if s in splits_of(rec)), None)

@@ -65,7 +65,7 @@ def overflow_fix(setting: str, flags: list[str] | None = None) -> tuple[str, str
     default ``first_layer_only`` elsewhere. Without VNNI, u8 x s8 products are summed pairwise into 16 bits
     (``vpmaddubsw``), which saturates for large activations and weights (NNCF's and OpenVINO's "saturation
     issue"): a YOLOv8s at 640 quantized with the default lost 2.3 to 3.2 points of valid mAP50-95 on an AVX2-only AMD
-    EPYC, and the parity check refused it; on an AMX Xeon the same recipe lost nothing (README, Export)."""
+    EPYC, and the parity check refused it; on an AMX Xeon the same recipe lost nothing (docs/export.md)."""
     if setting not in OVERFLOW_FIXES:
         raise ValueError(f"openvino.int8.overflow_fix={setting!r}: valid are {list(OVERFLOW_FIXES)}")
     if setting != "auto":

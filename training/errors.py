@@ -21,9 +21,13 @@ def _conf_dir() -> Path:
     carries as the package ``sigdet.conf`` (pyproject maps ``conf/`` there)."""
     if (_CHECKOUT_CONF / "train.yaml").is_file():
         return _CHECKOUT_CONF
-    import importlib.resources
+    import importlib.util
 
-    return Path(str(importlib.resources.files("sigdet.conf")))
+    # found, not imported: importing sigdet (the API) would import this module again
+    spec = importlib.util.find_spec("sigdet")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("sigdet's configs not found: neither a checkout's conf/ nor an installed sigdet.conf")
+    return Path(next(iter(spec.submodule_search_locations))) / "conf"
 
 
 CONF = _conf_dir()
@@ -196,6 +200,19 @@ def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None
     return cfg
+
+
+def optional_import(module: str, extra: str, purpose: str):
+    """``import module`` for an optional part (a pyproject extra); a :class:`UserError` saying which extra to
+    install when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"{purpose} needs the optional package {module!r}: pip install 'sigdet[{extra}]'"
+        ) from None
 
 
 def require(cfg, *keys: str, usage: str) -> None:

@@ -155,8 +155,13 @@ def make_storage(url: str, out_dir: Path | None = None, heartbeat=None):
             if attempt < schema_race_attempts and e.__class__.__name__ == "IntegrityError":
                 time.sleep(attempt * (0.5 + random.random()))  # jittered: the racers do not meet again
                 continue
+            hint = (
+                ": pip install 'sigdet[postgres]'"
+                if isinstance(e, ImportError) and "psycopg" in str(e)
+                else ""
+            )
             raise UserError(
-                f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__})"
+                f"{setting}: cannot open study storage at {mask_url_credentials(url)} ({e.__class__.__name__}{hint})"
             ) from None
 
 

@@ -145,7 +145,9 @@ class WandbTracker(Tracker):
     def __init__(
         self, cfg_dict: dict, run_dir: Path, mode: str = "auto", tags: list[str] | None = None, **init
     ):
-        import wandb
+        from training.errors import optional_import
+
+        wandb = optional_import("wandb", "wandb", "logger=wandb")
 
         # decided before wandb.init: its mode= argument beats WANDB_MODE, and the choice is logged
         mode, why = wandb_mode(mode)

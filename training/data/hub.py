@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from training.data.coco import coco_ann, dump_coco
-from training.errors import DataError, OfflineError, UserError, first_line
+from training.errors import DataError, OfflineError, UserError, first_line, optional_import
 from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,7 @@ def download_roboflow(workspace: str, project: str, version: int, cache_dir: Pat
         raise UserError(
             f"Roboflow download of {workspace}/{project}/{version} needs an API key in ${api_key_env}"
         )
-    try:
-        import roboflow
-    except ImportError as e:  # pragma: no cover - a dependency
-        raise UserError("the 'roboflow' package is needed for data.format=roboflow") from e
+    roboflow = optional_import("roboflow", "roboflow", "data=roboflow")
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
