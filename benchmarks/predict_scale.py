@@ -102,9 +102,13 @@ def main() -> None:
     counts = sorted(rss)
     res["rss_growth"] = rss[counts[-1]]["peak_rss_mb"] / rss[counts[0]]["peak_rss_mb"] - 1
     print(json.dumps(res, indent=1))
-    print(f"\n| what | pages | pages/s | peak RSS MB |\n|---|---|---|---|")
-    print(f"| inference only, batch {args.batch} | {infer['pages']} | {infer['pages_per_s']:.2f} | {infer['peak_rss_mb']:.0f} |")
-    print(f"| PDF -> pages.jsonl | {e2e['pages']} | {e2e['pages_per_s']:.2f} ({res['e2e_over_infer']:.0%} of inference) | {e2e['peak_rss_mb']:.0f} |")
+    print("\n| what | pages | pages/s | peak RSS MB |\n|---|---|---|---|")
+    print(
+        f"| inference only, batch {args.batch} | {infer['pages']} | {infer['pages_per_s']:.2f} | {infer['peak_rss_mb']:.0f} |"
+    )
+    print(
+        f"| PDF -> pages.jsonl | {e2e['pages']} | {e2e['pages_per_s']:.2f} ({res['e2e_over_infer']:.0%} of inference) | {e2e['peak_rss_mb']:.0f} |"
+    )
     for n in counts:
         print(f"| PDF -> pages.jsonl | {n} | {rss[n]['pages_per_s']:.2f} | {rss[n]['peak_rss_mb']:.0f} |")
     print(f"\npeak RSS at {counts[-1]} pages vs {counts[0]}: {res['rss_growth']:+.1%}")

@@ -24,7 +24,8 @@ OUT = "outputs/notebooks"'''
 
 SETUP = """from pathlib import Path
 
-from evaluation.notebook import run, show
+from evaluation.notebook import show
+from sigdet import run  # the command, in this process: sigdet.run("select", ...) = `sigdet select ...`
 
 assert SETTING in ("tiny", "full"), SETTING
 out = Path(OUT).resolve()"""
@@ -34,7 +35,7 @@ NOTEBOOKS = {
         md(
             "# 01 Model selection\n\nTrain every candidate with its upstream settings, evaluate it with the shared "
             "evaluator (COCO mAP, P/R/F1 at the max-F1 confidence, bootstrap intervals), time it on the CPU per the "
-            "latency protocol, and compare. The same command as `python -m evaluation.model_selection` in the README."
+            "latency protocol, and compare. The same command as `python -m evaluation.model_selection` in docs/model-selection.md."
         ),
         PARAMS,
         SETUP,

@@ -70,7 +70,11 @@ def metric_rows(m: dict, splits: list[str]) -> str:
             if key:
                 cells.append(fmt(m, f"{s}/{key}"))
             elif label.startswith("box precision"):
-                cells.append(" / ".join(f"{m.get(f'{s}/{k}', float('nan')):.3f}" for k in ("precision", "recall", "f1")))
+                cells.append(
+                    " / ".join(
+                        f"{m.get(f'{s}/{k}', float('nan')):.3f}" for k in ("precision", "recall", "f1")
+                    )
+                )
             else:
                 counts = ("n_pages", "n_signed", "n_called_signed", "n_signed_without_box")
                 cells.append(" / ".join(str(int(m.get(f"{s}/page/{k}", 0))) for k in counts))
@@ -106,10 +110,24 @@ def main() -> None:
     m, tm = emetrics["metrics"], tmetrics["metrics"]
     splits = [s for s in ("val", "test") if f"{s}/mAP50" in m]
     t, data, model = tcfg["train"], tcfg["data"], tcfg["model"]
-    headline = {k: v for k, v in m.items() if k.split("/", 1)[-1] in (
-        "mAP50", "mAP50-95", "mAP50_ci_low", "mAP50_ci_high", "page/precision", "page/recall", "page/f1",
-        "page/precision_ci_low", "page/precision_ci_high", "page/recall_ci_low", "page/recall_ci_high",
-    )}
+    headline = {
+        k: v
+        for k, v in m.items()
+        if k.split("/", 1)[-1]
+        in (
+            "mAP50",
+            "mAP50-95",
+            "mAP50_ci_low",
+            "mAP50_ci_high",
+            "page/precision",
+            "page/recall",
+            "page/f1",
+            "page/precision_ci_low",
+            "page/precision_ci_high",
+            "page/recall_ci_low",
+            "page/recall_ci_high",
+        )
+    }
     op_out = {k: v for k, v in op.items() if k != "from"}
     sidecar = {"operating_point": op_out, "metrics": headline, "card": f"{args.name}.md", "sha256": digest}
     (DEST / f"{args.name}.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ __all__ = [
     "export",
     "load",
     "predict",
+    "run",
     "train",
 ]
 __version__ = "0.1.0"
@@ -130,3 +131,34 @@ def export(
     out = Path(cfg.paths.run_dir)
     manifest = export_checkpoint(cfg, out)
     return Run(out, manifest)
+
+
+def run(command: str, *overrides: str):
+    """Any command in this process, exactly as ``sigdet <command> <overrides>`` runs it (the same Hydra app, its run
+    folder, its output on the console), e.g. ``sigdet.run("select", "preset=cpu_tiny", "data=embedded")``.
+    ``command`` is a ``sigdet`` command name or its ``python -m`` module (``evaluation.model_selection``). A mistake
+    raises :class:`UserError` instead of exiting. Returns what the command's task returns."""
+    import importlib
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sigdet.cli import COMMANDS
+    from training.errors import IN_PROCESS
+
+    modules = {m: name for name, (m, _) in COMMANDS.items()}
+    name = modules.get(command.removesuffix(".__main__"), command)
+    if name not in COMMANDS:
+        raise UserError(f"unknown command {command!r}; valid: {sorted(COMMANDS)}")
+    module = COMMANDS[name][0]
+    entry = importlib.import_module(module if "." in module else f"{module}.__main__")
+    argv, token = sys.argv, IN_PROCESS.set(True)
+    sys.argv = [f"sigdet {name}", *map(str, overrides)]
+    print("$ sigdet", name, *overrides)
+    try:
+        if GlobalHydra.instance().is_initialized():
+            GlobalHydra.instance().clear()
+        return entry.main()
+    finally:
+        sys.argv = argv
+        IN_PROCESS.reset(token)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
-from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.conftest import EMBEDDED, OFFLINE_ENV, ROOT
 

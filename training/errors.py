@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import functools
@@ -26,7 +27,9 @@ def _conf_dir() -> Path:
     # found, not imported: importing sigdet (the API) would import this module again
     spec = importlib.util.find_spec("sigdet")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("sigdet's configs not found: neither a checkout's conf/ nor an installed sigdet.conf")
+        raise ImportError(
+            "sigdet's configs not found: neither a checkout's conf/ nor an installed sigdet.conf"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "conf"
 
 
@@ -60,14 +63,21 @@ def first_line(e: BaseException, limit: int = 160) -> str:
     return lines[0].strip()[:limit] if lines else e.__class__.__name__
 
 
+# set while the Python API runs a command in-process (sigdet.run): mistakes are raised, not printed and exited on
+IN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("sigdet_in_process", default=False)
+
+
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn a UserError raised by a CLI entry point into one stderr line and exit code 2."""
+    """Turn a UserError raised by a CLI entry point into one stderr line and exit code 2 (raised as it is when the
+    command runs in-process under the Python API)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            if IN_PROCESS.get():
+                raise
             # one line even when a path or a value holds a newline
             print("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
             sys.exit(e.exit_code)
@@ -137,6 +147,8 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
+        if IN_PROCESS.get():
+            raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None
         print("error: " + config_error_line(e).replace("\r", " ").replace("\n", " "), file=sys.stderr)
         sys.exit(2)
 
@@ -167,6 +179,7 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
             exit_on_user_error(_vet_config_files)()  # a config file from others never runs code
             run_cli(composed)
 
+        entry.config_name = config_name  # what the Python API composes for this command
         return entry
 
     return wrap
