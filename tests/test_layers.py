@@ -128,3 +128,22 @@ def test_the_test_sees_lazy_imports(tmp_path):
     """The graph includes imports inside functions (what would hide a cycle)."""
     graph = import_graph()
     assert "evaluation.run" in graph["training.__main__"]  # imported inside main()
+
+
+def test_the_public_api_is_a_facade_on_top():
+    """``sigdet`` (the Python API and the command) sits above the three layers: nothing in them imports it, and it
+    holds no model, data or metric code of its own (a few small modules)."""
+    up = []
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            up += [f"{mod} -> {n}" for n in names if n == "sigdet" or n.startswith("sigdet.")]
+    assert up == []
+    files = sorted(p.name for p in (ROOT / "sigdet").glob("*.py"))
+    assert files == ["__init__.py", "__main__.py", "cli.py"], files

@@ -205,10 +205,8 @@ def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
         with open_dict(cfg):
-            if "paths" in cfg and not cfg.paths.get("run_dir"):
+            if "paths" in cfg and (run_dir is not None or not cfg.paths.get("run_dir")):
                 cfg.paths.run_dir = str(run_dir or OmegaConf.select(cfg, "hydra.run.dir"))
-            elif run_dir is not None:
-                cfg.paths.run_dir = str(run_dir)
             del cfg["hydra"]
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None
