@@ -84,6 +84,11 @@ class PageResult:
     extra: dict = field(default_factory=dict)
 
     @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return self.width, self.height
+
+    @property
     def signed(self) -> bool:
         return bool(len(self.scores)) and float(self.scores.max()) >= self.conf
 
@@ -505,7 +510,8 @@ class Predictor:
             render(todo, self.dpi, self.password, self.max_pixels, skipped), self.prefetch or self.batch
         )
         for chunk in _batches(decoded, self.batch):
-            dets = self.model.predict([a for _, a in chunk], conf=self.conf_min, imgsz=self.imgsz)
+            # boxes below the operating confidence are dropped: the page's answer is made of the boxes it keeps
+            dets = self.model.predict([a for _, a in chunk], conf=self.conf, imgsz=self.imgsz)
             for (page, arr), det in zip(chunk, dets, strict=True):
                 det = cap(det, self.max_det)
                 result = PageResult(
@@ -522,11 +528,6 @@ class Predictor:
                     name=page.name,
                 )
                 yield result, arr, det
-
-    @property
-    def conf_min(self) -> float:
-        """The boxes kept: those at the operating confidence or above."""
-        return self.conf
 
     def predict(self, source) -> list[PageResult]:
         """One :class:`PageResult` per page of ``source`` (unreadable files are skipped; see :meth:`iter`)."""

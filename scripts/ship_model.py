@@ -53,6 +53,32 @@ def fmt(m: dict, key: str) -> str:
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
+def portable(arg: str) -> str:
+    """An override as a reader can use it: a data.yaml path on this machine as ``<its folder name>/data.yaml``."""
+    key, _, value = arg.partition("=")
+    if key == "data.yaml" and value.startswith("/"):
+        return f"{key}=<{Path(value).parent.name}>/data.yaml"
+    return arg
+
+
+def roboflow_source(data_cfg: dict) -> dict:
+    """The ``roboflow:`` block of a Roboflow export's data.yaml (workspace, project, version, licence, url)."""
+    path = data_cfg.get("yaml")
+    if not path or not Path(path).is_file():
+        return {}
+    return (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("roboflow") or {}
+
+
+def train_pages(data_cfg: dict) -> int:
+    """How many training pages the run read (its data config, loaded as training loaded it)."""
+    from omegaconf import OmegaConf
+
+    import training  # noqa: F401  (registers the config resolvers)
+    from training.data import load_dataset
+
+    return len(load_dataset(OmegaConf.create(data_cfg), ["train"])["train"].images)
+
+
 def metric_rows(m: dict, splits: list[str]) -> str:
     rows = [
         ("box mAP50", "mAP50"),
@@ -88,6 +114,8 @@ def main() -> None:
     ap.add_argument("--eval", required=True, help="the evaluation run of its weights/best.pt")
     ap.add_argument("--name", default="signatures-yolov8n")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--train-commit", help="the commit the training ran at (default: HEAD)")
+    ap.add_argument("--eval-commit", help="the commit the evaluation ran at (default: HEAD)")
     args = ap.parse_args()
     train, ev = Path(args.train), Path(args.eval)
     tcfg, tmetrics, targs = read_run(train, "weights/best.pt")
@@ -107,7 +135,9 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+    train_commit, eval_commit = args.train_commit or commit, args.eval_commit or commit
     m, tm = emetrics["metrics"], tmetrics["metrics"]
+    n_train = train_pages(tcfg["data"])
     splits = [s for s in ("val", "test") if f"{s}/mAP50" in m]
     t, data, model = tcfg["train"], tcfg["data"], tcfg["model"]
     headline = {
@@ -132,10 +162,12 @@ def main() -> None:
     sidecar = {"operating_point": op_out, "metrics": headline, "card": f"{args.name}.md", "sha256": digest}
     (DEST / f"{args.name}.json").write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
 
-    train_cmd = "python -m training " + " ".join(targs)
+    train_cmd = "python -m training " + " ".join(map(portable, targs))
     eval_cmd = "python -m evaluation " + " ".join(
-        a if not a.startswith("checkpoint=") else "checkpoint=<training run>/weights/best.pt" for a in eargs
+        portable(a) if not a.startswith("checkpoint=") else "checkpoint=<training run>/weights/best.pt"
+        for a in eargs
     )
+    rf = roboflow_source(tcfg["data"])
     prov = emetrics.get("provenance", {})
     reached = "reached" if op.get("reached") else "NOT reached (the lowest score with a box is used)"
     card = f"""# {args.name}.pt: a YOLOv8n that finds handwritten signatures on real document pages
@@ -147,14 +179,15 @@ commands (below) and this card by `scripts/ship_model.py` from the runs' files; 
 ## How it was made
 
 ```bash
-{train_cmd}
-{eval_cmd}
+{train_cmd}    # at commit {train_commit}
+{eval_cmd}    # at commit {eval_commit}
 ```
 
-- **data**: Roboflow Universe *signatures-xc8up* v2 (roboflow-100 workspace), **CC BY 4.0**: {tm.get("data/train/images", "257")!s}
-  train pages for training; {int(m.get("val/n_images", 0))} valid pages for the checkpoint choice and the operating point;
-  {int(m.get("test/n_images", 0))} test pages, used only for the figures below. Attribution: signatures-xc8up, Roboflow 100
-  (<https://universe.roboflow.com/roboflow-100/signatures-xc8up>), licensed under CC BY 4.0.
+- **data**: Roboflow Universe project *{rf.get("project", data.get("name"))}* v{rf.get("version", "?")} ({rf.get("workspace", "?")}
+  workspace), licence **{rf.get("license", "see the dataset")}**: {n_train} train pages for training;
+  {int(m.get("val/n_images", 0))} valid pages for the checkpoint choice and the operating point; {int(m.get("test/n_images", 0))} test pages,
+  used only for the figures below (no test page was seen in training or in any choice). Attribution:
+  {rf.get("project", "?")}, {rf.get("workspace", "?")} on Roboflow Universe (<{rf.get("url", "?")}>), {rf.get("license", "?")}.
 - **start**: `{Path(str(model.get("weights") or "random init")).name}` (the package's YOLOv8n pretrained on synthetic pages
   only: `yolov8n-synthetic.md`); no COCO or other downloaded weights.
 - **model code**: ultralytics YOLOv8n ({model.get("arch") or "yolov8n.yaml"}), AGPL-3.0; this framework Apache-2.0.
@@ -169,7 +202,7 @@ commands (below) and this card by `scripts/ship_model.py` from the runs' files; 
 
 A page is called signed when its best box scores at least **conf = {op["conf"]:.4f}**: the highest confidence at
 which {op.get("target_recall")} of the signed **valid** pages are found (`evaluation.page.target_recall`; target
-{reached}; recall on valid {op.get("recall_on_split")}). Stored in `{args.name}.json`; `conf=` overrides it.
+{reached}; recall on valid {op.get("recall_on_split") or float("nan"):.3f}). Stored in `{args.name}.json`; `conf=` overrides it.
 
 ## Metrics
 
@@ -180,9 +213,8 @@ box; page precision and recall are at the operating point above.
 
 ## Known limits
 
-- Trained on {tm.get("data/train/images", "257")} pages of one public dataset (photographed and scanned English-language
-  documents, many of them certificates and letters): pages from other sources (other scanners, languages, forms,
-  handwriting styles) may score lower; the page recall on such pages is not measured here. Check it on a sample of
+- Trained on {n_train} pages of one public dataset: pages from other sources (other scanners, cameras, languages,
+  forms, handwriting styles) may score lower; the page recall on such pages is not measured here. Check it on a sample of
   your own pages with `sigdet evaluate` before trusting it, and train your own when it falls short.
 - Small input (320 px): very small signatures (initials, a signature on a full-page A4 scan at low resolution) can
   be missed; pages are letterboxed to 320 px whatever their size.

@@ -234,3 +234,23 @@ def test_documents_and_pdf_points(tmp_path):
     assert doc[0] == "file,pages,signed,signed_pages,boxes,best_score" and len(doc) == 2
     signed = [str(p["page"]) for p in rows if p["signed"]]
     assert doc[1].split(",")[1:4] == ["3", "yes" if signed else "no", " ".join(signed)]
+
+
+def test_the_shipped_model_is_the_default_and_finds_signed_real_pages():
+    """No checkpoint: the real-page detector of the package, at its stored operating point; on the embedded test
+    pages (real signatures-xc8up test pages, all signed, never seen in its training) it calls most of them signed.
+    Its card, operating point and weights belong together."""
+    import hashlib
+
+    from evaluation.predict import shipped_checkpoint
+
+    pt = shipped_checkpoint()
+    side = json.loads(pt.with_suffix(".json").read_text())
+    assert pt.stat().st_size <= 10 * 2**20 and side["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
+    card = pt.with_suffix(".md").read_text()
+    assert "CC BY 4.0" in card and side["sha256"] in card and "python -m training" in card
+    assert (ROOT / "docs" / "shipped-model.md").read_text() == card
+    det = sigdet.load(device="cpu")
+    assert det.checkpoint == pt and det.conf == side["operating_point"]["conf"]
+    pages = det.predict(EMBEDDED / "test")
+    assert len(pages) == 12 and sum(p.signed for p in pages) >= 10  # measured: 11 of 12
