@@ -227,3 +227,39 @@ def test_bf16_plan_per_device(monkeypatch):
     for amp in (True, False, "fp16", "fp32"):
         assert ub.bf16_plan(amp, "cpu") == (amp, False, None)
     assert ub.native_cuda_bf16() in (True, False)  # no CUDA here: False, no exception
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
+    """scripts/gpu_check.sh on a CPU machine: every CUDA step reported as "no CUDA", the machine facts gathered, one
+    Markdown report and its JSON in --out, nothing else there."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import OFFLINE_ENV, ROOT
+
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--out", str(tmp_path / "report"), "--dry-run"],
+        cwd=ROOT,
+        env=OFFLINE_ENV | {"PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = (tmp_path / "report" / "gpu_check.md").read_text()
+    doc = json.loads((tmp_path / "report" / "gpu_check.json").read_text())
+    names = [s["name"] for s in doc["steps"]]
+    assert names == [
+        "yolo_amp",
+        "eval_cpu_vs_cuda",
+        "predict_parity",
+        "detr_accelerate",
+        "export_latency",
+        "model_selection",
+        "predict_cuda",
+    ]
+    assert {s["status"] for s in doc["steps"]} == {"no CUDA"} and "dry run" in report
+    assert "| yolo_amp |" in report and "torch" in report and "ONNX Runtime providers" in report
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["gpu_check.json", "gpu_check.md"]
