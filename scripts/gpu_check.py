@@ -179,7 +179,7 @@ import numpy as np
 import sigdet
 pages = sorted(__import__("pathlib").Path(sys.argv[2]).glob("*.jpg"))
 cpu = sigdet.load(sys.argv[1], device="cpu", conf=0.05).predict(pages)
-gpu = sigdet.load(sys.argv[1], device="cuda", conf=0.05).predict(pages)
+gpu = sigdet.load(sys.argv[1], device=sys.argv[3], conf=0.05).predict(pages)
 n = sum(len(a.scores) for a in cpu)
 same = sum(len(a.scores) == len(b.scores) for a, b in zip(cpu, gpu))
 diffs = [float(np.abs(a.boxes - b.boxes).max()) for a, b in zip(cpu, gpu) if len(a.scores) == len(b.scores) and len(a.scores)]
@@ -196,11 +196,18 @@ def main() -> None:
         "--dry-run", action="store_true", help="report every CUDA step as 'no CUDA' (a CPU machine)"
     )
     ap.add_argument("--budget", type=float, default=420, help="seconds for all steps together")
+    ap.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run every step on the CPU instead (device cpu, no AMP): checks the commands before GPU time is spent",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     facts = machine_facts()
-    cuda = bool(facts.get("cuda_available")) and not args.dry_run
+    cuda = (bool(facts.get("cuda_available")) or args.rehearse) and not args.dry_run
+    # where the CUDA steps run: the first GPU, or the CPU in a rehearsal
+    dev, gpu_dev, amp = ("cpu", "cpu", "false") if args.rehearse else ("0", "cuda", "true")
     scratch = Path(tempfile.mkdtemp(prefix="sigdet-gpu-check-"))
     c = Check(args.out, scratch, cuda, args.budget)
     runs = scratch / "runs"
@@ -216,8 +223,8 @@ def main() -> None:
                 "-m",
                 "training",
                 "experiment=quickstart",
-                "train.device=0",
-                "train.amp=true",
+                f"train.device={dev}",
+                f"train.amp={amp}",
                 "train.epochs=3",
                 "train.plots=false",
                 "train.workers=2",
@@ -231,8 +238,8 @@ def main() -> None:
                 "experiment=quickstart",
                 "model=yolov8s",
                 "model.weights=null",
-                "train.device=0",
-                "train.amp=true",
+                f"train.device={dev}",
+                f"train.amp={amp}",
                 "train.epochs=2",
                 "train.plots=false",
                 "train.workers=2",
@@ -303,7 +310,7 @@ def main() -> None:
     s = Step(
         "predict_parity", "sigdet.load(device=cuda) vs device=cpu on the embedded test pages: same boxes"
     )
-    out = c.run(s, [py("-c", PARITY, str(best), str(EMBEDDED / "test"))], 120)
+    out = c.run(s, [py("-c", PARITY, str(best), str(EMBEDDED / "test"), gpu_dev)], 120)
     if s.status == "passed":
         s.figures = json.loads(out.strip().splitlines()[-1])
         if s.figures["pages_same_count"] != s.figures["pages"] or s.figures["max_box_diff_px"] > 1.0:
@@ -314,7 +321,7 @@ def main() -> None:
         "detr_accelerate",
         "debug DETR, a few optimizer steps through accelerate on CUDA (bf16 / fp16), evaluated",
     )
-    prec = "bf16" if facts.get("bf16") else "fp16"
+    prec = "no" if args.rehearse else "bf16" if facts.get("bf16") else "fp16"
     c.run(
         s,
         [
@@ -328,7 +335,7 @@ def main() -> None:
                 "train.imgsz=64",
                 "train.batch=2",
                 "train.workers=0",
-                "train.device=0",
+                f"train.device={dev}",
                 f"train.precision={prec}",
                 "evaluation.splits=[val]",
                 *TINY_EVAL,
@@ -419,7 +426,7 @@ def main() -> None:
                 "sigdet",
                 "predict",
                 f"source={EMBEDDED / 'test'}",
-                "device=cuda",
+                f"device={gpu_dev}",
                 f"hydra.run.dir={runs / 'predict'}",
             )
         ],
@@ -430,19 +437,22 @@ def main() -> None:
         d = json.loads(summ.read_text())
         s.figures = {k: d[k] for k in ("n_pages", "n_signed_pages", "conf") if k in d}
 
-    write_report(args.out, facts, c.steps, time.monotonic() - t_start, args.dry_run)
+    write_report(args.out, facts, c.steps, time.monotonic() - t_start, args.dry_run, args.rehearse)
     shutil.rmtree(scratch, ignore_errors=True) if not any(x.status == "failed" for x in c.steps) else None
     failed = [x.name for x in c.steps if x.status in ("failed", "timed out")]
     print(f"wrote {args.out / 'gpu_check.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
 
 
-def write_report(out: Path, facts: dict, steps: list[Step], seconds: float, dry: bool) -> None:
+def write_report(
+    out: Path, facts: dict, steps: list[Step], seconds: float, dry: bool, rehearse: bool
+) -> None:
     gpu = facts.get("gpu") or "no CUDA device"
     head = [
         "# GPU check",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {facts.get('commit')}"
-        + ("; **dry run** (CUDA steps not run)" if dry else ""),
+        + ("; **dry run** (CUDA steps not run)" if dry else "")
+        + ("; **CPU rehearsal** (the CUDA steps ran on the CPU: no GPU figure here)" if rehearse else ""),
         f"- device: {gpu}"
         + (f", {facts.get('gpu_memory_gib')} GiB, bf16 {facts.get('bf16')}" if facts.get("gpu") else ""),
         f"- nvidia-smi: {facts.get('nvidia_smi', 'not found')}",
@@ -462,7 +472,13 @@ def write_report(out: Path, facts: dict, steps: list[Step], seconds: float, dry:
         for s in steps
     ]
     (out / "gpu_check.md").write_text("\n".join(head + rows) + "\n", encoding="utf-8")
-    doc = {"facts": facts, "seconds": seconds, "dry_run": dry, "steps": [s.__dict__ for s in steps]}
+    doc = {
+        "facts": facts,
+        "seconds": seconds,
+        "dry_run": dry,
+        "rehearsal": rehearse,
+        "steps": [s.__dict__ for s in steps],
+    }
     (out / "gpu_check.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
 
 

@@ -263,3 +263,29 @@ def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
     assert {s["status"] for s in doc["steps"]} == {"no CUDA"} and "dry run" in report
     assert "| yolo_amp |" in report and "torch" in report and "ONNX Runtime providers" in report
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_rehearsal_runs_every_step_on_the_cpu(tmp_path):
+    """--rehearse: the same seven commands with the CPU in place of CUDA; every one passes, so that a lent GPU's
+    minutes are not spent on a mistyped override (2 minutes on 2 cores)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import OFFLINE_ENV, ROOT
+
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--out", str(tmp_path / "report"), "--rehearse", "--budget", "1200"],
+        cwd=ROOT,
+        env=OFFLINE_ENV | {"PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "report" / "gpu_check.json").read_text())
+    bad = {s["name"]: s["error"] for s in doc["steps"] if s["status"] != "passed"}
+    assert not bad, bad
+    assert doc["rehearsal"] and "CPU rehearsal" in (tmp_path / "report" / "gpu_check.md").read_text()
+    assert {"latency.md", "model_selection.md"} <= {p.name for p in (tmp_path / "report").iterdir()}
