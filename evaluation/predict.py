@@ -34,11 +34,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
-from evaluation.run import load_model
+from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
 from training.data.images import ImageError, decode_rgb
 from training.data.yolo import IMAGE_SUFFIXES
-from training.errors import DataError, UserError, cli, first_line
+from training.errors import UserError, cli, first_line
 from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
@@ -401,48 +401,6 @@ def resolve_checkpoint(checkpoint) -> Path:
     return path
 
 
-def _op_from(path: Path, entry) -> dict | None:
-    """An ``operating_point`` entry of a file from others, checked: None when absent, one line when malformed."""
-    if entry is None:
-        return None
-    conf = entry.get("conf") if isinstance(entry, dict) else None
-    if conf is None and isinstance(entry, dict) and "conf" in entry:
-        return None  # recorded, but no confidence could be chosen (no valid pages with boxes)
-    if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 < float(conf) <= 1.0:
-        raise DataError(f"{path}: operating_point.conf {conf!r} is not a confidence in (0, 1]")
-    return dict(entry) | {"conf": float(conf), "from": str(path)}
-
-
-def _json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable JSON ({e.__class__.__name__}: {first_line(e)})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
-
-
-def stored_operating_point(checkpoint: Path) -> dict | None:
-    """The page-level operating point stored with a model: its sidecar ``<name>.json`` (the shipped model), its
-    run's ``metrics.json`` (``weights/best.pt`` -> the run folder), or an export manifest's copy of it."""
-    from export.model import META, is_exported
-
-    checkpoint = Path(checkpoint)
-    if is_exported(checkpoint):
-        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        for d in (folder, folder.parent):
-            if (d / META).is_file():
-                return _op_from(d / META, _json_object(d / META).get("operating_point"))
-        return None
-    for cand in (checkpoint.with_suffix(".json"), checkpoint.parent.parent / "metrics.json"):
-        if cand.is_file() and cand != checkpoint:
-            op = _op_from(cand, _json_object(cand).get("operating_point"))
-            if op is not None:
-                return op
-    return None
-
-
 class Predictor:
     """A loaded detector with the page-level decision: what ``sigdet.load`` returns and ``predict`` runs.
 
@@ -603,7 +561,7 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
         return
     if not path.is_file():
         return  # nothing to continue: a fresh run
-    old = _json_object(path)
+    old = json_object(path)
     for key in ("sources", "shard", "checkpoint", "conf"):
         if old.get(key) != state[key]:
             raise UserError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from pathlib import Path
@@ -15,7 +16,7 @@ from evaluation.report import markdown_table, plot_curves, plot_pages, write_met
 from training.backends import get_backend
 from training.backends.base import Detector
 from training.data import cache_root, load_dataset, prepare_yolo
-from training.errors import UserError
+from training.errors import DataError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,48 @@ def load_model(
         return model
     be = get_backend(str(backend))
     return be.from_checkpoint(str(checkpoint), decode_table[be.name], device=device, run_dir=run_dir)
+
+
+def _op_from(path: Path, entry) -> dict | None:
+    """An ``operating_point`` entry of a file from others, checked: None when absent, one line when malformed."""
+    if entry is None:
+        return None
+    conf = entry.get("conf") if isinstance(entry, dict) else None
+    if conf is None and isinstance(entry, dict) and "conf" in entry:
+        return None  # recorded, but no confidence could be chosen (no valid pages with boxes)
+    if isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 < float(conf) <= 1.0:
+        raise DataError(f"{path}: operating_point.conf {conf!r} is not a confidence in (0, 1]")
+    return dict(entry) | {"conf": float(conf), "from": str(path)}
+
+
+def json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable JSON ({e.__class__.__name__}: {first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def stored_operating_point(checkpoint: Path) -> dict | None:
+    """The page-level operating point stored with a model: its sidecar ``<name>.json`` (the shipped model), its
+    run's ``metrics.json`` (``weights/best.pt`` -> the run folder), or an export manifest's copy of it."""
+    from export.model import META, is_exported
+
+    checkpoint = Path(checkpoint)
+    if is_exported(checkpoint):
+        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        for d in (folder, folder.parent):
+            if (d / META).is_file():
+                return _op_from(d / META, json_object(d / META).get("operating_point"))
+        return None
+    for cand in (checkpoint.with_suffix(".json"), checkpoint.parent.parent / "metrics.json"):
+        if cand.is_file() and cand != checkpoint:
+            op = _op_from(cand, json_object(cand).get("operating_point"))
+            if op is not None:
+                return op
+    return None
 
 
 def provenance(cfg, detector: Detector) -> dict:
@@ -83,22 +126,24 @@ def validator(eval_cfg):
 VALIDATION_KEYS = ("mAP50", "mAP50-95", "precision", "recall", "f1", "conf_at_max_f1", "AR100")
 
 
-def page_decisions(truth: dict, ev, metrics: dict[str, float]) -> dict | None:
+def page_decisions(truth: dict, ev, metrics: dict[str, float], stored: dict | None = None) -> dict | None:
     """Page-level "signed?" metrics of every split into ``metrics``; the operating point they are taken at.
 
     The operating point (the confidence reaching ``ev.page.target_recall`` of the signed pages) is chosen on the
     split ``ev.page.choose_on`` (valid) when it was evaluated; every split is then scored at it. Without that split
-    no operating point is chosen and the pages are scored at ``ev.conf_fixed``.
+    the model's ``stored`` operating point (chosen on its own valid pages) is used and kept, else ``ev.conf_fixed``.
     """
     on = str(ev.page.choose_on)
     op = None
     if on in truth:
         op = operating_point(*truth[on], float(ev.page.target_recall), on)
+    elif stored is not None:
+        op = {k: v for k, v in stored.items() if k != "from"} | {"stored_in": stored["from"]}
     conf = op["conf"] if op and op["conf"] is not None else float(ev.conf_fixed)
     for split, (signed, best) in truth.items():
         pm = page_metrics(signed, best, conf, int(ev.n_bootstrap), int(ev.seed))
         metrics.update({f"{split}/{k}": v for k, v in pm.items()})
-    if op:
+    if op and on in truth:
         metrics[f"{on}/page/conf_at_target_recall"] = float("nan") if op["conf"] is None else op["conf"]
     return op
 
@@ -156,7 +201,8 @@ def evaluate_run(
             )
             if png:
                 tracker.log_images(f"{split}/errors", [png])
-    op = page_decisions(truth, ev, metrics)
+    stored = stored_operating_point(detector.checkpoint) if detector.checkpoint else None
+    op = page_decisions(truth, ev, metrics, stored)
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
         **prov

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import numpy as np
 from omegaconf import OmegaConf
 
-from evaluation.predict import stored_operating_point
 from evaluation.report import fmt_num, markdown_table, write_csv
+from evaluation.run import stored_operating_point
 from export.convert import INT8_PRESETS, overflow_fix_candidates, to_onnx, to_openvino, to_tensorrt
 from export.families import Family, input_shape_words, load_family, write_meta
 from export.model import META, ExportedModel, reference_model

@@ -81,3 +81,16 @@ def test_page_truth_reads_the_split(tmp_path):
     signed, best = page_truth(split, preds)
     assert signed.sum() == sum(1 for im in split.images if split.annotations_for(im.id))
     assert best[0] == pytest.approx(0.8) and best[1:].max() == 0.0
+
+
+def test_without_valid_the_models_stored_operating_point_is_used():
+    """Evaluating test only (a user's own labelled pages): pages are scored at the model's stored operating point,
+    which metrics.json then keeps (with where it came from), not at conf_fixed."""
+    ev = OmegaConf.create(
+        {"page": {"target_recall": 0.98, "choose_on": "val"}, "conf_fixed": 0.25, "n_bootstrap": 0, "seed": 0}
+    )
+    stored = {"conf": 0.45, "target_recall": 0.98, "chosen_on": "val", "from": "/x/model.json"}
+    metrics = {}
+    op = page_decisions({"test": (SIGNED, BEST)}, ev, metrics, stored)
+    assert metrics["test/page/conf"] == 0.45 and op["conf"] == 0.45 and op["stored_in"] == "/x/model.json"
+    assert "val/page/conf_at_target_recall" not in metrics
