@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 import queue
 import threading
@@ -43,6 +44,7 @@ from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
 
+log = logging.getLogger(__name__)
 PDF = ".pdf"
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 PAGES, STATE = "pages.jsonl", "predict_state.json"
@@ -453,6 +455,17 @@ class Predictor:
                 f"{checkpoint}: not a detector (a {backend} checkpoint); predict needs a detector"
             )
         model = load_model(checkpoint, backend, cfg.decode, cfg.get("precision"), run_dir, device=cfg.device)
+        if cfg.half:
+            if exported:
+                raise UserError(
+                    f"half=true: {checkpoint} is an export (it runs in the precision it was exported in; "
+                    "formats=[tensorrt_fp16] or openvino_int8 for a faster one)"
+                )
+            if not str(model.device).startswith("cuda"):
+                log.warning(
+                    "half=true on %s: FP16 is meant for GPUs (a CPU runs it, usually slower)", model.device
+                )
+            model.set_half()
         return cls(model, checkpoint, cfg)
 
     def pages_of(self, source) -> tuple[list[Page], list[tuple[str, str]]]:

@@ -417,25 +417,21 @@ def main() -> None:
         s.figures["table"] = "model_selection.md beside this report"
 
     # 7. predict on CUDA: the shipped model over a PDF, pages.jsonl streamed
-    s = Step("predict_cuda", "sigdet predict device=cuda on the embedded test pages")
+    s = Step("predict_cuda", "sigdet predict device=cuda on the embedded test pages, FP32 and half=true")
+    base = ["-m", "sigdet", "predict", f"source={EMBEDDED / 'test'}", f"device={gpu_dev}"]
     c.run(
         s,
         [
-            py(
-                "-m",
-                "sigdet",
-                "predict",
-                f"source={EMBEDDED / 'test'}",
-                f"device={gpu_dev}",
-                f"hydra.run.dir={runs / 'predict'}",
-            )
+            py(*base, f"hydra.run.dir={runs / 'predict'}"),
+            py(*base, "half=true", f"hydra.run.dir={runs / 'predict_half'}"),
         ],
-        120,
+        180,
     )
-    summ = runs / "predict" / "summary.json"
-    if summ.is_file():
-        d = json.loads(summ.read_text())
-        s.figures = {k: d[k] for k in ("n_pages", "n_signed_pages", "conf") if k in d}
+    for name in ("predict", "predict_half"):
+        summ = runs / name / "summary.json"
+        if summ.is_file():
+            d = json.loads(summ.read_text())
+            s.figures[name] = {k: d[k] for k in ("n_pages", "n_signed_pages") if k in d}
 
     write_report(args.out, facts, c.steps, time.monotonic() - t_start, args.dry_run, args.rehearse)
     shutil.rmtree(scratch, ignore_errors=True) if not any(x.status == "failed" for x in c.steps) else None

@@ -246,3 +246,20 @@ def test_class_names_from_the_model_never_leave_the_crops_folder(tmp_path):
     assert not escape.exists()
     (folder,) = (run_dir / "crops").iterdir()
     assert folder.name == f".._.._{escape.name}" and list(folder.glob("*.png"))
+
+
+def test_half_precision_gives_the_same_boxes_and_exports_refuse_it(onnx_export):
+    """half=true: FP16 weights and inputs (meant for GPUs; a CPU runs it too, which is what is checked here); the
+    boxes of the shipped model stay within a pixel. An export keeps its own precision: half=true is one line."""
+    import sigdet
+
+    pages = TEST_IMAGES[:4]
+    full = sigdet.load(device="cpu", conf=0.2).predict(pages)
+    half = sigdet.load(device="cpu", conf=0.2, overrides=["half=true"]).predict(pages)
+    assert sum(len(p.scores) for p in full) > 0
+    for a, b in zip(full, half, strict=True):
+        assert len(a.scores) == len(b.scores)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1.0)
+        np.testing.assert_allclose(a.scores, b.scores, atol=0.01)
+    with pytest.raises(UserError, match="half=true: .* is an export"):
+        sigdet.load(onnx_export, overrides=["half=true"])

@@ -223,6 +223,14 @@ class Detector(Backend):
     ) -> list[Detections]:
         """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""
 
+    #: :meth:`set_half` was called: the network holds FP16 weights and is fed FP16 inputs
+    half: bool = False
+
+    def set_half(self) -> None:
+        """Run :meth:`predict` in half precision (FP16 weights and float inputs; meant for GPUs, where it is
+        faster); the decoding stays in FP32."""
+        raise NotImplementedError(f"{type(self).__name__} has no half-precision inference")
+
     def _predict_each(self, net, device, images: list[ImageInput], imgsz: int, options: dict, conf: float):
         """Image by image: :meth:`preprocess` -> ``net`` (the module an export traces, fed the input arrays in
         order) -> :meth:`postprocess`, the path every exported runtime takes too."""
@@ -230,11 +238,17 @@ class Detector(Backend):
 
         from training.data.images import as_pil
 
+        half = torch.float16 if self.half else None
         out: list[Detections] = []
         for img in images:
             feeds, ctx = self.preprocess(as_pil(img), imgsz, options)
             with torch.inference_mode():
-                raw = net(*(torch.from_numpy(v).to(device) for v in feeds.values()))
+                raw = net(
+                    *(
+                        torch.from_numpy(v).to(device, dtype=half if v.dtype.kind == "f" else None)
+                        for v in feeds.values()
+                    )
+                )
             raw = raw if isinstance(raw, tuple) else (raw,)
             out.append(self.postprocess([r.float().cpu().numpy() for r in raw], ctx, imgsz, options, conf))
         return out

@@ -603,6 +603,10 @@ class TransformersDetector(Detector):
             "box_frame": self.box_frame,
         }
 
+    def set_half(self) -> None:
+        self.half = True
+        self._require().half()
+
     def predict(
         self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
     ) -> list[Detections]:

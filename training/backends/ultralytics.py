@@ -486,9 +486,15 @@ class UltralyticsDetector(Detector):
         model = self._require()
         if self._net_of is not model:
             self._infer_net = export_module(model.model).to(self.device)
+            if self.half:
+                self._infer_net.half()
             self._head = head_kind(model.model)
             self._net_of = model
         return self._infer_net
+
+    def set_half(self) -> None:
+        self.half = True
+        self._net_of = None  # rebuilt in FP16 by the next _net()
 
     @property
     def device(self) -> str:
