@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -37,8 +38,7 @@ from PIL import Image, ImageDraw
 
 from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
-from training.data.images import ImageError, decode_rgb
-from training.data.yolo import IMAGE_SUFFIXES
+from training.data.images import IMAGE_SUFFIXES, MULTI_PAGE_SUFFIXES, ImageError, decode_rgb, frame_count
 from training.errors import UserError, cli, first_line
 from training.fileio import folder_name
 from training.progress import progress
@@ -60,6 +60,10 @@ class Page:
     name: str  # unique output stem (the path below its source root, page number appended for PDFs)
     page: int | None = None
     image: np.ndarray | None = None  # an in-memory page (the API's PIL images and arrays)
+
+    @property
+    def pdf(self) -> bool:
+        return self.file is not None and self.file.suffix.lower() == PDF
 
     @property
     def key(self) -> str:
@@ -136,25 +140,117 @@ def _is_glob(source: str) -> bool:
     return any(c in source for c in "*?[")
 
 
+def _key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def walk_files(root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Every file below ``root``, sorted: each real folder walked once and each real file taken once, however many
+    links lead to them. A link back to a folder already walked (a loop), a broken link, an unreadable folder and a
+    second path to the same file go to ``skipped`` with the reason.
+
+    Written here rather than with ``Path.rglob`` / ``glob``: those follow a link loop until the path is too long
+    (a glob with ``**`` then grows without end) and list neither broken links nor repeats."""
+    seen_dirs, seen_files, out = {_key(root)}, {}, []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((str(folder), f"unreadable folder ({e.strerror or e.__class__.__name__})"))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink() and not path.exists():
+                    skipped.append((str(path), "broken symbolic link"))
+                    continue
+                if entry.is_dir():
+                    key = _key(path)
+                    if key in seen_dirs:
+                        why = f"a link to a folder already walked ({os.path.realpath(path)}): not followed again"
+                        skipped.append((str(path), why))
+                        continue
+                    seen_dirs.add(key)
+                    subdirs.append(path)
+                elif entry.is_file():
+                    key = _key(path)
+                    if key in seen_files:
+                        skipped.append((str(path), f"the same file as {seen_files[key]}: read once"))
+                        continue
+                    seen_files[key] = path
+                    out.append(path)
+            except OSError as e:  # a link loop of files (ELOOP), a permission problem
+                skipped.append((str(path), f"unreadable ({e.strerror or e.__class__.__name__})"))
+        stack.extend(reversed(subdirs))
+    return sorted(out)
+
+
+def _segment_regex(seg: str) -> str:
+    """One path segment of a glob as a regex: ``*`` and ``?`` stop at ``/``, ``[...]`` a class, and a name starting
+    with a dot is matched only by a segment that starts with one (as ``glob`` does)."""
+    out, i = ("" if seg.startswith(".") else r"(?!\.)"), 0
+    while i < len(seg):
+        c = seg[i]
+        j = seg.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif j != -1:
+            body = seg[i + 1 : j]
+            out += "[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]"
+            i = j
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+def glob_files(pattern: str, skipped: list[tuple[str, str]]) -> tuple[list[Path], Path]:
+    """The files a glob matches (``**``: any depth, walked by :func:`walk_files`, so loops end and are listed), and
+    the folder before its first wildcard (the root the outputs' names and the shards are taken below)."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    i = next(k for k, part in enumerate(parts) if _is_glob(part))
+    base = Path(*parts[:i]) if i else Path(".")
+    rest = parts[i:]
+    if "**" not in rest:  # no recursion, so no loop to follow
+        return [Path(p) for p in sorted(glob.glob(str(Path(*parts)))) if Path(p).is_file()], base
+    regex = ""
+    for k, seg in enumerate(rest):
+        last = k == len(rest) - 1
+        if seg == "**":
+            regex += r"(?:(?!\.)[^/]*/)*" + (r"(?!\.)[^/]*" if last else "")
+        else:
+            regex += _segment_regex(seg) + ("" if last else "/")
+    matcher = re.compile(regex)
+    if not base.is_dir():
+        return [], base
+    files = walk_files(base, skipped)
+    return [f for f in files if matcher.fullmatch(f.relative_to(base).as_posix())], base
+
+
 def collect(sources: list[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """The files to read as ``(file, root it was found under)``, and ``(path, why)`` for what is skipped.
 
-    A folder is searched recursively for images and PDFs (other files are skipped, counted); a glob keeps the
-    images and PDFs it matches; a file is taken as given (and skipped, counted, if it is neither).
+    A folder is searched recursively for images and PDFs (other files are skipped, counted; link loops, broken links
+    and repeats listed, see :func:`walk_files`); a glob keeps the images and PDFs it matches; a file is taken as
+    given (and skipped, counted, if it is neither).
     """
     found: list[tuple[Path, Path]] = []
     skipped: list[tuple[str, str]] = []
     for source in sources:
         if _is_glob(source):
-            matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(source), recursive=True))]
-            files = [p for p in matches if p.is_file()]
-            root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
+            files, root = glob_files(source, skipped)
             if not files:
                 raise UserError(f"source={source}: the pattern matches no file")
         else:
             path = Path(source).expanduser()
             if path.is_dir():
-                files, root = sorted(p for p in path.rglob("*") if p.is_file()), path
+                files, root = walk_files(path, skipped), path
                 if not files:
                     raise UserError(f"{path}: empty folder, nothing to predict")
             elif path.is_file():
@@ -207,6 +303,8 @@ def _open_pdf(path: Path, password: str | None):
                 else "encrypted PDF, wrong password"
             )
             raise ImageError(f"{path}: {why}") from None
+        if "Success" in text:  # PDFium could not load it and set no error code: a document without pages
+            raise ImageError(f"{path}: unreadable PDF (no pages it can load)") from None
         raise ImageError(f"{path}: unreadable PDF ({first_line(e)})") from None
 
 
@@ -229,6 +327,15 @@ def pages(found: list[tuple[Path, Path]], password: str | None) -> tuple[list[Pa
             if f.is_relative_to(root)
             else f.stem
         )
+        if f.suffix.lower() in MULTI_PAGE_SUFFIXES:
+            try:
+                n = frame_count(f)
+            except ImageError as e:
+                skipped.append((str(f), str(e).removeprefix(f"{f}: ")))
+                continue
+            if n > 1:  # a multi-page TIFF is paged like a PDF
+                out.extend(Page(f, name_of(f"{stem}_p{i:04d}"), i) for i in range(1, n + 1))
+                continue
         if f.suffix.lower() != PDF:
             out.append(Page(f, name_of(stem)))
             continue
@@ -278,8 +385,8 @@ def render(
             if p.image is not None:
                 yield p, p.image
                 continue
-            if p.page is None:
-                yield p, decode_rgb(p.file, max_pixels)
+            if not p.pdf:  # an image, or one page of a multi-page TIFF
+                yield p, decode_rgb(p.file, max_pixels, None if p.page is None else p.page - 1)
                 continue
             if pdf_path != p.file:
                 if pdf is not None:
@@ -505,7 +612,7 @@ class Predictor:
                     labels=np.asarray(det.labels, dtype=int),
                     class_names=self.class_names,
                     conf=self.conf,
-                    dpi=self.dpi if page.page else None,
+                    dpi=self.dpi if page.pdf else None,
                     name=page.name,
                 )
                 yield result, arr, det

@@ -263,3 +263,52 @@ def test_half_precision_gives_the_same_boxes_and_exports_refuse_it(onnx_export):
         np.testing.assert_allclose(a.scores, b.scores, atol=0.01)
     with pytest.raises(UserError, match="half=true: .* is an export"):
         sigdet.load(onnx_export, overrides=["half=true"])
+
+
+def test_links_loops_and_repeats_are_walked_once_and_listed(tmp_path):
+    """A folder holding links back to itself (two loops), a broken link and a second link to a file: every page
+    once, each link listed as skipped with its reason; the same through a ``**`` glob, which ends."""
+    src = tmp_path / "scans"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(TEST_IMAGES[0], src / "a.jpg")
+    shutil.copy(TEST_IMAGES[1], src / "sub" / "b.jpg")
+    (src / "loop").symlink_to(src)
+    (src / "sub" / "up").symlink_to(src)
+    (src / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (src / "again.jpg").symlink_to(src / "a.jpg")
+    for source, sub in ((src, "folder"), (f"'{src}/**/*.jpg'", "glob")):
+        run_dir, summary = _predict(tmp_path, PRETRAINED, source, sub=sub)
+        assert sorted(Path(p["file"]).name for p in _pages(run_dir)) == ["a.jpg", "b.jpg"], sub
+        why = {Path(s["path"]).name: s["why"] for s in summary["skipped"]}
+        assert "already walked" in why["loop"] and "already walked" in why["up"], why
+        assert why["gone.jpg"] == "broken symbolic link" and "same file" in why["again.jpg"], why
+
+
+def test_multi_page_tiffs_are_paged_and_avif_is_read(tmp_path):
+    """A 3-page TIFF gives 3 pages numbered like a PDF's (no PDF points: it has no page size in points); an AVIF
+    page is read (the suffixes are the datasets'); a dataset image of several pages is one line; a PDF of no pages
+    is an unreadable PDF (never "PDFium: Success")."""
+    from training.data.images import decode_rgb
+
+    src = tmp_path / "src"
+    src.mkdir()
+    pages = [Image.open(p).convert("RGB") for p in TEST_IMAGES[:3]]
+    pages[0].save(src / "fax.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(src / "photo.avif")
+    run_dir, summary = _predict(tmp_path, PRETRAINED, src, "conf=0.1")
+    rows = _pages(run_dir)
+    tif = [p for p in rows if p["file"].endswith("fax.tif")]
+    assert [p["page"] for p in tif] == [1, 2, 3] and all("boxes_pt" not in p for p in tif)
+    assert [(p["width"], p["height"]) for p in tif] == [im.size for im in pages]
+    assert any(p["file"].endswith("photo.avif") for p in rows) and summary["skipped"] == []
+    with pytest.raises(UserError, match="multi-page image \\(3 pages\\)"):
+        decode_rgb(src / "fax.tif")
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(
+        b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>"
+        b"\nendobj\nxref\n0 3\n0000000000 65535 f \n0000000009 00000 n \n0000000058 00000 n \ntrailer\n"
+        b"<< /Size 3 /Root 1 0 R >>\nstartxref\n110\n%%EOF\n"
+    )
+    # PDFium loads no document of 0 pages; its error code may be left from an earlier file, so only the kind is fixed
+    with pytest.raises(UserError, match="empty.pdf: unreadable PDF"):
+        _predict(tmp_path, PRETRAINED, empty, sub="empty")

@@ -133,12 +133,50 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
         raise ImageError(f"{getattr(im, 'filename', 'image')}: unsupported image mode {mode} ({e})") from None
 
 
-def decode_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """The page as ``HxWx3`` RGB uint8, decoded completely (a truncated file raises :class:`ImageError`)."""
+# the image files every reader accepts (YOLO folders, predict, the classifier's page inference; COCO files name
+# theirs): what PIL decodes here, AVIF included (Pillow 11.3+ reads it natively)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif"})
+# image formats that can hold several pages: predict reads each one like a PDF page
+MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
+
+
+def frame_count(path: str | Path, max_pixels: int | None = None) -> int:
+    """How many pages (frames) an image file holds: more than one for a multi-page TIFF (header reads only)."""
     path = Path(path)
     im = _open(path, max_pixels)
     try:
         with im:
+            return max(1, int(getattr(im, "n_frames", 1)))  # PIL sets n_frames on multi-frame formats only
+    except (OSError, ValueError, EOFError) as e:
+        raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
+
+
+def decode_rgb(path: str | Path, max_pixels: int | None = None, frame: int | None = None) -> np.ndarray:
+    """The page as ``HxWx3`` RGB uint8, decoded completely (a truncated file raises :class:`ImageError`).
+
+    ``frame``: the page (from 0) of a multi-page file (a TIFF); None for a one-page image, and a file of several
+    pages is then refused (a dataset image is one page; predict reads each page of a multi-page TIFF).
+    """
+    path = Path(path)
+    im = _open(path, max_pixels)
+    try:
+        with im:
+            n = max(1, int(getattr(im, "n_frames", 1)))
+            if frame is None and n > 1:
+                raise ImageError(
+                    f"{path}: a multi-page image ({n} pages) where one page is expected (predict reads every "
+                    "page of a multi-page TIFF; split it for a dataset)",
+                    "multi_page_image",
+                )
+            if frame is not None:
+                if not 0 <= frame < n:
+                    raise ImageError(f"{path}: no page {frame + 1} (the file has {n})")
+                im.seek(frame)
+                w, h = im.size
+                if max_pixels and w * h > max_pixels:
+                    raise ImageError(
+                        f"{path}: page {frame + 1} is {w}x{h}, above the pixel limit", "too_large_image"
+                    )
             orientation = _orientation(im)  # before load: PIL's TIFF reader consumes the tag when it rotates
             upright_size = im.size if im.format == "TIFF" else None  # PIL gives TIFFs their upright size
             try:
@@ -154,7 +192,11 @@ def decode_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             done = upright_size is not None and (im.size == upright_size or orientation in (2, 3, 4))
             upright = im.transpose(_UPRIGHT[orientation]) if orientation != 1 and not done else im
             arr = _to_rgb8(upright)
-    except (OSError, ValueError) as e:  # an ImageError (a UserError, neither of these) passes through
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+    ) as e:  # an ImageError (a UserError, neither of these) passes through
         raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
         raise ImageError(f"{path}: decoded to an unusable array of shape {arr.shape}")
