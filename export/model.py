@@ -165,7 +165,29 @@ def load_exported(
         runner, fmt = OpenVINORunner(path, prec, threads, u8), f"openvino_{prec}"
     else:
         runner, fmt = TensorRTRunner(path), (entry or {}).get("format", "tensorrt")
-    return ExportedModel(family, runner, str(path), fmt)
+    model = ExportedModel(family, runner, str(path), fmt)
+    if kind != "tensorrt":  # an engine's input shape is fixed at build time from the same manifest
+        _check_input_shapes(model, runner.input_shapes())
+    return model
+
+
+def _check_input_shapes(model: ExportedModel, shapes: dict[str, list[int | None]]) -> None:
+    """The manifest's input size against the graph's own input shape (a manifest from others may have been
+    edited): the feeds the manifest implies must fit every static dimension, else one line naming both."""
+    page = np.full((*model.family.input_hw, 3), 255, np.uint8)
+    feeds, _ = model.feeds(page)
+    for name, arr in feeds.items():
+        want = shapes.get(name)
+        if want is None:
+            raise DataError(f"{model.checkpoint}: the graph has no input {name!r} that its {META} names")
+        if len(want) != arr.ndim or any(
+            w is not None and w != a for w, a in zip(want, arr.shape, strict=False)
+        ):
+            shown = "x".join("?" if w is None else str(w) for w in want)
+            raise DataError(
+                f"{model.checkpoint}: its {META} says imgsz {model.family.imgsz} (input {name} "
+                f"{'x'.join(map(str, arr.shape))}) but the graph's input is {shown}"
+            )
 
 
 def reference_model(family: Family, device: str = "cpu") -> ExportedModel:

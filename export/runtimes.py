@@ -58,6 +58,12 @@ class OrtRunner:
     def __call__(self, feeds):
         return self.session.run(None, {k: feeds[k] for k in self.inputs})
 
+    def input_shapes(self) -> dict[str, list[int | None]]:
+        """Each graph input's shape, None for a symbolic dimension."""
+        return {
+            i.name: [d if isinstance(d, int) else None for d in i.shape] for i in self.session.get_inputs()
+        }
+
 
 def tensorrt():
     """The ``tensorrt`` module, or :class:`Unavailable` without CUDA or the package."""
@@ -173,8 +179,16 @@ class OpenVINORunner:
             raise _unloadable(xml, "OpenVINO IR", e) from None
         self.u8_input = bool(u8_input)
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+        # each input's shape, None for a dynamic dimension
+        self.shapes = {
+            i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+            for i in self.compiled.inputs
+        }
         self.request = self.compiled.create_infer_request()
         self.device = "cpu"
+
+    def input_shapes(self) -> dict[str, list[int | None]]:
+        return self.shapes
 
     def __call__(self, feeds):
         res = self.request.infer({k: feeds[k] for k in self.inputs})

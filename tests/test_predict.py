@@ -312,3 +312,33 @@ def test_multi_page_tiffs_are_paged_and_avif_is_read(tmp_path):
     # PDFium loads no document of 0 pages; its error code may be left from an earlier file, so only the kind is fixed
     with pytest.raises(UserError, match="empty.pdf: unreadable PDF"):
         _predict(tmp_path, PRETRAINED, empty, sub="empty")
+
+
+def test_an_export_whose_manifest_lies_about_its_input_size_is_one_line(tmp_path, onnx_export):
+    """imgsz edited in sigdet_export.json: one line naming the file and both sizes, in the API and the CLI."""
+    import sigdet
+
+    lying = tmp_path / "lying"
+    shutil.copytree(onnx_export.parent, lying)
+    meta = json.loads((lying / "sigdet_export.json").read_text())
+    meta["imgsz"] = meta["imgsz"] + 96
+    (lying / "sigdet_export.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=f"says imgsz {meta['imgsz']} .* but the graph's input is 1x3x"):
+        sigdet.load(lying / onnx_export.name)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluation.predict",
+            f"checkpoint={lying / onnx_export.name}",
+            f"source={TEST_IMAGES[0]}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "true"},
+        timeout=300,
+    )
+    err = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(err) == 1 and "graph's input" in err[0], r.stderr[-2000:]
