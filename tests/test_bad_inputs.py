@@ -657,3 +657,37 @@ def test_architecture_yaml_ultralytics_cannot_build_is_one_line(tmp_path):
         )
         with pytest.raises(UserError, match=f"model.arch={arch}: not an architecture"):
             train(cfg)
+
+
+def test_a_run_dir_under_a_file_or_read_only_is_one_line(tmp_path):
+    """hydra.run.dir under a file, or in a folder nobody may write: one line naming the path and why, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import EMBEDDED, OFFLINE_ENV, ROOT
+
+    image = sorted((EMBEDDED / "test").glob("*.jpg"))[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [(blocker / "run", "a file stands where a folder is needed")]
+    if os.geteuid() != 0:  # root writes anywhere: the read-only case needs a user
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((locked / "run", "Permission denied"))
+    for run_dir, why in cases:
+        r = subprocess.run(
+            [sys.executable, "-m", "evaluation.predict", f"source={image}", f"hydra.run.dir={run_dir}"],
+            cwd=ROOT,
+            env=OFFLINE_ENV | {"CI": "true"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        err = [x for x in r.stderr.splitlines() if x.strip()]
+        assert (
+            r.returncode == 2
+            and len(err) == 1
+            and str(blocker if "file" in why else run_dir.parent) in err[0]
+        ), r.stderr[-2000:]
+        assert why in err[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import difflib
+import errno
 import functools
 import os
 import re
@@ -136,6 +137,34 @@ def config_error_line(e: BaseException) -> str:
     )
 
 
+# where a write failed for a reason of the place, not of the program: a file where a folder is needed, no
+# permission, a read-only or full disk
+_PLACE_ERRNOS = {
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
+
+
+def unwritable_line(e: OSError) -> str | None:
+    """A write that failed because of the place (a run dir under a file, a read-only folder, a full disk) as one
+    line naming the path and what is wrong with it; None for other errors (those keep their traceback)."""
+    if e.errno not in _PLACE_ERRNOS or not e.filename:
+        return None
+    hint = {
+        errno.ENOSPC: "; free some space (or choose another hydra.run.dir / SIGDET_CACHE_DIR)",
+        errno.EDQUOT: "; free some space (or choose another hydra.run.dir / SIGDET_CACHE_DIR)",
+        errno.EEXIST: "; a file stands where a folder is needed: choose another hydra.run.dir",
+        errno.ENOTDIR: "; a file stands where a folder is needed: choose another hydra.run.dir",
+    }.get(e.errno, "")
+    return f"{e.filename}: cannot write there ({e.strerror}){hint}"
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a ``@hydra.main`` entry point so that a config mistake (an unknown or misspelt key, a wrong type, an
     unknown group option, a mandatory ``???`` value left unset) is one line with suggestions and exit code 2,
@@ -177,7 +206,14 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
         @functools.wraps(task)
         def entry() -> None:
             exit_on_user_error(_vet_config_files)()  # a config file from others never runs code
-            run_cli(composed)
+            try:
+                run_cli(composed)
+            except OSError as e:
+                line = unwritable_line(e)
+                if line is None or IN_PROCESS.get():
+                    raise
+                print("error: " + line, file=sys.stderr)
+                sys.exit(2)
 
         entry.config_name = config_name  # what the Python API composes for this command
         return entry
