@@ -215,3 +215,13 @@ def test_run_files_guard_is_one_of_our_functions():
     for bad in ("os.system", "builtins.exec", "subprocess.call"):
         with pytest.raises(ConfigError, match="run_files.guard"):
             RunFiles(guard=bad)
+
+
+def test_a_key_added_with_plus_to_a_schema_group_is_refused():
+    """``+evaluation.n_bootstap=5`` (a misspelt key added with ``+``) would be read by nothing: one line with the
+    key and the near one, from the commands and the API alike; a group without a schema still takes new keys."""
+    from training.errors import ConfigError, compose
+
+    with pytest.raises(ConfigError, match=r"evaluation.n_bootstap \(did you mean \['n_bootstrap'\]\?\)"):
+        compose("train", ["+evaluation.n_bootstap=5"], run_dir="x")
+    compose("train", ["+train.mixup=0.1"], run_dir="x")  # ultralytics' own arguments: checked by ultralytics

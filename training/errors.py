@@ -165,6 +165,35 @@ def unwritable_line(e: OSError) -> str | None:
     return f"{e.filename}: cannot write there ({e.strerror}){hint}"
 
 
+def extra_schema_keys(cfg, prefix: str = "") -> list[str]:
+    """Keys that a schema-backed node (a group with a dataclass schema, training/config.py) does not define: Hydra
+    lets ``+group.key=value`` add one to it, where a misspelt key (``+evaluation.n_bootstap=5``) would then be read
+    by nothing. Each as ``dotted.key (did you mean ...)``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    out = []
+    if not isinstance(cfg, DictConfig):
+        return out
+    kind = OmegaConf.get_type(cfg)
+    fields = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+    for key in cfg:
+        where = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=2)
+            out.append(where + (f" (did you mean {near}?)" if near else f" (valid keys: {fields})"))
+            continue
+        node = cfg._get_node(key)  # unresolved: a node holding an interpolation is not a container
+        if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            out += extra_schema_keys(node, where + ".")
+    return out
+
+
+def _check_schema_keys(cfg) -> None:
+    extra = extra_schema_keys(cfg)
+    if extra:
+        raise ConfigError(f"{extra[0]}: not a key of its config group's schema, so nothing would read it")
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a ``@hydra.main`` entry point so that a config mistake (an unknown or misspelt key, a wrong type, an
     unknown group option, a mandatory ``???`` value left unset) is one line with suggestions and exit code 2,
@@ -199,8 +228,13 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
     import hydra
 
     def wrap(task: Callable[..., T]) -> Callable[[], None]:
+        @functools.wraps(task)
+        def checked(cfg):
+            _check_schema_keys(cfg)
+            return task(cfg)
+
         composed = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
-            exit_on_user_error(task)
+            exit_on_user_error(checked)
         )
 
         @functools.wraps(task)
@@ -246,6 +280,7 @@ def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
             del cfg["hydra"]
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None
+    _check_schema_keys(cfg)
     return cfg
 
 
