@@ -229,27 +229,33 @@ def test_bf16_plan_per_device(monkeypatch):
     assert ub.native_cuda_bf16() in (True, False)  # no CUDA here: False, no exception
 
 
-@pytest.mark.slow
-def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
-    """scripts/gpu_check.sh on a CPU machine: every CUDA step reported as "no CUDA", the machine facts gathered, one
-    Markdown report and its JSON in --out, nothing else there."""
+def gpu_check(tmp_path, *flags: str, timeout: int) -> tuple:
+    """``bash scripts/gpu_check.sh --out <tmp>/report FLAGS``: the report folder and its gpu_check.json."""
     import json
     import subprocess
     import sys
 
     from tests.conftest import OFFLINE_ENV, ROOT
 
+    out = tmp_path / "report"
     r = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--out", str(tmp_path / "report"), "--dry-run"],
+        ["bash", "scripts/gpu_check.sh", "--out", str(out), *flags],
         cwd=ROOT,
         env=OFFLINE_ENV | {"PYTHON": sys.executable},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    report = (tmp_path / "report" / "gpu_check.md").read_text()
-    doc = json.loads((tmp_path / "report" / "gpu_check.json").read_text())
+    return out, json.loads((out / "gpu_check.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
+    """scripts/gpu_check.sh on a CPU machine: every CUDA step reported as "no CUDA", the machine facts gathered, one
+    Markdown report and its JSON in --out, nothing else there."""
+    out, doc = gpu_check(tmp_path, "--dry-run", timeout=300)
+    report = (out / "gpu_check.md").read_text()
     names = [s["name"] for s in doc["steps"]]
     assert names == [
         "yolo_amp",
@@ -262,30 +268,15 @@ def test_the_gpu_check_dry_run_writes_its_report(tmp_path):
     ]
     assert {s["status"] for s in doc["steps"]} == {"no CUDA"} and "dry run" in report
     assert "| yolo_amp |" in report and "torch" in report and "ONNX Runtime providers" in report
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
 
 
 @pytest.mark.slow
 def test_the_gpu_check_rehearsal_runs_every_step_on_the_cpu(tmp_path):
     """--rehearse: the same seven commands with the CPU in place of CUDA; every one passes, so that a lent GPU's
     minutes are not spent on a mistyped override (2 minutes on 2 cores)."""
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import OFFLINE_ENV, ROOT
-
-    r = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--out", str(tmp_path / "report"), "--rehearse", "--budget", "1200"],
-        cwd=ROOT,
-        env=OFFLINE_ENV | {"PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    doc = json.loads((tmp_path / "report" / "gpu_check.json").read_text())
+    out, doc = gpu_check(tmp_path, "--rehearse", "--budget", "1200", timeout=1500)
     bad = {s["name"]: s["error"] for s in doc["steps"] if s["status"] != "passed"}
     assert not bad, bad
-    assert doc["rehearsal"] and "CPU rehearsal" in (tmp_path / "report" / "gpu_check.md").read_text()
-    assert {"latency.md", "model_selection.md"} <= {p.name for p in (tmp_path / "report").iterdir()}
+    assert doc["rehearsal"] and "CPU rehearsal" in (out / "gpu_check.md").read_text()
+    assert {"latency.md", "model_selection.md"} <= {p.name for p in out.iterdir()}
