@@ -28,7 +28,7 @@ import queue
 import re
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +38,15 @@ from PIL import Image, ImageDraw
 
 from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
-from training.data.images import IMAGE_SUFFIXES, MULTI_PAGE_SUFFIXES, ImageError, decode_rgb, frame_count
-from training.errors import UserError, cli, first_line
+from training.data.images import (
+    IMAGE_SUFFIXES,
+    MULTI_PAGE_SUFFIXES,
+    ImageError,
+    decode_rgb,
+    frame_count,
+    rgb8,
+)
+from training.errors import ConfigError, UserError, cli, first_line
 from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 PDF = ".pdf"
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 PAGES, STATE = "pages.jsonl", "predict_state.json"
+PART = "predictions.json.part"  # predictions.json until the run's last write
 # the real-page detector the package ships (training/assets/pretrained; its card says how it was made)
 SHIPPED = "pretrained/signatures-yolov8n.pt"
 
@@ -137,7 +145,15 @@ class PageResult:
 
 # -- sources ---------------------------------------------------------------------------------------------------
 def _is_glob(source: str) -> bool:
-    return any(c in source for c in "*?[")
+    """A pattern, not a path: wildcards in it, and no file or folder of that very name (``scan[1].pdf``)."""
+    return any(c in source for c in "*?[") and not Path(source).expanduser().exists()
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder before a glob's first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    i = next(k for k, part in enumerate(parts) if any(c in part for c in "*?["))
+    return Path(*parts[:i]) if i else Path(".")
 
 
 def _key(path: Path) -> tuple[int, int]:
@@ -214,9 +230,8 @@ def glob_files(pattern: str, skipped: list[tuple[str, str]]) -> tuple[list[Path]
     """The files a glob matches (``**``: any depth, walked by :func:`walk_files`, so loops end and are listed), and
     the folder before its first wildcard (the root the outputs' names and the shards are taken below)."""
     parts = Path(os.path.expanduser(pattern)).parts
-    i = next(k for k, part in enumerate(parts) if _is_glob(part))
-    base = Path(*parts[:i]) if i else Path(".")
-    rest = parts[i:]
+    base = _glob_base(pattern)
+    rest = parts[len(base.parts) if str(base) != "." else 0 :]
     if "**" not in rest:  # no recursion, so no loop to follow
         return [Path(p) for p in sorted(glob.glob(str(Path(*parts)))) if Path(p).is_file()], base
     regex = ""
@@ -357,16 +372,13 @@ def in_memory(images: list, start: int = 0) -> list[Page]:
     out = []
     for k, im in enumerate(images, start):
         if isinstance(im, Image.Image):
-            arr = np.asarray(im.convert("RGB"))
+            arr = rgb8(im)  # the pixels the same picture read from a file gets (alpha on white, 16-bit gray)
         elif isinstance(im, np.ndarray):
-            arr = im
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-                raise UserError(f"image {k}: an array of shape {im.shape}; expected HxWx3 RGB")
-            arr = np.ascontiguousarray(arr[..., :3])
-            if arr.dtype != np.uint8:
+            if im.dtype != np.uint8:
                 raise UserError(f"image {k}: an array of dtype {im.dtype}; expected uint8 RGB")
+            if not (im.ndim == 2 or (im.ndim == 3 and im.shape[2] in (3, 4))):
+                raise UserError(f"image {k}: an array of shape {im.shape}; expected HxWx3 RGB")
+            arr = rgb8(Image.fromarray(im))
         else:
             raise UserError(f"image {k}: {type(im).__name__} is not a path, a PIL image or an array")
         out.append(Page(None, f"image_{k}", None, arr))
@@ -423,20 +435,29 @@ def prefetch(items: Iterator, size: int) -> Iterator:
     q: queue.Queue = queue.Queue(maxsize=max(1, size))
     done, stop = object(), threading.Event()
 
+    def put(item) -> bool:
+        """Hand ``item`` over unless the consumer has stopped; whether it was."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # re-raised in the consumer
-            q.put(e)
+            put(e)
+        finally:
+            if isinstance(
+                items, Generator
+            ):  # render(): its open PDF closed here, in the thread that opened it
+                items.close()
 
     t = threading.Thread(target=produce, name="sigdet-render", daemon=True)
     t.start()
@@ -510,6 +531,32 @@ def resolve_checkpoint(checkpoint) -> Path:
     return path
 
 
+def _check_values(cfg) -> None:
+    """The numbers of conf/predict.yaml (no schema: a value from the command line arrives as text) as one line."""
+
+    def number(key, whole, low, high=None, none_ok=False):
+        value = OmegaConf.select(cfg, key)
+        if value is None and none_ok:
+            return
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (not whole or value == int(value))
+        )
+        if not ok or value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{key}={value!r}: expected {'a whole number' if whole else 'a number'} {span}")
+
+    number("conf", False, 0.0, 1.0, none_ok=True)
+    number("fallback_conf", False, 0.0, 1.0)
+    number("max_det", True, 1, none_ok=True)
+    number("batch", True, 1)
+    number("prefetch", True, 0)
+    number("pdf.dpi", False, 1.0)
+    number("max_image_pixels", True, 1)
+    number("imgsz", True, 32, none_ok=True)
+
+
 class Predictor:
     """A loaded detector with the page-level decision: what ``sigdet.load`` returns and ``predict`` runs.
 
@@ -521,7 +568,9 @@ class Predictor:
         self.model = model
         self.checkpoint = Path(checkpoint)
         self.class_names = list(model.class_names)
-        self.operating_point = stored_operating_point(self.checkpoint)
+        _check_values(cfg)
+        # read only when it decides: a conf= of the user's own needs no file beside the model
+        self.operating_point = None if cfg.conf is not None else stored_operating_point(self.checkpoint)
         if cfg.conf is not None:
             self.conf, self.conf_source = float(cfg.conf), "conf="
         elif self.operating_point is not None:
@@ -662,12 +711,13 @@ def read_done(path: Path) -> set[str]:
     return done
 
 
-def _state(cfg, checkpoint: Path, conf: float) -> dict:
+def _state(cfg) -> dict:
+    """What a resumed run must share with the run it continues: the sources as given (pages.jsonl names files as
+    they were found from them), the shard and the checkpoint."""
     return {
-        "sources": [str(Path(s).expanduser().resolve()) if not _is_glob(s) else s for s in _sources(cfg)],
+        "sources": _sources(cfg),
         "shard": None if cfg.shard is None else str(cfg.shard),
-        "checkpoint": str(checkpoint.resolve()),
-        "conf": conf,
+        "checkpoint": None if cfg.checkpoint is None else str(cfg.checkpoint),
     }
 
 
@@ -682,7 +732,7 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
     if not path.is_file():
         return  # nothing to continue: a fresh run
     old = json_object(path)
-    for key in ("sources", "shard", "checkpoint", "conf"):
+    for key in ("sources", "shard", "checkpoint"):
         if old.get(key) != state[key]:
             raise UserError(
                 f"{path}: resume=true on a run of another {key} ({old.get(key)!r}, now {state[key]!r}); "
@@ -699,14 +749,26 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
             raise UserError(f"{run_dir}: the run dir is inside source {s}; choose another hydra.run.dir")
     shard = parse_shard(cfg.shard)
     found, skipped = collect(sources)
+    # a glob can reach this run's own outputs: never predict what this run writes
+    found = [(f, r) for f, r in found if not _inside(f, run_dir)]
     found = [(f, r) for f, r in found if in_shard(f, r, shard)]
+    state = _state(cfg)
+    _check_resume(run_dir, state, bool(cfg.resume))  # before anything is loaded or written
+    save_config(cfg, run_dir)
     predictor = Predictor.from_config(cfg, run_dir)
-    state = _state(cfg, predictor.checkpoint, predictor.conf)
-    _check_resume(run_dir, state, bool(cfg.resume))
-    (run_dir / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if (
+        (run_dir / STATE).is_file()
+        and cfg.resume
+        and json_object(run_dir / STATE).get("conf") != predictor.conf
+    ):
+        raise UserError(
+            f"{run_dir / STATE}: resume=true with another operating confidence; choose another hydra.run.dir"
+        )
+    (run_dir / STATE).write_text(json.dumps(state | {"conf": predictor.conf}, indent=1), encoding="utf-8")
     todo, unreadable = pages(found, cfg.pdf.password)
     skipped += unreadable
-    if not todo and not (run_dir / PAGES).exists():
+    empty_shard = shard is not None and not found
+    if not todo and not (run_dir / PAGES).exists() and not empty_shard:
         raise UserError(f"source={','.join(sources)}: nothing to predict ({_skip_text(skipped)})")
     done = read_done(run_dir / PAGES)
     left = [p for p in todo if p.key not in done]
@@ -734,7 +796,9 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
             bar.update(1)
     bar.close()
     summary = write_tables(run_dir, names, bool(cfg.save.csv))
-    if not summary["n_pages"]:
+    if empty_shard:  # more jobs than files: this one has none, which is not a failure of the job array
+        print(f"shard {cfg.shard}: no file of this source falls in it; empty tables written")
+    elif not summary["n_pages"]:
         raise UserError(f"source={','.join(sources)}: no page could be read ({_skip_text(skipped)})")
     summary |= {
         "checkpoint": str(predictor.checkpoint),
@@ -744,6 +808,7 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
         "skipped": [{"path": p, "why": why} for p, why in dict.fromkeys(skipped)],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    os.replace(run_dir / PART, run_dir / "predictions.json")  # the run is finished
     return summary
 
 
@@ -759,9 +824,11 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
     docs: dict[str, dict] = {}
     n_pages = n_boxes = n_signed = 0
     cat = {n: i for i, n in enumerate(names)}
+    # written under temporary names, renamed when whole; predictions.json, the mark of a finished run, last of all
+    # (predict_sources renames it after summary.json): a kill here leaves a run that resume=true finishes
     with (
-        open(run_dir / "predictions.json", "w", encoding="utf-8") as pj,
-        open(run_dir / "predictions.csv", "w", newline="", encoding="utf-8")
+        open(run_dir / PART, "w", encoding="utf-8") as pj,
+        open(run_dir / "predictions.csv.part", "w", newline="", encoding="utf-8", errors="surrogateescape")
         if with_csv
         else open(os.devnull, "w") as pc,
     ):
@@ -793,7 +860,11 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
             if row["signed"]:
                 d["signed_pages"].append(row["page"] or 1)
         pj.write("]")
-    with open(run_dir / "documents.csv", "w", newline="", encoding="utf-8") as f:
+    if with_csv:
+        os.replace(run_dir / "predictions.csv.part", run_dir / "predictions.csv")
+    with open(
+        run_dir / "documents.csv.part", "w", newline="", encoding="utf-8", errors="surrogateescape"
+    ) as f:
         w = csv.writer(f)
         w.writerow(["file", "pages", "signed", "signed_pages", "boxes", "best_score"])
         for file, d in docs.items():
@@ -808,6 +879,7 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
                     f"{d['best_score']:.4f}",
                 ]
             )
+    os.replace(run_dir / "documents.csv.part", run_dir / "documents.csv")
     return {
         "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
         "n_pages": n_pages,
@@ -834,7 +906,6 @@ def run_predict(cfg: DictConfig) -> tuple[Path, dict]:
     if (run_dir / "predictions.json").exists():
         raise UserError(f"{run_dir} already holds predictions.json; choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
     return run_dir, predict_sources(cfg, run_dir)
 
 

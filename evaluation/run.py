@@ -82,7 +82,9 @@ def stored_operating_point(checkpoint: Path) -> dict | None:
             if (d / META).is_file():
                 return _op_from(d / META, json_object(d / META).get("operating_point"))
         return None
-    for cand in (checkpoint.with_suffix(".json"), checkpoint.parent.parent / "metrics.json"):
+    # the run's metrics.json chose its point for weights/best (.pt or the transformers folder), not for last
+    run_metrics = [checkpoint.parent.parent / "metrics.json"] if checkpoint.stem == "best" else []
+    for cand in (checkpoint.with_suffix(".json"), *run_metrics):
         if cand.is_file() and cand != checkpoint:
             op = _op_from(cand, json_object(cand).get("operating_point"))
             if op is not None:
@@ -201,7 +203,9 @@ def evaluate_run(
             )
             if png:
                 tracker.log_images(f"{split}/errors", [png])
-    stored = stored_operating_point(detector.checkpoint) if detector.checkpoint else None
+    # the model's own operating point matters only when this evaluation cannot choose one (no valid split)
+    needs_stored = str(ev.page.choose_on) not in truth and detector.checkpoint
+    stored = stored_operating_point(detector.checkpoint) if needs_stored else None
     op = page_decisions(truth, ev, metrics, stored)
     prov = provenance(cfg, detector)
     note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(

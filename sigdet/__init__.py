@@ -50,11 +50,13 @@ class Run:
 def _set(cfg, values: dict) -> None:
     """Python values onto a composed config (paths with spaces, commas or ``=`` need no override quoting)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     for key, value in values.items():
-        OmegaConf.update(
-            cfg, key, None if value is None else (str(value) if isinstance(value, Path) else value)
-        )
+        try:
+            OmegaConf.update(cfg, key, str(value) if isinstance(value, Path) else value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
 
 
 def load(
@@ -72,7 +74,10 @@ def load(
     command line (``["pdf.dpi=200", "batch=4"]``).
     """
     cfg = compose("predict", overrides, run_dir=".")
-    _set(cfg, {"checkpoint": checkpoint, "device": device} | ({"conf": conf} if conf is not None else {}))
+    given = {"checkpoint": checkpoint, "device": device, "conf": conf}
+    _set(
+        cfg, {k: v for k, v in given.items() if v is not None}
+    )  # None: the config's (or the overrides') value
     return Predictor.from_config(cfg)
 
 

@@ -254,3 +254,36 @@ def test_the_shipped_model_is_the_default_and_finds_signed_real_pages():
     assert det.checkpoint == pt and det.conf == side["operating_point"]["conf"]
     pages = det.predict(EMBEDDED / "test")
     assert len(pages) == 12 and sum(p.signed for p in pages) >= 10  # measured: 11 of 12
+
+
+def test_review_cases_overrides_values_pixels_and_empty_shards(tmp_path):
+    """checkpoint= in overrides is kept by load(); a transparent in-memory page is on white, as its file would be;
+    a bad number is one line; a shard that holds no file writes empty tables and exits 0 (a job array of more
+    jobs than files does not fail)."""
+    det = sigdet.load(overrides=[f"checkpoint={SYNTHETIC}", "device=cpu"])
+    assert det.checkpoint == SYNTHETIC
+    rgba = np.zeros((64, 64, 4), np.uint8)  # fully transparent: a white page, not a black one
+    assert det.pages_of([rgba])[0][0].image.min() == 255
+    for bad in ("conf=abc", "batch=0", "pdf.dpi=0", "max_det=1.5"):
+        with pytest.raises(sigdet.ConfigError, match=bad.split("=")[0]):
+            sigdet.load(SYNTHETIC, device="cpu", overrides=[bad])
+    with pytest.raises(sigdet.ConfigError, match="confidence"):
+        sigdet.predict(TEST_IMAGES[0], checkpoint=SYNTHETIC, run_dir=tmp_path / "x", confidence=0.3)
+    src = tmp_path / "one"
+    src.mkdir()
+    shutil.copy(TEST_IMAGES[0], src)
+    owner = next(
+        k
+        for k in range(3)
+        if __import__("evaluation.predict").predict.in_shard(src / TEST_IMAGES[0].name, src, (k, 3))
+    )
+    empty = (owner + 1) % 3
+    r = sigdet_cli(
+        "predict",
+        f"checkpoint={SYNTHETIC}",
+        f"source={src}",
+        f"shard={empty}/3",
+        f"hydra.run.dir={tmp_path / 'e'}",
+    )
+    assert r.returncode == 0 and "no file of this source" in r.stdout, r.stderr[-2000:]
+    assert lines(tmp_path / "e") == [] and json.loads((tmp_path / "e" / "predictions.json").read_text()) == []

@@ -162,7 +162,7 @@ def unwritable_line(e: OSError) -> str | None:
         errno.EEXIST: "; a file stands where a folder is needed: choose another hydra.run.dir",
         errno.ENOTDIR: "; a file stands where a folder is needed: choose another hydra.run.dir",
     }.get(e.errno, "")
-    return f"{e.filename}: cannot write there ({e.strerror}){hint}"
+    return f"{e.filename}: cannot use this path ({e.strerror}){hint}"
 
 
 def extra_schema_keys(cfg, prefix: str = "") -> list[str]:
@@ -255,6 +255,15 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
     return wrap
 
 
+def _fresh(folder: Path) -> Path:
+    """Hydra's timestamped run dir, or ``<it>_2``, ``_3``... when a call in the same second already made it (the
+    Python API can start two runs within one second)."""
+    k, out = 2, folder
+    while out.exists():
+        out, k = folder.with_name(f"{folder.name}_{k}"), k + 1
+    return out
+
+
 def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
     """The config an entry point on ``conf/<config_name>.yaml`` would run with ``overrides`` (a list of Hydra
     override strings), for the Python API: the same vetting of config files and the same one-line errors
@@ -276,7 +285,7 @@ def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
         with open_dict(cfg):
             if "paths" in cfg and (run_dir is not None or not cfg.paths.get("run_dir")):
-                cfg.paths.run_dir = str(run_dir or OmegaConf.select(cfg, "hydra.run.dir"))
+                cfg.paths.run_dir = str(run_dir or _fresh(Path(OmegaConf.select(cfg, "hydra.run.dir"))))
             del cfg["hydra"]
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(config_error_line(e).replace("\r", " ").replace("\n", " ")) from None

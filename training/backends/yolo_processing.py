@@ -90,7 +90,9 @@ def decode(
         p = out.T if head == "anchors" else out  # (A, 4 + nc) / (queries, 4 + nc)
         labels = p[:, 4:].argmax(1)
         scores = p[:, 4:].max(1)
-        keep = scores > conf
+        keep = (
+            scores >= conf
+        )  # at the confidence itself kept, as every other decoder (an operating point is a score)
         boxes, scores, labels = _cxcywh_to_xyxy(p[keep, :4]), scores[keep], labels[keep]
         if head == "rtdetr":
             h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
@@ -104,7 +106,7 @@ def decode(
             k = k[:max_det].numpy()
             boxes, scores, labels = boxes[k], scores[k], labels[k]
     elif head == "end2end":
-        keep = out[:, 4] > conf
+        keep = out[:, 4] >= conf
         boxes, scores, labels = out[keep, :4], out[keep, 4], out[keep, 5].astype(np.int64)
     else:
         raise ValueError(f"unknown head kind {head!r}")

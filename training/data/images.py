@@ -33,7 +33,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # bump when decode_rgb's output changes, so that cached checks and converted images are not reused
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: a multi-page TIFF is refused where one page is expected
 
 
 class ImageError(DataError):
@@ -141,14 +141,21 @@ MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
 
 
 def frame_count(path: str | Path, max_pixels: int | None = None) -> int:
-    """How many pages (frames) an image file holds: more than one for a multi-page TIFF (header reads only)."""
+    """How many pages an image file holds: more than one for a multi-page TIFF only (header reads only)."""
     path = Path(path)
     im = _open(path, max_pixels)
     try:
         with im:
-            return max(1, int(getattr(im, "n_frames", 1)))  # PIL sets n_frames on multi-frame formats only
+            # PIL sets n_frames on multi-frame formats only; a TIFF's frames are pages, other formats' are not
+            return max(1, int(getattr(im, "n_frames", 1))) if im.format == "TIFF" else 1
     except (OSError, ValueError, EOFError) as e:
         raise ImageError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
+
+
+def rgb8(im: Image.Image) -> np.ndarray:
+    """A PIL image as ``HxWx3`` RGB uint8 the way a decoded file becomes one (alpha on white, 16-bit gray's high
+    byte): in-memory pages get the pixels their files would."""
+    return np.ascontiguousarray(_to_rgb8(im))
 
 
 def decode_rgb(path: str | Path, max_pixels: int | None = None, frame: int | None = None) -> np.ndarray:
@@ -161,7 +168,9 @@ def decode_rgb(path: str | Path, max_pixels: int | None = None, frame: int | Non
     im = _open(path, max_pixels)
     try:
         with im:
-            n = max(1, int(getattr(im, "n_frames", 1)))
+            # pages of a TIFF; other multi-frame files (a camera JPEG's MPO preview, an animated PNG / WebP) are
+            # one picture: their first frame
+            n = max(1, int(getattr(im, "n_frames", 1))) if im.format == "TIFF" else 1
             if frame is None and n > 1:
                 raise ImageError(
                     f"{path}: a multi-page image ({n} pages) where one page is expected (predict reads every "
