@@ -144,15 +144,19 @@ class PageResult:
 
 
 # -- sources ---------------------------------------------------------------------------------------------------
+def _has_wildcard(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def _is_glob(source: str) -> bool:
     """A pattern, not a path: wildcards in it, and no file or folder of that very name (``scan[1].pdf``)."""
-    return any(c in source for c in "*?[") and not Path(source).expanduser().exists()
+    return _has_wildcard(source) and not Path(source).expanduser().exists()
 
 
 def _glob_base(pattern: str) -> Path:
     """The folder before a glob's first wildcard."""
     parts = Path(os.path.expanduser(pattern)).parts
-    i = next(k for k, part in enumerate(parts) if any(c in part for c in "*?["))
+    i = next(k for k, part in enumerate(parts) if _has_wildcard(part))
     return Path(*parts[:i]) if i else Path(".")
 
 
@@ -392,38 +396,40 @@ def render(
     import pypdfium2 as pdfium
 
     pdf, pdf_path = None, None
-    for p in pages_:
-        try:
-            if p.image is not None:
-                yield p, p.image
-                continue
-            if not p.pdf:  # an image, or one page of a multi-page TIFF
-                yield p, decode_rgb(p.file, max_pixels, None if p.page is None else p.page - 1)
-                continue
-            if pdf_path != p.file:
-                if pdf is not None:
-                    pdf.close()
-                pdf, pdf_path = _open_pdf(p.file, password), p.file
-            page = pdf[p.page - 1]
+    try:
+        for p in pages_:
             try:
-                w, h = (round(v * dpi / 72) for v in page.get_size())
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{p.file}: page {p.page} is {w}x{h} at {dpi} dpi, above max_image_pixels"
-                    )
-                # RGB straight from PDFium's bitmap (rev_byteorder), copied out of it: half the time of a PIL
-                # round trip; page and bitmap closed at once (PDFium keeps them otherwise: memory grows with pages)
-                bitmap = page.render(scale=dpi / 72, rev_byteorder=True)
-                arr = np.array(bitmap.to_numpy()[..., :3])
-                bitmap.close()
-            finally:
-                page.close()
-            yield p, arr
-        except (ImageError, pdfium.PdfiumError) as e:
-            where = f"page {p.page}: " if p.page else ""
-            skipped.append((str(p.file), where + str(e).removeprefix(f"{p.file}: ")))
-    if pdf is not None:
-        pdf.close()
+                if p.image is not None:
+                    yield p, p.image
+                    continue
+                if not p.pdf:  # an image, or one page of a multi-page TIFF
+                    yield p, decode_rgb(p.file, max_pixels, None if p.page is None else p.page - 1)
+                    continue
+                if pdf_path != p.file:
+                    if pdf is not None:
+                        pdf.close()
+                    pdf, pdf_path = _open_pdf(p.file, password), p.file
+                page = pdf[p.page - 1]
+                try:
+                    w, h = (round(v * dpi / 72) for v in page.get_size())
+                    if w * h > max_pixels:
+                        raise ImageError(
+                            f"{p.file}: page {p.page} is {w}x{h} at {dpi} dpi, above max_image_pixels"
+                        )
+                    # RGB straight from PDFium's bitmap (rev_byteorder), copied out of it: half the time of a PIL
+                    # round trip; page and bitmap closed at once (PDFium keeps them otherwise: memory grows with pages)
+                    bitmap = page.render(scale=dpi / 72, rev_byteorder=True)
+                    arr = np.array(bitmap.to_numpy()[..., :3])
+                    bitmap.close()
+                finally:
+                    page.close()
+                yield p, arr
+            except (ImageError, pdfium.PdfiumError) as e:
+                where = f"page {p.page}: " if p.page else ""
+                skipped.append((str(p.file), where + str(e).removeprefix(f"{p.file}: ")))
+    finally:  # also when the consumer stops early (the generator is closed)
+        if pdf is not None:
+            pdf.close()
 
 
 def prefetch(items: Iterator, size: int) -> Iterator:

@@ -63,7 +63,7 @@ def _op_from(path: Path, entry) -> dict | None:
 def json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, bad UTF-8, huge ints
         raise DataError(f"{path}: unreadable JSON ({e.__class__.__name__}: {first_line(e)})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")

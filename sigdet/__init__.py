@@ -138,11 +138,12 @@ def export(
     return Run(out, manifest)
 
 
-def run(command: str, *overrides: str):
+def run(command: str, *overrides: str) -> None:
     """Any command in this process, exactly as ``sigdet <command> <overrides>`` runs it (the same Hydra app, its run
     folder, its output on the console), e.g. ``sigdet.run("select", "preset=cpu_tiny", "data=embedded")``.
     ``command`` is a ``sigdet`` command name or its ``python -m`` module (``evaluation.model_selection``). A mistake
-    raises :class:`UserError` instead of exiting. Returns what the command's task returns."""
+    raises :class:`UserError` instead of exiting. Returns nothing (Hydra's app does not pass its task's value on):
+    read the run folder the command wrote, as on the command line."""
     import importlib
     import sys
 
@@ -163,7 +164,7 @@ def run(command: str, *overrides: str):
     try:
         if GlobalHydra.instance().is_initialized():
             GlobalHydra.instance().clear()
-        return entry.main()
+        entry.main()
     finally:
         sys.argv = argv
         IN_PROCESS.reset(token)
