@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--conf", type=float, default=0.25)
     a = ap.parse_args()
 
-    from export.model import META, load_exported, load_meta
     from training.data.images import load_rgb
+    from training.inference.exported import META, load_exported, load_meta
 
     page = np.asarray(load_rgb(a.page))
     rows = {}

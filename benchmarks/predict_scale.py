@@ -30,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 mode, model, pdf, out, batch, n = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-from training.errors import compose
+from training.cli import compose
 from evaluation.predict import Predictor, predict_sources, render
 cfg = compose("predict", [f"batch={batch}", "save.csv=false", *sys.argv[7:]], run_dir=out)
 cfg.checkpoint, cfg.source = model, pdf

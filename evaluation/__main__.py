@@ -5,8 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, open_dict
 
 from evaluation.run import evaluate_run, load_model
-from export.model import ExportedModel
-from training.errors import UserError, cli, require
+from training.cli import UserError, cli, require
+from training.inference.exported import ExportedModel
 from training.tracking import tracked
 from training.train import run_dir_of, save_config
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from evaluation.metrics import HEADLINE
 from evaluation.model_card import load_yaml
 from evaluation.report import fmt_ci, fmt_num, image_grid, markdown_table, save_figure, write_csv
-from training.errors import UserError, cli
+from training.cli import UserError, cli
 
 
 def _f(v, digits: int = 4) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from training.loops import cpu_flags
-from training.loops import cpuinfo as _cpuinfo
+from training.hardware import cpu_flags
+from training.hardware import cpuinfo as _cpuinfo
 
 
 def measure(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evaluation.metrics import HEADLINE
 from evaluation.report import fmt_ci, fmt_num
-from training.errors import UserError, first_line
+from training.cli import UserError, first_line
 from training.tracking import redact
 
 CARD = "README.md"

@@ -23,9 +23,9 @@ from evaluation.latency import benchmark_detector, environment, protocol
 from evaluation.metrics import HEADLINE
 from evaluation.report import fmt_ci, fmt_num, markdown_table, pyplot, save_figure, write_csv
 from training.backends import get_backend
+from training.cli import CONF, ConfigError, UserError, cli
 from training.data import load_dataset
 from training.data.images import load_rgb
-from training.errors import CONF, ConfigError, UserError, cli
 from training.overrides import flatten_overrides
 from training.progress import progress
 from training.tracking import tracked

@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 
 from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
+from training.cli import ConfigError, UserError, cli, first_line
 from training.data.images import (
     IMAGE_SUFFIXES,
     MULTI_PAGE_SUFFIXES,
@@ -46,7 +47,6 @@ from training.data.images import (
     frame_count,
     rgb8,
 )
-from training.errors import ConfigError, UserError, cli, first_line
 from training.fileio import folder_name
 from training.progress import progress
 from training.train import run_dir_of, save_config
@@ -601,8 +601,8 @@ class Predictor:
     @classmethod
     def from_config(cls, cfg: DictConfig, run_dir: Path | str = ".") -> Predictor:
         """The detector ``cfg.checkpoint`` names (conf/predict.yaml), loaded on ``cfg.device``."""
-        from export.model import is_exported
         from training.backends import backend_of, get_backend
+        from training.inference.exported import is_exported
 
         checkpoint = resolve_checkpoint(cfg.checkpoint)
         if str(cfg.device or "").startswith("cuda") or str(cfg.device or "").isdigit():
@@ -905,7 +905,7 @@ def _skip_text(skipped: list[tuple[str, str]]) -> str:
 
 def run_predict(cfg: DictConfig) -> tuple[Path, dict]:
     """The command's work: a run folder (made here) with pages.jsonl and the tables; ``(run dir, summary)``."""
-    from training.errors import require
+    from training.cli import require
 
     require(cfg, "source", usage="source=IMAGE|FOLDER|GLOB|PDF [checkpoint=RUN_OR_EXPORT]")
     run_dir = run_dir_of(cfg)

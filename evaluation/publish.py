@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.model_card import CARD, RunRecord, best_weights, read_run, splits_of, write_model_card
-from training.errors import UserError, cli, first_line, optional_import, require
+from training.cli import UserError, cli, first_line, optional_import, require
 from training.tracking import build_tracker, redact
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from evaluation import errors
+from evaluation import error_analysis
 from evaluation.evaluator import evaluate_detector
 from evaluation.pages import operating_point, page_metrics, page_truth
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends import get_backend
 from training.backends.base import Detector
+from training.cli import DataError, UserError, first_line
 from training.data import cache_root, load_dataset, prepare_yolo
-from training.errors import DataError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def load_model(
     ``device``: where a checkpoint runs (``cpu``, ``cuda``, ``cuda:1``; None: the backend's choice); an export
     runs where its runtime does.
     """
-    from export.model import is_exported, load_exported
+    from training.inference.exported import is_exported, load_exported
 
     if is_exported(str(checkpoint)):
         model = load_exported(str(checkpoint), precision)
@@ -73,7 +73,7 @@ def json_object(path: Path) -> dict:
 def stored_operating_point(checkpoint: Path) -> dict | None:
     """The page-level operating point stored with a model: its sidecar ``<name>.json`` (the shipped model), its
     run's ``metrics.json`` (``weights/best.pt`` -> the run folder), or an export manifest's copy of it."""
-    from export.model import META, is_exported
+    from training.inference.exported import META, is_exported
 
     checkpoint = Path(checkpoint)
     if is_exported(checkpoint):
@@ -176,12 +176,12 @@ def evaluate_run(
         truth[split] = page_truth(dataset[split], preds)
         plot_curves(run_dir, split, result.curves, metrics)
         plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.n_page_figures))
-        ea = analyses[split] = errors.analyse(
+        ea = analyses[split] = error_analysis.analyse(
             dataset[split], preds, result.metrics["conf_at_max_f1"], ev.errors
         )
-        metrics.update({f"{split}/{k}": v for k, v in errors.flat_metrics(ea).items()})
-        png = errors.gallery(run_dir / f"errors_{split}.png", dataset[split], preds, ea)
-        sections.append(errors.markdown(split, ea, png.name if png else None))
+        metrics.update({f"{split}/{k}": v for k, v in error_analysis.flat_metrics(ea).items()})
+        png = error_analysis.gallery(run_dir / f"errors_{split}.png", dataset[split], preds, ea)
+        sections.append(error_analysis.markdown(split, ea, png.name if png else None))
         if ev.ultralytics_metrics and hasattr(detector, "ultralytics_val"):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
             data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from training.errors import cli, require
+from training.cli import cli, require
 from training.train import run_dir_of
 
 

@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from evaluation.evaluator import evaluate_detector
 from evaluation.latency import benchmark_detector, cpu_peak, environment, protocol
 from evaluation.report import markdown_table, write_csv
-from export.families import Family, input_shape_words, load_family
-from export.model import META, ExportedModel, load_meta
-from export.runtimes import (
+from training.cli import UserError, cli, first_line, require
+from training.data.images import load_rgb
+from training.inference.exported import META, ExportedModel, load_meta
+from training.inference.families import Family, input_shape_words, load_family
+from training.inference.runtimes import (
     OpenVINORunner,
     OrtRunner,
     TensorRTRunner,
@@ -32,8 +34,6 @@ from export.runtimes import (
     cpu_capabilities,
     openvino_core,
 )
-from training.data.images import load_rgb
-from training.errors import UserError, cli, first_line, require
 from training.tracking import tracked
 from training.train import run_dir_of
 

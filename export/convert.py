@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.families import Family
-from export.runtimes import Unavailable, openvino_core, tensorrt
-from training.loops import cpu_flags
+from training.hardware import cpu_flags
+from training.inference.families import Family
+from training.inference.runtimes import Unavailable, openvino_core, tensorrt
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from evaluation.report import fmt_num, markdown_table, write_csv
 from evaluation.run import stored_operating_point
 from export.convert import INT8_PRESETS, overflow_fix_candidates, to_onnx, to_openvino, to_tensorrt
-from export.families import Family, input_shape_words, load_family, write_meta
-from export.model import META, ExportedModel, reference_model
 from export.parity import check, match_detections, raw_difference
-from export.runtimes import (
+from training.backends.base import is_dynamic_hw
+from training.cli import ConfigError, UserError
+from training.inference.exported import META, ExportedModel, reference_model
+from training.inference.families import Family, input_shape_words, load_family, write_meta
+from training.inference.runtimes import (
     OpenVINORunner,
     OrtRunner,
     TensorRTRunner,
@@ -26,8 +28,6 @@ from export.runtimes import (
     cpu_capabilities,
     inference_precision,
 )
-from training.backends.base import is_dynamic_hw
-from training.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.predict import PageResult, Predictor
-from training.errors import ConfigError, DataError, UserError, compose
+from training.cli import ConfigError, DataError, UserError, compose
 
 __all__ = [
     "ConfigError",
@@ -150,7 +150,7 @@ def run(command: str, *overrides: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     from sigdet.cli import COMMANDS
-    from training.errors import IN_PROCESS
+    from training.cli import IN_PROCESS
 
     modules = {m: name for name, (m, _) in COMMANDS.items()}
     name = modules.get(command.removesuffix(".__main__"), command)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from evaluation.run import evaluate_run, validator
 from tests.conftest import EMBEDDED, HF_TINY, ROOT, compose_cfg, decode_table
 from training.backends import build_detector, get_backend
-from training.errors import ConfigError
+from training.cli import ConfigError
 from training.train import train
 
 # identical data on both sides: no augmentation and no dropout (each rank draws its own random numbers)

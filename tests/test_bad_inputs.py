@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig
 
 from tests.conftest import EMBEDDED, ROOT, TINY, compose_cfg, data_node
+from training.cli import ConfigError, DataError, UserError
 from training.data import load_dataset
 from training.data.coco import read_coco, write_coco
 from training.data.issues import IssueLog
 from training.data.yolo import read_yolo
-from training.errors import ConfigError, DataError, UserError
 
 ANN = "_annotations.coco.json"
 N_IMAGES = 3  # images in the mini datasets: enough for "the other images still load"
@@ -570,7 +570,7 @@ def test_sweep_n_trials_of_another_type_is_refused_by_its_schema(value, tmp_path
     that as one line naming the key."""
     from hydra.errors import ConfigCompositionException
 
-    from training.errors import config_error_line
+    from training.cli import config_error_line
 
     with pytest.raises(ConfigCompositionException) as e:
         sweep_cfg(f"sweep.n_trials={value}")

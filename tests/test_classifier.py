@@ -19,8 +19,8 @@ from training.classifier.model import RegionClassifier, load_classifier, preproc
 from training.classifier.proposals import box_iou, propose
 from training.classifier.synth import CLASSES, SynthConfig, generate_pages
 from training.classifier.trainer import augmenter, mine
+from training.cli import ConfigError, DataError
 from training.data import load_dataset
-from training.errors import ConfigError, DataError
 
 # the colour proposals as conf/model/resnet18-classifier.yaml sets them
 PROPOSALS = OmegaConf.load(CONF / "model" / "resnet18-classifier.yaml").proposals

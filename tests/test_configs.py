@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from tests.conftest import CONF, compose_cfg
 from training.backends import BACKENDS, get_backend
 from training.backends.ultralytics import check_train_args
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -128,7 +128,7 @@ def test_bad_train_value_types_are_config_errors(tmp_path):
     from hydra.errors import ConfigCompositionException
 
     from tests.conftest import HF_TINY
-    from training.errors import config_error_line
+    from training.cli import config_error_line
 
     # the transformers trainer's schema refuses it while Hydra composes; the CLI prints one line naming the key
     with pytest.raises(ConfigCompositionException) as e:
@@ -208,7 +208,7 @@ def test_schema_groups_set_every_key_and_refuse_unknown_ones(tmp_path):
 def test_run_files_guard_is_one_of_our_functions():
     """``hydra.callbacks.run_files.guard`` is called through Hydra's get_method, which runs any dotted path without
     the checks Hydra applies to ``_target_``: only a function of our packages is accepted."""
-    from training.errors import ConfigError
+    from training.cli import ConfigError
     from training.runfiles import RunFiles
 
     assert RunFiles(guard="training.train.check_run_dir").guard == "training.train.check_run_dir"
@@ -220,7 +220,7 @@ def test_run_files_guard_is_one_of_our_functions():
 def test_a_key_added_with_plus_to_a_schema_group_is_refused():
     """``+evaluation.n_bootstap=5`` (a misspelt key added with ``+``) would be read by nothing: one line with the
     key and the near one, from the commands and the API alike; a group without a schema still takes new keys."""
-    from training.errors import ConfigError, compose
+    from training.cli import ConfigError, compose
 
     with pytest.raises(ConfigError, match=r"evaluation.n_bootstap \(did you mean \['n_bootstrap'\]\?\)"):
         compose("train", ["+evaluation.n_bootstap=5"], run_dir="x")

@@ -58,9 +58,9 @@ def trained(request, tmp_path_factory):
 def test_export_contract(trained, tmp_path):
     """Every backend: the checkpoint is recognised as its own, exports to ONNX through export_spec, and the
     exported graph with the backend's shared pre/post-processing passes the parity check."""
-    from export.model import load_exported
     from tests.conftest import CROPS_TINY, export_tiny
     from training.backends import backend_of
+    from training.inference.exported import load_exported
 
     backend, cfg, checkpoint, _ = trained
     assert backend_of(checkpoint) == backend
@@ -173,7 +173,7 @@ def test_transformers_resume_continues_from_last(tmp_path):
 
 
 def test_offline_hub_id_is_one_clear_line(tmp_path, monkeypatch):
-    from training.errors import OfflineError
+    from training.cli import OfflineError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose_cfg("train", ["experiment=detr-resnet-50", "data=embedded"], tmp_path)

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tests.conftest import EMBEDDED, ROOT, data_node
+from training.cli import DataError
 from training.data import load_dataset, prepare_yolo
 from training.data.coco import read_coco
 from training.data.issues import IssueLog
 from training.data.yolo import read_yolo, write_yolo_split
-from training.errors import DataError
 
 
 def coco_cfg(root: Path, **kw) -> OmegaConf:

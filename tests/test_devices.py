@@ -116,7 +116,7 @@ def test_model_selection_loads_each_column_on_its_device(monkeypatch, tmp_path, 
 def test_tensorrt_model_only_timing_has_no_host_device_copy():
     """The TensorRT runner's ``timed`` binds the page on the GPU once; each timed call only executes and waits
     (fake engine, context and torch: the counting is what matters here; the real runner runs in the gpu tests)."""
-    from export.runtimes import TensorRTRunner
+    from training.inference.runtimes import TensorRTRunner
 
     counts = {"copy": 0, "execute": 0, "sync": 0, "to_host": 0}
 

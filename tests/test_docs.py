@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sigdet.cli import COMMANDS
-from training.errors import compose
+from training.cli import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -1,4 +1,4 @@
-"""Error analysis (evaluation/errors.py): error kinds, confusion matrix, AP by area / aspect / class, and the
+"""Error analysis (evaluation/error_analysis.py): error kinds, confusion matrix, AP by area / aspect / class, and the
 artefacts evaluate_run writes from it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from evaluation.errors import analyse, binned_ap, classify_errors, confusion_matrix, flat_metrics
+from evaluation.error_analysis import analyse, binned_ap, classify_errors, confusion_matrix, flat_metrics
 from tests.conftest import CONF
 from tests.test_metrics import make_split, perfect
 from training.backends import Detections

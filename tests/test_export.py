@@ -23,7 +23,7 @@ from tests.conftest import (
     export_tiny,
     run_module,
 )
-from training.errors import UserError
+from training.cli import UserError
 
 
 def _statuses(manifest):
@@ -42,8 +42,8 @@ def yolo_export(tmp_path_factory, trained_run):
 
 
 def test_yolo_export_round_trip_passes_parity(yolo_export):
-    from export.families import load_family
-    from export.model import load_exported, reference_model
+    from training.inference.exported import load_exported, reference_model
+    from training.inference.families import load_family
 
     run_dir, out, manifest = yolo_export
     st = _statuses(manifest)
@@ -95,7 +95,7 @@ def test_corrupted_export_fails_parity_loudly(trained_run, tmp_path, monkeypatch
     from onnx import numpy_helper
 
     import export.run as run
-    from export.model import load_exported
+    from training.inference.exported import load_exported
 
     real = run.to_onnx
 
@@ -150,8 +150,8 @@ def test_transformers_export_round_trip(tmp_path):
 
 
 def test_classifier_export_round_trip(tmp_path):
-    from export.model import load_exported
     from training.classifier.model import RegionClassifier
+    from training.inference.exported import load_exported
 
     torch.manual_seed(0)
     ckpt = RegionClassifier(["signature", "stamp", "thumb"], 32).save(tmp_path / "clf.pt")
@@ -258,8 +258,8 @@ def test_tensorrt_export_and_latency(trained_run, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pytorch_cuda_reference_matches_cpu(trained_run):
-    from export.families import load_family
-    from export.model import reference_model
+    from training.inference.exported import reference_model
+    from training.inference.families import load_family
 
     _, run_dir, _ = trained_run
     image = sorted((EMBEDDED / "valid").glob("*.jpg"))[0]
@@ -322,7 +322,7 @@ def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run,
     assert "python -m evaluation.model_selection" in md and "python -m training.sweep" in md
     assert paths["html"].read_text().startswith("<!doctype html>") and "<table>" in paths["html"].read_text()
     assert paths["overview"].is_file()
-    from training.errors import UserError
+    from training.cli import UserError
 
     with pytest.raises(UserError, match="tuning=.*not a finished tuning run"):
         build_report(compose_cfg("report", [f"out={tmp_path / 'r2'}", f"tuning={run_dir}"]))
@@ -396,7 +396,7 @@ def test_malformed_manifest_is_one_line_naming_the_entry(yolo_export, tmp_path, 
     manifest and the entry, for every reader (evaluation, predict, the latency command), never a traceback."""
     import shutil
 
-    from export.model import META, load_exported
+    from training.inference.exported import META, load_exported
 
     _, out, _ = yolo_export
     bad = tmp_path / "bad_export"

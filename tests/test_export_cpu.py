@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import BENCH_TINY, EMBEDDED, compose_cfg, decode_table, export_tiny
-from training.errors import UserError
+from training.cli import UserError
 
 CPU_FORMATS = ["onnx", "openvino_fp32", "openvino_int8"]
 VALID = sorted((EMBEDDED / "valid").glob("*.jpg"))
@@ -137,7 +137,7 @@ def test_rtdetr_decode_scales_normalised_boxes_by_width_and_height():
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
 def test_inference_precision_hints(monkeypatch, bf16):
-    import export.runtimes as rt
+    import training.inference.runtimes as rt
 
     caps = ["FP32", "INT8", "BIN", "EXPORT_IMPORT"] + (["BF16"] if bf16 else [])
     monkeypatch.setattr(rt, "cpu_capabilities", lambda: caps)
@@ -151,7 +151,7 @@ def test_inference_precision_hints(monkeypatch, bf16):
 
 
 def test_no_openvino_means_no_bf16(monkeypatch):
-    import export.runtimes as rt
+    import training.inference.runtimes as rt
 
     monkeypatch.setattr(rt, "cpu_capabilities", lambda: [])
     assert rt.bf16_supported()[0] is False
@@ -164,8 +164,8 @@ def test_no_openvino_means_no_bf16(monkeypatch):
 
 
 def _family(out):
-    from export.families import Family
-    from export.model import META, load_meta
+    from training.inference.exported import META, load_meta
+    from training.inference.families import Family
 
     return Family.from_meta(load_meta(out / META))
 
@@ -173,7 +173,7 @@ def _family(out):
 def test_openvino_u8_input_matches_float_input(cpu_export):
     import openvino as ov
 
-    from export.runtimes import OpenVINORunner
+    from training.inference.runtimes import OpenVINORunner
 
     _, out, _ = cpu_export
     family = _family(out)
@@ -202,7 +202,7 @@ def test_openvino_u8_input_matches_float_input(cpu_export):
 
 
 def test_openvino_layer_times_and_throughput(cpu_export):
-    from export.runtimes import OpenVINORunner
+    from training.inference.runtimes import OpenVINORunner
 
     _, out, _ = cpu_export
     family = _family(out)
@@ -291,9 +291,9 @@ def test_int8_preset_reaches_nncf(cpu_export, tmp_path, monkeypatch, preset):
     """``openvino.int8.preset`` goes from the config through ``to_openvino`` to ``nncf.quantize``."""
     import nncf
 
-    from export.families import load_family
     from export.run import _build
-    from export.runtimes import OpenVINORunner
+    from training.inference.families import load_family
+    from training.inference.runtimes import OpenVINORunner
 
     ckpt, out, _ = cpu_export
     seen = {}
@@ -366,8 +366,8 @@ def test_overflow_fix_reaches_nncf(cpu_export, tmp_path, monkeypatch, setting, v
     import nncf
 
     import export.convert
-    from export.families import load_family
     from export.run import _build
+    from training.inference.families import load_family
 
     ckpt, out, _ = cpu_export
     seen = {}
@@ -439,8 +439,8 @@ def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
     import nncf
 
     from export.convert import to_openvino
-    from export.families import load_family
-    from training.errors import ConfigError
+    from training.cli import ConfigError
+    from training.inference.families import load_family
 
     ckpt, out, _ = cpu_export
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized with a bad preset"))
@@ -461,8 +461,8 @@ def test_bad_int8_preset_raises(cpu_export, tmp_path, monkeypatch):
 
 
 def test_manifest_records_the_fastest_cpu_path(cpu_export):
-    from export.model import META
-    from export.runtimes import bf16_supported
+    from training.inference.exported import META
+    from training.inference.runtimes import bf16_supported
 
     _, out, manifest = cpu_export
     statuses = {a["format"]: a["status"] for a in manifest["artifacts"]}
@@ -492,7 +492,7 @@ def test_manifest_records_the_fastest_cpu_path(cpu_export):
 
 
 def test_export_folder_loads_the_chosen_path(cpu_export, tmp_path):
-    from export.model import is_exported, load_exported
+    from training.inference.exported import is_exported, load_exported
 
     _, out, manifest = cpu_export
     choice = manifest["cpu_choice"]
@@ -533,7 +533,7 @@ def test_evaluator_runs_the_export_folder(cpu_export, tmp_path):
 def test_rectangular_export_without_selection(cpu_export, tmp_path):
     import onnx
 
-    from export.model import META, is_exported, load_exported
+    from training.inference.exported import META, is_exported, load_exported
 
     ckpt, _, _ = cpu_export
     _, out, manifest = export_tiny(tmp_path, ckpt, ["onnx"], ["input_hw=[64,96]", "select.enabled=false"])
@@ -563,7 +563,7 @@ def test_rectangular_export_without_selection(cpu_export, tmp_path):
 
 @pytest.mark.parametrize("hw", [[50, 64], [64, 100], [64], [16, 32], "dynamik"], ids=str)
 def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
-    from export.families import load_family
+    from training.inference.families import load_family
 
     ckpt, _, _ = cpu_export
     with pytest.raises(UserError, match="multiples of 32") as e:
@@ -583,8 +583,8 @@ def test_dynamic_input_export(cpu_export, tmp_path):
     import onnx
 
     from export.benchmark import benchmark_export, onnx_flops
-    from export.families import load_family
-    from export.model import META, load_exported, reference_model
+    from training.inference.exported import META, load_exported, reference_model
+    from training.inference.families import load_family
 
     ckpt, _, _ = cpu_export
     _, out, manifest = export_tiny(
@@ -866,8 +866,8 @@ def test_yolov8n_flops_scale_with_the_input(cpu_export):
 def test_ultralytics_peers(cpu_export, tmp_path):
     from evaluation.metrics import iou_matrix
     from export.benchmark import benchmark_export
-    from export.model import load_exported
     from export.peers import UltralyticsPeer, export_peer
+    from training.inference.exported import load_exported
 
     ckpt, out, _ = cpu_export
     over = ["throughput_seconds=0", "accuracy=true", "peers=[ultralytics_onnx,ultralytics_openvino_int8]"]
@@ -919,8 +919,8 @@ def test_ultralytics_peers(cpu_export, tmp_path):
 def test_ultralytics_dynamic_peer_letterboxes_like_ours(cpu_export, tmp_path):
     """A dynamic export and ultralytics' own dynamic export run each page at the same rectangle, and the peer
     keeps it for every page of a list (its predictor squares a list of pages of different sizes)."""
-    from export.model import load_exported
     from export.peers import UltralyticsPeer, export_peer
+    from training.inference.exported import load_exported
 
     ckpt, _, _ = cpu_export
     _, out, _ = export_tiny(

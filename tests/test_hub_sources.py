@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EMBEDDED, data_node
+from training.cli import OfflineError, UserError
 from training.data import load_dataset
-from training.errors import OfflineError, UserError
 
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import compose_cfg
+from training.cli import DataError
 from training.data import load_dataset
 from training.data import loader as loader_mod
 from training.data.images import ImageChecker, ImageError, decode_rgb, image_size
-from training.errors import DataError
 
 
 def _ultralytics_rgb(path: Path) -> np.ndarray | None:

@@ -52,7 +52,7 @@ def test_the_wheel_predicts_outside_the_checkout(tmp_path):
         [
             sys.executable,
             "-c",
-            "import training.errors as e, sigdet; print(e.CONFIG_PATH); print(sigdet.__file__)",
+            "import training.cli as e, sigdet; print(e.CONFIG_PATH); print(sigdet.__file__)",
         ],
         cwd=work,
         env=env,

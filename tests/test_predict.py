@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import EMBEDDED, ROOT, compose_cfg, decode_table
+from training.cli import UserError
 from training.data import asset_path
-from training.errors import UserError
 
 PRETRAINED = Path(asset_path("pretrained")) / "yolov8n-synthetic.pt"
 TEST_IMAGES = sorted((EMBEDDED / "test").glob("*.jpg"))

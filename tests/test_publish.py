@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import HF_TINY, ROOT, compose_cfg
-from training.errors import UserError
+from training.cli import UserError
 
 SECRET = "s3cr3t-Tok"
 ENV = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "HF_TOKEN")} | {

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_cfg
 from training.augment import CropBank, PasteConfig, Recipe, paste_crops
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 
 def _paste_cfg(**over) -> dict:

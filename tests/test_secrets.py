@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT, compose_cfg
-from training.errors import ConfigError
+from training.cli import ConfigError
 from training.tracking import MASK, mask_text, mask_url_credentials, redact, wandb_mode
 
 PASSWORD = "s3cr3t-Pw"

@@ -302,7 +302,7 @@ def test_summary_writes_only_search_space_values_from_the_shared_storage(tmp_pat
     that is then run, so a parameter the search space cannot give is refused, and no file is written."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from training.errors import DataError
+    from training.cli import DataError
     from training.sweep import summarize
 
     storage = f"sqlite:///{tmp_path}/s.db"

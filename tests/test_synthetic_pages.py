@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import compose_cfg
+from training.cli import ConfigError
 from training.data.synthetic import PageConfig, generate_page, handwriting
-from training.errors import ConfigError
 
 # every capture style alone (a clean page, an office scan - often binarised -, a photograph in perspective), the
 # mix measured in the README, and the default (capture off: the version-1 pages)

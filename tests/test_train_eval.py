@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, TINY, compose_cfg
 from training.backends import build_detector
-from training.errors import UserError
+from training.cli import UserError
 
 
 def test_run_dir_has_every_artefact(trained_run):
@@ -60,7 +60,7 @@ def test_ultralytics_export_spec_is_what_predict_runs(trained_run, tmp_path):
     predict() gives."""
     import numpy as np
 
-    from export.families import Family
+    from training.inference.families import Family
 
     cfg, run_dir, _ = trained_run
     det = build_detector(cfg.model, tmp_path)
@@ -131,7 +131,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 def test_offline_weight_name_fails_with_instructions(tmp_path, monkeypatch):
     from training.backends.ultralytics import resolve_weights
-    from training.errors import OfflineError
+    from training.cli import OfflineError
 
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(OfflineError, match="download yolov8s.pt"):

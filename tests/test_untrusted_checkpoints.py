@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import HF_TINY, ROOT, TINY, compose_cfg
-from training.errors import UserError
+from training.cli import UserError
 
 
 class _Payload:

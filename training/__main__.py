@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from training.backends import get_backend
-from training.errors import cli
+from training.cli import cli
 from training.train import train
 
 

@@ -26,7 +26,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from training.errors import DataError, first_line
+from training.cli import DataError, first_line
 
 # Globals a genuine ultralytics checkpoint names (torch.serialization.get_unsafe_globals_in_checkpoint lists
 # those outside torch's own safe set): model classes, plus the data types ultralytics' loader maps itself.

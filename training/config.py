@@ -8,7 +8,7 @@ without a fallback number of its own.
 Every group has one except ``trainer/ultralytics``, which passes ``train.*`` to ultralytics: its own argument
 table (``DEFAULT_CFG_DICT``, about 100 names that change between releases) is the schema, checked key by key
 with "did you mean" suggestions in ``training/backends/ultralytics.py``, not a copy here that would go stale.
-Hydra's struct mode rejects an unknown key there too; ``training.errors.run_cli`` turns Hydra's composition
+Hydra's struct mode rejects an unknown key there too; ``training.cli.run_cli`` turns Hydra's composition
 errors into one line with suggestions and exit code 2.
 """
 
@@ -30,7 +30,7 @@ class Decode:
 
 @dataclass
 class ErrorAnalysis:
-    """``evaluation.errors`` (evaluation/errors.py)."""
+    """``evaluation.errors`` (evaluation/error_analysis.py)."""
 
     iou: float = MISSING
     loc_iou: float = MISSING

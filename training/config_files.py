@@ -28,7 +28,7 @@ PLAIN_HANDLERS = {"logging.StreamHandler", "logging.FileHandler", "logging.NullH
 
 
 class RefusedConfig(ValueError):
-    """A config file that names code, or a command line that would unpickle a file (training/errors.py's ``cli``
+    """A config file that names code, or a command line that would unpickle a file (training/cli.py's ``cli``
     turns it into one line and exit code 2)."""
 
 
@@ -112,9 +112,7 @@ def vet_config_files(conf: Path, argv: list[str] | None = None) -> None:
     conf = Path(conf).resolve()
     dirs = [conf]
     for given in (args.config_dir, args.config_path):
-        if (
-            given
-        ):  # a relative --config-path is relative to the file that calls hydra.main (training/errors.py)
+        if given:  # a relative --config-path is relative to the file that calls hydra.main (training/cli.py)
             dirs += [Path(given).expanduser(), Path(__file__).parent / given]
     overrides = []
     if any("searchpath" in o for o in args.overrides or []):

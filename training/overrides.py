@@ -7,7 +7,7 @@ import dataclasses
 
 from omegaconf import OmegaConf
 
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 
 def flatten_overrides(node, prefix: str = "") -> list[str]:

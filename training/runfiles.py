@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from training.errors import ConfigError, UserError
+from training.cli import ConfigError, UserError
 from training.fileio import write_atomic
 from training.tracking import redact
 
@@ -75,7 +75,7 @@ class RunFiles(Callback):
         subdir: folder of the run dir for ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` (Hydra's
             ``hydra.output_subdir``, which the roots set to null so that Hydra writes nothing); null: none.
         finished: names whose presence in the run dir makes the entry point refuse it (a finished run).
-        guard: dotted path of ``fn(cfg, run_dir)`` raising :class:`~training.errors.UserError` when the entry
+        guard: dotted path of ``fn(cfg, run_dir)`` raising :class:`~training.cli.UserError` when the entry
             point will refuse the run dir, for rules beyond a file's presence (the same function it calls).
         multirun: mask the sweep's ``multirun.yaml`` (``-m``) too.
     """

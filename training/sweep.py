@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from evaluation.metrics import HEADLINE
 from evaluation.report import markdown_table, pyplot, write_csv
-from training.errors import CONF, ConfigError, DataError, UserError, cli, first_line
+from training.cli import CONF, ConfigError, DataError, UserError, cli, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
 from training.workers import pin_device, worker_index

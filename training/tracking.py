@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class WandbTracker(Tracker):
     def __init__(
         self, cfg_dict: dict, run_dir: Path, mode: str = "auto", tags: list[str] | None = None, **init
     ):
-        from training.errors import optional_import
+        from training.cli import optional_import
 
         wandb = optional_import("wandb", "wandb", "logger=wandb")
 

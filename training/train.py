@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from training.backends import build_detector
-from training.errors import ConfigError, UserError
+from training.cli import ConfigError, UserError
 from training.loops import launcher_rank
 from training.tracking import redact, tracked
 

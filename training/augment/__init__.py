@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from training.augment.copy_paste import CropBank, PasteConfig, install, paste_crops
 from training.augment.scan import build_scan_effects
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 __all__ = ["Recipe", "CropBank", "PasteConfig", "paste_crops", "build_scan_effects"]
 

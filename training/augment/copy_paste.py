@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ name an arbitrary callable (unlike a Hydra ``_target_``), so a recipe file from 
 
 from __future__ import annotations
 
-from training.errors import ConfigError
+from training.cli import ConfigError
 
 
 def _transform_classes():

@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 
 from training.backends.base import Backend, Detections, Detector, ExportSpec
-from training.errors import ConfigError, UserError
+from training.cli import ConfigError, UserError
 
 # backend name (the model config's ``backend:``, an export's ``kind``) -> "module:Class", imported lazily so that
 # one library's absence does not break the others. Order matters for :func:`backend_of`: the first that owns a

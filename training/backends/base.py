@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from training.errors import UserError
+from training.cli import UserError
 
 
 @dataclass

@@ -38,16 +38,16 @@ from training.backends.hf_processing import (
     processor_kwargs,
     resize_pad,
 )
+from training.cli import ConfigError, DataError, OfflineError, UserError, first_line
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
-from training.errors import ConfigError, DataError, OfflineError, UserError, first_line
+from training.hardware import resolve_device
 from training.loops import (
     FitState,
     evaluate_loss,
     fit,
     launcher_rank,
-    resolve_device,
     rng_state,
     set_rng_state,
     train_one_epoch,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from training.backends.base import Detections, Detector, ExportSpec, ImageInput, is_dynamic_hw
+from training.cli import ConfigError, OfflineError, UserError, first_line
 from training.data import cache_root, load_dataset, prepare_yolo
-from training.errors import ConfigError, OfflineError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def resolve_weights(weights: str) -> str:
 def native_cpu_bf16() -> tuple[bool, str]:
     """Whether this CPU computes BF16 natively (AMX or AVX512-BF16: what makes torch's BF16 autocast faster than
     FP32 there; elsewhere oneDNN emulates it, slower than FP32), with the reason."""
-    from training.loops import cpu_flags
+    from training.hardware import cpu_flags
 
     have = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
     if have:
@@ -500,7 +500,7 @@ class UltralyticsDetector(Detector):
     def device(self) -> str:
         """Where :meth:`predict` runs: the device :meth:`_net` puts the network on (load()'s, else CUDA when there
         is one). ultralytics' own model object stays on the CPU, so its ``device`` does not say."""
-        from training.loops import resolve_device
+        from training.hardware import resolve_device
 
         return str(resolve_device(self._device))
 

@@ -28,7 +28,7 @@ def letterbox_u8(
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """RGB PIL image (or ``HxWx3`` uint8 RGB array, used as is) -> (``H x W x 3`` uint8 page, (gain, pad_x,
     pad_y)): the letterboxed canvas before any conversion, what an OpenVINO graph with in-graph pre-processing
-    takes (``export.runtimes``). ``imgsz`` is the square side or an ``(h, w)`` input (rectangular exports).
+    takes (``training.inference.runtimes``). ``imgsz`` is the square side or an ``(h, w)`` input (rectangular exports).
 
     ``stride`` > 0 (exports with a dynamic input, ``input_hw=dynamic``): the page is scaled as into ``imgsz``,
     but each side of the canvas is padded only up to the next multiple of ``stride`` (ultralytics'

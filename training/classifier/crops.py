@@ -15,11 +15,11 @@ import numpy as np
 
 from training.classifier.proposals import crop as crop_box
 from training.classifier.synth import SynthConfig, SynthPage, generate_pages
+from training.cli import ConfigError, DataError
 from training.data.images import load_rgb
 from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
 from training.data.yolo import image_files
-from training.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

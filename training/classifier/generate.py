@@ -9,8 +9,8 @@ from PIL import Image
 
 from training.classifier.proposals import crop
 from training.classifier.synth import SynthConfig, generate_pages, write_pages
+from training.cli import UserError, cli, require
 from training.data.coco import COCO_FOLDERS
-from training.errors import UserError, cli, require
 
 
 def generate(

@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 
 from training.classifier.model import load_classifier
 from training.classifier.pipeline import classify_page, write_page_result
+from training.cli import DataError, UserError, cli, require
 from training.data.images import load_rgb
 from training.data.yolo import IMAGE_SUFFIXES, image_files
-from training.errors import DataError, UserError, cli, require
 
 
 def page_files(pages: str | Path) -> list[Path]:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from training.cli import ConfigError, DataError, UserError, first_line
 from training.data.images import IMAGENET_MEAN, IMAGENET_STD
-from training.errors import ConfigError, DataError, UserError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from training.cli import ConfigError, UserError
 from training.data.coco import coco_ann, dump_coco
 from training.data.synthetic import _between, _multiply, _place
-from training.errors import ConfigError, UserError
 
 CLASSES = ("signature", "stamp", "thumb")
 INKS: dict[str, tuple[int, int, int]] = {

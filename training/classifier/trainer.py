@@ -22,8 +22,9 @@ from torch.nn import functional as F
 
 from training.classifier.crops import Crop, as_kind, build_crop_splits, class_counts
 from training.classifier.model import RegionClassifier, build_classifier, preprocess
-from training.errors import DataError
-from training.loops import fit, resolve_device, train_one_epoch
+from training.cli import DataError
+from training.hardware import resolve_device
+from training.loops import fit, train_one_epoch
 from training.progress import progress
 
 log = logging.getLogger(__name__)

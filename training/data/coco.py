@@ -8,9 +8,9 @@ import os
 import reprlib
 from pathlib import Path
 
+from training.cli import DataError
 from training.data.issues import IssueLog, read_utf8
 from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord, Origin
-from training.errors import DataError
 
 # our split -> Roboflow folder name, so that data=coco_folder reads the result as is
 COCO_FOLDERS = {"train": "train", "val": "valid", "test": "test"}

@@ -15,11 +15,11 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
+from training.cli import ConfigError, UserError, cli, require
 from training.data.coco import COCO_FOLDERS, write_coco
 from training.data.loader import Dataset, load_dataset
 from training.data.schema import DetectionSplit, ImageRecord
 from training.data.yolo import write_yolo_split
-from training.errors import ConfigError, UserError, cli, require
 
 
 def convert(dataset: Dataset, to: str, out: str | Path) -> Path:

@@ -14,8 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from training.cli import DataError, OfflineError, UserError, first_line, optional_import
 from training.data.coco import coco_ann, dump_coco
-from training.errors import DataError, OfflineError, UserError, first_line, optional_import
 from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)

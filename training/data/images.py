@@ -25,7 +25,7 @@ import numpy as np
 import PIL
 from PIL import Image, UnidentifiedImageError
 
-from training.errors import DataError
+from training.cli import DataError
 from training.fileio import write_atomic
 
 # ImageNet's channel mean / std: the normalisation of the torchvision ResNet18 and of the transformers detectors

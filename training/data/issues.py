@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.errors import DataError
+from training.cli import DataError
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from training.cli import ConfigError, DataError
 from training.data.coco import read_coco
 from training.data.hub import ANNOTATION_FILE, download_roboflow, materialize_hf
 from training.data.images import DECODE_VERSION, ImageChecker, decode_rgb, file_digest, pixel_digest
@@ -22,7 +23,6 @@ from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
 from training.data.validate import validate_split
 from training.data.yolo import read_yolo, write_yolo_split
-from training.errors import ConfigError, DataError
 from training.fileio import publish_dir
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from training.cli import DataError
 from training.data.images import ImageChecker, ImageError
 from training.data.issues import IssueLog
 from training.data.schema import Annotation, DetectionSplit, ImageRecord
-from training.errors import DataError
 
 
 def _decode_all(checker: ImageChecker, files: list) -> list:

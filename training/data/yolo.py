@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from training.cli import DataError
 from training.data.images import IMAGE_SUFFIXES, image_size
 from training.data.issues import IssueLog, read_bytes, read_utf8, utf8_problem
 from training.data.schema import Annotation, Category, DetectionSplit, ImageRecord, Origin
-from training.errors import DataError
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.errors import DataError, first_line
+from training.cli import DataError, first_line
 
 
 class Unavailable(RuntimeError):

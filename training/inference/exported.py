@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.families import Family
-from export.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
-from training.errors import DataError, UserError
+from training.cli import DataError, UserError
+from training.inference.families import Family
+from training.inference.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
 
 META = "sigdet_export.json"
 SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt"}

@@ -19,8 +19,8 @@ import torch
 
 from training.backends import BACKENDS, Backend, ExportSpec, backend_of, get_backend
 from training.backends.base import DYNAMIC_HW, is_dynamic_hw
+from training.cli import UserError
 from training.data.images import as_pil
-from training.errors import UserError
 
 
 @dataclass
