@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evaluation.metrics import EvalResult, compute_metrics
-from training.backends.base import Detections, Detector
+from training.backends.base import EVAL_CONF, Detections, Detector
 from training.data.schema import DetectionSplit
 
 
@@ -36,7 +36,11 @@ class DetectionEvaluator:
 
 
 def predict_split(
-    detector: Detector, split: DetectionSplit, conf: float = 0.001, imgsz: int | None = None, batch: int = 8
+    detector: Detector,
+    split: DetectionSplit,
+    conf: float = EVAL_CONF,
+    imgsz: int | None = None,
+    batch: int = 8,
 ) -> dict[int, Detections]:
     """Run ``detector`` over every image of ``split``; image id -> Detections."""
     out: dict[int, Detections] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import Detections
+from training.backends.base import EVAL_CONF, Detections
 from training.data.images import as_pil
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class UltralyticsPeer:
         """ultralytics takes numpy pages as BGR (OpenCV's order)."""
         return np.ascontiguousarray(np.asarray(as_pil(image).convert("RGB"))[..., ::-1])
 
-    def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_) -> list[Detections]:
+    def predict(
+        self, images: list, conf: float = EVAL_CONF, imgsz: int | None = None, **_
+    ) -> list[Detections]:
         # one page per call, batch 1 as ours: given a list of pages of different sizes, ultralytics' predictor
         # letterboxes them all into the square, even for a dynamic export (its LetterBox(auto=...) needs equal
         # shapes), which scored a dynamic peer as a square one

@@ -48,6 +48,9 @@ ImageInput = str | Path | np.ndarray
 
 
 #: ``options["input_hw"]`` of an export whose height and width are symbolic (``python -m export input_hw=dynamic``)
+# The score floor of every prediction that is scored: the COCO protocol ranks all boxes, so evaluation keeps them
+# down to here (conf/evaluation/default.yaml `conf_min` is the setting; this is the default of the Python calls).
+EVAL_CONF = 0.001
 DYNAMIC_HW = "dynamic"
 
 
@@ -186,7 +189,9 @@ class Backend(ABC):
 
     @staticmethod
     @abstractmethod
-    def postprocess(outputs: list[np.ndarray], ctx: tuple, imgsz: int, options: dict, conf: float = 0.001):
+    def postprocess(
+        outputs: list[np.ndarray], ctx: tuple, imgsz: int, options: dict, conf: float = EVAL_CONF
+    ):
         """Raw outputs of one image -> :class:`Detections` in its original frame (or class probabilities)."""
 
     @staticmethod
@@ -219,7 +224,7 @@ class Detector(Backend):
 
     @abstractmethod
     def predict(
-        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
+        self, images: list[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
     ) -> list[Detections]:
         """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.backends.base import Detections
+from training.backends.base import EVAL_CONF, Detections
 from training.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 # what normalised box coordinates are relative to: the image (transformers' convention) or the padded square
@@ -97,7 +97,7 @@ def decode(
     orig_size: tuple[int, int],
     imgsz: int,
     score_mode: str,
-    conf: float = 0.001,
+    conf: float = EVAL_CONF,
     max_det: int = 100,
     frame: str = "canvas",
 ) -> Detections:

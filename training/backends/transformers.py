@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from training.backends.base import Detections, Detector, ExportSpec, ImageInput
+from training.backends.base import EVAL_CONF, Detections, Detector, ExportSpec, ImageInput
 from training.backends.hf_processing import (
     GraphWrapper,
     boxes_to_targets,
@@ -608,7 +608,7 @@ class TransformersDetector(Detector):
         self._require().half()
 
     def predict(
-        self, images: list[ImageInput], conf: float = 0.001, imgsz: int | None = None
+        self, images: list[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
     ) -> list[Detections]:
         net = GraphWrapper(self._require().eval(), self.use_mask)
         return self._predict_each(net, self.device, images, int(imgsz or self.imgsz), self._options(), conf)
@@ -649,7 +649,7 @@ class TransformersDetector(Detector):
         return feeds, (scale, image.size)
 
     @staticmethod
-    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = EVAL_CONF):
         scale, size = ctx
         return decode(
             torch.from_numpy(np.asarray(outputs[0][0])),

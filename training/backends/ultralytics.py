@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from training.backends.base import Detections, Detector, ExportSpec, ImageInput, is_dynamic_hw
+from training.backends.base import EVAL_CONF, Detections, Detector, ExportSpec, ImageInput, is_dynamic_hw
 from training.cli import ConfigError, OfflineError, UserError, first_line
 from training.data import cache_root, load_dataset, prepare_yolo
 
@@ -517,7 +517,7 @@ class UltralyticsDetector(Detector):
     def predict(
         self,
         images: list[ImageInput],
-        conf: float = 0.001,
+        conf: float = EVAL_CONF,
         imgsz: int | None = None,
     ) -> list[Detections]:
         """Square letterbox -> network -> decode, all from ``yolo_processing`` (shared with exported models, so
@@ -614,7 +614,7 @@ class UltralyticsDetector(Detector):
         return (torch.rand(batch, 3, *UltralyticsDetector._input_hw(imgsz, options)),)
 
     @staticmethod
-    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001):
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = EVAL_CONF):
         from training.backends.yolo_processing import decode
 
         meta, size, input_hw = ctx  # input_hw: this page's network input (h, w)

@@ -80,9 +80,9 @@ def decode(
     meta: tuple[float, float, float],
     orig_size: tuple[int, int],
     imgsz: int | tuple[int, int],
-    conf: float = 0.001,
-    iou: float = 0.7,
-    max_det: int = 300,
+    conf: float,
+    iou: float | None,
+    max_det: int,
 ) -> Detections:
     """One image's raw head output (no batch axis) -> Detections in the original frame."""
     out = np.asarray(output, dtype=np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import Backend, ExportSpec
+from training.backends.base import EVAL_CONF, Backend, ExportSpec
 
 
 class ClassifierBackend(Backend):
@@ -90,7 +90,7 @@ class ClassifierBackend(Backend):
         return {"input": np.asarray(resized(image, imgsz))[None]}, ()
 
     @staticmethod
-    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = 0.001) -> np.ndarray:
+    def postprocess(outputs, ctx, imgsz: int, options: dict, conf: float = EVAL_CONF) -> np.ndarray:
         """Softmax of the logits, ``(batch, n_classes)``."""
         logits = np.asarray(outputs[0], dtype=np.float64)
         e = np.exp(logits - logits.max(1, keepdims=True))

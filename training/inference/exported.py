@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.backends.base import EVAL_CONF
 from training.cli import DataError, UserError
 from training.inference.families import Family
 from training.inference.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
@@ -29,7 +30,7 @@ class ExportedModel:
     def imgsz(self) -> int:
         return self.family.imgsz
 
-    def predict(self, images: list, conf: float = 0.001, imgsz: int | None = None, **_):
+    def predict(self, images: list, conf: float = EVAL_CONF, imgsz: int | None = None, **_):
         """Detections per image (detectors) in the original frame; ``imgsz`` is fixed by the export."""
         if imgsz and int(imgsz) != self.family.imgsz and self.format != "pytorch":
             raise UserError(f"{self.checkpoint}: exported at imgsz={self.family.imgsz}, asked for {imgsz}")

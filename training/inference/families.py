@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from training.backends import BACKENDS, Backend, ExportSpec, backend_of, get_backend
-from training.backends.base import DYNAMIC_HW, is_dynamic_hw
+from training.backends.base import DYNAMIC_HW, EVAL_CONF, is_dynamic_hw
 from training.cli import UserError
 from training.data.images import as_pil
 
@@ -113,7 +113,7 @@ class Family(ExportSpec):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # ---- post-processing: raw outputs of one image -> Detections (or class probabilities) ----
-    def decode(self, outputs: list[np.ndarray], ctx: tuple, conf: float = 0.001):
+    def decode(self, outputs: list[np.ndarray], ctx: tuple, conf: float = EVAL_CONF):
         return self.backend.postprocess(outputs, ctx, self.imgsz, self.options, conf)
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
