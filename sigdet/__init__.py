@@ -144,20 +144,18 @@ def run(command: str, *overrides: str) -> None:
     ``command`` is a ``sigdet`` command name or its ``python -m`` module (``evaluation.model_selection``). A mistake
     raises :class:`UserError` instead of exiting. Returns nothing (Hydra's app does not pass its task's value on):
     read the run folder the command wrote, as on the command line."""
-    import importlib
     import sys
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from sigdet.cli import COMMANDS
+    from sigdet.cli import COMMANDS, entry_point
     from training.cli import IN_PROCESS
 
     modules = {m: name for name, (m, _) in COMMANDS.items()}
     name = modules.get(command.removesuffix(".__main__"), command)
     if name not in COMMANDS:
         raise UserError(f"unknown command {command!r}; valid: {sorted(COMMANDS)}")
-    module = COMMANDS[name][0]
-    entry = importlib.import_module(module if "." in module else f"{module}.__main__")
+    entry = entry_point(COMMANDS[name][0])
     argv, token = sys.argv, IN_PROCESS.set(True)
     sys.argv = [f"sigdet {name}", *map(str, overrides)]
     print("$ sigdet", name, *overrides)

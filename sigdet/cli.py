@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import sys
 
-# command -> (module whose main() is the Hydra app, what it does)
+# command -> (the module `python -m` runs: its main(), or its package's __main__.main(), is the Hydra app; what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("evaluation.predict", "find signatures in images, PDFs and folders; is each page signed?"),
     "train": ("training", "train a detector (or the region classifier), then evaluate it"),
@@ -22,6 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("training.data.convert", "convert a dataset between COCO, YOLO and HF layouts"),
     "publish": ("evaluation.publish", "push a run's weights and card to the Hugging Face hub"),
 }
+
+
+def entry_point(module: str):
+    """The module holding a command's ``main()``: ``module`` itself, or its ``__main__`` when it is a package (as
+    ``python -m`` runs it)."""
+    spec = importlib.util.find_spec(module)
+    return importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module)
 
 
 def usage() -> str:
@@ -50,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f"; did you mean {near[0]!r}?" if near else ""
         print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    module = COMMANDS[name][0]
-    entry = importlib.import_module(module if "." in module else f"{module}.__main__")
+    entry = entry_point(COMMANDS[name][0])
     sys.argv = [f"sigdet {name}", *args[1:]]
     entry.main()
 

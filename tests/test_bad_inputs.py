@@ -630,7 +630,7 @@ def test_sweep_cli_rejects_n_trials_before_anything_runs(tmp_path):
 
 
 def test_sweep_summary_without_a_study_is_one_line(tmp_path, monkeypatch):
-    from training.sweep import summarize
+    from evaluation.sweep_report import summarize
 
     monkeypatch.delenv("SIGDET_STORAGE", raising=False)
     scfg = sweep_cfg(f"sweep.storage=sqlite:///{tmp_path}/s.db")

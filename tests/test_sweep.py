@@ -303,7 +303,7 @@ def test_summary_writes_only_search_space_values_from_the_shared_storage(tmp_pat
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     from training.cli import DataError
-    from training.sweep import summarize
+    from evaluation.sweep_report import summarize
 
     storage = f"sqlite:///{tmp_path}/s.db"
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

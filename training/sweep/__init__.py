@@ -1,4 +1,5 @@
-"""``python -m training.sweep sweep=NAME``: Optuna studies over any experiment (see conf/sweep.yaml).
+"""Optuna studies over any experiment (the library of ``python -m training.sweep sweep=NAME``, conf/sweep.yaml;
+the entry point, which trains, evaluates and summarizes, is ``training/sweep/__main__.py``).
 
 Each trial is a full ``train(cfg)`` run (own run dir under ``<sweep dir>/trials/``) with the trial's parameters as
 config overrides; the objective is the shared evaluator's ``sweep.metric``. Per-epoch values reach the pruner
@@ -10,7 +11,6 @@ heartbeat; file storages: by the next worker on the same host, which sees the de
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -22,12 +22,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from evaluation.metrics import HEADLINE
-from evaluation.report import markdown_table, pyplot, write_csv
-from training.cli import CONF, ConfigError, DataError, UserError, cli, first_line
+from training.cli import ConfigError, UserError, first_line
 from training.overrides import flatten_overrides
 from training.tracking import Tracker
-from training.workers import pin_device, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +273,9 @@ def objective_factory(scfg, out_dir: Path, run_fn):
         value = metrics.get(str(scfg.metric))
         if value is None or not math.isfinite(float(value)):
             raise ValueError(f"trial {trial.number}: {scfg.metric} is {value}")
-        for k in HEADLINE:
-            if f"val/{k}" in metrics:
-                trial.set_user_attr(f"val/{k}", float(metrics[f"val/{k}"]))
+        for k, v in metrics.items():  # the validation metrics, for the trials table of the summary
+            if k.startswith("val/") and isinstance(v, int | float) and math.isfinite(v):
+                trial.set_user_attr(k, float(v))
         return float(value)
 
     return objective
@@ -312,222 +309,3 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     return study
-
-
-# -- summary -------------------------------------------------------------------------------------------
-def _run_json(run_dir: Path) -> dict:
-    """A run's metrics.json (``metrics``, ``provenance``); {} while the run has not finished."""
-    f = Path(run_dir) / "metrics.json"
-    if not f.is_file():
-        return {}
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{f}: unreadable ({e.__class__.__name__}: {first_line(e, 120)})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("metrics", {}), dict):
-        raise DataError(f"{f}: not a metrics.json of a run (expected an object with a metrics object)")
-    return doc
-
-
-def _log_summary(scfg, out_dir: Path, rows: list[dict], trial_rows: list[dict], plots: dict) -> None:
-    """With ``sweep.logger=wandb``: one "summary" run in the study's group holding the base-vs-best and trials
-    tables and the Optuna plots (history, importances, parallel coordinates), so the project page shows the
-    sweep without building panels by hand."""
-    if scfg.logger == "none":
-        return
-    from training.tracking import tracked
-
-    cfg = compose_run(scfg, [], out_dir / "summary_run", "summary")
-    with open_dict(cfg):
-        cfg.logger.tags = [*cfg.logger.tags, "sweep-summary"]
-        cfg.logger.job_type = "sweep-summary"
-    with tracked(cfg.logger, out_dir, cfg) as tracker:
-        tracker.log_rows("sweep/base_vs_best", rows)
-        tracker.log_rows("sweep/trials", [{k: v for k, v in r.items() if k != "run_dir"} for r in trial_rows])
-        tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
-
-
-def train_base(scfg, out_dir: Path, run_fn) -> None:
-    """The base run: the swept experiment with its default parameters, trained and evaluated like a trial
-    (``<out_dir>/base``), unless it is already there. ``mode=base`` (and ``mode=all``) runs it."""
-    base_dir = out_dir / "base"
-    if not _run_json(base_dir).get("metrics"):
-        run_fn(compose_run(scfg, [], base_dir, "base"), None)
-
-
-def summarize(scfg, out_dir: Path) -> None:
-    """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table. Only reads:
-    a base run not trained yet (``mode=base``) is shown as n/a."""
-    import optuna
-    from optuna.trial import TrialState
-
-    try:
-        study = optuna.load_study(
-            study_name=str(scfg.study_name), storage=make_storage(scfg.storage, out_dir, scfg.heartbeat)
-        )
-    except KeyError:  # optuna's "Record does not exist"
-        raise UserError(
-            f"sweep.study_name: no study {scfg.study_name!r} in the storage yet; run mode=optimize first"
-        ) from None
-    trials = study.get_trials(deepcopy=False)
-    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    if not counts["COMPLETE"]:
-        raise UserError(f"study {scfg.study_name}: no completed trial yet ({counts})")
-    best = study.best_trial
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    # the best parameters as a ready-to-run experiment: the swept experiment's file plus the sweep's overrides
-    # and the best parameters (written beside the study; run it with the searchpath printed in its header)
-    exp_dir = out_dir / "experiment"
-    exp_dir.mkdir(exist_ok=True)
-    name = f"{scfg.study_name}_best"
-    exp = OmegaConf.load(CONF / "experiment" / f"{scfg.experiment}.yaml")
-    exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
-    # the storage is shared with other workers (a database): only names of sweep.search_space, with values
-    # its entries can give, go into a file that is then run (never a hydra.* key, a ${...} or a path of its own)
-    space = OmegaConf.to_container(scfg.search_space, resolve=True)
-    for k, v in best.params.items():
-        if k not in space or not in_space(space[k], v):
-            raise DataError(
-                f"{scfg.storage}: study {scfg.study_name}, trial {best.number}: parameter {k}={v!r} is not one "
-                "of sweep.search_space; refused to write it into an experiment file"
-            )
-        OmegaConf.update(exp, k, v, force_add=True)
-    exp.task_name = name
-    header = [
-        "# @package _global_",
-        f"# Best trial {best.number} of study {scfg.study_name}: {scfg.metric} = {best.value:.4f}",
-        f"#   python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}",
-    ]
-    (exp_dir / f"{name}.yaml").write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(exp), encoding="utf-8")
-
-    # base: the experiment with its default parameters, trained and evaluated the same way (train_base)
-    base_dir = out_dir / "base"
-    base_doc = _run_json(base_dir)
-    base = base_doc.get("metrics", {})
-    if not base:
-        log.warning("no base run in %s yet: the base column is n/a (mode=base trains it)", base_dir)
-    best_metrics = _run_json(Path(best.user_attrs.get("run_dir", ""))).get("metrics", {})
-    rows = []
-    for k in HEADLINE:
-        b, t = base.get(f"val/{k}"), best_metrics.get(f"val/{k}")
-        diff = "" if b is None or t is None else f"{100 * (t - b):+.2f}"
-        rows.append(
-            {
-                "metric": k,
-                "base": "n/a" if b is None else f"{b:.4f}",
-                f"best trial {best.number}": "n/a" if t is None else f"{t:.4f}",
-                "difference (points)": diff,
-            }
-        )
-
-    plots = {}
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        plt = pyplot()
-        from optuna.visualization import matplotlib as ovm
-
-        for fname, fn in (
-            ("history", ovm.plot_optimization_history),
-            ("importances", ovm.plot_param_importances),
-            ("parallel_coordinates", ovm.plot_parallel_coordinate),
-        ):
-            try:
-                ax = fn(study)
-                fig = ax if hasattr(ax, "savefig") else (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                path = out_dir / f"{fname}.png"
-                fig.set_size_inches(8, 5)
-                fig.tight_layout()
-                fig.savefig(path, dpi=110)
-                plt.close(fig)
-                plots[fname] = str(path)
-            except Exception as e:  # e.g. importances need two completed trials with different values
-                msg = str(e).splitlines()[0][:120] if str(e) else ""
-                plots[fname] = f"not drawn: {e.__class__.__name__}: {msg}"
-    except ImportError as e:  # pragma: no cover
-        plots["error"] = str(e)
-
-    trial_rows = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            **{k: t.params.get(k) for k in scfg.search_space},
-            "run_dir": t.user_attrs.get("run_dir", ""),
-        }
-        for t in trials
-    ]
-    write_csv(out_dir / "trials.csv", trial_rows)
-    write_csv(out_dir / "base_vs_best.csv", rows)
-    inert = {k: v for k, v in scfg.inert.items() if k in scfg.search_space}
-    md = [
-        f"# Sweep {scfg.study_name}",
-        "",
-        f"Experiment `{scfg.experiment}`; objective `{scfg.metric}` ({scfg.direction}); trials: "
-        + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n),
-        "",
-        f"Best trial {best.number}: {scfg.metric} = {best.value:.4f}; parameters: "
-        + ", ".join(f"`{k}={v}`" for k, v in best.params.items()),
-        "",
-        markdown_table(rows, "## Base model vs best trial (validation split, shared evaluator)\n"),
-    ]
-    if inert:
-        md += [
-            "## Inert parameters",
-            "",
-            *[f"- `{k}`: {v}. Its sampled values say nothing about the model." for k, v in inert.items()],
-            "",
-        ]
-    md += [
-        "## Plots",
-        "",
-        *[f"- {k}: {v}" for k, v in plots.items()],
-        "",
-        f"Run the best parameters: `python -m training hydra.searchpath=[file://{out_dir.resolve()}] experiment={name}`",
-    ]
-    (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    summary = {k: str(scfg[k]) for k in ("study_name", "experiment", "metric", "direction")}
-    summary |= {
-        "data": base_doc.get("provenance", {}).get("data"),
-        "counts": {k: n for k, n in counts.items() if n},
-        "best_number": best.number,
-        "best_value": best.value,
-        "best_params": best.params,
-        "base": base,
-        "best": best_metrics,
-        "plots": plots,
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    _log_summary(scfg, out_dir, rows, trial_rows, plots)
-    print("\n".join(md))
-
-
-@cli("sweep")
-def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from evaluation.run import evaluate_run, validator
-    from training.train import train
-
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    scfg = cfg.sweep
-
-    def run_fn(train_cfg, wrap):
-        return train(
-            train_cfg, evaluate=evaluate_run, validate=validator(train_cfg.evaluation), wrap_tracker=wrap
-        )
-
-    if cfg.mode not in ("optimize", "base", "summary", "all"):
-        raise ConfigError(f"mode={cfg.mode!r}: valid values are ['optimize', 'base', 'summary', 'all']")
-    if cfg.mode in ("optimize", "all"):
-        worker = worker_index()
-        pin_device(scfg.devices, worker)
-        optimize(scfg, out_dir, run_fn, worker=worker)
-    if cfg.mode in ("base", "all"):
-        train_base(scfg, out_dir, run_fn)
-    if cfg.mode in ("summary", "all"):
-        summarize(scfg, out_dir)
-
-
-if __name__ == "__main__":
-    main()
