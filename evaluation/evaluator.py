@@ -1,9 +1,9 @@
-"""Evaluator with reset / process / evaluate that works for any Detector (detectron2's pattern)."""
+"""Evaluator with reset / process / evaluate that works for any Predictor (detectron2's pattern)."""
 
 from __future__ import annotations
 
 from evaluation.metrics import EvalResult, compute_metrics
-from training.backends.base import EVAL_CONF, Detections, Detector
+from training.backends.base import EVAL_CONF, Detections, Predictor
 from training.data.schema import DetectionSplit
 
 
@@ -36,7 +36,7 @@ class DetectionEvaluator:
 
 
 def predict_split(
-    detector: Detector,
+    detector: Predictor,
     split: DetectionSplit,
     conf: float = EVAL_CONF,
     imgsz: int | None = None,
@@ -53,7 +53,7 @@ def predict_split(
 
 
 def evaluate_detector(
-    detector: Detector, split: DetectionSplit, eval_cfg
+    detector: Predictor, split: DetectionSplit, eval_cfg
 ) -> tuple[EvalResult, dict[int, Detections]]:
     """Predict over ``split`` and compute the metrics; returns the result and the raw predictions.
 

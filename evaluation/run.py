@@ -14,7 +14,7 @@ from evaluation.evaluator import evaluate_detector
 from evaluation.pages import operating_point, page_metrics, page_truth
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends import get_backend
-from training.backends.base import Detector
+from training.backends.base import Detector, Predictor
 from training.cli import DataError, UserError, first_line
 from training.data import cache_root, load_dataset, prepare_yolo
 
@@ -92,12 +92,10 @@ def stored_operating_point(checkpoint: Path) -> dict | None:
     return None
 
 
-def provenance(cfg, detector: Detector) -> dict:
+def provenance(cfg, detector: Predictor) -> dict:
     import torch
 
-    device = str(
-        getattr(detector, "device", None) or getattr(getattr(detector, "model", None), "device", "cpu")
-    )
+    device = str(detector.device)
     hardware = platform.processor() or platform.machine()
     if device.startswith("cuda") and torch.cuda.is_available():
         hardware += (
@@ -151,7 +149,7 @@ def page_decisions(truth: dict, ev, metrics: dict[str, float], stored: dict | No
 
 
 def evaluate_run(
-    detector: Detector, cfg, run_dir: Path, tracker=None, prior: dict[str, float] | None = None
+    detector: Predictor, cfg, run_dir: Path, tracker=None, prior: dict[str, float] | None = None
 ) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.splits``; write metrics.json, metrics.md/.csv and plots into ``run_dir``.
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import EVAL_CONF, Detections
+from training.backends.base import EVAL_CONF, Detections, ImageInput
 from training.data.images import as_pil
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,11 @@ PEERS = {
 
 
 class UltralyticsPeer:
-    """An ultralytics export behind the part of the detector contract the latency protocol and the evaluator
-    use (``predict``, ``benchmark_forward``, ``class_names``, ``checkpoint``)."""
+    """An ultralytics export run by ultralytics' own predictor, as a :class:`~training.backends.base.Predictor`
+    (``imgsz`` is fixed by the export: the argument of :meth:`predict` is not read)."""
 
     def __init__(self, path: str | Path, imgsz: int | list[int], class_names: list[str]):
-        from ultralytics import YOLO
+        from training.compat.ultralytics import YOLO
 
         self.yolo = YOLO(str(path), task="detect")
         # imgsz: the square side or the [h, w] the peer was exported at (a dynamic export: the long side)
@@ -44,7 +45,7 @@ class UltralyticsPeer:
         return np.ascontiguousarray(np.asarray(as_pil(image).convert("RGB"))[..., ::-1])
 
     def predict(
-        self, images: list, conf: float = EVAL_CONF, imgsz: int | None = None, **_
+        self, images: Sequence[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
     ) -> list[Detections]:
         # one page per call, batch 1 as ours: given a list of pages of different sizes, ultralytics' predictor
         # letterboxes them all into the square, even for a dynamic export (its LetterBox(auto=...) needs equal
@@ -89,11 +90,10 @@ def export_peer(
     its exports beside the weights); returns the exported file or folder. ``imgsz``: the input our export has
     (a square side or ``[h, w]``); ``dynamic``: symbolic height and width, for which ultralytics' predictor
     letterboxes each page into its own rectangle padded to the stride, as ours does."""
-    from training.checkpoints import check_ultralytics_checkpoint, enable_ultralytics_safe_load
+    from training.checkpoints import check_ultralytics_checkpoint
+    from training.compat.ultralytics import YOLO, safe_load
 
     check_ultralytics_checkpoint(checkpoint)  # ultralytics unpickles it: refuse one that names foreign code
-    enable_ultralytics_safe_load()
-    from ultralytics import YOLO
 
     if name not in PEERS:
         raise ValueError(f"peer {name!r}: valid are {list(PEERS)}")
@@ -107,6 +107,7 @@ def export_peer(
     weights = work / "model.pt"
     shutil.copyfile(checkpoint, weights)
     size = [int(v) for v in imgsz] if isinstance(imgsz, list) else int(imgsz)
-    path = YOLO(str(weights)).export(imgsz=size, dynamic=bool(dynamic), device="cpu", verbose=False, **args)
+    with safe_load():  # ultralytics loads the copy through its restricted loader
+        path = YOLO(str(weights)).export(imgsz=size, dynamic=bool(dynamic), device="cpu", verbose=False, **args)
     log.info("%s: %s", name, path)
     return Path(path)

@@ -1,6 +1,7 @@
 """The backend contract, for every registered backend: train a couple of steps, predict, evaluate, reload,
 export through the backend's export_spec and pass the parity check."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from evaluation.evaluator import evaluate_detector
 from evaluation.run import evaluate_run, validator
 from tests.conftest import EMBEDDED, HF_TINY, ROOT, TINY, compose_cfg
 from training.backends import BACKENDS, Detections, build_detector
+from training.backends.base import Predictor
 from training.backends.hf_processing import boxes_to_targets, decode, resize_pad
 from training.data import load_dataset
 
@@ -71,6 +73,42 @@ def test_export_contract(trained, tmp_path):
     assert onnx["status"] == "passed", onnx
     model = load_exported(out / "model.onnx")
     assert model.family.kind == backend and model.family.is_detector == (backend != "classifier")
+
+
+def _check_predictor(model, images) -> None:
+    """``model`` satisfies the Predictor protocol: its members, predict's exact parameters (no ``**kwargs``
+    swallowing a misspelt argument), one Detections per page, a timing closure."""
+    assert isinstance(model, Predictor), type(model)
+    params = inspect.signature(model.predict).parameters
+    assert list(params) == ["images", "conf", "imgsz"], (type(model), list(params))
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values())
+    out = model.predict(images, conf=0.0)
+    assert len(out) == len(images) and all(isinstance(d, Detections) for d in out)
+    assert model.class_names == ["signature"] and str(model.device).startswith(("cpu", "cuda"))
+    assert isinstance(model.checkpoint, Path)
+    assert callable(model.benchmark_forward(None))
+
+
+def test_predictor_contract(trained, tmp_path):
+    """PyTorch models, exported models and ultralytics' own exports (peers) all satisfy the Predictor protocol:
+    the evaluator, prediction and the latency protocol take any of them without probing."""
+    from tests.conftest import export_tiny
+    from training.inference.exported import load_exported
+
+    backend, cfg, checkpoint, _ = trained
+    if backend == "classifier":
+        pytest.skip("the region classifier is not a detector (predict_proba, no boxes)")
+    images = sorted(p for p in (EMBEDDED / "valid").iterdir() if p.suffix == ".jpg")[:2]
+    det = build_detector(cfg.model, tmp_path)
+    det.load(checkpoint)
+    _check_predictor(det, images)
+    _, out, _ = export_tiny(tmp_path, checkpoint, ["onnx"], [])
+    _check_predictor(load_exported(out / "model.onnx"), images)
+    if backend == "ultralytics":
+        from export.peers import UltralyticsPeer, export_peer
+
+        path = export_peer("ultralytics_onnx", checkpoint, int(cfg.train.imgsz), None, tmp_path / "peer")
+        _check_predictor(UltralyticsPeer(path, int(cfg.train.imgsz), ["signature"]), images)
 
 
 def test_contract(trained, tmp_path):

@@ -97,7 +97,7 @@ def train(
     seed_everything(int(cfg.seed))
     with tracked(cfg.get("logger") if main else None, run_dir, cfg, wrap_tracker) as tracker:
         detector = build_detector(cfg.model, run_dir, tracker, validate)
-        if world > 1 and not getattr(detector, "distributed", False):
+        if world > 1 and not detector.distributed:
             raise ConfigError(
                 f"model.backend={cfg.model.backend} under a launcher ({world} processes): only the transformers "
                 'backend trains with torchrun / accelerate launch (ultralytics: train.device="0,1" launches its own DDP)'

@@ -4,9 +4,10 @@ the :class:`ExportSpec` it hands to the export layer."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,6 +53,33 @@ ImageInput = str | Path | np.ndarray
 # down to here (conf/evaluation/default.yaml `conf_min` is the setting; this is the default of the Python calls).
 EVAL_CONF = 0.001
 DYNAMIC_HW = "dynamic"
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Pages in, :class:`Detections` out: what the evaluator, prediction and the latency protocol run. A trained
+    :class:`Detector` (PyTorch), an exported model (``training.inference.exported.ExportedModel``) and an
+    ultralytics peer (``export.peers.UltralyticsPeer``) all satisfy it; tests/test_contract.py checks each."""
+
+    #: the label of each class index
+    class_names: list[str]
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """Where the model came from (a checkpoint, an exported file), None for one trained in memory."""
+
+    @property
+    def device(self) -> Any:
+        """Where it runs (``cpu``, ``cuda:0``; a string or a ``torch.device``)."""
+
+    def predict(
+        self, images: Sequence[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
+    ) -> list[Detections]:
+        """Boxes per image (paths or RGB ``HxWx3`` uint8 arrays), in each image's original frame, scores >=
+        ``conf``; ``imgsz``: the network input (None: the model's own)."""
+
+    def benchmark_forward(self, imgsz: int | None = None) -> Callable[[], Any]:
+        """The network alone on one preprocessed page, as a closure the latency protocol times (model-only)."""
 
 
 def is_dynamic_hw(input_hw) -> bool:
@@ -102,6 +130,8 @@ class Backend(ABC):
     #: whether an export may take a rectangular input (``options["input_hw"]``: a fixed ``[h, w]``, or
     #: :data:`DYNAMIC_HW`, each page its own rectangle)
     rect_inputs: ClassVar[bool] = False
+    #: whether it trains under ``torchrun`` / ``accelerate launch`` (several processes; training.train checks)
+    distributed: ClassVar[bool] = False
 
     def __init__(self, model_cfg, run_dir: str | Path, tracker=None):
         self.model_cfg = model_cfg

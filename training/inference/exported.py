@@ -4,24 +4,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import EVAL_CONF
+from training.backends.base import EVAL_CONF, Detections, ImageInput
 from training.cli import DataError, UserError
 from training.inference.families import Family
-from training.inference.runtimes import OpenVINORunner, OrtRunner, TensorRTRunner, TorchRunner
+from training.inference.runtimes import OpenVINORunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
 
 META = "sigdet_export.json"
 SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".engine": "tensorrt"}
 
 
 class ExportedModel:
-    def __init__(self, family: Family, runner, checkpoint: str, fmt: str):
+    """An exported model through one runtime: a :class:`~training.backends.base.Predictor` (detectors) and the
+    classifier's ``predict_proba``."""
+
+    def __init__(self, family: Family, runner: Runner, checkpoint: str, fmt: str):
         self.family, self.runner, self.checkpoint, self.format = family, runner, Path(checkpoint), fmt
         self.class_names = family.class_names
-        self.device = getattr(runner, "device", "cpu")
+        self.device = runner.device
         #: the page :meth:`benchmark_forward` letterboxes (None: a blank page of the input size); the latency
         #: benchmark sets its page, so that a dynamic input is timed model-only at the shape it is end to end
         self.timing_page: np.ndarray | None = None
@@ -30,7 +34,9 @@ class ExportedModel:
     def imgsz(self) -> int:
         return self.family.imgsz
 
-    def predict(self, images: list, conf: float = EVAL_CONF, imgsz: int | None = None, **_):
+    def predict(
+        self, images: Sequence[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
+    ) -> list[Detections]:
         """Detections per image (detectors) in the original frame; ``imgsz`` is fixed by the export."""
         if imgsz and int(imgsz) != self.family.imgsz and self.format != "pytorch":
             raise UserError(f"{self.checkpoint}: exported at imgsz={self.family.imgsz}, asked for {imgsz}")
@@ -38,11 +44,7 @@ class ExportedModel:
 
     def feeds(self, image) -> tuple[dict[str, np.ndarray], tuple]:
         """One page's inputs for this runner: the uint8 page where the graph does the conversion itself."""
-        return (
-            self.family.feeds_u8(image)
-            if getattr(self.runner, "u8_input", False)
-            else self.family.feeds(image)
-        )
+        return self.family.feeds_u8(image) if self.runner.u8_input else self.family.feeds(image)
 
     def predict_proba(self, crops: list, batch: int = 1) -> np.ndarray:
         """Class probabilities (classifier), one crop at a time unless the export has a dynamic batch."""
@@ -54,8 +56,7 @@ class ExportedModel:
         ``timed`` binds the inputs on the device once, so no host-device copy is timed."""
         page = self.timing_page
         feeds, _ = self.feeds(np.full((*self.family.input_hw, 3), 255, np.uint8) if page is None else page)
-        timed = getattr(self.runner, "timed", None)
-        return timed(feeds) if timed else lambda: self.runner(feeds)
+        return self.runner.timed(feeds)
 
 
 def read_meta(path: Path) -> tuple[dict, dict | None]:

@@ -22,7 +22,23 @@ def _unloadable(path, what: str, e: Exception) -> DataError:
     return DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {first_line(e)})")
 
 
-class TorchRunner:
+class Runner:
+    """One runtime's session over an exported graph: ``runner(feeds) -> outputs`` (numpy in, numpy out)."""
+
+    #: where it runs
+    device: str = "cpu"
+    #: whether it takes the uint8 page (the graph converts it itself: OpenVINO's PrePostProcessor)
+    u8_input: bool = False
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def timed(self, feeds: dict[str, np.ndarray]):
+        """What the latency protocol times model-only: a closure running the graph on ``feeds``."""
+        return lambda: self(feeds)
+
+
+class TorchRunner(Runner):
     def __init__(self, family, device: str = "cpu"):
         import torch
 
@@ -36,7 +52,7 @@ class TorchRunner:
         return self.family.torch_outputs(feeds)
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider", threads: int | None = None):
         try:
             import onnxruntime as ort
@@ -143,7 +159,7 @@ def with_u8_input(model, conversion: dict):
     return ppp.build()
 
 
-class OpenVINORunner:
+class OpenVINORunner(Runner):
     """An OpenVINO IR on the CPU plugin. ``precision``: ``fp32`` / ``bf16`` / ``int8`` (the hint of
     :func:`inference_precision`); ``u8_input``: the family's ``graph_preprocessing`` (the runner then takes
     the uint8 page of ``preprocess_u8``), None for the float feeds of ``preprocess``.
@@ -233,7 +249,7 @@ class OpenVINORunner:
         }
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """A serialized TensorRT engine run through torch CUDA tensors (no pycuda needed)."""
 
     def __init__(self, engine_path: str | Path):
