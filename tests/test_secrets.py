@@ -299,3 +299,28 @@ def test_wandb_mode_env_wins_over_api_key(tmp_path, monkeypatch, caplog):
     assert "W&B mode offline (WANDB_MODE=offline in the environment, over logger.mode=auto)" in caplog.text
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
     assert files_holding(tmp_path, PASSWORD) == []
+
+
+def test_wandb_unreachable_goes_offline_instead_of_dying(monkeypatch, tmp_path, caplog):
+    """A key set and no route to the service (here a loopback port nothing listens on: no traffic leaves the
+    machine): the run goes on offline within the configured time and says so in one line (issue 40)."""
+    import logging
+    import time
+
+    from training.tracking import WandbTracker
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:1")
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="training.tracking"):
+        tracker = WandbTracker({"a": 1}, tmp_path, project="p", init_timeout_s=3)
+    try:
+        assert tracker.mode == "offline"
+        tracker.log_metrics({"val/mAP50": 0.5}, step=1)
+    finally:
+        tracker.finish()
+    assert time.monotonic() - t0 < 80  # W&B alone waited ~107 s and then raised
+    (line,) = [r.getMessage() for r in caplog.records if "W&B unreachable" in r.getMessage()]
+    assert "wandb sync" in line and "\n" not in line
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -320,6 +320,7 @@ class Logger:
     job_type: Optional[str] = None  # noqa: UP045
     tags: Optional[list[str]] = None  # noqa: UP045
     mode: Optional[str] = None  # noqa: UP045 (auto | online | offline | disabled)
+    init_timeout_s: Optional[float] = None  # noqa: UP045 (W&B's wait for its service before going offline)
 
 
 @dataclass

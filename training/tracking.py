@@ -143,7 +143,13 @@ class WandbTracker(Tracker):
     arguments of the logger schema (``project``, ``entity``, ``name``, ``group``, ``job_type``)."""
 
     def __init__(
-        self, cfg_dict: dict, run_dir: Path, mode: str = "auto", tags: list[str] | None = None, **init
+        self,
+        cfg_dict: dict,
+        run_dir: Path,
+        mode: str = "auto",
+        tags: list[str] | None = None,
+        init_timeout_s: float | None = None,
+        **init,
     ):
         from training.cli import optional_import
 
@@ -155,15 +161,34 @@ class WandbTracker(Tracker):
         self.mode = mode
         self._wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            **init,
-            tags=list(tags or []),
-            mode=mode,
-            dir=str(run_dir),
-            config=redact(cfg_dict),
-            reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
-        )
+
+        def start(mode: str):
+            timeout = {} if init_timeout_s is None else {"init_timeout": float(init_timeout_s)}
+            return wandb.init(
+                **init,
+                tags=list(tags or []),
+                mode=mode,
+                dir=str(run_dir),
+                config=redact(cfg_dict),
+                reinit="finish_previous",
+                settings=wandb.Settings(console="off", x_disable_stats=True, **timeout),
+            )
+
+        try:
+            self.run = start(mode)
+        except wandb.errors.Error as e:  # CommError / timeout: no route to the service, or it is down
+            if mode not in ("online", "run", "shared"):
+                raise
+            # a training must not die (or wait minutes) because the tracker cannot reach its server: the run is
+            # kept on disk and can be uploaded once the network is back
+            log.warning(
+                "W&B unreachable (%s: %s); this run logs offline: sync it later with `wandb sync %s`",
+                e.__class__.__name__,
+                str(e).splitlines()[0][:160] if str(e) else "",
+                run_dir / "wandb" / "offline-run-*",
+            )
+            self.mode = mode = "offline"
+            self.run = start(mode)
         log.info("W&B run %s (%s)", self.run.id, mode)
 
     def log_metrics(self, metrics, step=None):
