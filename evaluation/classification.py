@@ -155,56 +155,53 @@ def save_misclassified(crops, y_true, y_pred, probs, classes, out_dir: Path, lim
         (out_dir / "index.tsv").write_text("".join(index), encoding="utf-8")
 
 
-def evaluate_classifier_run(
-    backend, cfg, run_dir: Path, tracker=None, metrics: dict | None = None
-) -> dict[str, float]:
-    """The evaluator ``python -m training`` injects for the classifier backend (``train(cfg, evaluate=...)``).
+def _evaluate_split(
+    model, base, items, split: str, classes: list[str], ev, run_dir: Path, metrics: dict
+) -> Path:
+    """Metrics of ``model`` (and of ``base``, the model before mining, when given) on one split's crops into
+    ``metrics``; writes its misclassified crops and returns its confusion PNG."""
+    y = np.asarray([c.label for c in items], int)
+    probs = model.predict_proba([c.image for c in items])
+    pred = probs.argmax(1)
+    m = classification_metrics(y, pred, classes, int(ev.n_bootstrap), int(ev.seed))
+    metrics.update({f"{split}/{k}": v for k, v in m.items()})
+    cm = confusion(y, pred, len(classes))
+    title = f"{split}: accuracy {m['accuracy']:.3f}"
+    image = plot_confusion(cm, classes, title, run_dir / f"confusion_{split}.png")
+    wrong = run_dir / "misclassified" / split
+    save_misclassified(items, y, pred, probs, classes, wrong, int(ev.save_misclassified))
+    if base is not None:
+        bp = base.predict_proba([c.image for c in items]).argmax(1)
+        mb = classification_metrics(y, bp, classes, int(ev.n_bootstrap), int(ev.seed))
+        metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
+    return image
 
-    Evaluates what its training run left (``backend.run``): the trained classifier (and ``run.base``, the model
-    before hard-negative mining) on the configured splits; writes metrics.json, classifier.md/.csv, confusion
-    PNGs, misclassified crops, page-level results. ``metrics`` (e.g. training metrics) go into metrics.json.
-    """
-    import platform
 
-    import torch
-
+def _evaluate_pages(run, cfg, classes: list[str], run_dir: Path, metrics: dict) -> list[Path]:
+    """Proposal recall on the held-out test pages into ``metrics``; writes the first ``evaluation.n_pages``
+    pages' results and returns their annotated images."""
     from training.classifier.pipeline import classify_page, write_page_result
 
-    run = backend.run
-    model, crops, base, counts = run.model, run.crops, run.base, run.counts
-    ev = cfg.evaluation
-    classes = list(model.classes)
-    metrics = dict(metrics or {})
-    splits = [s for s in ev.splits if crops.get(s)]
     images: list[Path] = []
-    for split in splits:
-        items = crops[split]
-        y = np.asarray([c.label for c in items], int)
-        probs = model.predict_proba([c.image for c in items])
-        pred = probs.argmax(1)
-        m = classification_metrics(y, pred, classes, int(ev.n_bootstrap), int(ev.seed))
-        metrics.update({f"{split}/{k}": v for k, v in m.items()})
-        cm = confusion(y, pred, len(classes))
-        title = f"{split}: accuracy {m['accuracy']:.3f}"
-        images.append(plot_confusion(cm, classes, title, run_dir / f"confusion_{split}.png"))
-        wrong = run_dir / "misclassified" / split
-        save_misclassified(items, y, pred, probs, classes, wrong, int(ev.save_misclassified))
-        if base is not None:
-            bp = base.predict_proba([c.image for c in items]).argmax(1)
-            mb = classification_metrics(y, bp, classes, int(ev.n_bootstrap), int(ev.seed))
-            metrics.update({f"base/{split}/{k}": v for k, v in mb.items()})
-    # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
     test_pages = (run.pages or {}).get("test") or []
     proposals_cfg = cfg.model.proposals
     if test_pages:
         found = proposal_recall(test_pages, classes, proposals_cfg)
         metrics.update({f"test/{k}": v for k, v in found.items()})
         context = float(cfg.crops.context)
-        for i, p in enumerate(test_pages[: int(ev.n_pages)]):
-            res = classify_page(p.image, model, proposals_cfg, context)
+        for i, p in enumerate(test_pages[: int(cfg.evaluation.n_pages)]):
+            res = classify_page(p.image, run.model, proposals_cfg, context)
             name = f"test_page_{i:05d}"
             write_page_result(p.image, res, run_dir / "pages", name, f"synthetic test page {i}")
             images.append(run_dir / "pages" / f"{name}.png")
+    return images
+
+
+def _provenance(cfg, run, run_dir: Path) -> tuple[dict, str]:
+    """Where the run's data, weights and numbers come from, as a dict and as the report's sentence."""
+    import platform
+
+    import torch
 
     syn, real = cfg.crops.synthetic, cfg.get("data") is not None and cfg.crops.detection.enabled
     prov = {
@@ -218,7 +215,14 @@ def evaluate_classifier_run(
     note = "Data: {data}; initial weights: {weights}; checkpoint: {checkpoint}; hardware: {hardware}; torch {torch}.".format(
         **prov
     )
-    write_metrics_json(run_dir, metrics, {"provenance": prov, "classes": classes, "counts": counts or {}})
+    return prov, note
+
+
+def _report(
+    metrics: dict, splits: list[str], classes: list[str], counts: dict, note: str, run_dir: Path
+) -> tuple[list[str], list[dict], list[dict]]:
+    """Write classifier.md / .csv and crop_counts.csv; returns the markdown sections, the per-class rows and the
+    crop-count rows."""
     md = [f"# Region classifier\n\n{note}\n"]
     csv_rows = []
     for split in splits:
@@ -228,7 +232,7 @@ def evaluate_classifier_run(
     mrows = mining_rows(metrics, splits, classes)
     if mrows:
         md.append(markdown_table(mrows, "## Hard-negative mining: before vs after"))
-    crop_rows = count_rows(counts or {})
+    crop_rows = count_rows(counts)
     if crop_rows:
         md.append(markdown_table(crop_rows, "## Training crops per class"))
         write_csv(run_dir / "crop_counts.csv", crop_rows)
@@ -237,6 +241,30 @@ def evaluate_classifier_run(
         md.append("## Colour proposals\n\n" + "".join(f"- {k}: {v:.4f}\n" for k, v in recall.items()))
     (run_dir / "classifier.md").write_text("\n".join(md), encoding="utf-8")
     write_csv(run_dir / "classifier.csv", csv_rows)
+    return md, csv_rows, crop_rows
+
+
+def evaluate_classifier_run(
+    backend, cfg, run_dir: Path, tracker=None, metrics: dict | None = None
+) -> dict[str, float]:
+    """The evaluator ``python -m training`` injects for the classifier backend (``train(cfg, evaluate=...)``).
+
+    Evaluates what its training run left (``backend.run``): the trained classifier (and ``run.base``, the model
+    before hard-negative mining) on the configured splits; writes metrics.json, classifier.md/.csv, confusion
+    PNGs, misclassified crops, page-level results. ``metrics`` (e.g. training metrics) go into metrics.json.
+    """
+    run = backend.run
+    model, crops, base, counts = run.model, run.crops, run.base, run.counts
+    ev = cfg.evaluation
+    classes = list(model.classes)
+    metrics = dict(metrics or {})
+    splits = [s for s in ev.splits if crops.get(s)]
+    images = [_evaluate_split(model, base, crops[s], s, classes, ev, run_dir, metrics) for s in splits]
+    # the pipeline end to end on held-out generated pages: proposal recall and page JSON / annotated images
+    images += _evaluate_pages(run, cfg, classes, run_dir, metrics)
+    prov, note = _provenance(cfg, run, run_dir)
+    write_metrics_json(run_dir, metrics, {"provenance": prov, "classes": classes, "counts": counts or {}})
+    md, csv_rows, crop_rows = _report(metrics, splits, classes, counts or {}, note, run_dir)
     if tracker is not None:
         tracker.log_summary(metrics)
         tracker.log_rows("classifier/per_class", csv_rows)

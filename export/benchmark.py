@@ -167,26 +167,19 @@ def _peer_rows(meta: dict, base: Family, cfg, run_dir: Path, page: np.ndarray, d
     return rows
 
 
-def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None) -> dict:
-    """Measure every row; returns ``{"rows": [...], "environment": {...}}`` and writes latency.* in ``out``."""
-    out = Path(export_dir)
-    if not (out / META).is_file():
-        raise UserError(f"{out}: not an export folder (no {META}); run python -m export first")
-    meta = load_meta(out / META)
-    base = Family.from_meta(meta)
-    family = None
+def _source_family(meta: dict, base: Family) -> Family | None:
+    """The source checkpoint's model description (the PyTorch rows), None when it is missing or unreadable."""
     if meta.get("source") and Path(meta["source"]).exists():
         with contextlib.suppress(UserError):
             options = {meta["kind"]: meta.get("options") or {}}
-            family = load_family(
+            return load_family(
                 meta["source"], options, meta["kind"], base.imgsz, False, base.options.get("input_hw")
             )
-    if page is None:  # a blank page of the input size; for a dynamic input an A4 portrait one (h : w = 1.414)
-        h, w = base.input_hw
-        page = np.full((h, round(w / 2**0.5) if base.dynamic_hw else w, 3), 255, np.uint8)
-    timed_feeds = base.feeds(page)[0]  # the input shape every row is timed at
-    run_dir = Path(cfg.paths.get("run_dir") or out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _dataset_reader(cfg):
+    """A function returning ``cfg.data``, read on the first call only."""
 
     @cache
     def dataset():
@@ -196,43 +189,41 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         int8_peer = any(str(p).endswith("int8") for p in cfg.peers)
         return load_dataset(cfg.data, ["train", "val"] if int8_peer else ["val"])
 
-    split = dataset()["val"] if cfg.accuracy and base.is_detector else None
-    rows = []
-    for runtime, device, prec, make in _rows_to_try(out, meta, base, family, cfg):
-        row = {"runtime": runtime, "device": device, "precision": prec}
-        what = f"{runtime} {device} {prec}"
-        try:
-            runner = make()
-        except (Unavailable, ImportError) as e:
-            rows.append({**row, "status": "unavailable", "reason": str(e)})
-            log.info("%s: unavailable (%s)", what, e)
-            continue
-        except UserError as e:  # a damaged artefact: its row says so, the other rows are still measured
-            rows.append({**row, "status": "failed", "reason": str(e)})
-            log.warning("%s: failed (%s)", what, e)
-            continue
-        model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
-        model.timing_page = page
-        r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
-        r["model_obj"] = model
-        if isinstance(runner, OpenVINORunner):
-            feeds = model.feeds(page)[0]
-            if float(cfg.throughput_seconds) > 0:
-                tp = runner.throughput(feeds, float(cfg.throughput_seconds))
-                r.update({f"throughput/{k}": v for k, v in tp.items()}, **{"throughput/mode": "async"})
-            if cfg.profile:
-                r["kernels"] = runner.layer_times(feeds)
-                r["kernel_shares"] = _kernel_shares(r["kernels"])
-        elif device == "CPU":
-            r.update({"throughput/pages_per_s": 1000.0 / r["model/mean_ms"], "throughput/mode": "sync"})
-        rows.append({**row, "status": "ok", **r})
-        log.info("%s: model p50 %.2f ms, end-to-end p50 %.2f ms", what, r["model/p50_ms"], r["e2e/p50_ms"])
-    if cfg.peers:
-        rows += _peer_rows(meta, base, cfg, run_dir, page, dataset)
-    shapes = {k: v.shape for k, v in timed_feeds.items()}
-    flops = onnx_flops(out / "model.onnx", shapes) if (out / "model.onnx").is_file() else None
-    peaks = {p: cpu_peak(p, threads=cfg.get("threads")) for p in ("fp32", "bf16", "int8")}
-    eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
+    return dataset
+
+
+def _measure_row(row: dict, make, out: Path, base: Family, family: Family | None, page, cfg) -> dict:
+    """``row`` (runtime, device, precision) measured with the runner ``make()`` builds, or saying why not."""
+    runtime, device = row["runtime"], row["device"]
+    what = f"{runtime} {device} {row['precision']}"
+    try:
+        runner = make()
+    except (Unavailable, ImportError) as e:
+        log.info("%s: unavailable (%s)", what, e)
+        return {**row, "status": "unavailable", "reason": str(e)}
+    except UserError as e:  # a damaged artefact: its row says so, the other rows are still measured
+        log.warning("%s: failed (%s)", what, e)
+        return {**row, "status": "failed", "reason": str(e)}
+    model = ExportedModel(family if isinstance(runner, TorchRunner) else base, runner, str(out), runtime)
+    model.timing_page = page
+    r = benchmark_detector(model, page, base.imgsz, float(cfg.conf), **protocol(cfg))
+    r["model_obj"] = model
+    if isinstance(runner, OpenVINORunner):
+        feeds = model.feeds(page)[0]
+        if float(cfg.throughput_seconds) > 0:
+            tp = runner.throughput(feeds, float(cfg.throughput_seconds))
+            r.update({f"throughput/{k}": v for k, v in tp.items()}, **{"throughput/mode": "async"})
+        if cfg.profile:
+            r["kernels"] = runner.layer_times(feeds)
+            r["kernel_shares"] = _kernel_shares(r["kernels"])
+    elif device == "CPU":
+        r.update({"throughput/pages_per_s": 1000.0 / r["model/mean_ms"], "throughput/mode": "sync"})
+    log.info("%s: model p50 %.2f ms, end-to-end p50 %.2f ms", what, r["model/p50_ms"], r["e2e/p50_ms"])
+    return {**row, "status": "ok", **r}
+
+
+def _peaks_and_accuracy(rows: list[dict], flops, peaks: dict, split, eval_cfg) -> None:
+    """Add each measured row's fraction of the CPU's peak and (with ``split``) its val mAP; drops the models."""
     for r in rows:
         model = r.pop("model_obj", None)
         if r["status"] != "ok":
@@ -243,24 +234,12 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
         if split is not None and model is not None:
             result, _ = evaluate_detector(model, split, eval_cfg)
             r.update({f"val/{k}": float(result.metrics[k]) for k in ("mAP50", "mAP50-95")})
-    env = environment()
-    caps = cpu_capabilities()
-    doc = {
-        "rows": rows,
-        "environment": {**env, "openvino_capabilities": caps},
-        "export": str(out),
-        "source": meta.get("source"),
-        "kind": meta["kind"],
-        "imgsz": base.imgsz,
-        "input_hw": list(base.input_hw) if not base.dynamic_hw else "dynamic",
-        "timed_input_shapes": {k: list(v) for k, v in shapes.items()},
-        "gflops": flops / 1e9 if flops else None,
-        "peaks": {p: {"ops_per_s": v, "how": how} for p, (v, how) in peaks.items()},
-    }
-    (run_dir / "latency.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    table = latency_rows(rows)
-    write_csv(run_dir / "latency.csv", table)
-    up = upstream_rows(rows)
+
+
+def _latency_note(meta: dict, base: Family, cfg, doc: dict, page: np.ndarray, flops, peaks: dict) -> str:
+    """The paragraph above the latency table: model, machine, protocol, and how the % of peak is computed."""
+    env, rows, shapes = doc["environment"], doc["rows"], doc["timed_input_shapes"]
+    caps = env["openvino_capabilities"]
     hw = input_shape_words(base)
     if base.dynamic_hw:
         timed = "x".join(map(str, next(iter(shapes.values()))[2:]))
@@ -293,19 +272,74 @@ def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None
             "\nA fraction above 100% means the cores ran faster than the clock /proc/cpuinfo reports (turbo, or a "
             "VM reporting its nominal clock): read that column as relative between rows.\n"
         )
+    return note
+
+
+def _kernel_table(rows: list[dict]) -> str:
+    """The per-layer-counter section (rows profiled with ``profile=true``), empty when none was."""
+    kernels = [r for r in rows if r.get("kernel_shares")]
+    if not kernels:
+        return ""
+    krows = [
+        {
+            "row": f"{r['runtime']} {r['precision']}",
+            **{f"{k} kernels": f"{100 * v:.1f}%" for k, v in r["kernel_shares"].items()},
+            "top kernels (ms)": ", ".join(f"{k} {v:.2f}" for k, v in list(r["kernels"].items())[:4]),
+        }
+        for r in kernels
+    ]
+    return "\n" + markdown_table(krows, "## Where OpenVINO spends the time (per-layer counters)\n")
+
+
+def benchmark_export(export_dir: str | Path, cfg, page: np.ndarray | None = None) -> dict:
+    """Measure every row; returns ``{"rows": [...], "environment": {...}}`` and writes latency.* in ``out``."""
+    out = Path(export_dir)
+    if not (out / META).is_file():
+        raise UserError(f"{out}: not an export folder (no {META}); run python -m export first")
+    meta = load_meta(out / META)
+    base = Family.from_meta(meta)
+    family = _source_family(meta, base)
+    if page is None:  # a blank page of the input size; for a dynamic input an A4 portrait one (h : w = 1.414)
+        h, w = base.input_hw
+        page = np.full((h, round(w / 2**0.5) if base.dynamic_hw else w, 3), 255, np.uint8)
+    timed_feeds = base.feeds(page)[0]  # the input shape every row is timed at
+    run_dir = Path(cfg.paths.get("run_dir") or out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = _dataset_reader(cfg)
+    split = dataset()["val"] if cfg.accuracy and base.is_detector else None
+    rows = [
+        _measure_row(
+            {"runtime": runtime, "device": device, "precision": prec}, make, out, base, family, page, cfg
+        )
+        for runtime, device, prec, make in _rows_to_try(out, meta, base, family, cfg)
+    ]
+    if cfg.peers:
+        rows += _peer_rows(meta, base, cfg, run_dir, page, dataset)
+    shapes = {k: v.shape for k, v in timed_feeds.items()}
+    flops = onnx_flops(out / "model.onnx", shapes) if (out / "model.onnx").is_file() else None
+    peaks = {p: cpu_peak(p, threads=cfg.get("threads")) for p in ("fp32", "bf16", "int8")}
+    eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": base.imgsz})
+    _peaks_and_accuracy(rows, flops, peaks, split, eval_cfg)
+    doc = {
+        "rows": rows,
+        "environment": {**environment(), "openvino_capabilities": cpu_capabilities()},
+        "export": str(out),
+        "source": meta.get("source"),
+        "kind": meta["kind"],
+        "imgsz": base.imgsz,
+        "input_hw": list(base.input_hw) if not base.dynamic_hw else "dynamic",
+        "timed_input_shapes": {k: list(v) for k, v in shapes.items()},
+        "gflops": flops / 1e9 if flops else None,
+        "peaks": {p: {"ops_per_s": v, "how": how} for p, (v, how) in peaks.items()},
+    }
+    (run_dir / "latency.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    table = latency_rows(rows)
+    write_csv(run_dir / "latency.csv", table)
+    up = upstream_rows(rows)
+    note = _latency_note(meta, base, cfg, doc, page, flops, peaks)
     md = markdown_table(table, f"# Latency\n\n{note}\n") + "\n"
     md += markdown_table(up, "## ONNX (CPU) vs TensorRT (GPU)\n")
-    kernels = [r for r in rows if r.get("kernel_shares")]
-    if kernels:
-        krows = [
-            {
-                "row": f"{r['runtime']} {r['precision']}",
-                **{f"{k} kernels": f"{100 * v:.1f}%" for k, v in r["kernel_shares"].items()},
-                "top kernels (ms)": ", ".join(f"{k} {v:.2f}" for k, v in list(r["kernels"].items())[:4]),
-            }
-            for r in kernels
-        ]
-        md += "\n" + markdown_table(krows, "## Where OpenVINO spends the time (per-layer counters)\n")
+    md += _kernel_table(rows)
     (run_dir / "latency.md").write_text(md, encoding="utf-8")
     write_csv(run_dir / "latency_onnx_vs_tensorrt.csv", up)
     print(md)

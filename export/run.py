@@ -193,9 +193,9 @@ def _export_format(
     return entry, model
 
 
-def export_checkpoint(cfg, out: Path) -> dict:
-    """Export ``cfg.checkpoint`` to ``cfg.formats`` in ``out``; returns the manifest. Raises :class:`ParityError`
-    (after writing the manifest and moving the failed files to ``out/failed/``) when a format breaks its bounds."""
+def _checked_config(cfg, out: Path) -> tuple[list[str], list]:
+    """The formats to export and the resolved INT8 overflow fixes to try; raises on a bad config or when
+    ``out`` already holds an export."""
     formats = [str(f) for f in cfg.formats]
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -210,13 +210,12 @@ def export_checkpoint(cfg, out: Path) -> dict:
         raise ConfigError(str(e)) from None
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
-    out.mkdir(parents=True, exist_ok=True)
-    dynamic = bool(cfg.dynamic) or is_dynamic_hw(cfg.get("input_hw"))  # anchors from the input's shape
-    on_square = load_family(
-        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), dynamic
-    )
-    family = on_square.with_input_hw(cfg.input_hw) if cfg.get("input_hw") else on_square
-    data = ParityData(family, cfg)
+    return formats, int8_fixes
+
+
+def _reference(family: Family, on_square: Family, data: ParityData, cfg) -> tuple[_Reference, dict | None]:
+    """The PyTorch reference every format is compared with, and (rectangular input) the same model's metrics
+    on the square (None otherwise)."""
     eval_cfg = OmegaConf.merge(cfg.evaluation, {"n_bootstrap": 0, "imgsz": family.imgsz})
     torch_ref = reference_model(family)
     ref_raw, ref_dets = data.outputs(torch_ref)
@@ -226,36 +225,39 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if family is not on_square:  # what the rectangular input costs: the same model on the square
         square = {"imgsz": on_square.imgsz, **data.evaluate(reference_model(on_square), eval_cfg)}
         log.info("PyTorch on the square: %s", square)
-    onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
-    ref = _Reference(ref_raw, ref_dets, ref_metrics, eval_cfg)
-    artifacts, failures, models = [], [], {}
-    for fmt in formats:
-        tried = []  # openvino_int8: the overflow fixes that failed parity before the one kept
-        fixes = int8_fixes if fmt == "openvino_int8" else [None]
-        for i, fix in enumerate(fixes):
-            entry, model = _export_format(fmt, family, out, onnx_path, data, cfg, ref, fix)
-            if entry["status"] != "failed" or i + 1 == len(fixes):
-                break
-            log.warning(
-                "%s with overflow_fix=%s failed parity (%s); quantizing again with the next fix",
-                fmt,
-                fix[0],
-                entry["reason"],
-            )
-            shutil.rmtree(out / Path(entry.pop("path")).parent)  # the next fix is written in its place
-            tried.append({**entry, "status": "replaced"})
-        if tried:
-            entry["overflow_fix_tried"] = tried
-        if model is not None:
-            models[fmt] = model
-        if entry["status"] == "failed":
-            failures.append(f"{fmt}: {entry['reason']}")
-        artifacts.append(entry)
+    return _Reference(ref_raw, ref_dets, ref_metrics, eval_cfg), square
+
+
+def _export_with_fixes(
+    fmt: str, fixes: list, family: Family, out: Path, onnx_path: Path, data: ParityData, cfg, ref: _Reference
+) -> tuple[dict, ExportedModel | None]:
+    """:func:`_export_format` with each overflow fix in turn until one passes parity (or the last); the entry
+    lists the replaced tries under ``overflow_fix_tried``."""
+    tried = []  # openvino_int8: the overflow fixes that failed parity before the one kept
+    for i, fix in enumerate(fixes):
+        entry, model = _export_format(fmt, family, out, onnx_path, data, cfg, ref, fix)
+        if entry["status"] != "failed" or i + 1 == len(fixes):
+            break
+        log.warning(
+            "%s with overflow_fix=%s failed parity (%s); quantizing again with the next fix",
+            fmt,
+            fix[0],
+            entry["reason"],
+        )
+        shutil.rmtree(out / Path(entry.pop("path")).parent)  # the next fix is written in its place
+        tried.append({**entry, "status": "replaced"})
+    if tried:
+        entry["overflow_fix_tried"] = tried
+    return entry, model
+
+
+def _manifest(cfg, artifacts: list[dict], models: dict, data: ParityData, ref: _Reference, square) -> dict:
+    """The export's manifest: the artifacts, the reference, the stored operating point and the CPU choice."""
     manifest = {
         "artifacts": artifacts,
         "opset": int(cfg.opset),
         "dynamic": bool(cfg.dynamic),
-        "reference": ref_metrics,
+        "reference": ref.metrics,
         "parity_images": len(data.images),
     }
     if square is not None:
@@ -267,21 +269,51 @@ def export_checkpoint(cfg, out: Path) -> dict:
     if cfg.select.enabled:
         conf = float(cfg.evaluation.conf_fixed)
         manifest["cpu_choice"] = choose_cpu_path(artifacts, models, data.images[0], conf, cfg.select)
-    write_meta(family, out / META, manifest)
-    rows = parity_rows(family, artifacts)
+    return manifest
+
+
+def _write_parity_report(family: Family, manifest: dict, square, out: Path) -> None:
+    """Write parity.md / parity.csv and print the table."""
+    rows = parity_rows(family, manifest["artifacts"])
     title = f"# Export parity: {family.source}"
     notes = ""
     if square is not None:
         hw = input_shape_words(family)
-        notes += (
-            f"\nRectangular input {hw}: PyTorch {_metrics_line(ref_metrics)}; the same model on the square "
-        )
+        ref_line = _metrics_line(manifest["reference"])
+        notes += f"\nRectangular input {hw}: PyTorch {ref_line}; the same model on the square "
         notes += f"{square['imgsz']}: {_metrics_line({k: v for k, v in square.items() if k != 'imgsz'})}.\n"
     if manifest.get("cpu_choice"):
         notes += f"\nCPU path for this machine: **{manifest['cpu_choice']['format']}**, {manifest['cpu_choice']['why']}.\n"
     (out / "parity.md").write_text(markdown_table(rows, f"{title}\n") + notes, encoding="utf-8")
     write_csv(out / "parity.csv", rows)
     print(markdown_table(rows, f"{title} ({family.kind}, imgsz {family.imgsz})\n") + notes)
+
+
+def export_checkpoint(cfg, out: Path) -> dict:
+    """Export ``cfg.checkpoint`` to ``cfg.formats`` in ``out``; returns the manifest. Raises :class:`ParityError`
+    (after writing the manifest and moving the failed files to ``out/failed/``) when a format breaks its bounds."""
+    formats, int8_fixes = _checked_config(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    dynamic = bool(cfg.dynamic) or is_dynamic_hw(cfg.get("input_hw"))  # anchors from the input's shape
+    on_square = load_family(
+        str(cfg.checkpoint), cfg.evaluation.decode, str(cfg.backend), cfg.get("imgsz"), dynamic
+    )
+    family = on_square.with_input_hw(cfg.input_hw) if cfg.get("input_hw") else on_square
+    data = ParityData(family, cfg)
+    ref, square = _reference(family, on_square, data, cfg)
+    onnx_path = to_onnx(family, out / "model.onnx", int(cfg.opset), bool(cfg.dynamic))
+    artifacts, failures, models = [], [], {}
+    for fmt in formats:
+        fixes = int8_fixes if fmt == "openvino_int8" else [None]
+        entry, model = _export_with_fixes(fmt, fixes, family, out, onnx_path, data, cfg, ref)
+        if model is not None:
+            models[fmt] = model
+        if entry["status"] == "failed":
+            failures.append(f"{fmt}: {entry['reason']}")
+        artifacts.append(entry)
+    manifest = _manifest(cfg, artifacts, models, data, ref, square)
+    write_meta(family, out / META, manifest)
+    _write_parity_report(family, manifest, square, out)
     if failures:
         _quarantine(out, artifacts)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
@@ -305,7 +337,7 @@ def choose_cpu_path(artifacts: list[dict], models: dict, page, conf: float, node
     timings = {}
     for a in artifacts:
         model = models.get(a["format"])
-        if a.get("status") != "passed" or model is None or getattr(model.runner, "device", "cpu") != "cpu":
+        if a.get("status") != "passed" or model is None or model.runner.device != "cpu":
             continue
         run = partial(model.predict, [page], conf=conf)
         timings[a["format"]] = measure(run, int(node.warmup), int(node.runs), 0.0)["p50_ms"]

@@ -120,15 +120,15 @@ def test_rtdetr_decode_scales_normalised_boxes_by_width_and_height():
     raw[2:, :4] = 0.5  # the rest below conf
     raw[2:, 4:] = 0.01
     # no letterbox (gain 1, no padding): the input frame is the page
-    det = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (w, h), (h, w), conf=0.25)
+    det = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (w, h), (h, w), conf=0.25, iou=None, max_det=300)
     np.testing.assert_allclose(det.boxes, [[36, 16, 60, 48], [0, 40, 48, 56]], atol=1e-4)
     np.testing.assert_allclose(det.scores, [0.9, 0.6], atol=1e-6)
     assert det.labels.tolist() == [1, 0]
     # a letterboxed page (gain 0.5, 8 px padding on the left): boxes back in the original frame
-    det2 = decode(raw, "rtdetr", (0.5, 8.0, 0.0), (200, 200), (h, w), conf=0.25)
+    det2 = decode(raw, "rtdetr", (0.5, 8.0, 0.0), (200, 200), (h, w), conf=0.25, iou=None, max_det=300)
     np.testing.assert_allclose(det2.boxes[0], [(36 - 8) / 0.5, 16 / 0.5, (60 - 8) / 0.5, 48 / 0.5], atol=1e-3)
     # the square size scales both axes alike (guards the (h, w) order above)
-    sq = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (96, 96), 96, conf=0.25)
+    sq = decode(raw, "rtdetr", (1.0, 0.0, 0.0), (96, 96), 96, conf=0.25, iou=None, max_det=300)
     np.testing.assert_allclose(sq.boxes[0], [36, 24, 60, 72], atol=1e-4)
 
 

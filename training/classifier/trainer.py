@@ -186,6 +186,92 @@ class ClassifierRun:
     metrics: dict[str, float]
 
 
+@dataclass
+class _Phases:
+    """Runs one phase of a training run (or, with ``resume``, loads it when already saved) and saves it as
+    ``weights/<name>.pt``."""
+
+    model: RegionClassifier
+    runner: PhaseRunner
+    weights: Path
+    resume: bool
+    device: object
+    aug: object
+    seed: int
+
+    def __call__(self, name: str, stage: dict, train: list[Crop], k: int) -> None:
+        """Train phase ``name`` on ``train`` with ``stage``'s settings and seed ``seed + k``, then save it."""
+        path = self.weights / f"{name}.pt"
+        if self.resume and path.exists():
+            from training.checkpoints import load_weights
+
+            state = load_weights(path, "classifier checkpoint (resume)", self.device)
+            if not isinstance(state, dict) or "state_dict" not in state:
+                raise DataError(f"{path}: not a classifier checkpoint written by this run (no state_dict)")
+            self.model.net.load_state_dict(state["state_dict"])
+            log.info("resume: %s loaded from %s", name, path)
+            return
+        self.runner.run(name, train, stage, self.aug, self.seed + k)
+        self.model.save(path)
+
+
+def _initial_train_set(
+    train_crops: list[Crop], classes: list[str], n_copies: int, aug, seed: int
+) -> tuple[list[Crop], list[Crop], dict]:
+    """The training set before mining (the original crops, then ``n_copies`` augmented copies of each), the
+    copies, and the per-class count table (class -> COUNT_COLUMNS) started with both."""
+    original = as_kind(train_crops, "original")
+    augmented = augment_copies(original, n_copies, aug, seed, "augmented")
+    counts = {c: dict.fromkeys(COUNT_COLUMNS, 0) for c in classes}
+    _add_counts(counts, "original", original)
+    _add_counts(counts, "augmented", augmented)
+    return original + augmented, augmented, counts
+
+
+def _mining_rounds(
+    phases: _Phases, t, train_set: list[Crop], counts: dict, tracker
+) -> tuple[list[Crop], int]:
+    """Hard-negative mining rounds (``t.mining``), each retraining as in stage 2 on the grown set; returns the
+    final training set and the number of rounds that retrained the model."""
+    mining = t.mining
+    rounds, k = int(mining.rounds), int(mining.k)
+    retrain = {
+        "epochs": mining.epochs,
+        "lr": mining.lr,
+        "weight_decay": t.stage2.weight_decay,
+    }
+    mined_rounds = 0
+    for r in range(1, rounds + 1):
+        wrong, new = mine(phases.model, train_set, k, phases.aug, phases.seed + 100 * r)
+        _add_counts(counts, "misclassified", wrong)
+        _add_counts(counts, "augmented_misclassified", new)
+        log.info(
+            "mining round %d: %d misclassified of %d, %d crops added", r, len(wrong), len(train_set), len(new)
+        )
+        tracker.log_metrics({f"mining/round{r}/misclassified": float(len(wrong))}, step=phases.runner.epoch)
+        train_set = train_set + new
+        if not new:
+            log.info("mining round %d: nothing misclassified, stopping", r)
+            break
+        phases(f"mine{r}", retrain, train_set, 2 + r)
+        mined_rounds += 1
+    return train_set, mined_rounds
+
+
+def _run_metrics(counts: dict, epochs: int, n_train: int) -> dict[str, float]:
+    """Fill the count table's ``total`` column and return the run's metrics (epochs, crops, counts)."""
+    for c in counts:
+        # the training set's size: a misclassified crop is already in it, only its copies are new
+        counts[c]["total"] = (
+            counts[c]["original"] + counts[c]["augmented"] + counts[c]["augmented_misclassified"]
+        )
+    metrics: dict[str, float] = {"train/epochs": float(epochs), "train/crops": float(n_train)}
+    for c in counts:
+        for col in COUNT_COLUMNS:
+            metrics[f"counts/{c}/{col}"] = float(counts[c][col])
+    return metrics
+
+
 def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = None) -> ClassifierRun:
     """Run the training pipeline of ``python -m training experiment=classifier_two_stage`` (see module
     docstring); ``validate(y_true, y_pred, classes) -> metrics`` is the per-epoch monitor (injected)."""
@@ -197,13 +283,9 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     model.to(device)
     crops, pages = build_crop_splits(cfg.crops, cfg.get("data"), classes)
     aug = augmenter(t.augment)
-    n_copies = int(t.augment.copies)
-    original = as_kind(crops["train"], "original")
-    augmented = augment_copies(original, n_copies, aug, seed, "augmented")
-    train_set = original + augmented
-    counts = {c: dict.fromkeys(COUNT_COLUMNS, 0) for c in classes}
-    _add_counts(counts, "original", original)
-    _add_counts(counts, "augmented", augmented)
+    train_set, augmented, counts = _initial_train_set(
+        crops["train"], classes, int(t.augment.copies), aug, seed
+    )
     log.info(
         "classifier: %d train crops (%d augmented), %d val, %d test; weights: %s",
         len(train_set),
@@ -214,63 +296,17 @@ def train_classifier(cfg, run_dir: Path, tracker, validate: ValidateFn | None = 
     )
 
     weights = run_dir / "weights"
-    resume = bool(cfg.resume)
     runner = PhaseRunner(model, crops["val"], t, device, validate, tracker, classes)
-
-    def phase(name: str, stage: dict, train: list[Crop], k: int) -> None:
-        path = weights / f"{name}.pt"
-        if resume and path.exists():
-            from training.checkpoints import load_weights
-
-            state = load_weights(path, "classifier checkpoint (resume)", device)
-            if not isinstance(state, dict) or "state_dict" not in state:
-                raise DataError(f"{path}: not a classifier checkpoint written by this run (no state_dict)")
-            model.net.load_state_dict(state["state_dict"])
-            log.info("resume: %s loaded from %s", name, path)
-            return
-        runner.run(name, train, stage, aug, seed + k)
-        model.save(path)
-
+    phase = _Phases(model, runner, weights, bool(cfg.resume), device, aug, seed)
     model.freeze_backbone()
     phase("stage1", t.stage1, train_set, 1)
     model.unfreeze()
     phase("stage2", t.stage2, train_set, 2)
     base = copy.deepcopy(model).cpu()
     model.save(weights / "base.pt")
-
-    mining = t.mining
-    rounds, k = int(mining.rounds), int(mining.k)
-    retrain = {
-        "epochs": mining.epochs,
-        "lr": mining.lr,
-        "weight_decay": t.stage2.weight_decay,
-    }
-    mined_rounds = 0
-    for r in range(1, rounds + 1):
-        wrong, new = mine(model, train_set, k, aug, seed + 100 * r)
-        _add_counts(counts, "misclassified", wrong)
-        _add_counts(counts, "augmented_misclassified", new)
-        log.info(
-            "mining round %d: %d misclassified of %d, %d crops added", r, len(wrong), len(train_set), len(new)
-        )
-        tracker.log_metrics({f"mining/round{r}/misclassified": float(len(wrong))}, step=runner.epoch)
-        train_set = train_set + new
-        if not new:
-            log.info("mining round %d: nothing misclassified, stopping", r)
-            break
-        phase(f"mine{r}", retrain, train_set, 2 + r)
-        mined_rounds += 1
+    train_set, mined_rounds = _mining_rounds(phase, t, train_set, counts, tracker)
     model.save(weights / "best.pt")
-    for c in classes:
-        # the training set's size: a misclassified crop is already in it, only its copies are new
-        counts[c]["total"] = (
-            counts[c]["original"] + counts[c]["augmented"] + counts[c]["augmented_misclassified"]
-        )
-
-    metrics: dict[str, float] = {"train/epochs": float(runner.epoch), "train/crops": float(len(train_set))}
-    for c in classes:
-        for col in COUNT_COLUMNS:
-            metrics[f"counts/{c}/{col}"] = float(counts[c][col])
+    metrics = _run_metrics(counts, runner.epoch, len(train_set))
     _write_history(run_dir, runner.history)
     return ClassifierRun(
         model.cpu(),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -461,95 +461,146 @@ def _capture(rng: np.random.Generator, page: np.ndarray, layers, cfg: PageConfig
     return out, boxes, ink
 
 
-def generate_page(
-    rng: np.random.Generator, cfg: PageConfig = PageConfig()
-) -> tuple[np.ndarray, list, np.ndarray]:
-    """One page (HxWx3 uint8 RGB), its signature boxes ``[x0, y0, x1, y1]`` (exclusive ends, pixels) and the
-    signatures' ink mask (HxW bool: where a signature put visible ink, what the boxes are the bounds of)."""
-    W, H = cfg.page_size
-    s = min(W, H) / 640
-    base = rng.uniform(225, 253)
-    paper = Image.new("RGB", (W, H), tuple(int(base + d) for d in rng.uniform(-5, 3, 3)))
-    draw = ImageDraw.Draw(paper)
+@dataclass
+class _Layout:
+    """The page being printed: what draws on it, its size and scale, and what the print left for later."""
+
+    rng: np.random.Generator
+    cfg: PageConfig
+    draw: ImageDraw.ImageDraw
+    W: int
+    H: int
+    s: float  # the page's short side / 640
+    margin: int
     # regions with print: signatures may overlap them slightly, handwriting avoids most
-    printed: list[tuple] = []
-    margin = int(W * rng.uniform(0.04, 0.1))
-    y = int(H * rng.uniform(0.02, 0.06))
+    printed: list[tuple] = field(default_factory=list)
+    anchors: list[tuple[int, int]] = field(default_factory=list)  # (x, y) spots where a signature belongs
+
+
+def _header(lay: _Layout, y: int) -> int:
+    """An optional logo, then (certificate pages) a border and a title; returns the next y."""
+    rng, cfg, s, margin = lay.rng, lay.cfg, lay.s, lay.margin
     if rng.random() < cfg.logo_p:
         size = int(rng.uniform(20, 50) * s)
-        _logo(draw, rng, margin, y, size)
-        printed.append((margin, y, margin + size * 5, y + size))
+        _logo(lay.draw, rng, margin, y, size)
+        lay.printed.append((margin, y, margin + size * 5, y + size))
         y += size + int(10 * s)
     if cfg.certificate_p > 0 and rng.random() < cfg.certificate_p:  # no draw when off: version-1 pages
-        y = _certificate(draw, rng, W, H, y, s, printed)
-    anchors: list[tuple[int, int]] = []  # (x, y) spots where a signature belongs: above lines, in cells
+        y = _certificate(lay.draw, rng, lay.W, lay.H, y, s, lay.printed)
+    return y
+
+
+def _block(lay: _Layout, y: int, n_blocks: int) -> int:
+    """A table (its wide cells may become anchors) or a text block at ``y``; returns the next y."""
+    rng, s, W, H, margin = lay.rng, lay.s, lay.W, lay.H, lay.margin
+    fpx = int(_between(rng, lay.cfg.font_px) * s)
+    if rng.random() < lay.cfg.tables_p / max(1, n_blocks / 2):
+        box = (margin, y, W - margin, min(int(H * 0.95), y + int(rng.uniform(0.12, 0.3) * H)))
+        lay.printed.append(box)
+        for c in _table(lay.draw, rng, box, fpx):
+            if rng.random() < 0.15 and c[2] - c[0] > 40 * s:
+                lay.anchors.append(((c[0] + c[2]) // 2, c[3] - 2))
+        return box[3] + int(rng.uniform(8, 30) * s)
+    h = int(rng.uniform(0.05, 0.22) * H)
+    x1 = W - margin if rng.random() < 0.8 else int(W * rng.uniform(0.45, 0.7))
+    _text_block(lay.draw, rng, (margin, y, x1, min(int(H * 0.95), y + h)), fpx, lay.printed)
+    return lay.printed[-1][3] + int(rng.uniform(10, 45) * s)
+
+
+def _signature_line(lay: _Layout, y: int) -> int:
+    """A signature line with its printed caption below ``y`` (an anchor) when it fits; returns the next y."""
+    rng, s, W, H = lay.rng, lay.s, lay.W, lay.H
+    lx0 = int(rng.uniform(lay.margin, W * 0.55))
+    lx1 = min(W - lay.margin, lx0 + int(rng.uniform(120, 260) * s))
+    ly = y + int(rng.uniform(25, 50) * s)
+    if ly >= H - 20 * s:
+        return y
+    lay.draw.line([(lx0, ly), (lx1, ly)], fill=(40, 40, 40), width=max(1, int(s)))
+    fpx = int(_between(rng, lay.cfg.font_px) * s)
+    caption = str(rng.choice(_CAPTIONS))
+    font = _font(int(rng.integers(0, 64)), fpx)
+    lay.draw.text((lx0, ly + 3), caption, fill=(40, 40, 40), font=font)
+    lay.anchors.append(((lx0 + lx1) // 2, ly + int(rng.uniform(-2, 6) * s)))
+    lay.printed.append((lx0, ly, lx1, ly + fpx + 4))
+    return ly + fpx + int(rng.uniform(15, 40) * s)
+
+
+def _print_page(rng: np.random.Generator, cfg: PageConfig, s: float) -> tuple[np.ndarray, list]:
+    """The printed page (HxWx3 float RGB, unevenly lit paper) and its anchors for signatures."""
+    W, H = cfg.page_size
+    base = rng.uniform(225, 253)
+    paper = Image.new("RGB", (W, H), tuple(int(base + d) for d in rng.uniform(-5, 3, 3)))
+    lay = _Layout(rng, cfg, ImageDraw.Draw(paper), W, H, s, margin=int(W * rng.uniform(0.04, 0.1)))
+    y = _header(lay, int(H * rng.uniform(0.02, 0.06)))
     n_blocks = _between(rng, cfg.text_blocks)
     for _ in range(n_blocks):
         if y > H * 0.85:
             break
-        fpx = int(_between(rng, cfg.font_px) * s)
-        if rng.random() < cfg.tables_p / max(1, n_blocks / 2):
-            box = (margin, y, W - margin, min(int(H * 0.95), y + int(rng.uniform(0.12, 0.3) * H)))
-            printed.append(box)
-            for c in _table(draw, rng, box, fpx):
-                if rng.random() < 0.15 and c[2] - c[0] > 40 * s:
-                    anchors.append(((c[0] + c[2]) // 2, c[3] - 2))
-            y = box[3] + int(rng.uniform(8, 30) * s)
-        else:
-            h = int(rng.uniform(0.05, 0.22) * H)
-            x1 = W - margin if rng.random() < 0.8 else int(W * rng.uniform(0.45, 0.7))
-            _text_block(draw, rng, (margin, y, x1, min(int(H * 0.95), y + h)), fpx, printed)
-            y = printed[-1][3] + int(rng.uniform(10, 45) * s)
-        if rng.random() < 0.45 and y < H * 0.92:  # a signature line with its printed caption
-            lx0 = int(rng.uniform(margin, W * 0.55))
-            lx1 = min(W - margin, lx0 + int(rng.uniform(120, 260) * s))
-            ly = y + int(rng.uniform(25, 50) * s)
-            if ly < H - 20 * s:
-                draw.line([(lx0, ly), (lx1, ly)], fill=(40, 40, 40), width=max(1, int(s)))
-                fpx = int(_between(rng, cfg.font_px) * s)
-                caption = str(rng.choice(_CAPTIONS))
-                font = _font(int(rng.integers(0, 64)), fpx)
-                draw.text((lx0, ly + 3), caption, fill=(40, 40, 40), font=font)
-                anchors.append(((lx0 + lx1) // 2, ly + int(rng.uniform(-2, 6) * s)))
-                printed.append((lx0, ly, lx1, ly + fpx + 4))
-                y = ly + fpx + int(rng.uniform(15, 40) * s)
+        y = _block(lay, y, n_blocks)
+        if rng.random() < 0.45 and y < H * 0.92:
+            y = _signature_line(lay, y)
     page = np.asarray(paper, np.float32).copy()
     page -= rng.uniform(0, 10) * cv2.resize(rng.random((4, 4)).astype(np.float32), (W, H))[..., None]
+    return page, lay.anchors
 
+
+def _signature_ink(rng: np.random.Generator, cfg: PageConfig, s: float) -> np.ndarray | None:
+    """One signature's ink coverage cropped to its ink, or None when it left no ink."""
+    xh = rng.uniform(*cfg.signature_width) * s / rng.uniform(6, 14)
+    alpha = handwriting(rng, xh, words=(1, 2), letters=(3, 8), capital_p=0.85, flourish_p=0.45)
+    alpha *= rng.uniform(0.65, 1.0) * (
+        0.8 + 0.2 * cv2.resize(rng.random((3, 3)).astype(np.float32), alpha.shape[::-1])
+    )
+    ys, xs = np.nonzero(alpha > 0.25)
+    if len(xs) == 0:
+        return None
+    return alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _signature_box(rng, w: int, h: int, W: int, H: int, s: float, anchors: list, taken: list) -> tuple | None:
+    """Where a ``w x h`` signature goes: mostly at an anchor, else in the lower part of the page, apart from
+    the other signatures; None when 30 tries all collide."""
+    for _try in range(30):
+        if anchors and rng.random() < 0.7:
+            ax, ay = anchors[int(rng.integers(len(anchors)))]
+            x, yy = int(ax - w * rng.uniform(0.3, 0.7)), int(ay - h * rng.uniform(0.6, 1.0))
+        else:
+            x = int(rng.integers(0, W - w))
+            yy = int(rng.integers(int(H * 0.3), H - h)) if H - h > H * 0.3 else 0
+        x, yy = int(np.clip(x, 0, W - w)), int(np.clip(yy, 0, H - h))
+        box = (x, yy, x + w, yy + h)
+        if _free(box, taken, int(6 * s)):
+            return box
+    return None
+
+
+def _sign(rng, cfg: PageConfig, page: np.ndarray, anchors: list, s: float) -> tuple[list, list]:
+    """Draw the signatures on ``page``: each one's ink layer with its top-left corner, and their boxes."""
+    H, W = page.shape[:2]
     layers: list[tuple[np.ndarray, int, int]] = []  # each signature's ink coverage and its top-left corner
     taken: list[tuple] = []
     n_sig = 0 if rng.random() < cfg.blank_p else _between(rng, cfg.signatures)
     ink = _INKS[int(rng.integers(len(_INKS)))]
     for _ in range(n_sig):
-        xh = rng.uniform(*cfg.signature_width) * s / rng.uniform(6, 14)
-        alpha = handwriting(rng, xh, words=(1, 2), letters=(3, 8), capital_p=0.85, flourish_p=0.45)
-        alpha *= rng.uniform(0.65, 1.0) * (
-            0.8 + 0.2 * cv2.resize(rng.random((3, 3)).astype(np.float32), alpha.shape[::-1])
-        )
-        ys, xs = np.nonzero(alpha > 0.25)
-        if len(xs) == 0:
+        alpha = _signature_ink(rng, cfg, s)
+        if alpha is None:
             continue
-        alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         h, w = alpha.shape
         if w >= W or h >= H:
             continue
-        for _try in range(30):
-            if anchors and rng.random() < 0.7:
-                ax, ay = anchors[int(rng.integers(len(anchors)))]
-                x, yy = int(ax - w * rng.uniform(0.3, 0.7)), int(ay - h * rng.uniform(0.6, 1.0))
-            else:
-                x = int(rng.integers(0, W - w))
-                yy = int(rng.integers(int(H * 0.3), H - h)) if H - h > H * 0.3 else 0
-            x, yy = int(np.clip(x, 0, W - w)), int(np.clip(yy, 0, H - h))
-            box = (x, yy, x + w, yy + h)
-            if _free(box, taken, int(6 * s)):
-                break
-        else:
+        box = _signature_box(rng, w, h, W, H, s, anchors, taken)
+        if box is None:
             continue
+        x, yy = box[:2]
         _multiply(page, alpha, x, yy, ink if rng.random() < 0.8 else _INKS[int(rng.integers(len(_INKS)))])
         layers.append((alpha, x, yy))
         taken.append(box)
+    return layers, taken
 
+
+def _distract(rng, cfg: PageConfig, page: np.ndarray, taken: list, s: float) -> None:
+    """Draw the handwriting and stamps that are not signatures on ``page``, apart from everything in ``taken``."""
+    H, W = page.shape[:2]
     # distractors: never labelled, kept off the signatures so every label box holds one signature only
     # (ink coverage, the inks it is drawn in): initials, notes, stamps
     distract = [
@@ -570,6 +621,18 @@ def generate_page(
         x, yy = pos
         _multiply(page, alpha, x, yy, inks[int(rng.integers(len(inks)))])
         taken.append((x, yy, x + w, yy + h))
+
+
+def generate_page(
+    rng: np.random.Generator, cfg: PageConfig = PageConfig()
+) -> tuple[np.ndarray, list, np.ndarray]:
+    """One page (HxWx3 uint8 RGB), its signature boxes ``[x0, y0, x1, y1]`` (exclusive ends, pixels) and the
+    signatures' ink mask (HxW bool: where a signature put visible ink, what the boxes are the bounds of)."""
+    W, H = cfg.page_size
+    s = min(W, H) / 640
+    page, anchors = _print_page(rng, cfg, s)
+    layers, taken = _sign(rng, cfg, page, anchors, s)
+    _distract(rng, cfg, page, taken, s)
     page += rng.normal(0, rng.uniform(0.5, 3.0), page.shape[:2])[..., None]
     return _capture(rng, page, layers, cfg)
 
