@@ -302,8 +302,8 @@ def test_summary_writes_only_search_space_values_from_the_shared_storage(tmp_pat
     that is then run, so a parameter the search space cannot give is refused, and no file is written."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from training.cli import DataError
     from evaluation.sweep_report import summarize
+    from training.cli import DataError
 
     storage = f"sqlite:///{tmp_path}/s.db"
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -350,3 +350,41 @@ def test_dead_trial_check_skips_attributes_no_worker_wrote():
         t.set_user_attr("pid", pid)
     fail_dead_local_trials(study)
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 3
+
+
+def test_storage_in_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    """A sqlite storage whose folder cannot be written (issue 40): refused before any trial, one line naming the
+    folder (root writes anywhere, so the check is faked at os.access)."""
+    import training.sweep as sweep
+    from training.cli import ConfigError
+
+    real = os.access
+    monkeypatch.setattr(sweep.os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+    with pytest.raises(ConfigError, match=f"sweep.storage: folder {tmp_path} is not writable") as e:
+        sweep.make_storage(f"sqlite:///{tmp_path}/study.db")
+    assert "\n" not in str(e.value)
+
+
+def test_a_database_that_refuses_writes_is_one_line(tmp_path, monkeypatch):
+    """A study database that refuses writes (read-only file, full disk, locked): one line, not SQLAlchemy's stacked
+    tracebacks. The refusal is SQLAlchemy's OperationalError, raised here at create_study (root writes anywhere)."""
+    import optuna
+
+    from training.cli import UserError
+    from training.sweep import optimize
+
+    class OperationalError(Exception):  # what sqlalchemy.exc raises, by name
+        pass
+
+    def refuse(**_):
+        raise OperationalError(
+            "(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: INSERT ...]"
+        )
+
+    monkeypatch.setattr(optuna, "create_study", refuse)
+    scfg = compose_cfg(
+        "sweep", ["sweep=quickstart_tiny", f"sweep.storage=sqlite:///{tmp_path}/s.db"], tmp_path
+    ).sweep
+    with pytest.raises(UserError, match="sweep.storage: cannot write the study .*readonly database") as e:
+        optimize(scfg, tmp_path / "out", lambda cfg, wrap: pytest.fail("a trial ran"))
+    assert "\n" not in str(e.value)

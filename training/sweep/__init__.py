@@ -83,6 +83,12 @@ def _storage_folder(path: Path, out_dir: Path | None, setting: str) -> None:
     typo in ``sweep.storage`` (``sqlite:///tmp/x/y.db`` for ``sqlite:////tmp/...``) leaves no folders elsewhere."""
     parent = path.parent
     if parent.is_dir():
+        # SQLite and the journal write beside the file (its -journal / lock files) on every trial: a read-only folder
+        # fails there, trials in, unless refused now
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{setting}: folder {parent} is not writable (the study's file and its locks go there)"
+            )
         return
     if parent.exists():
         raise ConfigError(f"{setting}: {parent} is not a folder")
@@ -289,14 +295,19 @@ def optimize(scfg, out_dir: Path, run_fn, worker: int = 0):
     check_sweep(scfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is our log's job
     storage = make_storage(scfg.storage, out_dir, scfg.heartbeat)
-    study = optuna.create_study(
-        study_name=str(scfg.study_name),
-        storage=storage,
-        direction=str(scfg.direction),
-        load_if_exists=True,
-        sampler=make_sampler(scfg, worker),
-        pruner=make_pruner(scfg),
-    )
+    try:
+        study = optuna.create_study(
+            study_name=str(scfg.study_name),
+            storage=storage,
+            direction=str(scfg.direction),
+            load_if_exists=True,
+            sampler=make_sampler(scfg, worker),
+            pruner=make_pruner(scfg),
+        )
+    except Exception as e:  # an OSError (the journal's file) is the CLI's one line about the place
+        if e.__class__.__name__ != "OperationalError":  # SQLAlchemy's: read-only database, disk full, locked
+            raise
+        raise UserError(f"sweep.storage: cannot write the study ({first_line(e)})") from None
     study.set_user_attr("metric", str(scfg.metric))
     if not study.get_trials(deepcopy=False) and scfg.enqueue:
         for params in OmegaConf.to_container(scfg.enqueue, resolve=True):
