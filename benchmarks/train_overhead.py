@@ -40,6 +40,9 @@ print("TRAIN_SECONDS", time.perf_counter() - t)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--experiment", default="quickstart")
+    ap.add_argument(
+        "--model", default=None, help="a conf/model name, e.g. --experiment upstream --model yolov8s"
+    )
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--repeats", type=int, default=2)
@@ -48,7 +51,8 @@ def main() -> None:
     import training  # noqa: F401
     from training.data import load_dataset, prepare_yolo
 
-    overrides = [f"experiment={a.experiment}", f"train.epochs={a.epochs}", f"train.imgsz={a.imgsz}"]
+    setting = [f"experiment={a.experiment}", *([f"model={a.model}"] if a.model else [])]
+    overrides = [*setting, f"train.epochs={a.epochs}", f"train.imgsz={a.imgsz}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=overrides)
     tmp = Path(tempfile.mkdtemp(prefix="sigdet-bench-"))
@@ -85,7 +89,7 @@ def main() -> None:
 
     po, pp = statistics.median(ours), statistics.median(plain)
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; experiment={a.experiment} "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {' '.join(setting)} "
         f"epochs={a.epochs} imgsz={a.imgsz} batch={train_args['batch']}, {n_train} train images, {a.repeats} repeats (median)\n"
     )
     print("| side | train images/s | runs |\n|---|---|---|")

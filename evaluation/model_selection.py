@@ -42,13 +42,19 @@ def _model_backend(name: str) -> str:
     model = CONF / "model" / f"{name}.yaml"
     if exp.is_file():
         for d in OmegaConf.load(exp).get("defaults", []):
-            if isinstance(d, dict) and "override /model" in d:
+            if isinstance(d, DictConfig) and "override /model" in d:
                 model = CONF / "model" / f"{d['override /model']}.yaml"
     if not model.is_file():
         raise ConfigError(
-            f"models: {name!r} is neither an experiment in conf/experiment/ nor a model in conf/model/"
+            f"models: {name!r} is neither a model in conf/model/ nor an experiment in conf/experiment/"
         )
     return str(OmegaConf.load(model).backend)
+
+
+def _has_upstream_setting(name: str) -> bool:
+    """Whether conf/model/<name>.yaml names the weights experiment=upstream fine-tunes from."""
+    model = CONF / "model" / f"{name}.yaml"
+    return model.is_file() and "upstream_weights" in OmegaConf.load(model)  # the key: its value may be ${...}
 
 
 def _training_command(
@@ -57,6 +63,9 @@ def _training_command(
     cmd = [sys.executable, "-m", "training"]
     if (CONF / "experiment" / f"{name}.yaml").is_file():
         cmd.append(f"experiment={name}")
+    elif _has_upstream_setting(name):
+        # its pretrained weights and (transformers models) its trainer come from its model file
+        cmd += ["experiment=upstream", f"model={name}"]
     else:
         cmd += [f"model={name}", f"trainer@train={backend}"]
     cmd += data_overrides

@@ -125,6 +125,9 @@ def write_best_experiment(scfg, out_dir: Path, best) -> str:
     exp_dir.mkdir(exist_ok=True)
     name = f"{scfg.study_name}_best"
     exp = OmegaConf.load(CONF / "experiment" / f"{scfg.experiment}.yaml")
+    if scfg.model:  # the swept model, as `model=` chose it for every trial
+        with open_dict(exp):
+            exp.defaults = [*exp.get("defaults", []), {"override /model": str(scfg.model)}]
     exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
     # the storage is shared with other workers (a database): only names of sweep.search_space, with values
     # its entries can give, go into a file that is then run (never a hydra.* key, a ${...} or a path of its own)

@@ -18,16 +18,25 @@ UPSTREAM = (
     + [f"yolov10{s}" for s in "nsbmlx"]
     + ["rtdetr-l"]
 )
+TRANSFORMERS = ["detr-resnet-50", "conditional-detr-resnet-50", "yolos-tiny", "yolos-base"]
+# what each run composes: every experiment but upstream on its own, upstream with each model that names its weights
+RUNS = [(e, None) for e in EXPERIMENTS if e != "upstream"]
+RUNS += [("upstream", m) for m in UPSTREAM + TRANSFORMERS]
 
 
-def test_every_upstream_model_has_a_config_and_an_experiment():
-    assert set(UPSTREAM) <= set(MODELS)
-    assert set(UPSTREAM) | {"quickstart"} <= set(EXPERIMENTS)
+def test_every_upstream_model_has_a_config_with_its_upstream_weights():
+    assert set(UPSTREAM) | set(TRANSFORMERS) <= set(MODELS)
+    assert {"upstream", "quickstart"} <= set(EXPERIMENTS)
+    assert not set(EXPERIMENTS) & set(MODELS)  # one experiment takes any model, none is a model's copy
+    for m in MODELS:
+        cfg = OmegaConf.load(CONF / "model" / f"{m}.yaml")
+        assert ("upstream_weights" in cfg) == (cfg.backend != "classifier"), m
+        assert (m in UPSTREAM + TRANSFORMERS) == (cfg.backend != "classifier"), m
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_resolves(name, tmp_path):
-    cfg = compose_cfg("train", [f"experiment={name}"], tmp_path)
+@pytest.mark.parametrize("name,model", RUNS, ids=[f"{e}-{m}" if m else e for e, m in RUNS])
+def test_experiment_composes_and_resolves(name, model, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={name}", *([f"model={model}"] if model else [])], tmp_path)
     OmegaConf.resolve(cfg)
     assert cfg.model.backend in BACKENDS
     if cfg.model.backend == "classifier":
@@ -38,8 +47,23 @@ def test_experiment_composes_and_resolves(name, tmp_path):
         assert cfg.train.optimizer != "auto"
         check_train_args(OmegaConf.to_container(cfg.train))
     else:
+        # the model file selects the transformers trainer
+        assert OmegaConf.get_type(cfg.train).__name__ == "TransformersTrainer"
         assert "optimizer" not in cfg.train and cfg.model.weights == cfg.model.hub_id
-    assert cfg.task_name == name
+    if model is None:
+        assert cfg.task_name == name
+    else:
+        assert cfg.task_name == cfg.model.name == model and cfg.data.path == "tech4humans/signature-detection"
+        assert cfg.model.weights == (cfg.model.hub_id if model in TRANSFORMERS else f"{model}.pt")
+
+
+@pytest.mark.parametrize("model", TRANSFORMERS)
+def test_a_transformers_model_selects_its_trainer(model, tmp_path):
+    cfg = compose_cfg("train", [f"model={model}"], tmp_path)
+    assert OmegaConf.get_type(cfg.train).__name__ == "TransformersTrainer" and cfg.model.weights is None
+    # trainer@train on the command line still wins over the model file's choice
+    cfg = compose_cfg("train", [f"model={model}", "trainer@train=ultralytics"], tmp_path)
+    assert "optimizer" in cfg.train
 
 
 @pytest.mark.parametrize("model", MODELS)

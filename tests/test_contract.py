@@ -214,7 +214,7 @@ def test_offline_hub_id_is_one_clear_line(tmp_path, monkeypatch):
     from training.cli import OfflineError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = compose_cfg("train", ["experiment=detr-resnet-50", "data=embedded"], tmp_path)
+    cfg = compose_cfg("train", ["experiment=upstream", "model=detr-resnet-50", "data=embedded"], tmp_path)
     det = build_detector(cfg.model, tmp_path)
     with pytest.raises(OfflineError) as e:
         det._build(["signature"])

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
-from sigdet.cli import COMMANDS
+from sigdet.cli import COMMANDS, entry_point
 from training.cli import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"```(?:bash|sh|console)?\n(.*?)```", re.S)
 # the Hydra apps: module as written after python -m -> the module whose main() it runs
-MODULES = {m: m if "." in m else f"{m}.__main__" for m, _ in COMMANDS.values()}
+MODULES = {m for m, _ in COMMANDS.values()}
 
 
 def commands() -> list[tuple[str, str, list[str]]]:
@@ -53,5 +52,5 @@ def test_the_docs_show_commands():
 
 @pytest.mark.parametrize("where,module,args", CMDS, ids=[c[0] for c in CMDS])
 def test_documented_command_composes(where, module, args):
-    config_name = importlib.import_module(MODULES[module]).main.config_name
+    config_name = entry_point(module).main.config_name
     compose(config_name, [a for a in args if "=" in a], run_dir="unused")

@@ -198,7 +198,7 @@ def test_card_of_an_ultralytics_run(tmp_path):
     )
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump(["experiment=yolov8s", "data=hf_signature_detection"])
+        yaml.safe_dump(["experiment=upstream", "model=yolov8s", "data=hf_signature_detection"])
     )
     meta, body = _card(write_model_card(run).read_text())
     assert meta["library_name"] == "ultralytics" and meta["datasets"] == ["tech4humans/signature-detection"]
@@ -210,7 +210,7 @@ def test_card_of_an_ultralytics_run(tmp_path):
     }
     assert [m["type"] for m in result["metrics"]] == ["mAP50"]  # a missing (NaN) metric is left out
     assert "| 0.9100 | [0.8800, 0.9300] |" in body and "test 419 images, 500 boxes" in body
-    assert "python -m training experiment=yolov8s data=hf_signature_detection" in body
+    assert "python -m training experiment=upstream model=yolov8s data=hf_signature_detection" in body
     assert "huggingface.co/datasets/tech4humans/signature-detection" in body  # the licence: its card
     assert "- Device: cuda:0" in body and "100 epochs" in body and "60.0 min" in body
     assert 'YOLO("best.pt")' in body

@@ -25,7 +25,7 @@ def test_upstream_search_space_is_the_published_one():
     cfg = compose_cfg("sweep", [])
     s = cfg.sweep
     assert s.n_trials == 20 and s.direction == "maximize" and s.metric == "val/f1" and s.sampler.name == "tpe"
-    assert s.experiment == "yolov8s"
+    assert s.experiment == "upstream" and s.model == "yolov8s"
     space = OmegaConf.to_container(s.search_space)
     assert space["train.dropout"] == {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}
     assert (

@@ -186,6 +186,7 @@ class UltralyticsModel:
     arch: Optional[str] = MISSING  # noqa: UP045
     weights: Optional[str] = MISSING  # noqa: UP045
     synthetic_weights: Optional[str] = None  # noqa: UP045 (only models with a shipped checkpoint set it)
+    upstream_weights: Optional[str] = None  # noqa: UP045 (what experiment=upstream fine-tunes from)
     decode: Decode = "${evaluation.decode.ultralytics}"  # type: ignore[assignment]  (the root's decoding)
 
 
@@ -198,6 +199,7 @@ class TransformersModel:
     family: str = MISSING  # detr | conditional_detr | yolos
     hub_id: Optional[str] = MISSING  # noqa: UP045
     weights: Optional[str] = MISSING  # noqa: UP045
+    upstream_weights: Optional[str] = None  # noqa: UP045 (what experiment=upstream fine-tunes from)
     config: dict[str, Any] = MISSING  # transformers config fields for random init
     backbone: Optional[dict[str, Any]] = None  # noqa: UP045 (ResNet backbone config; DETR families only)
     decode: Decode = "${evaluation.decode.transformers}"  # type: ignore[assignment]  (the root's decoding)
@@ -336,6 +338,7 @@ class Sweep:
     the search space free-form override paths, so those are checked by their reader."""
 
     experiment: str = MISSING
+    model: Optional[str] = MISSING  # noqa: UP045 (the model= of the experiment; null: the experiment's own)
     overrides: dict[str, Any] = MISSING
     metric: str = MISSING
     direction: str = MISSING  # maximize | minimize

@@ -248,10 +248,11 @@ class PruningTracker:
 
 # -- one trial -----------------------------------------------------------------------------------------
 def compose_run(scfg, extra: list[str], run_dir: Path, logger_name: str | None = None) -> DictConfig:
-    """The train config of one run: the swept experiment, the sweep's overrides, then ``extra``."""
+    """The train config of one run: the swept experiment (and model), the sweep's overrides, then ``extra``."""
     from hydra import compose
 
-    overrides = [f"experiment={scfg.experiment}", *flatten_overrides(scfg.overrides), *extra]
+    model = [f"model={scfg.model}"] if scfg.model else []
+    overrides = [f"experiment={scfg.experiment}", *model, *flatten_overrides(scfg.overrides), *extra]
     if scfg.logger != "none":
         overrides.append(f"logger={scfg.logger}")
     cfg = compose("train", overrides=overrides)
