@@ -108,6 +108,8 @@ def export_peer(
     shutil.copyfile(checkpoint, weights)
     size = [int(v) for v in imgsz] if isinstance(imgsz, list) else int(imgsz)
     with safe_load():  # ultralytics loads the copy through its restricted loader
-        path = YOLO(str(weights)).export(imgsz=size, dynamic=bool(dynamic), device="cpu", verbose=False, **args)
+        path = YOLO(str(weights)).export(
+            imgsz=size, dynamic=bool(dynamic), device="cpu", verbose=False, **args
+        )
     log.info("%s: %s", name, path)
     return Path(path)

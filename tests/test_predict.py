@@ -224,7 +224,7 @@ def test_class_names_from_the_model_never_leave_the_crops_folder(tmp_path):
     import torch
     import ultralytics.utils.patches as patches
 
-    from training.checkpoints import enable_ultralytics_safe_load
+    from training.compat.ultralytics import safe_load
     from training.fileio import folder_name
 
     assert [folder_name(n, "class_0") for n in ("signature", "../../x", "/abs", "..", "", "a\\b")] == [
@@ -235,8 +235,8 @@ def test_class_names_from_the_model_never_leave_the_crops_folder(tmp_path):
         "class_0",
         "a_b",
     ]
-    enable_ultralytics_safe_load()
-    ckpt = patches.torch_load(PRETRAINED, map_location="cpu")
+    with safe_load():
+        ckpt = patches.torch_load(PRETRAINED, map_location="cpu")
     escape = tmp_path / "escaped"
     ckpt["model"].names = {0: f"../../{escape.name}"}
     doctored = tmp_path / "doctored.pt"

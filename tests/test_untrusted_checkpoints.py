@@ -265,14 +265,15 @@ def test_getattr_trap_passes_the_scan_but_never_runs(tmp_path, trained_run, mark
     """ultralytics' own torch_load unpickles without restriction (strip_optimizer at the end of every training):
     under our safe load it goes through the restricted loader; resume's vetting trial-loads every checkpoint."""
     from training.backends.ultralytics import _vet_run_checkpoints, load_yolo
-    from training.checkpoints import check_ultralytics_checkpoint, enable_ultralytics_safe_load
+    from training.checkpoints import check_ultralytics_checkpoint
+    from training.compat.ultralytics import safe_load
 
     trap = getattr_trap(tmp_path / "w" / "best.pt", marker)
     assert check_ultralytics_checkpoint(trap) == trap  # the scan alone cannot tell
-    enable_ultralytics_safe_load()
     from ultralytics.utils.torch_utils import strip_optimizer
 
-    assert strip_optimizer(trap) == {}  # refused (ultralytics logs "Skipping"), not run
+    with safe_load():
+        assert strip_optimizer(trap) == {}  # refused (ultralytics logs "Skipping"), not run
     with pytest.raises(UserError, match=trap.name):
         load_yolo(trap)
     shutil.copy(trained_run[1] / "weights" / "last.pt", trap.with_name("last.pt"))
@@ -280,7 +281,8 @@ def test_getattr_trap_passes_the_scan_but_never_runs(tmp_path, trained_run, mark
         _vet_run_checkpoints(trap.parent)
     # a genuine checkpoint still strips through the restricted loader
     genuine = shutil.copy(trained_run[1] / "weights" / "last.pt", tmp_path / "genuine.pt")
-    assert "model" in strip_optimizer(genuine)
+    with safe_load():
+        assert "model" in strip_optimizer(genuine)
 
 
 def test_resume_reads_this_runs_data_and_writes_into_its_folder(tmp_path, trained_run, marker):
@@ -288,11 +290,11 @@ def test_resume_reads_this_runs_data_and_writes_into_its_folder(tmp_path, traine
     script it runs when the images are missing) and a save_dir elsewhere. Resume uses ours instead."""
     import ultralytics.utils.patches as patches
 
-    from training.checkpoints import enable_ultralytics_safe_load
+    from training.compat.ultralytics import safe_load
     from training.train import train
 
-    enable_ultralytics_safe_load()
-    ckpt = patches.torch_load(trained_run[1] / "weights" / "last.pt", map_location="cpu")
+    with safe_load():
+        ckpt = patches.torch_load(trained_run[1] / "weights" / "last.pt", map_location="cpu")
     evil = tmp_path / "evil.yaml"
     evil.write_text(
         f"path: {tmp_path / 'nowhere'}\ntrain: images\nval: images\nnames: {{0: signature}}\n"

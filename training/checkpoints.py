@@ -5,11 +5,11 @@ checkpoint the framework reads goes through here:
 
 - :func:`load_weights`: ``torch.load(weights_only=True)`` (tensors, plain containers and a few numpy data types
   only), with one-line errors for empty, text, truncated or foreign files;
-- :func:`check_ultralytics_checkpoint` + :func:`enable_ultralytics_safe_load`: ultralytics pickles whole
-  modules, so its checkpoints cannot load with plain ``weights_only=True``. Ultralytics (>= 8.4.67) has its own
-  restricted loader (``ULTRALYTICS_SAFE_LOAD``: ``weights_only=True`` plus an allow-list of its model classes);
-  we switch it on for the whole process and, before ultralytics sees a file, refuse any checkpoint that names a
-  global outside model classes and plain data, naming the offending globals in one line.
+- :func:`check_ultralytics_checkpoint`: ultralytics pickles whole modules, so its checkpoints cannot load with
+  plain ``weights_only=True``. Ultralytics (>= 8.4.67) has its own restricted loader (``ULTRALYTICS_SAFE_LOAD``:
+  ``weights_only=True`` plus an allow-list of its model classes), which every ultralytics operation that reads a
+  file runs under (``training.compat.ultralytics.safe_load``); before ultralytics sees a file we refuse any
+  checkpoint that names a global outside model classes and plain data, naming the offending globals in one line.
 
 Formats that cannot carry code need none of this: transformers run folders load ``model.safetensors``; exports
 are ONNX / OpenVINO IR / TensorRT engines.
@@ -17,10 +17,7 @@ are ONNX / OpenVINO IR / TensorRT engines.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import io
-import os
 import pickle
 import struct
 import zipfile
@@ -62,9 +59,6 @@ _NUMPY_DATA = (
     ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"),
 )
 
-SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
-ULTRALYTICS_MIN = "8.4.67"  # first release with the restricted (weights_only) checkpoint loader
-
 
 def _check_file(path: Path, what: str) -> None:
     if not path.is_file():
@@ -105,14 +99,15 @@ def names_ultralytics_classes(path: str | Path) -> bool:
             data = z.read(record)
     except zipfile.BadZipFile:
         return False  # legacy format: ultralytics never writes it
+    from training.compat.torch import globals_in_pickle
+
     try:
-        from torch._weights_only_unpickler import get_globals_in_pkl  # the scanner torch's own check uses
-    except ImportError:  # a torch that moved it: the class names are plain strings in a protocol-2 pickle
-        return b"\nultralytics." in data or b"cultralytics." in data
-    try:
-        return any(g.startswith("ultralytics.") for g in get_globals_in_pkl(io.BytesIO(data)))
+        names = globals_in_pickle(data)
     except Exception as e:  # a damaged pickle stream
         raise DataError(f"{path}: truncated or corrupted checkpoint ({e.__class__.__name__})") from None
+    if names is None:  # a torch without the scanner: the class names are plain strings in a protocol-2 pickle
+        return b"\nultralytics." in data or b"cultralytics." in data
+    return any(g.startswith("ultralytics.") for g in names)
 
 
 class UnsafeCheckpoint(DataError):
@@ -163,12 +158,13 @@ def vet_ultralytics_checkpoint(path: str | Path) -> Path:
     """:func:`check_ultralytics_checkpoint`, then a trial load through ultralytics' restricted loader: for a file
     that ultralytics will read without us in between (a resumed run's own checkpoints). Its ``getattr`` stand-in
     refuses what the scan of globals alone lets through (``getattr`` on a model class reaches functions)."""
-    path = check_ultralytics_checkpoint(path)
-    enable_ultralytics_safe_load()
-    import ultralytics.utils.patches as patches
+    from training.compat.ultralytics import trial_load
 
+    path = check_ultralytics_checkpoint(path)
     try:
-        patches.torch_load(path, map_location="cpu")
+        trial_load(path)
+    except DataError:  # an ultralytics without the restricted loader
+        raise
     except Exception as e:  # the restricted unpickler's refusal, whatever its class
         raise UnsafeCheckpoint(
             f"{path}: refused to load: ultralytics' restricted loader rejects it ({first_line(e, 160)})"
@@ -213,56 +209,3 @@ def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu")
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, struct.error) as e:
         # a malformed pickle stream (an empty stack, a bad opcode argument): torch's unpickler lets these through
         raise DataError(f"{path}: not a loadable {what} ({e.__class__.__name__}: {first_line(e)})") from None
-
-
-def enable_ultralytics_safe_load() -> None:
-    """Switch ultralytics' restricted checkpoint loader on for this process and its children (DDP workers).
-
-    ultralytics reads ``ULTRALYTICS_SAFE_LOAD`` once, at import, into module constants: set both. An ultralytics
-    without that loader cannot load a checkpoint safely, so it is refused rather than used.
-    """
-    os.environ[SAFE_LOAD_ENV] = "true"  # "true" is what every release with the loader accepts
-    import ultralytics.nn.tasks as tasks
-    import ultralytics.utils as uutils
-
-    safe = getattr(tasks, "_SafeLoad", None)
-    if safe is None or not getattr(safe, "SUPPORTED", False):
-        import torch
-        import ultralytics
-
-        raise DataError(
-            f"ultralytics {ultralytics.__version__} / torch {torch.__version__} cannot load checkpoints without "
-            f"unpickling arbitrary code; install ultralytics>={ULTRALYTICS_MIN} and torch>=2.6"
-        )
-    tasks.SAFE_LOAD = True
-    uutils.SAFE_LOAD = True
-    _restrict_ultralytics_torch_load(tasks)
-
-
-def _restrict_ultralytics_torch_load(tasks) -> None:
-    """Make every load through ultralytics' ``torch_load`` a restricted one (``weights_only=True`` with ultralytics'
-    allow-list of model classes; its ``getattr`` stand-in reaches only attributes of modules). Left alone, that
-    function unpickles without restriction whatever ``ULTRALYTICS_SAFE_LOAD`` says, and ultralytics' trainer calls it
-    on the run's own files (``strip_optimizer`` of last.pt / best.pt at the end of a training, a resumed one
-    included). Rebound where ultralytics' modules imported it by name; a genuine checkpoint loads the same."""
-    import ultralytics.utils.patches as patches
-    import ultralytics.utils.torch_utils as torch_utils
-
-    original = patches.torch_load
-    if getattr(original, "restricted", False):
-        return
-
-    @functools.wraps(original)
-    def torch_load(f, *args, **kwargs):
-        if kwargs.get("weights_only") is True:  # ultralytics' own restricted path, already set up
-            return original(f, *args, **kwargs)
-        kwargs["weights_only"] = True  # never an unrestricted unpickle, whatever the caller asked
-        if not isinstance(f, (str, os.PathLike)):  # a buffer: the classes registered by earlier loads
-            return original(f, *args, **kwargs)
-        with tasks._SafeLoad.loading(f):
-            return original(f, *args, **kwargs)
-
-    torch_load.restricted = True
-    for module in (patches, torch_utils, tasks):
-        if getattr(module, "torch_load", None) is original:
-            module.torch_load = torch_load

@@ -8,7 +8,8 @@ crop's extent, the annotators' own convention.
 
 Ultralytics has a ``copy_paste`` augmentation, but it needs instance *segments* (it flips polygons within the
 same image); boxes-only detection data has none, so it does nothing here. The paste is hooked in through the
-dataset's ``get_image_and_label`` (see :class:`PastingLoader`), before ultralytics' mosaic and affine, so
+dataset's ``get_image_and_label`` (see :class:`PastingLoader`; the hook is
+:func:`training.compat.ultralytics.wrap_label_loading`), before ultralytics' mosaic and affine, so
 pasted signatures go through every later augmentation like real ones.
 """
 
@@ -173,7 +174,7 @@ class PastingLoader:
         label = self.load(index)
         if not len(self.bank) or random.random() >= self.cfg.p:
             return label
-        from ultralytics.utils.instance import Instances
+        from training.compat.ultralytics import Instances
 
         img = label["img"].copy()  # the loaded image may be ultralytics' buffer / RAM cache: never edit it
         h, w = img.shape[:2]
@@ -196,7 +197,6 @@ class PastingLoader:
 
 def install(dataset, bank: CropBank, cfg: PasteConfig) -> None:
     """Make an ultralytics ``YOLODataset`` paste crops into every page it loads (idempotent)."""
-    current = dataset.get_image_and_label
-    if isinstance(current, PastingLoader):
-        return
-    dataset.get_image_and_label = PastingLoader(current, bank, cfg)
+    from training.compat.ultralytics import wrap_label_loading
+
+    wrap_label_loading(dataset, PastingLoader, bank, cfg)

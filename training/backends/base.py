@@ -258,6 +258,14 @@ class Detector(Backend):
     ) -> list[Detections]:
         """Predict on file paths or RGB ``HxWx3`` uint8 arrays; boxes in each image's original frame."""
 
+    def library_metrics(
+        self, split: str, imgsz: int | None, yolo_data: Callable[[], Path]
+    ) -> dict[str, float]:
+        """The library's own validation metrics of ``split`` (keys prefixed ``<library>/<split>/``), reported beside
+        the shared evaluator's and never mixed with them; {} for a library without its own (the default).
+        ``yolo_data``: builds (or reuses) the YOLO copy of the data and returns its ``data.yaml``."""
+        return {}
+
     #: :meth:`set_half` was called: the network holds FP16 weights and is fed FP16 inputs
     half: bool = False
 

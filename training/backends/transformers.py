@@ -39,6 +39,8 @@ from training.backends.hf_processing import (
     resize_pad,
 )
 from training.cli import ConfigError, DataError, OfflineError, UserError, first_line
+from training.compat.accelerate import reset_state as reset_accelerate_state
+from training.compat.transformers import box_count_summed
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
@@ -168,7 +170,6 @@ def _accelerator(t):
     Device placement is ours (:func:`_train_device`), so that ``train.device=cuda:1`` keeps its meaning.
     """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     grad_accum = int(t.grad_accum)
@@ -180,8 +181,7 @@ def _accelerator(t):
     launched = launcher_rank()[1] > 1
     # accelerate's state is process-wide and refuses a change of device or precision: a new run (a sweep's next
     # trial, a test) starts from a clean one (accelerate's own tests reset it so); a launcher's process group stays
-    AcceleratorState._reset_state(reset_partial_state=not launched)
-    GradientState._reset_state()
+    reset_accelerate_state(partial=not launched)
     return Accelerator(
         cpu=want.type == "cpu",
         mixed_precision=precision_of(t, want),
@@ -197,36 +197,6 @@ def _accelerator(t):
     )
 
 
-@contextlib.contextmanager
-def _box_count_summed(processes: int):
-    """transformers' DETR-family losses (``ImageLoss.forward``: DETR, Conditional-DETR, YOLOS) average the box count
-    over the processes with accelerate's ``reduce``, whose default is the mean, and then divide by the number of
-    processes again: under N processes the box losses of a batch with more than N boxes come out up to N times too
-    large. The original DETR sums, then divides; within this context the loss module's ``reduce`` sums. Applied
-    only to the source that has that pattern, so a fixed transformers is left alone."""
-    import inspect
-
-    try:
-        from transformers.loss import loss_for_object_detection as losses
-
-        source = inspect.getsource(losses.ImageLoss.forward)
-    except (ImportError, AttributeError, OSError, TypeError):
-        source = ""
-    if (
-        processes < 2
-        or "num_boxes = reduce(num_boxes)" not in source
-        or "num_boxes / world_size" not in source
-    ):
-        yield
-        return
-    mean = losses.reduce
-    losses.reduce = functools.partial(mean, reduction="sum")
-    try:
-        yield
-    finally:
-        losses.reduce = mean
-
-
 def _train_device(t, acc) -> torch.device:
     """``train.device`` for one process; under a launcher the rank's own device, as accelerate assigned it."""
     if acc.num_processes == 1:
@@ -239,13 +209,10 @@ def _train_device(t, acc) -> torch.device:
 def _release(acc) -> None:
     """After training: every rank done, the process group (of a launched run) destroyed and accelerate's state
     cleared, so that the main process evaluates alone and the DETR losses no longer average over ranks."""
-    from accelerate.state import AcceleratorState, GradientState
-
     acc.wait_for_everyone()
     if acc.num_processes > 1:
         acc.state.destroy_process_group()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state(partial=True)
 
 
 class _DetectionDataset(torch.utils.data.Dataset):
@@ -305,6 +272,108 @@ class _DetectionDataset(torch.utils.data.Dataset):
 def _collate(batch):
     pixels, masks, targets = zip(*batch, strict=True)
     return torch.stack(pixels), torch.stack(masks), list(targets)
+
+
+def _refuse_recipe(cfg) -> None:
+    from training.augment import Recipe
+
+    if Recipe.from_cfg(cfg.recipe).active:
+        raise ConfigError(
+            f"recipe={cfg.recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
+            "with a transformers model (its augmentation is train.augment in conf/trainer/transformers.yaml)"
+        )
+
+
+def _optimizer(model, t) -> tuple:
+    """AdamW over the trainable parameters (the backbone's at ``train.lr_backbone``) and the per-epoch cosine
+    schedule of ``train.scheduler=cosine`` (else None)."""
+    backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
+    groups = [{"params": rest, "lr": float(t.lr)}]
+    if backbone:
+        groups.append({"params": backbone, "lr": float(t.lr_backbone)})
+    optimizer = torch.optim.AdamW(groups, weight_decay=float(t.weight_decay))
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(t.epochs), 1))
+        if t.scheduler == "cosine"
+        else None
+    )
+    return optimizer, scheduler
+
+
+def _restore(path: Path, optimizer, scheduler, gen: torch.Generator) -> FitState:
+    """An interrupted run's optimizer, schedule and RNG state from its trainer state file; its progress returned."""
+    from training.checkpoints import load_weights
+
+    saved = load_weights(path, "trainer state (resume)")
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None and saved.get("scheduler"):
+        scheduler.load_state_dict(saved["scheduler"])
+    state = FitState(**saved["fit"])
+    set_rng_state(saved, gen)
+    return state
+
+
+class _Run:
+    """One training's epochs, validation and last-state checkpoint (what ``training.loops.fit`` calls), over the
+    prepared (DDP-wrapped) model, optimizer, schedule and loaders."""
+
+    def __init__(self, det, acc, model, optimizer, scheduler, loaders, gen, last_dir, grad_clip, state):
+        self.det, self.acc, self.model, self.optimizer, self.scheduler = det, acc, model, optimizer, scheduler
+        self.train_loader, self.val_loader, self.val_split = loaders
+        self.gen, self.last_dir, self.grad_clip = gen, last_dir, grad_clip
+        self.state: FitState | None = state
+        self.main = acc.is_main_process
+        self.epoch = state.epoch if state else 0
+
+    def train_epoch(self, left) -> dict[str, float]:
+        self.epoch += 1
+        bar = (
+            progress(self.train_loader, f"epoch {self.epoch} train", len(self.train_loader), "batch")
+            if self.main
+            else contextlib.nullcontext(self.train_loader)
+        )
+        with bar as batches:
+            stats = train_one_epoch(
+                self.model,
+                self.optimizer,
+                batches,
+                self.det.device,
+                self.det._step,
+                grad_clip=self.grad_clip,
+                max_steps=left,
+                accelerator=self.acc,
+            )
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {**stats, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def validate(self) -> dict[str, float]:
+        # the val loss on every rank (the DETR losses average their box counts over the processes), the
+        # evaluator on the main process; its numbers are broadcast so that every rank decides the same
+        from accelerate.utils import broadcast_object_list
+
+        det = self.det
+        logs = {"val/loss": evaluate_loss(det.model, self.val_loader, det.device, det._step, self.acc)}
+        if det.validator is not None and self.main:
+            logs.update({f"val/{k}": v for k, v in det.validator(det, self.val_split).items()})
+        (logs,) = broadcast_object_list([logs])
+        return logs
+
+    def on_main(self, fn):
+        """``fn(state)`` on the main process, every rank waiting for it."""
+
+        def run(st: FitState) -> None:
+            if self.main:
+                fn(st)
+            self.acc.wait_for_everyone()
+
+        return run
+
+    def save_last(self, st: FitState) -> None:
+        scheduler_state = self.scheduler.state_dict() if self.scheduler else None
+        extra = {"optimizer": self.optimizer.state_dict(), "scheduler": scheduler_state, "fit": st.saved()}
+        self.det._save(self.last_dir, {**extra, **rng_state(self.gen)})
 
 
 class TransformersDetector(Detector):
@@ -400,31 +469,78 @@ class TransformersDetector(Detector):
         process). Validation with the injected evaluator, checkpoints, tracking and logging happen on the main
         process; the monitor value is broadcast, so every rank stops at the same epoch.
         """
-        from accelerate.utils import broadcast_object_list
-
-        from training.augment import Recipe
-
-        if Recipe.from_cfg(cfg.recipe).active:
-            raise ConfigError(
-                f"recipe={cfg.recipe.name}: recipes plug into the ultralytics detectors only; use recipe=none "
-                "with a transformers model (its augmentation is train.augment in conf/trainer/transformers.yaml)"
-            )
+        _refuse_recipe(cfg)
         t = cfg.train  # conf/trainer/transformers.yaml; its schema (training/config.py) checks keys and types
         self.imgsz = int(t.imgsz)
         acc = _accelerator(t)
-        main = acc.is_main_process
         self.device = self._train_device = _train_device(t, acc)
-        # each rank composed its own Hydra run dir (their timestamps may differ): the main process's wins
+        self._follow_main_run_dir(acc)
+        with acc.main_process_first():  # a data cache is written once, by the main process
+            dataset = load_dataset(cfg.data, ("train", "val"))
+        self.class_names = dataset.class_names
+        last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
+        run = self._prepare_run(t, acc, dataset, last_dir, bool(cfg.resume))
+        monitor, mode = str(t.monitor), str(t.monitor_mode)
+        if self.validator is None:
+            monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
+        t0, steps0 = time.perf_counter(), run.state.steps if run.state else 0
+        with box_count_summed(acc.num_processes):
+            st = fit(
+                run.train_epoch,
+                run.validate,
+                epochs=int(t.epochs),
+                monitor=monitor,
+                mode=mode,
+                patience=int(t.patience),
+                eval_every=int(t.eval_every),
+                max_steps=t.max_steps,
+                on_best=run.on_main(lambda _st: self._save(best_dir)),
+                on_epoch_end=run.on_main(run.save_last),
+                tracker=self.tracker if run.main else None,
+                state=run.state,
+                verbose=run.main,  # one line per epoch, not one per process
+            )
+        # this process's steps (a resumed run's rates exclude the interrupted part)
+        steps_done, elapsed = st.steps - steps0, time.perf_counter() - t0
+        processes = acc.num_processes
+        _release(acc)
+        self._end_on_best(run.main, best_dir)
+        per_step = int(t.batch) * processes * int(t.grad_accum)  # images per optimizer step, all ranks
+        return {
+            "train/epochs": float(st.epoch),
+            "train/steps": float(steps_done),
+            "train/processes": float(processes),
+            "train/time_s": elapsed,
+            "train/seconds_per_step": elapsed / steps_done if steps_done else math.nan,
+            "train/images_per_s": steps_done * per_step / elapsed if elapsed > 0 else math.nan,
+            f"train/best_{monitor.replace('/', '_')}": float(st.best) if st.best is not None else math.nan,
+            "train/images": float(len(dataset["train"].images)),
+            **dataset.skipped_metrics(),
+        }
+
+    def _end_on_best(self, main: bool, best_dir: Path) -> None:
+        """After training: the main process loads the best weights (the current ones saved as best when training
+        saved none); the other ranks stop here (the entry point evaluates on the main process only)."""
+        if main:
+            if not (best_dir / "config.json").is_file():
+                self._save(best_dir)
+            self.load(best_dir)
+        else:
+            self.model.eval()
+
+    def _follow_main_run_dir(self, acc) -> None:
+        """Each rank composed its own Hydra run dir (their timestamps may differ): the main process's wins."""
+        from accelerate.utils import broadcast_object_list
+
         if acc.num_processes > 1:
             (main_dir,) = broadcast_object_list([str(self.run_dir)])
             if Path(main_dir) != Path(self.run_dir):
                 log.info("rank %d writes into the main process's run dir %s", acc.process_index, main_dir)
                 self.run_dir = Path(main_dir)
-        with acc.main_process_first():  # a data cache is written once, by the main process
-            dataset = load_dataset(cfg.data, ("train", "val"))
-        self.class_names = dataset.class_names
-        last_dir, best_dir = self.run_dir / "weights" / "last", self.run_dir / "weights" / "best"
-        if cfg.resume:
+
+    def _model_to_train(self, t, resume: bool, last_dir: Path):
+        """The model to train, on the training device: the interrupted run's last weights, or a new one."""
+        if resume:
             if not (last_dir / STATE).is_file():
                 raise UserError(
                     f"resume=true but {last_dir / STATE} does not exist (point hydra.run.dir at the interrupted run)"
@@ -437,8 +553,10 @@ class TransformersDetector(Detector):
         # (all trainable); a random-init backbone must learn, so the choice is explicit here.
         for n, p in model.named_parameters():
             p.requires_grad_(not (t.freeze_backbone and "backbone" in n))
+        return model
 
-        gen = torch.Generator().manual_seed(int(t.seed))
+    def _loaders(self, t, dataset, gen: torch.Generator) -> tuple:
+        """The training loader (shuffled by ``gen``, augmented by ``train.augment``) and the validation loader."""
         loader = functools.partial(
             torch.utils.data.DataLoader,
             batch_size=int(t.batch),
@@ -450,126 +568,26 @@ class TransformersDetector(Detector):
             _DetectionDataset(dataset["train"], self.imgsz, aug, self.box_frame), shuffle=True, generator=gen
         )
         val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None, self.box_frame))
-        backbone = [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
-        rest = [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]
-        groups = [{"params": rest, "lr": float(t.lr)}]
-        if backbone:
-            groups.append({"params": backbone, "lr": float(t.lr_backbone)})
-        optimizer = torch.optim.AdamW(groups, weight_decay=float(t.weight_decay))
-        epochs = int(t.epochs)
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-            if t.scheduler == "cosine"
-            else None
-        )
-        monitor, mode = str(t.monitor), str(t.monitor_mode)
-        if self.validator is None:
-            monitor, mode = "val/loss", "min"  # no evaluator injected (API use): fall back to the val loss
-        state = None
-        if cfg.resume:  # every rank reads the main process's last state (weights, optimizer, schedule, RNG)
-            from training.checkpoints import load_weights
+        return train_loader, val_loader
 
-            saved = load_weights(last_dir / STATE, "trainer state (resume)")
-            optimizer.load_state_dict(saved["optimizer"])
-            if scheduler is not None and saved.get("scheduler"):
-                scheduler.load_state_dict(saved["scheduler"])
-            state = FitState(**saved["fit"])
-            set_rng_state(saved, gen)
+    def _prepare_run(self, t, acc, dataset, last_dir: Path, resume: bool) -> _Run:
+        """Model, loaders, optimizer and schedule of a training, restored from ``last_dir`` on resume and
+        prepared by ``acc`` (DDP wrapper, sharded loaders, mixed precision)."""
+        model = self._model_to_train(t, resume, last_dir)
+        gen = torch.Generator().manual_seed(int(t.seed))
+        train_loader, val_loader = self._loaders(t, dataset, gen)
+        optimizer, scheduler = _optimizer(model, t)
+        state = None
+        if resume:  # every rank reads the main process's last state (weights, optimizer, schedule, RNG)
+            state = _restore(last_dir / STATE, optimizer, scheduler, gen)
         # DDP wrapper, sharded loaders (the shuffling generator synchronised from the main process), the optimizer
         # under the mixed-precision scaler; the per-epoch cosine schedule steps once per epoch (not per process)
         model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
         if scheduler is not None:
             scheduler = acc.prepare(scheduler)
         self.model = acc.unwrap_model(model)  # what predict / the validator / the checkpoints use
-
-        epoch = state.epoch if state else 0
-
-        def train_epoch(left):
-            nonlocal epoch
-            epoch += 1
-            bar = (
-                progress(train_loader, f"epoch {epoch} train", len(train_loader), "batch")
-                if main
-                else contextlib.nullcontext(train_loader)
-            )
-            with bar as batches:
-                stats = train_one_epoch(
-                    model,
-                    optimizer,
-                    batches,
-                    self.device,
-                    self._step,
-                    grad_clip=float(t.grad_clip),
-                    max_steps=left,
-                    accelerator=acc,
-                )
-            if scheduler is not None:
-                scheduler.step()
-            return {**stats, "lr": optimizer.param_groups[0]["lr"]}
-
-        def validate() -> dict[str, float]:
-            # the val loss on every rank (the DETR losses average their box counts over the processes), the
-            # evaluator on the main process; its numbers are broadcast so that every rank decides the same
-            logs = {"val/loss": evaluate_loss(self.model, val_loader, self.device, self._step, acc)}
-            if self.validator is not None and main:
-                logs.update({f"val/{k}": v for k, v in self.validator(self, dataset["val"]).items()})
-            (logs,) = broadcast_object_list([logs])
-            return logs
-
-        def on_main(fn):
-            def run(st: FitState) -> None:
-                if main:
-                    fn(st)
-                acc.wait_for_everyone()
-
-            return run
-
-        def save_last(st: FitState) -> None:
-            scheduler_state = scheduler.state_dict() if scheduler else None
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler_state, "fit": st.saved()}
-            self._save(last_dir, {**extra, **rng_state(gen)})
-
-        t0, steps0 = time.perf_counter(), state.steps if state else 0
-        with _box_count_summed(acc.num_processes):
-            st = fit(
-                train_epoch,
-                validate,
-                epochs=epochs,
-                monitor=monitor,
-                mode=mode,
-                patience=int(t.patience),
-                eval_every=int(t.eval_every),
-                max_steps=t.max_steps,
-                on_best=on_main(lambda _st: self._save(best_dir)),
-                on_epoch_end=on_main(save_last),
-                tracker=self.tracker if main else None,
-                state=state,
-                verbose=main,  # one line per epoch, not one per process
-            )
-        # this process's steps (a resumed run's rates exclude the interrupted part)
-        best, steps_done, epochs_done = st.best, st.steps - steps0, st.epoch
-        elapsed = time.perf_counter() - t0
-        processes = acc.num_processes
-        _release(acc)
-        if main:
-            if not (best_dir / "config.json").is_file():
-                self._save(best_dir)
-            self.load(best_dir)
-        else:  # the other ranks stop here (the entry point evaluates on the main process only)
-            self.model.eval()
-        n_train = len(dataset["train"].images)
-        per_step = int(t.batch) * processes * int(t.grad_accum)  # images per optimizer step, all ranks
-        return {
-            "train/epochs": float(epochs_done),
-            "train/steps": float(steps_done),
-            "train/processes": float(processes),
-            "train/time_s": elapsed,
-            "train/seconds_per_step": elapsed / steps_done if steps_done else math.nan,
-            "train/images_per_s": steps_done * per_step / elapsed if elapsed > 0 else math.nan,
-            f"train/best_{monitor.replace('/', '_')}": float(best) if best is not None else math.nan,
-            "train/images": float(n_train),
-            **dataset.skipped_metrics(),
-        }
+        loaders = (train_loader, val_loader, dataset["val"])
+        return _Run(self, acc, model, optimizer, scheduler, loaders, gen, last_dir, float(t.grad_clip), state)
 
     # -- inference ---------------------------------------------------------------------------------
     def load(self, checkpoint, device: str | None = None) -> None:

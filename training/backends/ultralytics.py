@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from training.backends.base import EVAL_CONF, Detections, Detector, ExportSpec, ImageInput, is_dynamic_hw
 from training.cli import ConfigError, OfflineError, UserError, first_line
+from training.compat.ultralytics import TrainerHooks
 from training.data import cache_root, load_dataset, prepare_yolo
 
 log = logging.getLogger(__name__)
@@ -26,16 +29,16 @@ ASSET_URL = "https://github.com/ultralytics/assets/releases"
 
 def load_yolo(path: str | Path, what: str = "checkpoint"):
     """An ultralytics model from a ``.pt`` through the safe path (training/checkpoints.py); one line on failure."""
-    from ultralytics import YOLO
+    from training.compat.ultralytics import safe_load
 
-    from training.checkpoints import (
-        check_ultralytics_checkpoint,
-        enable_ultralytics_safe_load,
-        load_weights,
-        names_ultralytics_classes,
-    )
+    with safe_load():
+        return _load_yolo(path, what)
 
-    enable_ultralytics_safe_load()
+
+def _load_yolo(path: str | Path, what: str):
+    from training.checkpoints import check_ultralytics_checkpoint, load_weights, names_ultralytics_classes
+    from training.compat.ultralytics import YOLO
+
     path = check_ultralytics_checkpoint(path)
     if not names_ultralytics_classes(path):
         # plain tensors / dicts: a state dict of another model (the region classifier's, a transformers one...)
@@ -96,7 +99,7 @@ def _vet_run_checkpoints(weights: Path) -> None:
 
 def check_train_args(args: dict) -> dict:
     """Reject unknown or framework-owned ultralytics arguments with the closest valid names."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
+    from training.compat.ultralytics import DEFAULT_CFG_DICT, check_cfg
 
     for key in args:
         if key in RESERVED_ARGS:
@@ -118,7 +121,7 @@ def check_train_args(args: dict) -> dict:
 
 def resolve_weights(weights: str) -> str:
     """A local file, or an ultralytics asset name fetched when online; offline, one clear error."""
-    from ultralytics.utils import SETTINGS, is_online
+    from training.compat.ultralytics import SETTINGS, is_online
 
     p = Path(weights).expanduser()
     if p.is_file():
@@ -134,7 +137,7 @@ def resolve_weights(weights: str) -> str:
             f"and set model.weights=/path/to/{p.name} (or set model.weights=null to train from scratch)"
         )
     try:
-        from ultralytics.utils.downloads import attempt_download_asset
+        from training.compat.ultralytics import attempt_download_asset
 
         return attempt_download_asset(p.name)
     except Exception as e:
@@ -183,34 +186,26 @@ def bf16_plan(amp, device_type: str) -> tuple[object, bool, str | None]:
 # Not an ultralytics event: the copy-paste hook rides in the callbacks, which ultralytics hands to every DDP worker
 # (pickled with cloudpickle), so that all ranks paste, not only the launching process.
 PASTE_EVENT = "sigdet_paste"
-# the ultralytics trainers ours extend, by import path (a DDP worker rebuilds our class from its name)
-TRAINER_BASES = (
-    "ultralytics.models.yolo.detect.DetectionTrainer",
-    "ultralytics.models.rtdetr.train.RTDETRTrainer",
-)
 
 
-class _SigdetTrainer:
+class _SigdetTrainer(TrainerHooks):
     """Mixed in before the model's ultralytics trainer (:func:`trainer_class`): drops ultralytics' own tracker
-    callbacks (we own the W&B run) and hooks the recipe's copy-paste (``PASTE_EVENT``) into the training set."""
+    callbacks (we own the W&B run) and hooks the recipe's copy-paste (``PASTE_EVENT``) into the training set.
+    Its hooks into ultralytics' private life cycle (restricted checkpoint loading in a DDP worker too, the set-up
+    step) are :class:`~training.compat.ultralytics.TrainerHooks`'."""
 
     def __init__(self, *args, **kwargs):
-        from training.checkpoints import enable_ultralytics_safe_load
-
-        # in a DDP worker too (a fresh process that imports this class): its final evaluation re-reads the
-        # run's checkpoints through ultralytics' torch_load, restricted by this
-        enable_ultralytics_safe_load()
         super().__init__(*args, **kwargs)
         for event, fns in self.callbacks.items():
             self.callbacks[event] = [f for f in fns if getattr(f, "__module__", "") not in FOREIGN_TRACKERS]
 
-    def _setup_train(self, *args, **kwargs):
+    def around_setup_train(self, setup) -> None:
         # train.amp=bf16 where ultralytics cannot run it (bf16_plan): ultralytics is told what it can run, and on
         # the CPU its own switch, ``self.amp``, which its step wraps in autocast(self.amp, device="cpu"), is
         # turned on after its set-up (torch's CPU autocast dtype is bfloat16). Its validator keeps FP32 on the CPU.
-        self._asked_amp = self.args.amp
+        self.sigdet_asked_amp = self.args.amp
         self.args.amp, cpu_autocast, note = bf16_plan(self.args.amp, self.device.type)
-        super()._setup_train(*args, **kwargs)
+        setup()
         if cpu_autocast:
             self.amp = True
         if note:
@@ -219,7 +214,7 @@ class _SigdetTrainer:
     def save_model(self):
         # the checkpoint's train_args say what the user asked for (a resume plans the same way again)
         held = self.args.amp
-        self.args.amp = getattr(self, "_asked_amp", held)
+        self.args.amp = getattr(self, "sigdet_asked_amp", held)
         try:
             return super().save_model()
         finally:
@@ -233,26 +228,22 @@ class _SigdetTrainer:
         return dataset
 
 
+@functools.cache
 def trainer_class(base: type) -> type:
-    """``Sigdet<base>``: our trainer over ultralytics' ``base``, a module-level class (ultralytics' multi-GPU
-    launcher pickles the trainer class by reference; a DDP worker imports it from here by name)."""
+    """``Sigdet<base>``: our trainer over ultralytics' ``base``, reachable by name from this module (ultralytics'
+    multi-GPU launcher pickles the trainer class by reference; a DDP worker finds it here through
+    :func:`__getattr__`), one class per base."""
     name = f"Sigdet{base.__name__}"
-    cls = globals().get(name)
-    if cls is None:
-        cls = globals()[name] = type(
-            name, (_SigdetTrainer, base), {"__module__": __name__, "__qualname__": name}
-        )
-    return cls
+    return type(name, (_SigdetTrainer, base), {"__module__": __name__, "__qualname__": name})
 
 
 def __getattr__(name: str):
-    # a fresh DDP worker asks for Sigdet<Trainer> before anything here created it
-    for path in TRAINER_BASES:
-        module, _, base = path.rpartition(".")
-        if name == f"Sigdet{base}":
-            import importlib
+    # Sigdet<Trainer>, by name: a fresh DDP worker unpickles it before anything here created it
+    from training.compat import ultralytics as compat
 
-            return trainer_class(getattr(importlib.import_module(module), base))
+    base = name.removeprefix("Sigdet")
+    if base != name and base in compat.TRAINERS:
+        return trainer_class(getattr(compat, base))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -347,11 +338,14 @@ class UltralyticsDetector(Detector):
 
     # -- building -------------------------------------------------------------------------------------
     def _build(self):
-        from ultralytics import YOLO
+        from training.compat.ultralytics import safe_load
 
-        from training.checkpoints import enable_ultralytics_safe_load
+        with safe_load():  # weights load restricted, model YAMLs are parsed without eval() too
+            return self._build_model()
 
-        enable_ultralytics_safe_load()  # model YAMLs are parsed without eval() too
+    def _build_model(self):
+        from training.compat.ultralytics import RTDETR, YOLO
+
         weights, arch = self.model_cfg.weights, self.model_cfg.arch
         if weights:
             model = load_yolo(resolve_weights(str(weights)), "weights file (model.weights)")
@@ -366,8 +360,6 @@ class UltralyticsDetector(Detector):
         if not arch:
             raise ConfigError(f"model '{self.model_cfg.name}': set model.arch (a YAML) or model.weights")
         # YOLO() cannot build RT-DETR from its YAML (it can load its weights)
-        from ultralytics import RTDETR
-
         build = RTDETR if "rtdetr" in Path(str(arch)).stem else YOLO
         try:
             return build(str(arch))  # random init from the architecture YAML
@@ -424,26 +416,8 @@ class UltralyticsDetector(Detector):
         paste = recipe.paster(dataset["train"], cfg.data.max_image_pixels)
         if paste is not None:
             model.add_callback(PASTE_EVENT, paste)
-        trainer_cls = trainer_class(model._smart_load("trainer"))
         t0 = time.perf_counter()
-        if resume:
-            # ultralytics takes every other argument from the checkpoint's train_args: its data (whose YAML it
-            # reads, `download:` script included) and its save_dir are ours, not whatever the file says
-            model.train(
-                resume=str(last),
-                data=str(data_yaml),
-                save_dir=str(self.run_dir.resolve()),
-                trainer=trainer_cls,
-            )
-        else:
-            model.train(
-                **args,
-                data=str(data_yaml),
-                project=str(self.run_dir.parent.resolve()),
-                name=self.run_dir.name,
-                exist_ok=True,
-                trainer=trainer_cls,
-            )
+        self._fit(model, data_yaml, args, last if resume else None)
         elapsed = time.perf_counter() - t0
         trainer = model.trainer
         best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
@@ -466,6 +440,31 @@ class UltralyticsDetector(Detector):
             out["recipe/paste_crops"] = float(len(paste.bank))
         out.update(_val_metrics("ultralytics/val/", trainer.metrics or {}))
         return out
+
+    def _fit(self, model, data_yaml: Path, args: dict, resume_from: Path | None) -> None:
+        """ultralytics' training of ``model`` by our trainer class, new or resumed from ``resume_from``."""
+        from training.compat.ultralytics import safe_load, trainer_base
+
+        trainer_cls = trainer_class(trainer_base(model))
+        with safe_load():  # ultralytics reads last.pt on resume and best.pt / last.pt at the end
+            if resume_from is not None:
+                # ultralytics takes every other argument from the checkpoint's train_args: its data (whose YAML it
+                # reads, `download:` script included) and its save_dir are ours, not whatever the file says
+                model.train(
+                    resume=str(resume_from),
+                    data=str(data_yaml),
+                    save_dir=str(self.run_dir.resolve()),
+                    trainer=trainer_cls,
+                )
+            else:
+                model.train(
+                    **args,
+                    data=str(data_yaml),
+                    project=str(self.run_dir.parent.resolve()),
+                    name=self.run_dir.name,
+                    exist_ok=True,
+                    trainer=trainer_cls,
+                )
 
     # -- inference ------------------------------------------------------------------------------------
     def load(self, checkpoint, device: str | None = None) -> None:
@@ -535,11 +534,11 @@ class UltralyticsDetector(Detector):
         size = self._imgsz(imgsz)
         return self._timed(net, torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
 
-    def ultralytics_val(
-        self, data_yaml: Path, split: str, imgsz: int | None, batch: int = 8
+    def library_metrics(
+        self, split: str, imgsz: int | None, yolo_data: Callable[[], Path], batch: int = 8
     ) -> dict[str, float]:
         """ultralytics' own validation metrics for ``split``, keys prefixed ``ultralytics/<split>/``."""
-        kwargs = {"data": str(data_yaml), "split": split, "batch": batch, "plots": False, "verbose": False}
+        kwargs = {"data": str(yolo_data()), "split": split, "batch": batch, "plots": False, "verbose": False}
         kwargs.update(project=str(self.run_dir.resolve()), name="ultralytics_val", exist_ok=True)
         if imgsz:
             kwargs["imgsz"] = int(imgsz)

@@ -116,7 +116,7 @@ def decode(
 
 def head_kind(model: torch.nn.Module) -> str:
     """``anchors`` / ``end2end`` / ``rtdetr`` for an ultralytics DetectionModel."""
-    from ultralytics.nn.modules.head import RTDETRDecoder
+    from training.compat.ultralytics import RTDETRDecoder
 
     if any(isinstance(m, RTDETRDecoder) for m in model.modules()):
         return "rtdetr"
@@ -128,26 +128,11 @@ def export_module(model: torch.nn.Module, dynamic: bool = False) -> torch.nn.Mod
     tensor): the PyTorch reference of every exported model, and what ``torch.onnx.export`` traces."""
     import copy
 
-    from ultralytics.nn.modules.block import C2f
-    from ultralytics.nn.modules.head import Detect, RTDETRDecoder
+    from training.compat.ultralytics import export_mode
 
     model = copy.deepcopy(model).float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     model = model.fuse() if hasattr(model, "fuse") else model
-    for m in model.modules():
-        if isinstance(m, (Detect, RTDETRDecoder)):
-            m.dynamic = dynamic
-            m.export = True
-            m.format = "onnx"
-            if hasattr(m, "max_det"):
-                m.max_det = 300  # ultralytics' exporter default
-            if hasattr(m, "xyxy"):
-                m.xyxy = False
-            m.shape = None
-        elif isinstance(m, C2f):
-            # split() with constant sizes, as ultralytics' exporter does: chunk() traces to ShapeOf / Gather / Slice,
-            # which keeps NNCF's quantizers on each half (a float split and a requantization per C2f block in the
-            # INT8 IR); a constant Split lets one quantizer sit on cv1's output, fused into the INT8 convolution
-            m.forward = m.forward_split
+    export_mode(model, dynamic)
     return model
