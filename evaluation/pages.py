@@ -27,8 +27,12 @@ def best_scores(preds: list[Detections] | dict) -> np.ndarray:
 
 
 def page_truth(split: DetectionSplit, preds: dict[int, Detections]) -> tuple[np.ndarray, np.ndarray]:
-    """``(signed, best)`` per page of ``split``: ground truth (at least one true box) and the best score."""
-    signed = np.asarray([len(split.annotations_for(im.id)) > 0 for im in split.images], dtype=bool)
+    """``(signed, best)`` per page of ``split``: ground truth (at least one true box, a crowd box included: a
+    page whose signatures are one crowd region is signed) and the best score."""
+    crowded = {a.image_id for a in split.crowd}
+    signed = np.asarray(
+        [len(split.annotations_for(im.id)) > 0 or im.id in crowded for im in split.images], dtype=bool
+    )
     best = best_scores([preds.get(im.id, Detections.empty()) for im in split.images])
     return signed, best
 

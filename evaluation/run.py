@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -166,7 +167,8 @@ def evaluate_run(
     metrics: dict[str, float] = dict(prior or {})
     analyses, sections = {}, []
     metrics.update(dataset.skipped_metrics())
-    data_yaml = None
+    # the YOLO copy of the data, built once and only for a library's own metrics (ultralytics' val)
+    yolo_data = functools.cache(lambda: prepare_yolo(dataset, cache_root(cfg.data)))
     truth = {}
     for split in splits:
         result, preds = evaluate_detector(detector, dataset[split], ev)
@@ -180,10 +182,9 @@ def evaluate_run(
         metrics.update({f"{split}/{k}": v for k, v in error_analysis.flat_metrics(ea).items()})
         png = error_analysis.gallery(run_dir / f"errors_{split}.png", dataset[split], preds, ea)
         sections.append(error_analysis.markdown(split, ea, png.name if png else None))
-        if ev.ultralytics_metrics and hasattr(detector, "ultralytics_val"):
+        if ev.ultralytics_metrics and isinstance(detector, Detector):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
-            data_yaml = data_yaml or prepare_yolo(dataset, cache_root(cfg.data))
-            metrics.update(detector.ultralytics_val(data_yaml, split, ev.imgsz))
+            metrics.update(detector.library_metrics(split, ev.imgsz, yolo_data))
         if tracker is not None and split == splits[0]:
             tracker.log_predictions(
                 f"{split}/predictions",
@@ -205,9 +206,10 @@ def evaluate_run(
     needs_stored = str(ev.page.choose_on) not in truth and detector.checkpoint
     stored = stored_operating_point(detector.checkpoint) if needs_stored else None
     op = page_decisions(truth, ev, metrics, stored)
-    prov = provenance(cfg, detector)
-    note = "Data: {data}; model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
-        **prov
+    # the files actually read, not only the config's name ("yolo-folder" names no folder)
+    prov = provenance(cfg, detector) | {"data_sources": {s: dataset[s].source for s in splits}}
+    note = "Data: {data} ({sources}); model: {model}; checkpoint: {checkpoint}; hardware: {hardware} ({device}); torch {torch}.".format(
+        **prov, sources=", ".join(f"{s}: {src}" for s, src in prov["data_sources"].items())
     )
     extra = {"provenance": prov, "errors": analyses} | ({"operating_point": op} if op else {})
     write_metrics_json(run_dir, metrics, extra)

@@ -67,7 +67,7 @@ show(out / "report_01" / "report.md")""",
     args = ["sweep=quickstart_tiny", "sweep.n_trials=2", "sweep.overrides.train.epochs=1"]
     study = "quickstart_tiny"
 else:
-    args = ["sweep=yolov8s_optuna", "sweep.logger=wandb"]  # experiment=upstream model=yolov8s reads the real dataset
+    args = ["sweep=yolov8s_optuna", "sweep.logger=wandb"]  # upstream yolov8s: reads the real dataset
     study = "yolov8s_optuna"
 run("training.sweep", *args, f"paths.output_dir={out}")
 sweep_dir = out / "sweeps" / study""",

@@ -121,6 +121,7 @@ def read_coco(path: str | Path, split: str, issues: IssueLog, allow_outside: boo
         images.append(ImageRecord(iid, f if f.is_absolute() else base / f, w, h, origin))
 
     annotations: list[Annotation] = []
+    crowd: list[Annotation] = []
     for i, a in enumerate(doc.get("annotations", [])):
         try:
             bbox = a["bbox"]
@@ -130,12 +131,18 @@ def read_coco(path: str | Path, split: str, issues: IssueLog, allow_outside: boo
             aid, image_id = _int(a["id"]), _int(a["image_id"])
             # the ids stay in the entry: they are what the user searches the file for
             origin = Origin(str(path), f"annotations[{i}] (annotation id {aid}, image id {image_id})")
-            annotations.append(Annotation(aid, image_id, _int(a["category_id"]), box, origin))
+            is_crowd = a.get("iscrowd", 0) if isinstance(a, dict) else 0
+            if is_crowd not in (0, 1) or isinstance(is_crowd, float):  # True / False are 1 / 0
+                raise ValueError(f"iscrowd {reprlib.repr(is_crowd)} is not 0 or 1")
+            # a crowd box (COCO's iscrowd=1) is an ignore region: scored as pycocotools does, never trained on
+            (crowd if is_crowd else annotations).append(
+                Annotation(aid, image_id, _int(a["category_id"]), box, origin)
+            )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             issues.add(path, f"annotations[{i}]", f"malformed annotation ({e})", "malformed")
 
     categories = _drop_roboflow_placeholder(categories, supercategories, annotations)
-    return DetectionSplit(split, str(path), images, annotations, categories)
+    return DetectionSplit(split, str(path), images, annotations, categories, crowd)
 
 
 def _drop_roboflow_placeholder(

@@ -8,6 +8,7 @@ refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ from training.data.coco import COCO_FOLDERS, write_coco
 from training.data.loader import Dataset, load_dataset
 from training.data.schema import DetectionSplit, ImageRecord
 from training.data.yolo import write_yolo_split
+
+log = logging.getLogger(__name__)
 
 
 def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
@@ -34,6 +37,12 @@ def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
     if to == "yolo":
         for split, s in dataset.splits.items():
             write_yolo_split(s, tmp, split, link=False)
+            if s.crowd:  # YOLO txt has no ignore regions: say what the copy loses
+                log.warning(
+                    "split %s: %d crowd boxes (iscrowd=1) not written: YOLO txt has no ignore regions",
+                    split,
+                    len(s.crowd),
+                )
         # no `path`: ultralytics then resolves the split folders against this file's folder
         doc = {"names": dict(enumerate(dataset.class_names))}
         doc.update({split: f"images/{split}" for split in dataset.splits})
@@ -48,7 +57,7 @@ def convert(dataset: Dataset, to: str, out: str | Path) -> Path:
                 shutil.copy2(im.file, folder / name)
                 images.append(ImageRecord(im.id, folder / name, im.width, im.height))
             write_coco(
-                DetectionSplit(split, s.source, images, s.annotations, s.categories),
+                DetectionSplit(split, s.source, images, s.annotations, s.categories, s.crowd),
                 folder / "_annotations.coco.json",
             )
     if out.exists():

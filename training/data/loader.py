@@ -21,7 +21,7 @@ from training.data.hub import ANNOTATION_FILE, download_roboflow, materialize_hf
 from training.data.images import DECODE_VERSION, ImageChecker, decode_rgb, file_digest, pixel_digest
 from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
-from training.data.validate import validate_split
+from training.data.validate import check_split_overlap, validate_split
 from training.data.yolo import read_yolo, write_yolo_split
 from training.fileio import publish_dir
 
@@ -132,6 +132,14 @@ def load_dataset(data_cfg, splits: tuple[str, ...] | list[str] = ("train", "val"
         before = len(issues.issues)
         out[split] = validate_split(_read_split(data_cfg, split, issues), issues, tol, checker)
         skipped.update(f"{split}/{issue.kind}" for issue in issues.issues[before:])
+    read, out = out, check_split_overlap(out, issues)
+    skipped.update(
+        {
+            f"{k}/split_overlap": len(read[k].images) - len(v.images)
+            for k, v in out.items()
+            if v is not read[k]
+        }
+    )
     names = {s: tuple(v.class_names) for s, v in out.items()}
     if len(set(names.values())) > 1:
         raise DataError(f"data '{data_cfg.get('name')}': splits disagree on class names: {names}")
@@ -173,7 +181,7 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
 
 def _ultralytics_rgb(path: Path) -> np.ndarray | None:
     """The pixels ultralytics' own reader gives (what its datasets train and validate on), as RGB."""
-    from ultralytics.utils.patches import imread
+    from training.compat.ultralytics import imread
 
     im = imread(str(path))
     return None if im is None or im.ndim != 3 or im.shape[2] != 3 else im[..., ::-1]

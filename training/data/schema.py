@@ -64,6 +64,9 @@ class DetectionSplit:
     images: list[ImageRecord]
     annotations: list[Annotation]
     categories: list[Category]
+    # COCO ``iscrowd=1`` boxes: ignore regions of the evaluation (a detection on one is neither a true nor a false
+    # positive, as pycocotools scores them), never trained on as ordinary boxes
+    crowd: list[Annotation] = field(default_factory=list)
     _by_image: dict[int, list[Annotation]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -104,6 +107,17 @@ class DetectionSplit:
                     "iscrowd": 0,
                 }
                 for a in self.annotations
+            ]
+            + [
+                {
+                    "id": a.id,
+                    "image_id": a.image_id,
+                    "category_id": a.category_id,
+                    "bbox": [float(v) for v in a.bbox],
+                    "area": a.area,
+                    "iscrowd": 1,
+                }
+                for a in self.crowd
             ],
             "categories": [{"id": c.id, "name": c.name, "supercategory": "none"} for c in self.categories],
         }

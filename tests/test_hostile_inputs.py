@@ -1,0 +1,178 @@
+"""Inputs and faults a hostile or unlucky user brings (issue 40), as one table: each case builds its files, runs
+the command a user would (a fresh process, offline), and states the exit code and the message expected. A case
+that hangs fails at its timeout; a traceback fails every case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import EMBEDDED, run_module
+
+pytestmark = pytest.mark.slow  # a fresh interpreter per case
+
+IMAGES = sorted((EMBEDDED / "test").glob("*.jpg"))
+SHIPPED = "checkpoint=${asset:pretrained/signatures-yolov8n.pt}"
+
+
+@dataclass
+class Case:
+    family: str
+    build: Callable[[Path], tuple[str, list[str]]]  # tmp -> (module, args)
+    rc: int
+    message: str  # a substring of stderr (rc 2: its one line) or, rc 0, of stdout + stderr
+    check: Callable[[Path], None] | None = None  # more facts about what the run wrote
+
+
+def _links(tmp: Path):
+    src = tmp / "scans"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(IMAGES[0], src / "a.jpg")
+    shutil.copy(IMAGES[1], src / "sub" / "b.jpg")
+    (src / "loop").symlink_to(src)
+    (src / "sub" / "up").symlink_to(src)
+    (src / "gone.jpg").symlink_to(tmp / "missing.jpg")
+    return "evaluation.predict", [f"source='{src}/**/*.jpg'", f"hydra.run.dir={tmp / 'run'}"]
+
+
+def _two_pages_once(tmp: Path) -> None:
+    pages = [json.loads(x) for x in (tmp / "run" / "pages.jsonl").read_text().splitlines()]
+    assert sorted(Path(p["file"]).name for p in pages) == ["a.jpg", "b.jpg"]
+
+
+def _tiff(tmp: Path):
+    pages = [Image.open(p).convert("RGB") for p in IMAGES[:3]]
+    pages[0].save(tmp / "fax.tif", save_all=True, append_images=pages[1:])
+    return "evaluation.predict", [f"source={tmp / 'fax.tif'}", f"hydra.run.dir={tmp / 'run'}"]
+
+
+def _three_pages(tmp: Path) -> None:
+    pages = [json.loads(x) for x in (tmp / "run" / "pages.jsonl").read_text().splitlines()]
+    assert [p["page"] for p in pages] == [1, 2, 3]
+
+
+def _coco(tmp: Path, edit: Callable[[dict], None], folder: str = "valid") -> Path:
+    root = tmp / "data"
+    shutil.copytree(EMBEDDED, root)
+    f = root / folder / "_annotations.coco.json"
+    doc = json.loads(f.read_text())
+    edit(doc)
+    f.write_text(json.dumps(doc))
+    return root
+
+
+def _evaluate(tmp: Path, root: Path, *extra: str):
+    return "evaluation", [
+        SHIPPED,
+        "data=coco_folder",
+        f"data.root={root}",
+        "evaluation.splits=[val]",
+        "evaluation.n_bootstrap=0",
+        "evaluation.ultralytics_metrics=false",
+        f"hydra.run.dir={tmp / 'run'}",
+        *extra,
+    ]
+
+
+def _all_crowd(tmp: Path):
+    def crowd(doc):
+        for a in doc["annotations"]:
+            a["iscrowd"] = 1
+
+    return _evaluate(tmp, _coco(tmp, crowd))
+
+
+def _scores_nothing_found(tmp: Path) -> None:
+    metrics = json.loads((tmp / "run" / "metrics.json").read_text())["metrics"]
+    assert metrics["val/mAP50"] == 0.0  # was 1.0: crowd regions counted as boxes found
+
+
+def _same_file_twice(tmp: Path):
+    def twice(doc):
+        im = doc["images"][0]
+        doc["images"].append(dict(im, id=max(i["id"] for i in doc["images"]) + 1))
+
+    return _evaluate(tmp, _coco(tmp, twice))
+
+
+def _split_is_another(tmp: Path):
+    root = tmp / "yolo"
+    for split in ("valid", "test"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
+    for im in IMAGES[:3]:
+        shutil.copy(im, root / "valid" / "images" / im.name)
+        (root / "valid" / "labels" / f"{im.stem}.txt").write_text("0 0.5 0.5 0.2 0.1\n")
+    doc = {
+        "train": "valid/images",
+        "val": "valid/images",
+        "test": "valid/images",
+        "nc": 1,
+        "names": ["signature"],
+    }
+    (root / "data.yaml").write_text(yaml.safe_dump(doc))
+    return "evaluation", [
+        SHIPPED,
+        "data=yolo_folder",
+        f"data.yaml={root / 'data.yaml'}",
+        "evaluation.splits=[val,test]",
+        f"hydra.run.dir={tmp / 'run'}",
+    ]
+
+
+def _run_dir_is_a_file(tmp: Path):
+    (tmp / "a_file").write_text("x")
+    return "evaluation.predict", [f"source={IMAGES[0]}", f"hydra.run.dir={tmp / 'a_file' / 'run'}"]
+
+
+def _misspelt_added_key(tmp: Path):
+    return _evaluate(tmp, EMBEDDED, "+evaluation.n_bootstap=5")
+
+
+def _empty_pdf(tmp: Path):
+    import pypdfium2
+
+    pypdfium2.PdfDocument.new().save(tmp / "empty.pdf")
+    return "evaluation.predict", [f"source={tmp / 'empty.pdf'}", f"hydra.run.dir={tmp / 'run'}"]
+
+
+CASES = {
+    "predict: symlink loops and a broken link in a ** glob": Case(
+        "links", _links, 0, "already walked", _two_pages_once
+    ),
+    "predict: a 3-page TIFF": Case("paging", _tiff, 0, "", _three_pages),
+    "predict: a PDF of no pages": Case("paging", _empty_pdf, 2, "empty.pdf: unreadable PDF"),
+    "evaluate: every box iscrowd=1": Case("annotations", _all_crowd, 0, "", _scores_nothing_found),
+    "evaluate: one file under two image ids": Case(
+        "annotations", _same_file_twice, 2, "the same file as image id"
+    ),
+    "evaluate: test: is the val: folder": Case("annotations", _split_is_another, 2, "also in split 'val'"),
+    "predict: hydra.run.dir under a file": Case(
+        "unwritable", _run_dir_is_a_file, 2, "a file stands where a folder is needed"
+    ),
+    "evaluate: +evaluation.n_bootstap=5": Case("config", _misspelt_added_key, 2, "n_bootstrap"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input(name, tmp_path):
+    case = CASES[name]
+    module, args = case.build(tmp_path)
+    r = run_module(module, *args, timeout=240)  # a hang fails here
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert r.returncode == case.rc, (r.returncode, out[-3000:])
+    if case.rc == 2:
+        err = [x for x in r.stderr.splitlines() if x.strip()]
+        assert len(err) == 1 and case.message in err[0], r.stderr[-3000:]
+    else:
+        assert case.message in out, out[-3000:]
+    if case.check:
+        case.check(tmp_path)
