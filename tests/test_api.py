@@ -77,8 +77,10 @@ def test_api_and_cli_give_the_same_boxes(tmp_path):
     for page in api:
         ref = cli[Path(page.file).name]
         assert page.page is None and (page.width, page.height) == (ref["width"], ref["height"])
-        np.testing.assert_allclose(page.boxes, np.array(ref["boxes"]).reshape(-1, 4), atol=1e-6)
-        np.testing.assert_allclose(page.scores, ref["scores"], atol=1e-6)
+        # the same path in another process: equal up to float32 rounding (a training earlier in this process
+        # leaves torch with another thread count, which reorders the sums: 6e-5 px at 264 px, 2e-7 relative)
+        np.testing.assert_allclose(page.boxes, np.array(ref["boxes"]).reshape(-1, 4), rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(page.scores, ref["scores"], atol=1e-5)
         assert page.label_names == ref["labels"] and page.signed == ref["signed"]
     # a PIL image and an array give the file's boxes
     pil = det.predict(Image.open(api[0].file))[0]
@@ -89,9 +91,10 @@ def test_api_and_cli_give_the_same_boxes(tmp_path):
 
     # sigdet.predict: the command's run folder, from Python
     run = sigdet.predict(src, checkpoint=SYNTHETIC, overrides=["conf=0.05"], run_dir=tmp_path / "py")
-    assert {Path(p["file"]).name: p["boxes"] for p in lines(run.dir)} == {
-        k: v["boxes"] for k, v in cli.items()
-    }
+    ran = {Path(p["file"]).name: p["boxes"] for p in lines(run.dir)}
+    assert set(ran) == set(cli)
+    for name, boxes in ran.items():
+        np.testing.assert_allclose(boxes, cli[name]["boxes"], rtol=1e-6, atol=1e-4)
 
 
 def test_stored_operating_point_is_the_default(tmp_path):
