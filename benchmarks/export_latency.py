@@ -27,8 +27,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import training  # noqa: E402,F401
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from training.cli import CONF  # noqa: E402
 
 
 def yolov8s_checkpoint(path: Path, imgsz: int) -> Path:

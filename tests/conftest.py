@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import training  # noqa: F401  (registers resolvers)
+from training.cli import CONF  # the one home of the config folder
 from training.data import asset_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,6 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
     )
 
 
-CONF = ROOT / "conf"
 EMBEDDED = Path(asset_path("signatures-xc8up-mini"))
 
 # Tiny, CPU-friendly settings shared by the tests that really train.

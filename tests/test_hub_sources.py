@@ -212,3 +212,16 @@ def test_hf_rows_of_another_shape_are_one_line(tmp_path):
         why = "has no column ['objects']" if case == "no_objects" else "row 0: malformed"
         assert why in str(e.value) and str(src) in str(e.value), e.value
         assert "\n" not in str(e.value)
+
+
+def test_hf_dataset_fingerprint_private_name():
+    """training/compat/datasets.py reads ``Dataset._fingerprint`` (no public accessor): it must exist, be a string
+    and follow the content, or the materialised-copy cache would key on nothing."""
+    import datasets
+
+    from training.compat.datasets import fingerprint
+
+    a = datasets.Dataset.from_dict({"x": [1, 2]})
+    b = datasets.Dataset.from_dict({"x": [1, 3]})
+    assert isinstance(fingerprint(a), str) and fingerprint(a) and fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) == fingerprint(datasets.Dataset.from_dict({"x": [1, 2]}))

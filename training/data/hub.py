@@ -75,11 +75,13 @@ def materialize_hf(path: str, revision: str | None, split_names: dict[str, str],
     from datasets import Image as HFImage
     from PIL import Image
 
+    from training.compat.datasets import fingerprint as hf_fingerprint
+
     dsd = load_hf_dataset(path, revision)
     missing = [s for s in split_names.values() if s not in dsd]
     if missing:
         raise UserError(f"Hugging Face dataset '{path}': no split(s) {missing}; it has {sorted(dsd)}")
-    fingerprint = "-".join(dsd[s]._fingerprint for s in sorted(split_names.values()))
+    fingerprint = "-".join(hf_fingerprint(dsd[s]) for s in sorted(split_names.values()))
     root = cache_dir / "hf" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     if (root / ".complete").is_file():
         log.info("reusing materialised HF dataset %s", root)
