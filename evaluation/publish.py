@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -89,11 +90,16 @@ def stage(rec: RunRecord, dest: Path) -> list[str]:
     return sorted(p.name for p in dest.iterdir())
 
 
-def push_to_hub(rec: RunRecord, repo_id: str, private: bool = False, message: str | None = None) -> str:
+def push_to_hub(
+    rec: RunRecord, repo_id: str, private: bool = False, message: str | None = None
+) -> str | None:
     """Create ``repo_id`` (kept when it exists) and upload the staged files in one commit; returns its URL.
 
+    When the hub cannot be reached (no route, offline mode, timeout), the files are kept in
+    ``<run_dir>/hub_upload`` with the command that uploads them later, and None is returned.
+
     Raises:
-        UserError: the hub refused or could not be reached (one line naming the repo).
+        UserError: the hub refused the upload (one line naming the repo).
     """
     from huggingface_hub import HfApi
 
@@ -104,13 +110,32 @@ def push_to_hub(rec: RunRecord, repo_id: str, private: bool = False, message: st
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model", commit_message=message)
-        except (OSError, ValueError) as e:  # HTTP errors, offline mode and bad repo ids are all of these
+        except Exception as e:
+            if _unreachable(e):  # no route, offline mode, timeout: keep what would go up, for a later upload
+                kept = rec.run_dir / "hub_upload"
+                shutil.copytree(tmp, kept, dirs_exist_ok=True)
+                print(
+                    f"warning: hub unreachable ({e.__class__.__name__}: {first_line(e, 120)}); staged in {kept}: "
+                    f"upload it later with `hf upload {repo_id} {kept} . --repo-type model`",
+                    file=sys.stderr,
+                )
+                return None
+            if not isinstance(e, OSError | ValueError):  # HTTP status errors and bad repo ids are these
+                raise
             raise UserError(
                 f"hub.repo_id={repo_id}: upload failed ({first_line(e, 160)}); log in with `hf auth login` or set "
                 "HF_TOKEN, and unset HF_HUB_OFFLINE"
             ) from None
     print(f"uploaded {', '.join(files)} to {url}")
     return str(url)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether a hub call failed for want of a connection (no route, refused, timeout, HF_HUB_OFFLINE), not because
+    the hub answered no. huggingface_hub raises its HTTP client's transport errors (httpx's, which are not
+    OSErrors) or its own OfflineModeIsEnabled (a ConnectionError); an answer with a status code is an HTTP error."""
+    kinds = {c.__name__ for c in type(e).__mro__}
+    return bool(kinds & {"TransportError", "ConnectionError", "OfflineModeIsEnabled", "TimeoutException"})
 
 
 def artifact_name(rec: RunRecord, name: str | None = None) -> str:

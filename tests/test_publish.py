@@ -284,3 +284,25 @@ def test_publish_uploads_only_a_model_of_the_run(tmp_path):
     torch.save({"w": torch.zeros(1)}, best)
     (run / CARD).symlink_to(secret)
     assert publish_files(read_run(run)) == {"best.pt": best, "metrics.json": run / "metrics.json"}
+
+
+@pytest.mark.parametrize("how", ["no route", "HF_HUB_OFFLINE"])
+def test_an_unreachable_hub_stages_the_upload_for_later(run_copy, monkeypatch, capsys, how):
+    """No route to the hub (a loopback port nothing listens on: no traffic leaves the machine) or offline mode:
+    publish keeps the files it would upload in <run>/hub_upload and says how to upload them later, in one line
+    (was an httpx ConnectError traceback); the card is still written (issue 40)."""
+    from evaluation.publish import publish
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_token")
+    if how == "no route":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:1")
+    else:
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    done = publish(compose_cfg("publish", [f"run_dir={run_copy}", "hub.repo_id=me/sigdet-detr"]))
+    assert done["hub"] is None and done["card"].is_file()
+    staged = run_copy / "hub_upload"
+    assert (staged / "README.md").is_file() and (staged / "metrics.json").is_file()
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "hub unreachable" in x]
+    assert f"hf upload me/sigdet-detr {staged}" in line

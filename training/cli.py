@@ -151,10 +151,20 @@ _PLACE_ERRNOS = {
 }
 
 
-def unwritable_line(e: OSError) -> str | None:
+# the run folder of the command in this process (set once Hydra made it)
+_WRITING_IN: list[str | None] = [None]
+
+
+def unwritable_line(e: OSError, where: str | None = None) -> str | None:
     """A write that failed because of the place (a run dir under a file, a read-only folder, a full disk) as one
-    line naming the path and what is wrong with it; None for other errors (those keep their traceback)."""
-    if e.errno not in _PLACE_ERRNOS or not e.filename:
+    line naming the path and what is wrong with it; None for other errors (those keep their traceback).
+    ``where``: the folder the command was writing in, named when a full or read-only disk fails a ``write()``
+    that names no file."""
+    if e.errno not in _PLACE_ERRNOS:
+        return None
+    if not e.filename and where and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        e = OSError(e.errno, e.strerror or os.strerror(e.errno), f"{where} (a file in it)")
+    if not e.filename:
         return None
     hint = {
         errno.ENOSPC: "; free some space (or choose another hydra.run.dir / SIGDET_CACHE_DIR)",
@@ -231,6 +241,11 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
         @functools.wraps(task)
         def checked(cfg):
             _check_schema_keys(cfg)
+            from hydra.core.hydra_config import HydraConfig
+
+            _WRITING_IN[0] = (
+                HydraConfig.get().runtime.output_dir
+            )  # named if a full disk fails a nameless write
             return task(cfg)
 
         composed = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
@@ -243,7 +258,7 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
             try:
                 run_cli(composed)
             except OSError as e:
-                line = unwritable_line(e)
+                line = unwritable_line(e, _WRITING_IN[0])
                 if line is None or IN_PROCESS.get():
                     raise
                 print("error: " + line, file=sys.stderr)

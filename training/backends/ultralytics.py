@@ -58,17 +58,9 @@ def _load_yolo(path: str | Path, what: str):
         raise UserError(f"{path}: not a loadable ultralytics {what} ({first_line(e, 200)})") from None
 
 
-# an atomic copy of last.pt after each save: ultralytics writes last.pt in place, so a run killed mid-save leaves
-# a torn last.pt, and resume=true starts from this copy instead
+# the atomic copy of last.pt that runs before checkpoints were written atomically (save_model) kept after each save:
+# a torn last.pt of such a run resumes from it
 LAST_COMPLETE = "last_complete.pt"
-
-
-def _keep_complete_last(trainer) -> None:
-    last = Path(trainer.last)
-    if last.is_file():
-        tmp = last.with_name(f".{LAST_COMPLETE}.tmp")
-        shutil.copyfile(last, tmp)
-        os.replace(tmp, last.with_name(LAST_COMPLETE))
 
 
 def _vet_run_checkpoints(weights: Path) -> None:
@@ -215,9 +207,26 @@ class _SigdetTrainer(TrainerHooks):
         # the checkpoint's train_args say what the user asked for (a resume plans the same way again)
         held = self.args.amp
         self.args.amp = getattr(self, "sigdet_asked_amp", held)
+        # ultralytics writes last.pt / best.pt in place (Path.write_bytes): a full disk or a kill mid-write would
+        # tear the last good checkpoint. Written under temporary names and renamed, each is whole or the previous.
+        last, best = self.last, self.best
+        self.last, self.best = last.with_name(f".{last.name}.part"), best.with_name(f".{best.name}.part")
         try:
-            return super().save_model()
+            saved = super().save_model()
+            for part, final in ((self.last, last), (self.best, best)):
+                if part.exists():
+                    os.replace(part, final)
+            return saved
+        except OSError as e:
+            if (
+                e.filename is None
+            ):  # a failed write() names no file: say which checkpoint could not be written
+                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(last)) from None
+            raise
         finally:
+            for part in (self.last, self.best):
+                part.unlink(missing_ok=True)
+            self.last, self.best = last, best
             self.args.amp = held
 
     def build_dataset(self, img_path, mode="train", batch=None):
@@ -412,7 +421,6 @@ class UltralyticsDetector(Detector):
         epochs_log = EpochLogger(self.tracker)
         model.add_callback("on_train_epoch_end", epochs_log.on_train_epoch_end)
         model.add_callback("on_fit_epoch_end", epochs_log.on_fit_epoch_end)
-        model.add_callback("on_model_save", _keep_complete_last)
         paste = recipe.paster(dataset["train"], cfg.data.max_image_pixels)
         if paste is not None:
             model.add_callback(PASTE_EVENT, paste)
