@@ -265,3 +265,27 @@ def test_a_failed_checkpoint_write_leaves_the_last_good_one(tmp_path, monkeypatc
     cfg = compose_cfg("train", [*TRAIN_TINY, "resume=true"], tmp_path)
     metrics = train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
     assert metrics["train/epochs"] == 3
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_cache(tmp_path):
+    """The data cache (data.cache_dir / SIGDET_CACHE_DIR) on a full disk (a real 8 KB tmpfs): one line naming the
+    cache, not the run folder, exit 2, no Hydra "Error executing job" line (issue 40)."""
+    import subprocess
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(cache)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        # ultralytics' own metrics need the YOLO copy of the data: the write that fills the cache
+        module, args = _evaluate(
+            tmp_path, EMBEDDED, f"data.cache_dir={cache}", "evaluation.ultralytics_metrics=true"
+        )
+        r = run_module(module, *args, timeout=240)
+        err = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]
+        assert err[0].startswith(f"error: {cache}") and "No space left on device" in err[0]
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)

@@ -243,10 +243,19 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
             _check_schema_keys(cfg)
             from hydra.core.hydra_config import HydraConfig
 
-            _WRITING_IN[0] = (
-                HydraConfig.get().runtime.output_dir
-            )  # named if a full disk fails a nameless write
-            return task(cfg)
+            # the run folder, named when a full disk fails a write that names no file
+            _WRITING_IN[0] = HydraConfig.get().runtime.output_dir
+            try:
+                return task(cfg)
+            except (
+                OSError
+            ) as e:  # a place that cannot take a write: one line, exit 2, from inside the task too
+                line = unwritable_line(
+                    e, _WRITING_IN[0]
+                )  # (before Hydra adds its "Error executing job" line)
+                if line is None:
+                    raise
+                raise UserError(line) from None
 
         composed = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
             exit_on_user_error(checked)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised inside without a file name: a full or read-only disk fails a ``write()``,
+    which names no file, and the user's one-line error must say where (a cache, a run folder)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path)) from None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -14,7 +28,8 @@ def write_atomic(path: Path, text: str) -> None:
     never sees half a file, and writers in other processes or threads never write into each other's."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with writing(path):
+            tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

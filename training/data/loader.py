@@ -23,7 +23,7 @@ from training.data.issues import IssueLog
 from training.data.schema import DetectionSplit
 from training.data.validate import check_split_overlap, validate_split
 from training.data.yolo import read_yolo, write_yolo_split
-from training.fileio import publish_dir
+from training.fileio import publish_dir, writing
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,10 @@ def prepare_yolo(dataset: Dataset, cache_dir: Path) -> Path:
         shutil.rmtree(root, ignore_errors=True)
     tmp = root.with_name(f"{key}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for split, s in dataset.splits.items():
-        write_yolo_split(s, tmp, split)
-    _same_pixels_for_ultralytics(tmp / "images", dataset.checker)
+    with writing(cache_dir):  # a full cache disk names the cache, not the run folder
+        for split, s in dataset.splits.items():
+            write_yolo_split(s, tmp, split)
+        _same_pixels_for_ultralytics(tmp / "images", dataset.checker)
     doc = {"path": str(root), "names": dict(enumerate(dataset.class_names))}
     doc.update({split: f"images/{split}" for split in dataset.splits})
     for required in ("train", "val"):  # ultralytics insists on both keys even for val-only use
