@@ -235,6 +235,92 @@ def test_box_count_summed_only_within_several_processes():
     assert losses.reduce is reduce
 
 
+def _tiny_rf_detr_embeddings():
+    import transformers
+    from transformers.models.rf_detr import modeling_rf_detr
+
+    cfg = transformers.RfDetrDinov2Config(
+        hidden_size=8, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=64, num_windows=1
+    )
+    return modeling_rf_detr.RfDetrDinov2Embeddings(cfg).eval()
+
+
+def test_rf_detr_interpolates_position_embeddings_while_tracing(tmp_path):
+    """What fixed_position_embeddings works around: RF-DETR's embeddings re-sample their position embeddings with
+    antialiased bicubic whenever traced, which torch.onnx.export cannot take (when this fails, transformers changed
+    it: the patch, which then finds nothing to patch, can go); patched, the same module exports at its size and gives
+    the eager numbers."""
+    import onnxruntime as ort
+    from torch.onnx.errors import UnsupportedOperatorError
+
+    from training.compat.transformers import fixed_position_embeddings, interpolates_while_tracing
+
+    emb = _tiny_rf_detr_embeddings()
+    assert interpolates_while_tracing(emb)
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(UnsupportedOperatorError, match="bicubic"):
+        torch.onnx.export(emb, (x,), str(tmp_path / "a.onnx"), opset_version=17, dynamo=False)
+    container = torch.nn.Sequential(emb)
+    assert fixed_position_embeddings(container, 64, 64) == 1
+    assert fixed_position_embeddings(container, 64, 64) == 1  # again (another export size): from the original
+    torch.onnx.export(emb, (x,), str(tmp_path / "b.onnx"), opset_version=17, dynamo=False)
+    with torch.no_grad():
+        ref = emb(x).numpy()
+    sess = ort.InferenceSession(str(tmp_path / "b.onnx"))
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert not interpolates_while_tracing(torch.nn.Linear(2, 2))
+
+
+TWO_STAGE = ("rt_detr_v2", "d_fine", "deimv2", "rf_detr")
+
+
+@pytest.mark.parametrize("family", TWO_STAGE)
+def test_two_stage_detrs_pick_their_queries_with_torch_topk(family):
+    """index_ordered_topk patches the ``torch`` of the modelling modules that call ``torch.topk``: each two-stage
+    family still does (when this fails, transformers picks its queries another way and the patch misses it)."""
+    import importlib
+
+    from training.compat.transformers import _selects_with_topk
+
+    name = f"transformers.models.{family}.modeling_{family}"
+    importlib.import_module(name)
+    assert _selects_with_topk(name)
+
+
+def test_index_ordered_topk_orders_ties_as_onnx_runtime_does(tmp_path):
+    """Within the context a patched module's topk ranks rounded scores with ties by index, the order ONNX Runtime's
+    TopK gives the exported graph; outside, the module's torch is torch again."""
+    import onnxruntime as ort
+    from transformers.models.rf_detr import modeling_rf_detr
+
+    from training.compat.transformers import TIE_QUANTUM, index_ordered_topk
+
+    scores = torch.rand(1, 500) * 0.5  # below the tied group
+    scores[:, ::3] = 0.75
+    scores[:, 1::7] = 0.75 + TIE_QUANTUM / 10  # float noise: the same score once rounded
+    model = torch.nn.Sequential(_tiny_rf_detr_embeddings())
+
+    class Pick(torch.nn.Module):
+        def forward(self, x):
+            with index_ordered_topk(model):
+                values, indices = modeling_rf_detr.torch.topk(x, 60, dim=1)
+            return values, indices
+
+    with index_ordered_topk(model), index_ordered_topk(model):  # re-entrant
+        assert modeling_rf_detr.torch is not torch and modeling_rf_detr.torch.nn is torch.nn
+    assert modeling_rf_detr.torch is torch
+    values, indices = Pick()(scores)
+    tied = np.flatnonzero(np.abs(scores[0].numpy() - 0.75) < TIE_QUANTUM / 2)
+    assert indices[0, : len(tied)].tolist() == tied.tolist()[:60]
+    assert torch.equal(values, scores.gather(1, indices))
+    torch.onnx.export(Pick(), (scores,), str(tmp_path / "pick.onnx"), opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(tmp_path / "pick.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: scores.numpy()})
+    np.testing.assert_array_equal(got[1], indices.numpy())
+    np.testing.assert_array_equal(got[0], values.numpy())
+
+
 # -- accelerate -------------------------------------------------------------------------------------------------
 def test_accelerate_private_reset_state():
     from accelerate import Accelerator

@@ -17,8 +17,19 @@ UPSTREAM = (
     + [f"yolo11{s}" for s in "nsmlx"]
     + [f"yolov10{s}" for s in "nsbmlx"]
     + ["rtdetr-l"]
+    + [f"yolo26{s}" for s in "nsmlx"]
 )
-TRANSFORMERS = ["detr-resnet-50", "conditional-detr-resnet-50", "yolos-tiny", "yolos-base"]
+TRANSFORMERS = (
+    ["detr-resnet-50", "conditional-detr-resnet-50", "yolos-tiny", "yolos-base"]
+    + [f"rf-detr-{s}" for s in ("nano", "small", "medium", "base", "large")]
+    + [f"d-fine-{s}" for s in ("nano", "small", "medium", "large", "xlarge")]
+    + ["deimv2-n"]
+    + [f"rt-detr-v2-{b}" for b in ("r18", "r34", "r50", "r101")]
+)
+# every model file, the debug ones included, as its group option (model=debug/detr)
+MODEL_FILES = sorted(
+    str(p.relative_to(CONF / "model").with_suffix("")) for p in (CONF / "model").rglob("*.yaml")
+)
 # what each run composes: every experiment but upstream on its own, upstream with each model that names its weights
 RUNS = [(e, None) for e in EXPERIMENTS if e != "upstream"]
 RUNS += [("upstream", m) for m in UPSTREAM + TRANSFORMERS]
@@ -82,12 +93,12 @@ def test_model_config_builds_a_real_architecture(model):
     else:
         import transformers
 
-        from training.backends.transformers import FAMILIES
+        from training.backends.transformers import FAMILIES, backbone_config
 
-        cfg_cls = getattr(transformers, FAMILIES[cfg.family][0])
+        cfg_cls = getattr(transformers, FAMILIES[cfg.family].config)
         kwargs = OmegaConf.to_container(cfg.config)
         if "backbone" in cfg:
-            kwargs["backbone_config"] = transformers.ResNetConfig(**OmegaConf.to_container(cfg.backbone))
+            kwargs["backbone_config"] = backbone_config(OmegaConf.to_container(cfg.backbone))
         c = cfg_cls(**kwargs, num_labels=1)  # the config alone: building 4 full models here would be slow
         assert c.num_labels == 1
 
@@ -249,3 +260,59 @@ def test_a_key_added_with_plus_to_a_schema_group_is_refused():
     with pytest.raises(ConfigError, match=r"evaluation.n_bootstap \(did you mean \['n_bootstrap'\]\?\)"):
         compose("train", ["+evaluation.n_bootstap=5"], run_dir="x")
     compose("train", ["+train.mixup=0.1"], run_dir="x")  # ultralytics' own arguments: checked by ultralytics
+
+
+# SPDX identifiers the model files use (https://spdx.org/licenses/); "none": random init, no weights inherited
+SPDX = {"AGPL-3.0", "Apache-2.0", "BSD-3-Clause"}
+
+
+@pytest.mark.parametrize("model", MODEL_FILES)
+def test_every_model_file_states_its_licence_and_size(model):
+    """Issue 38: each model config carries the licence of its code and weights and its published parameter count,
+    which model selection prints beside accuracy (and ``licence=apache`` filters on); a debug model inherits no
+    weights and has no published size."""
+    raw = OmegaConf.load(CONF / "model" / f"{model}.yaml")
+    assert set(raw.get("licence") or {}) == {"code", "weights"}, model
+    assert "params_m" in raw, model
+    cfg = compose_cfg("train", [f"model={model}"]).model  # the schema takes both
+    assert cfg.licence.code in SPDX, (model, cfg.licence.code)
+    if model.startswith("debug/"):
+        assert cfg.licence.weights == "none" and cfg.params_m is None, model
+    else:
+        assert cfg.licence.weights in SPDX and 0.1 < cfg.params_m < 1000, (model, cfg.licence, cfg.params_m)
+    if cfg.backend == "ultralytics":
+        assert cfg.licence.code == cfg.licence.weights == "AGPL-3.0", model
+    if cfg.backend == "transformers":
+        assert cfg.licence.code == "Apache-2.0", model
+
+
+def test_a_model_file_without_its_licence_is_refused(tmp_path):
+    """The schema's licence and params_m are ``???``: a model file that leaves them out fails where it is read."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    group = tmp_path / "sp" / "model"
+    group.mkdir(parents=True)
+    text = (CONF / "model" / "yolov8s.yaml").read_text()
+    kept = [line for line in text.splitlines() if not line.startswith(("licence:", "params_m:"))]
+    (group / "nolicence.yaml").write_text("\n".join(kept) + "\n")
+    cfg = compose_cfg("train", [f"hydra.searchpath=[file://{tmp_path / 'sp'}]", "model=nolicence"])
+    for key in ("licence", "params_m"):
+        with pytest.raises(MissingMandatoryValue):
+            cfg.model[key]  # noqa: B018
+
+
+def test_frontier_presets_name_the_frontier_models():
+    """preset=frontier lists YOLO26 and the four transformers families in model files that exist;
+    preset=frontier_cpu_tiny is the same families as debug models with cpu_tiny's settings."""
+    full = compose_cfg("model_selection", ["preset=frontier"])
+    assert set(full.models) <= set(MODELS) and len(full.models) == len(set(full.models))
+    families = {OmegaConf.load(CONF / "model" / f"{m}.yaml").get("family", m[:6]) for m in full.models}
+    assert families == {"yolo26", "rf_detr", "d_fine", "deimv2", "rt_detr_v2"}
+    tiny = compose_cfg("model_selection", ["preset=frontier_cpu_tiny"])
+    cpu = compose_cfg("model_selection", ["preset=cpu_tiny"])
+    assert set(tiny.models) <= set(MODEL_FILES)
+    assert {OmegaConf.load(CONF / "model" / f"{m}.yaml").get("family") for m in tiny.models if "/" in m} == (
+        families - {"yolo26"}
+    )
+    for key in ("train_overrides", "backend_overrides", "latency", "evaluation"):
+        assert OmegaConf.to_container(tiny[key]) == OmegaConf.to_container(cpu[key]), key

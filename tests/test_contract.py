@@ -20,8 +20,16 @@ from training.data import load_dataset
 
 # models used to check each backend; a backend added to BACKENDS without one here fails the first test
 CONTRACT_MODELS = {
-    "ultralytics": ["yolov8n"],
-    "transformers": ["debug/detr", "debug/conditional-detr", "debug/yolos"],
+    "ultralytics": ["yolov8n", "yolo26n"],
+    "transformers": [
+        "debug/detr",
+        "debug/conditional-detr",
+        "debug/yolos",
+        "debug/rt_detr_v2",
+        "debug/d_fine",
+        "debug/deimv2",
+        "debug/rf_detr",
+    ],
     "classifier": ["resnet18-classifier"],
 }
 CASES = [(b, m) for b, models in CONTRACT_MODELS.items() for m in models]
@@ -298,3 +306,55 @@ def test_transformers_rejects_unknown_train_args(tmp_path):
     err = r.stderr.strip()
     assert "\n" not in err and "train.lr0" in err and "did you mean ['lr'" in err, err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("end2end", [False, True], ids=["one2many", "one2one"])
+def test_yolo26_heads_decode_in_the_original_frame_and_export(end2end, tmp_path):
+    """YOLO26 carries an NMS-free one-to-one head beside the one-to-many one; ultralytics 8.4 predicts with the
+    one-to-many head and NMS unless the model is switched to end2end (nms=False), and so do we. Either way head_kind
+    names the head the exported module keeps, decode puts the boxes in the page's own frame, and ONNX Runtime gives
+    the module's raw output."""
+    import onnxruntime as ort
+    import torch
+
+    from training.backends.yolo_processing import decode, export_module, head_kind, letterbox
+
+    cfg = compose_cfg("train", ["model=yolo26n"], tmp_path)
+    net = build_detector(cfg.model, tmp_path)._build().model
+    net.end2end = end2end
+    assert head_kind(net) == ("end2end" if end2end else "anchors")
+    module = export_module(net)
+    page = Image.new("RGB", (300, 500), "white")  # portrait: letterboxed with side padding
+    x, meta = letterbox(page, 64)
+    with torch.no_grad():
+        raw = module(torch.from_numpy(x)[None]).numpy()
+    assert raw.shape == (
+        (1, 84, 6) if end2end else (1, 4 + 80, 84)
+    )  # 84 anchors at 64 px: top-k keeps them all
+    det = decode(raw[0], head_kind(net), meta, page.size, 64, conf=0.0, iou=0.7, max_det=300)
+    assert len(det) > 0 and (det.boxes >= 0).all() and (det.boxes[:, [0, 2]] <= 300).all()
+    assert (det.boxes[:, [1, 3]] <= 500).all()
+    torch.onnx.export(
+        module, (torch.from_numpy(x)[None],), str(tmp_path / "m.onnx"), opset_version=17, dynamo=False
+    )
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x[None]})[0]
+    if end2end:  # top-k over near-tied random scores: compare what the decoder keeps, not the order
+        np.testing.assert_allclose(np.sort(got[0, :, 4]), np.sort(raw[0, :, 4]), atol=1e-4)
+    else:
+        np.testing.assert_allclose(got, raw, atol=1e-3)
+
+
+def test_rf_detr_refuses_an_input_size_its_windows_cannot_split(tmp_path):
+    """RF-DETR's windowed backbone takes multiples of patch size x windows: any other size is one line naming the
+    multiple and the nearest sizes, before anything runs (the debug model: 8 px patches, 2 windows)."""
+    from training.backends.transformers import check_input_size
+    from training.cli import ConfigError
+
+    cfg = compose_cfg("train", ["model=debug/rf_detr", *HF_TINY], tmp_path)
+    model = build_detector(cfg.model, tmp_path)._build(["signature"])
+    check_input_size("rf_detr", model.config, 64)
+    check_input_size("detr", model.config, 63)  # other families take any size
+    with pytest.raises(ConfigError) as e:
+        check_input_size("rf_detr", model.config, 60)
+    assert "multiples of 16" in str(e.value) and "48 or 64" in str(e.value) and "\n" not in str(e.value)

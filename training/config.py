@@ -61,6 +61,7 @@ class DetectionEvaluation:
     ultralytics_metrics: bool = MISSING
     n_log_images: int = MISSING
     n_page_figures: int = MISSING
+    exclude_near_duplicates: bool = MISSING  # score splits again without near-copies of train pages
     decode: dict[str, Decode] = MISSING  # backend -> its decoding (conf/decode/default.yaml)
     errors: ErrorAnalysis = MISSING
     page: PageDecision = MISSING
@@ -178,11 +179,21 @@ class SyntheticData(Data):
 
 
 @dataclass
+class Licence:
+    """``model.licence``: what a model may be used under, as SPDX identifiers (https://spdx.org/licenses/)."""
+
+    code: str = MISSING  # the library that builds and trains it
+    weights: str = MISSING  # its starting weights ("none": random init, nothing inherited)
+
+
+@dataclass
 class UltralyticsModel:
     """``conf/model`` of the ultralytics backend."""
 
     backend: str = MISSING
     name: str = MISSING
+    licence: Licence = MISSING
+    params_m: Optional[float] = MISSING  # noqa: UP045 (published parameter count, millions; null: debug models)
     arch: Optional[str] = MISSING  # noqa: UP045
     weights: Optional[str] = MISSING  # noqa: UP045
     synthetic_weights: Optional[str] = None  # noqa: UP045 (only models with a shipped checkpoint set it)
@@ -196,12 +207,15 @@ class TransformersModel:
 
     backend: str = MISSING
     name: str = MISSING
-    family: str = MISSING  # detr | conditional_detr | yolos
+    licence: Licence = MISSING
+    params_m: Optional[float] = MISSING  # noqa: UP045 (published parameter count, millions; null: debug models)
+    family: str = MISSING  # training/backends/transformers.py FAMILIES: detr | conditional_detr | yolos | ...
     hub_id: Optional[str] = MISSING  # noqa: UP045
     weights: Optional[str] = MISSING  # noqa: UP045
     upstream_weights: Optional[str] = None  # noqa: UP045 (what experiment=upstream fine-tunes from)
     config: dict[str, Any] = MISSING  # transformers config fields for random init
-    backbone: Optional[dict[str, Any]] = None  # noqa: UP045 (ResNet backbone config; DETR families only)
+    # backbone config for random init: ResNet fields (DETR families), or any transformers backbone by its model_type
+    backbone: Optional[dict[str, Any]] = None  # noqa: UP045
     decode: Decode = "${evaluation.decode.transformers}"  # type: ignore[assignment]  (the root's decoding)
 
 
@@ -225,6 +239,8 @@ class ClassifierModel:
 
     backend: str = MISSING
     name: str = MISSING
+    licence: Licence = MISSING
+    params_m: Optional[float] = MISSING  # noqa: UP045 (published parameter count, millions)
     arch: str = MISSING
     classes: list[str] = MISSING
     weights: Optional[str] = MISSING  # noqa: UP045
@@ -354,6 +370,7 @@ class Sweep:
     logger: str = MISSING  # none | wandb
     enqueue: list[Any] = MISSING  # trials to run first ({param: value})
     devices: Optional[list[Any]] = MISSING  # noqa: UP045 (worker k -> devices[k % len]; null: unpinned)
+    seeds: list[int] = MISSING  # trials train at seeds[0]; base and best at every one (base-vs-best spread)
 
 
 @dataclass

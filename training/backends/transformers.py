@@ -1,7 +1,9 @@
-"""Transformers backend: DETR, Conditional-DETR and YOLOS behind the Detector contract.
+"""Transformers backend: DETR, Conditional-DETR, YOLOS, RT-DETRv2, D-FINE, DEIMv2 and RF-DETR behind the Detector
+contract (:data:`FAMILIES`).
 
 Weights come from a hub id or a local directory (``from_pretrained`` with a new head for our classes), or the
-model is built from config with random init and a locally built ResNet backbone config: no network at all.
+model is built from config with random init and a locally built backbone config (ResNet for the DETR families,
+``model.backbone.model_type`` for the others): no network at all.
 Training is a plain loop (``training.loops``) on ``accelerate``: one process, or DDP under ``torchrun`` /
 ``accelerate launch`` (gloo on CPUs), mixed precision (``train.precision``), gradient accumulation, with
 checkpoints, resume, early stopping on the configured metric and gradient clipping. Periodic validation goes
@@ -24,6 +26,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +38,12 @@ from training.backends.hf_processing import (
     GraphWrapper,
     boxes_to_targets,
     decode,
+    preprocess_image,
     processor_kwargs,
-    resize_pad,
 )
 from training.cli import ConfigError, DataError, OfflineError, UserError, first_line
 from training.compat.accelerate import reset_state as reset_accelerate_state
-from training.compat.transformers import box_count_summed
+from training.compat.transformers import box_count_summed, fixed_position_embeddings
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
@@ -58,18 +61,62 @@ from training.progress import progress
 
 log = logging.getLogger(__name__)
 
-# family -> (config class, model class, score mode, takes a pixel mask)
+
+@dataclass(frozen=True)
+class HFFamily:
+    """One transformers detector family: its classes (looked up in ``transformers`` by name) and how its inputs and
+    outputs are read (the options every runtime's pre/post-processing gets, training/backends/hf_processing.py)."""
+
+    config: str  # config class
+    model: str  # model class (``...ForObjectDetection``)
+    processor: str  # image processor written beside the weights, configured as hf_processing preprocesses
+    score_mode: str  # softmax (a no-object class) | sigmoid (focal: top-k over queries x classes)
+    mask: bool  # the forward takes a pixel_mask
+    resize: str  # hf_processing.RESIZES: letterbox (aspect kept, padded) | stretch (to the square, upstream's way)
+    normalize: bool  # inputs standardised with ImageNet statistics (as the family's pretraining saw them)
+    # queries picked by top-k over the encoder's scores (two-stage): ties broken by index, as an export does
+    ordered_topk: bool = False
+    # the input size must be a multiple of backbone patch size x windows (RF-DETR's windowed DINOv2)
+    windowed: bool = False
+
+
+# family (model.family) -> what the backend needs of it; boxes are cxcywh normalised to the input (BOX_FRAME image)
+_DETR = {"mask": True, "resize": "letterbox", "normalize": True}
+# the RT-DETR lineage: [0, 1] inputs stretched to the square, no normalisation (PekingU/rtdetr_v2_*,
+# ustc-community/dfine-*: RTDetrImageProcessor with do_normalize false; DEIMv2's auto image processor is the same);
+# sigmoid (focal) scores; queries chosen by top-k over the encoder's proposals
+_RT_DETR = {"mask": False, "resize": "stretch", "normalize": False, "ordered_topk": True}
 FAMILIES = {
-    "detr": ("DetrConfig", "DetrForObjectDetection", "softmax", True),
-    "conditional_detr": ("ConditionalDetrConfig", "ConditionalDetrForObjectDetection", "sigmoid", True),
-    "yolos": ("YolosConfig", "YolosForObjectDetection", "softmax", False),
+    "detr": HFFamily("DetrConfig", "DetrForObjectDetection", "DetrImageProcessor", "softmax", **_DETR),
+    "conditional_detr": HFFamily(
+        "ConditionalDetrConfig",
+        "ConditionalDetrForObjectDetection",
+        "ConditionalDetrImageProcessor",
+        "sigmoid",
+        **_DETR,
+    ),
+    "yolos": HFFamily(
+        "YolosConfig", "YolosForObjectDetection", "YolosImageProcessor", "softmax", **{**_DETR, "mask": False}
+    ),
+    "rt_detr_v2": HFFamily(
+        "RTDetrV2Config", "RTDetrV2ForObjectDetection", "RTDetrImageProcessor", "sigmoid", **_RT_DETR
+    ),
+    "d_fine": HFFamily(
+        "DFineConfig", "DFineForObjectDetection", "RTDetrImageProcessor", "sigmoid", **_RT_DETR
+    ),
+    "deimv2": HFFamily(
+        "Deimv2Config", "Deimv2ForObjectDetection", "RTDetrImageProcessor", "sigmoid", **_RT_DETR
+    ),
+    # windowed DINOv2 backbone: ImageNet statistics, stretched to the square (Roboflow/rf-detr-*: size {height, width})
+    "rf_detr": HFFamily(
+        "RfDetrConfig",
+        "RfDetrForObjectDetection",
+        "RfDetrImageProcessor",
+        "sigmoid",
+        **{**_RT_DETR, "normalize": True, "windowed": True},
+    ),
 }
-# family -> its transformers image processor (written beside the weights, configured as hf_processing preprocesses)
-PROCESSORS = {
-    "detr": "DetrImageProcessor",
-    "conditional_detr": "ConditionalDetrImageProcessor",
-    "yolos": "YolosImageProcessor",
-}
+
 META = "sigdet.json"
 STATE = "trainer_state.pt"
 # the box frame (hf_processing.BOX_FRAMES) of new runs; a sigdet.json without one is from before it: canvas
@@ -82,17 +129,55 @@ def _family(name: str):
     import transformers
 
     transformers.logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
-    cfg_cls, model_cls, mode, mask = FAMILIES[name]
-    return getattr(transformers, cfg_cls), getattr(transformers, model_cls), mode, mask
+    fam = FAMILIES[name]
+    return getattr(transformers, fam.config), getattr(transformers, fam.model), fam.score_mode, fam.mask
+
+
+def backbone_config(values: dict):
+    """``model.backbone`` -> the transformers backbone config: a ``ResNetConfig`` (the DETR families' backbone) unless
+    it names its ``model_type`` (``hgnet_v2``, ``rt_detr_resnet``, ``rf_detr_dinov2``, ...), which transformers'
+    config registry then builds (``CONFIG_MAPPING``), locally."""
+    values = dict(values)
+    if "model_type" in values:
+        from transformers import CONFIG_MAPPING
+
+        kind = values.pop("model_type")
+        if kind not in CONFIG_MAPPING:
+            raise ConfigError(f"model.backbone.model_type={kind!r}: not a transformers config type")
+        return CONFIG_MAPPING[kind](**values)
+    from transformers import ResNetConfig
+
+    return ResNetConfig(**values)
+
+
+def check_input_size(family: str, config, imgsz: int) -> None:
+    """Refuse an input size the family's backbone cannot split: RF-DETR's windowed DINOv2 needs a multiple of
+    ``patch_size x num_windows`` (the published models: 16 x 2 = 32, or 14 x 4 = 56 for rf-detr-base).
+
+    Raises:
+        ConfigError: one line naming the size, the multiple and the nearest valid sizes.
+    """
+    if not FAMILIES[family].windowed:
+        return
+    bb = config.backbone_config
+    patch = bb.patch_size[0] if isinstance(bb.patch_size, (list, tuple)) else bb.patch_size
+    step = int(patch) * int(getattr(bb, "num_windows", 1) or 1)
+    if imgsz % step:
+        lo, hi = imgsz // step * step, (imgsz // step + 1) * step
+        raise ConfigError(
+            f"imgsz={imgsz}: a {family} model with patch size {patch} and {step // int(patch)} windows takes "
+            f"multiples of {step} (e.g. train.imgsz={lo or hi} or {hi})"
+        )
 
 
 def image_processor(family: str, imgsz: int):
     """The family's transformers image processor, built locally (no download), set to preprocess as
-    :func:`~training.backends.hf_processing.resize_pad` does."""
+    :func:`~training.backends.hf_processing.preprocess_image` does for that family."""
     _family(family)
     import transformers
 
-    return getattr(transformers, PROCESSORS[family])(**processor_kwargs(imgsz))
+    fam = FAMILIES[family]
+    return getattr(transformers, fam.processor)(**processor_kwargs(imgsz, fam.resize, fam.normalize))
 
 
 def write_image_processor(folder: str | Path) -> Path:
@@ -218,8 +303,15 @@ def _release(acc) -> None:
 class _DetectionDataset(torch.utils.data.Dataset):
     """Images of a split, resized / padded to ``imgsz``, with bbox-safe augmentation for training."""
 
-    def __init__(self, split: DetectionSplit, imgsz: int, augment: dict | None, box_frame: str = BOX_FRAME):
-        self.split, self.imgsz, self.box_frame = split, imgsz, box_frame
+    def __init__(
+        self,
+        split: DetectionSplit,
+        imgsz: int,
+        augment: dict | None,
+        box_frame: str = BOX_FRAME,
+        family: HFFamily = FAMILIES["detr"],
+    ):
+        self.split, self.imgsz, self.box_frame, self.family = split, imgsz, box_frame, family
         self.index = split.class_index()
         self.tf = self._transforms(augment) if augment else None
 
@@ -264,7 +356,7 @@ class _DetectionDataset(torch.utils.data.Dataset):
             out = self.tf({"image": F.to_image(img), "boxes": boxes, "labels": torch.from_numpy(labels)})
             img = F.to_pil_image(out["image"])
             xyxy, labels = out["boxes"].numpy().reshape(-1, 4), out["labels"].numpy()
-        pixels, mask, scale = resize_pad(img, self.imgsz)
+        pixels, mask, scale = preprocess_image(img, self.imgsz, self.family.resize, self.family.normalize)
         size = img.size if self.box_frame == "image" else None
         return pixels, mask, boxes_to_targets(xyxy, labels, scale, self.imgsz, size)
 
@@ -377,7 +469,7 @@ class _Run:
 
 
 class TransformersDetector(Detector):
-    """DETR-family and YOLOS models through ``transformers``."""
+    """DETR-style detectors through ``transformers`` (:data:`FAMILIES`)."""
 
     name = "transformers"
     distributed = True  # trains under torchrun / accelerate launch (training.train checks)
@@ -396,12 +488,12 @@ class TransformersDetector(Detector):
     @property
     def score_mode(self) -> str | None:
         """How the family scores a query: ``softmax`` (with a no-object class) or ``sigmoid``."""
-        return FAMILIES[self.family][2] if self.family else None
+        return FAMILIES[self.family].score_mode if self.family else None
 
     @property
     def use_mask(self) -> bool | None:
         """Whether the family's forward takes a ``pixel_mask``."""
-        return FAMILIES[self.family][3] if self.family else None
+        return FAMILIES[self.family].mask if self.family else None
 
     @classmethod
     def owns(cls, path: Path) -> bool:
@@ -416,10 +508,8 @@ class TransformersDetector(Detector):
             return self._from_pretrained(model_cls, str(weights), class_names)
         kwargs = OmegaConf.to_container(self.model_cfg.get("config") or {}, resolve=True)
         if self.model_cfg.get("backbone"):
-            from transformers import ResNetConfig
-
-            kwargs["backbone_config"] = ResNetConfig(
-                **OmegaConf.to_container(self.model_cfg.backbone, resolve=True)
+            kwargs["backbone_config"] = backbone_config(
+                OmegaConf.to_container(self.model_cfg.backbone, resolve=True)
             )
         return model_cls(cfg_cls(**kwargs, **_labels(class_names)))
 
@@ -548,6 +638,7 @@ class TransformersDetector(Detector):
             self.load(last_dir)
         else:
             self.model = self._build(self.class_names)
+        check_input_size(self.family, self.model.config, self.imgsz)
         model = self.model.to(self.device)
         # transformers decides backbone freezing differently for a fresh model (all frozen) and a reloaded one
         # (all trainable); a random-init backbone must learn, so the choice is explicit here.
@@ -564,10 +655,13 @@ class TransformersDetector(Detector):
             collate_fn=_collate,
         )
         aug = OmegaConf.to_container(t.augment, resolve=True)
+        fam = FAMILIES[self.family]
         train_loader = loader(
-            _DetectionDataset(dataset["train"], self.imgsz, aug, self.box_frame), shuffle=True, generator=gen
+            _DetectionDataset(dataset["train"], self.imgsz, aug, self.box_frame, fam),
+            shuffle=True,
+            generator=gen,
         )
-        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None, self.box_frame))
+        val_loader = loader(_DetectionDataset(dataset["val"], self.imgsz, None, self.box_frame, fam))
         return train_loader, val_loader
 
     def _prepare_run(self, t, acc, dataset, last_dir: Path, resume: bool) -> _Run:
@@ -614,11 +708,14 @@ class TransformersDetector(Detector):
         self._checkpoint = path
 
     def _options(self) -> dict:
+        fam = FAMILIES[self.family]
         return {
             "score_mode": self.score_mode,
             "use_mask": bool(self.use_mask),
             "max_det": self.decode["max_det"],
             "box_frame": self.box_frame,
+            "resize": fam.resize,
+            "normalize": fam.normalize,
         }
 
     def set_half(self) -> None:
@@ -628,13 +725,16 @@ class TransformersDetector(Detector):
     def predict(
         self, images: list[ImageInput], conf: float = EVAL_CONF, imgsz: int | None = None
     ) -> list[Detections]:
-        net = GraphWrapper(self._require().eval(), self.use_mask)
-        return self._predict_each(net, self.device, images, int(imgsz or self.imgsz), self._options(), conf)
+        net = GraphWrapper(self._require().eval(), self.use_mask, FAMILIES[self.family].ordered_topk)
+        size = int(imgsz or self.imgsz)
+        check_input_size(self.family, self.model.config, size)
+        return self._predict_each(net, self.device, images, size, self._options(), conf)
 
     def benchmark_forward(self, imgsz: int | None = None):
         """A zero-argument callable running the model alone on one preprocessed image (latency protocol)."""
         model = self._require().eval()
         size = int(imgsz or self.imgsz)
+        check_input_size(self.family, model.config, size)
         kwargs = {"pixel_values": torch.zeros(1, 3, size, size, device=self.device)}
         if self.use_mask:
             kwargs["pixel_mask"] = torch.ones(1, size, size, dtype=torch.long, device=self.device)
@@ -642,25 +742,35 @@ class TransformersDetector(Detector):
 
     # -- export (the contract of training.backends.base.Backend) -----------------------------------------
     def export_spec(self, imgsz: int | None = None, dynamic: bool = False) -> ExportSpec:
-        """The model (moved to the CPU) wrapped to return plain ``(logits, pred_boxes)`` tensors."""
-        model = self._require().cpu().eval()
+        """The model (moved to the CPU, frozen) wrapped to return plain ``(logits, pred_boxes)`` tensors; traced at one
+        fixed input size (RF-DETR's position embeddings a constant of the graph for that size:
+        :func:`~training.compat.transformers.fixed_position_embeddings`)."""
+        # frozen, as ultralytics' export module is: nothing traces or counts gradients of it (torch's FLOP counter
+        # stumbles on RF-DETR's parameters passed to a layer as they are: a leaf that requires grad under no_grad)
+        model = self._require().cpu().eval().requires_grad_(False)
         self.device = torch.device("cpu")
+        size = int(imgsz or self.imgsz)
+        check_input_size(self.family, model.config, size)
+        fixed_position_embeddings(model, size, size)
         inputs = ["pixel_values", "pixel_mask"] if self.use_mask else ["pixel_values"]
         return ExportSpec(
             self.name,
-            int(imgsz or self.imgsz),
+            size,
             list(self.class_names),
             inputs,
             ["logits", "pred_boxes"],
             self._options(),
-            GraphWrapper(model, self.use_mask).eval(),
+            GraphWrapper(model, self.use_mask, FAMILIES[self.family].ordered_topk).eval(),
             str(self._checkpoint or ""),
             int8={"model_type": "transformer"},
         )
 
     @staticmethod
     def preprocess(image, imgsz: int, options: dict):
-        pixels, mask, scale = resize_pad(image, imgsz)
+        # exports written before the families of the RT-DETR lineage: letterboxed and normalised
+        pixels, mask, scale = preprocess_image(
+            image, imgsz, options.get("resize", "letterbox"), options.get("normalize", True)
+        )
         feeds = {"pixel_values": pixels[None].numpy()}
         if options.get("use_mask"):
             feeds["pixel_mask"] = mask[None].numpy().astype(np.int64)

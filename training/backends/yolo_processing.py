@@ -1,4 +1,4 @@
-"""Pre- and post-processing of the ultralytics detectors (YOLOv8 / YOLO11 / YOLOv10 / RT-DETR) outside
+"""Pre- and post-processing of the ultralytics detectors (YOLOv8 / YOLO11 / YOLOv10 / YOLO26 / RT-DETR) outside
 ultralytics, in one place: the exported models (ONNX Runtime, OpenVINO, TensorRT) and their PyTorch reference
 all go through it, so that one image gives the same boxes on every runtime.
 
@@ -6,9 +6,11 @@ Letterbox to a fixed ``imgsz x imgsz`` square, a fixed ``(h, w)`` rectangle, or 
 rectangle padded to the stride (aspect kept, centred, grey 114 padding, RGB, [0, 1]); decoding depends on the
 head's raw export output:
 
-- ``anchors`` (YOLOv8 / YOLO11 ``Detect``): ``(B, 4 + nc, A)``, boxes ``cx, cy, w, h`` in input pixels, class
-  scores after sigmoid; class-aware NMS at ``iou``.
-- ``end2end`` (YOLOv10 one-to-one head): ``(B, max_det, 6)`` = ``x1, y1, x2, y2, score, class``; no NMS.
+- ``anchors`` (YOLOv8 / YOLO11 ``Detect``, and the one-to-many head of YOLOv10 / YOLO26): ``(B, 4 + nc, A)``, boxes
+  ``cx, cy, w, h`` in input pixels, class scores after sigmoid; class-aware NMS at ``iou``.
+- ``end2end`` (the one-to-one head of YOLOv10 / YOLO26, when the model is switched to it: ``model.end2end``, which
+  ultralytics 8.4 sets only for ``nms=False``; its default predicts with the one-to-many head and NMS, and so do the
+  runs here): ``(B, min(max_det, A), 6)`` = ``x1, y1, x2, y2, score, class`` in input pixels; no NMS.
 - ``rtdetr`` (``RTDETRDecoder``): ``(B, queries, 4 + nc)``, boxes ``cx, cy, w, h`` normalised to the input; no NMS.
 """
 
@@ -115,7 +117,8 @@ def decode(
 
 
 def head_kind(model: torch.nn.Module) -> str:
-    """``anchors`` / ``end2end`` / ``rtdetr`` for an ultralytics DetectionModel."""
+    """``anchors`` / ``end2end`` / ``rtdetr`` for an ultralytics DetectionModel: the head its exported module keeps
+    (``fuse`` drops the one-to-one head of a YOLOv10 / YOLO26 that is not switched to it, and the other way round)."""
     from training.compat.ultralytics import RTDETRDecoder
 
     if any(isinstance(m, RTDETRDecoder) for m in model.modules()):
