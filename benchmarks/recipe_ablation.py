@@ -1,15 +1,19 @@
 """Recipe ablation: plain ultralytics vs the framework's document recipe with each component switched off.
 
 Every row trains a YOLOv8n from scratch for the same wall budget (ultralytics' ``time`` argument: it re-plans
-its epochs and schedule after the first epoch to fit) at the same seed on the same data, and every row is scored
-by the framework's own evaluator (python -m evaluation) on valid and test with 95% bootstrap intervals.
+its epochs and schedule after the first epoch to fit) at the same seeds on the same data, and every row is scored
+by the framework's own evaluator (python -m evaluation) on valid and test. With one seed each cell is the value
+and its 95% bootstrap interval over pages; with several (``--seeds 0,1,2``: every row trained once per seed) it is
+mean ± standard deviation (n - 1) [min, max] over the seeds, the spread that decides whether a row's gain is more
+than the seed's.
 
     python benchmarks/recipe_ablation.py --yaml ../shared/data/signatures-xc8up/data.yaml --minutes 26 \
-        --pretrained outputs/synthetic_pretrain/<run>/weights/best.pt --out outputs/ablation
+        --pretrained outputs/synthetic_pretrain/<run>/weights/best.pt --out outputs/ablation --seeds 0,1,2
 
-Rows run one after the other (the machine has 2 cores: never two trainings at once); a row whose run dir already
-holds metrics.json is read, not re-run, so the script can be resumed or extended (``--rows``). Prints a markdown
-table and writes it to <out>/ablation.md. Choices are made on valid; test is reported, never used to choose.
+Runs go one after the other (the machine has 2 cores: never two trainings at once), each into
+``<out>/<row>/seed_<s>/``; a (row, seed) whose ``row.json`` exists is read, not re-run, so the script can be
+resumed or extended (``--rows``, ``--seeds``). Prints a markdown table and writes it to <out>/ablation.md. Choices
+are made on valid; test is reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from evaluation.report import fmt_over_seeds, spread  # noqa: E402  (after the path of the checkout)
 
 # name -> (description, overrides of `python -m training experiment=signatures_cpu`); None: plain ultralytics
 ROWS: dict[str, tuple[str, list[str] | None]] = {
@@ -55,7 +60,7 @@ def _data_args(args) -> list[str]:
     return ["data=yolo_folder", f"data.yaml={Path(args.yaml).resolve()}"]
 
 
-def plain_ultralytics(args, run_dir: Path) -> dict:
+def plain_ultralytics(args, run_dir: Path, seed: int) -> dict:
     """ultralytics as a user would run it, then our evaluator on its best.pt."""
     from hydra import compose, initialize_config_dir
 
@@ -68,7 +73,7 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
     code = (
         "from ultralytics import YOLO; "
         f"YOLO('yolov8n.yaml').train(data={str(data_yaml)!r}, epochs=1000, time={args.minutes / 60!r}, imgsz=416, "
-        f"batch=16, seed={args.seed}, workers=2, project={str(run_dir.resolve())!r}, name='ultralytics', exist_ok=True)"
+        f"batch=16, seed={seed}, workers=2, project={str(run_dir.resolve())!r}, name='ultralytics', exist_ok=True)"
     )
     wall = _run([sys.executable, "-c", code], run_dir / "train.log")
     best = run_dir / "ultralytics" / "weights" / "best.pt"
@@ -82,31 +87,61 @@ def plain_ultralytics(args, run_dir: Path) -> dict:
     return metrics
 
 
-def framework(args, run_dir: Path, overrides: list[str]) -> dict:
+def framework(args, run_dir: Path, overrides: list[str], seed: int) -> dict:
     # --pretrained replaces the experiment's starting point (the shipped checkpoint) unless the row sets its own
     init = []
     if args.pretrained and not any(o.startswith("model.weights=") for o in overrides):
         init = [f"model.weights={Path(args.pretrained).resolve()}"]
     cmd = [sys.executable, "-m", "training", "experiment=signatures_cpu", *_data_args(args), *init]
-    cmd += [f"++train.time={args.minutes / 60}", "train.epochs=1000", f"seed={args.seed}", *overrides]
+    cmd += [f"++train.time={args.minutes / 60}", "train.epochs=1000", f"seed={seed}", *overrides]
     wall = _run([*cmd, f"hydra.run.dir={run_dir / 'run'}"], run_dir / "train.log")
     metrics = json.loads((run_dir / "run" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     metrics["wall_s"] = wall
     return metrics
 
 
-def _cell(m: dict, split: str, key: str) -> str:
-    v, lo, hi = m.get(f"{split}/{key}"), m.get(f"{split}/{key}_ci_low"), m.get(f"{split}/{key}_ci_high")
-    if v is None:
+def _epochs(runs: list[dict]) -> str:
+    """Epochs the time budget gave: one number, or the range over the seeds."""
+    st = spread([m.get("train/epochs") for m in runs])
+    if not st["n"]:
         return "-"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+    lo, hi = int(st["min"]), int(st["max"])
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def table(results: dict[str, list[dict]], header: str) -> str:
+    """The Markdown table: per row, the metrics of its seeds (one seed: value [95% CI]; several: mean ± std
+    [min, max])."""
+    lines = [
+        header,
+        "",
+        "| row | what | seeds | epochs | valid mAP50 | valid mAP50-95 | valid F1 | test mAP50 | test mAP50-95 | test F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        cells = [
+            fmt_over_seeds(runs, f"{s}/{k}", 3, "-")
+            for s in ("val", "test")
+            for k in ("mAP50", "mAP50-95", "f1")
+        ]
+        lines.append(
+            f"| {name} | {ROWS[name][0]} | {len(runs)} | {_epochs(runs)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = [int(x) for x in text.split(",") if x.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: distinct integers, comma-separated")
+    return seeds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--yaml", required=True, help="data.yaml of the YOLO-format signatures-xc8up export")
-    ap.add_argument("--minutes", type=float, default=26.0, help="training wall budget per row")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=26.0, help="training wall budget per row and seed")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds; every row trains at each")
     ap.add_argument(
         "--pretrained",
         help="the synthetic-pretraining checkpoint (python -m training experiment=synthetic_pretrain)",
@@ -118,38 +153,42 @@ def main() -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         sys.exit(f"error: unknown rows {unknown}; valid: {list(ROWS)}")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not Path(args.yaml).is_file():
         sys.exit(f"error: {args.yaml}: no such data.yaml")
     out = Path(args.out)
-    results = {}
+    results: dict[str, list[dict]] = {}
     for name in rows:
-        run_dir = out / name
-        done = run_dir / "row.json"
-        if done.is_file():
-            row = json.loads(done.read_text(encoding="utf-8"))
-            results[name] = row.get("metrics", row)
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"{name}: {ROWS[name][0]} ...", flush=True)
-        overrides = ROWS[name][1]
-        m = plain_ultralytics(args, run_dir) if overrides is None else framework(args, run_dir, overrides)
-        done.write_text(json.dumps(m, indent=1), encoding="utf-8")
-        results[name] = m
-    lines = [
-        f"Recipe ablation: YOLOv8n from scratch, {args.minutes:g} min training budget per row, seed {args.seed}, "
-        f"data {args.yaml}" + (f", synthetic init {args.pretrained}" if args.pretrained else ""),
-        "",
-        "| row | what | epochs | valid mAP50 | valid mAP50-95 | valid F1 | test mAP50 | test mAP50-95 | test F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in results.items():
-        epochs = m.get("train/epochs")
-        lines.append(
-            f"| {name} | {ROWS[name][0]} | {int(epochs) if epochs else '-'} | "
-            + " | ".join(_cell(m, s, k) for s in ("val", "test") for k in ("mAP50", "mAP50-95", "f1"))
-            + " |"
+        for seed in seeds:
+            run_dir = out / name / f"seed_{seed}"
+            done = run_dir / "row.json"
+            if done.is_file():
+                row = json.loads(done.read_text(encoding="utf-8"))
+                results.setdefault(name, []).append(row.get("metrics", row))
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"{name} (seed {seed}): {ROWS[name][0]} ...", flush=True)
+            overrides = ROWS[name][1]
+            if overrides is None:
+                m = plain_ultralytics(args, run_dir, seed)
+            else:
+                m = framework(args, run_dir, overrides, seed)
+            done.write_text(json.dumps(m, indent=1), encoding="utf-8")
+            results.setdefault(name, []).append(m)
+    header = (
+        f"Recipe ablation: YOLOv8n from scratch, {args.minutes:g} min training budget per row and seed, "
+        f"seeds {', '.join(map(str, seeds))}, data {args.yaml}"
+        + (f", synthetic init {args.pretrained}" if args.pretrained else "")
+        + (
+            ". Cells: mean ± std (n - 1) [min, max] over the seeds."
+            if len(seeds) > 1
+            else ". Cells: value [95% bootstrap interval over pages]."
         )
-    text = "\n".join(lines)
+    )
+    text = table(results, header)
     print(text)
     (out / "ablation.md").write_text(text + "\n", encoding="utf-8")
 

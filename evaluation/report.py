@@ -28,10 +28,60 @@ def fmt_num(v, digits: int = 4, missing: str = "n/a") -> str:
     return f"{float(v):.{digits}f}"
 
 
-def fmt_ci(metrics: dict, key: str, prefix: str = "", missing: str = "n/a") -> str:
+def fmt_ci(metrics: dict, key: str, prefix: str = "", missing: str = "n/a", digits: int = 4) -> str:
     """``prefix[low, high]``: the 95% interval of ``key`` (``key_ci_low`` / ``key_ci_high``); "" without one."""
     lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    return "" if lo is None else f"{prefix}[{fmt_num(lo, missing=missing)}, {fmt_num(hi, missing=missing)}]"
+    return "" if lo is None else f"{prefix}[{fmt_num(lo, digits, missing)}, {fmt_num(hi, digits, missing)}]"
+
+
+def spread(values) -> dict[str, float]:
+    """Mean, sample standard deviation (n - 1; NaN for one value), min, max and count of the finite ``values``
+    (a metric over training seeds); all NaN (count 0) when there is none."""
+    arr = np.asarray([float(v) for v in values if v is not None], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if not arr.size:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    std = float(np.std(arr, ddof=1)) if arr.size > 1 else float("nan")
+    return {
+        "mean": float(arr.mean()),
+        "std": std,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "n": arr.size,
+    }
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One metrics dict for the metrics dicts of one setting's seeds: with one run its metrics as they are, with
+    several the mean of every metric (without the page intervals: one seed's intervals do not average)."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    keys = [k for k in runs[0] if "_ci_" not in k]
+    return {k: spread([r.get(k) for r in runs])["mean"] for k in keys}
+
+
+def fmt_spread(stats: dict, digits: int = 4, missing: str = "n/a") -> str:
+    """``mean ± std [min, max]`` of a :func:`spread`; its value alone when it holds one number."""
+    if not stats.get("n"):
+        return missing
+    if stats["n"] == 1:
+        return fmt_num(stats["mean"], digits, missing)
+    return (
+        f"{fmt_num(stats['mean'], digits)} ± {fmt_num(stats['std'], digits)} "
+        f"[{fmt_num(stats['min'], digits)}, {fmt_num(stats['max'], digits)}]"
+    )
+
+
+def fmt_over_seeds(runs: list[dict], key: str, digits: int = 4, missing: str = "n/a") -> str:
+    """``key`` over the metrics dicts of one model's runs, one per training seed: with one run its value and 95%
+    bootstrap interval over pages (``v [lo, hi]``), with several ``mean ± std [min, max]`` over the seeds."""
+    values = [r.get(key) for r in runs]
+    if len(runs) == 1:
+        v = values[0]
+        return fmt_num(v, digits, missing) + (
+            fmt_ci(runs[0], key, " ", missing, digits) if v is not None else ""
+        )
+    return fmt_spread(spread(values), digits, missing)
 
 
 def table_rows(metrics: dict[str, float], splits: list[str]) -> list[dict[str, str]]:

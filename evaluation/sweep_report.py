@@ -1,6 +1,10 @@
 """The summary of an Optuna sweep (``python -m training.sweep ... mode=summary``): the best trial as a ready-to-run
 experiment, the Optuna plots, the trials table and the base-vs-best table, in ``summary.md`` / ``summary.json``
-(and a W&B summary run with ``sweep.logger=wandb``). Only reads the study and the runs' ``metrics.json``."""
+(and a W&B summary run with ``sweep.logger=wandb``). Only reads the study and the runs' ``metrics.json``.
+
+With several ``sweep.seeds`` the base-vs-best table compares the base at every seed (``base/seed_<s>/``) with the
+best trial (trained at the first seed) and its parameters re-trained at the others (``best/trial_<n>/seed_<s>/``,
+``mode=base``): mean ± std [min, max] per metric over the seeds that have finished."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from evaluation.metrics import HEADLINE
-from evaluation.report import markdown_table, pyplot, write_csv
+from evaluation.report import fmt_over_seeds, markdown_table, mean_over_seeds, pyplot, write_csv
 from training.cli import CONF, DataError, UserError, first_line
 from training.sweep import compose_run, in_space, make_storage
 
@@ -51,22 +55,49 @@ def _log_summary(scfg, out_dir: Path, rows: list[dict], trial_rows: list[dict], 
         tracker.log_images("sweep/plots", [Path(p) for p in plots.values() if str(p).endswith(".png")])
 
 
+def base_dir(out_dir: Path, seed: int) -> Path:
+    """The base run at ``seed``: the swept experiment with its default parameters."""
+    return out_dir / "base" / f"seed_{seed}"
+
+
+def best_seed_dir(out_dir: Path, number: int, seed: int) -> Path:
+    """Trial ``number``'s parameters re-trained at ``seed`` (one of ``sweep.seeds`` after the first, at which the
+    trial itself trained); by trial number, so that a study whose best trial changes never mixes two trials."""
+    return out_dir / "best" / f"trial_{number:04d}" / f"seed_{seed}"
+
+
+def seed_runs(scfg, out_dir: Path, best) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The finished runs of the base-vs-best table, seed -> metrics.json document: the base at every seed, and
+    the best trial (its own run at the first seed, its parameters re-trained at the others)."""
+    seeds = [int(s) for s in scfg.seeds]
+    base = {s: doc for s in seeds if (doc := run_json(base_dir(out_dir, s))).get("metrics")}
+    trial_dir = best.user_attrs.get("run_dir")
+    best_docs = [run_json(Path(trial_dir)) if trial_dir else {}]
+    best_docs += [run_json(best_seed_dir(out_dir, best.number, s)) for s in seeds[1:]]
+    return base, {s: doc for s, doc in zip(seeds, best_docs, strict=True) if doc.get("metrics")}
+
+
 def summarize(scfg, out_dir: Path) -> None:
     """Best trial as an experiment config, Optuna plots, trials table, and the base-vs-best table. Only reads:
-    a base run not trained yet (``mode=base``) is shown as n/a."""
-    study, trials, counts = _load_study(scfg, out_dir)
+    base runs (and the best trial's extra seeds) not trained yet (``mode=base``) are left out, n/a without any."""
+    study, trials, counts = load_study(scfg, out_dir)
     best = study.best_trial
     out_dir.mkdir(parents=True, exist_ok=True)
     name = write_best_experiment(scfg, out_dir, best)
 
-    # base: the experiment with its default parameters, trained and evaluated the same way (mode=base)
-    base_dir = out_dir / "base"
-    base_doc = run_json(base_dir)
-    base = base_doc.get("metrics", {})
-    if not base:
-        log.warning("no base run in %s yet: the base column is n/a (mode=base trains it)", base_dir)
-    best_metrics = run_json(Path(best.user_attrs.get("run_dir", ""))).get("metrics", {})
-    rows = _base_vs_best(base, best_metrics, best.number)
+    base_docs, best_docs = seed_runs(scfg, out_dir, best)
+    seeds = [int(s) for s in scfg.seeds]
+    if len(base_docs) < len(seeds) or len(best_docs) < len(seeds):
+        log.warning(
+            "base vs best: %d of %d base seeds and %d of %d best-trial seeds have finished (mode=base trains them)",
+            len(base_docs),
+            len(seeds),
+            len(best_docs),
+            len(seeds),
+        )
+    base_runs = [d["metrics"] for d in base_docs.values()]
+    best_runs = [d["metrics"] for d in best_docs.values()]
+    rows = _base_vs_best(base_runs, best_runs, best.number, several=len(seeds) > 1)
     plots = _plots(study, out_dir)
     trial_rows = [
         {
@@ -83,14 +114,19 @@ def summarize(scfg, out_dir: Path) -> None:
     md = _markdown(scfg, out_dir, best, counts, rows, plots, name)
     (out_dir / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     summary = {k: str(scfg[k]) for k in ("study_name", "experiment", "metric", "direction")}
+    first_doc = next(iter(base_docs.values()), {})
     summary |= {
-        "data": base_doc.get("provenance", {}).get("data"),
+        "data": first_doc.get("provenance", {}).get("data"),
         "counts": {k: n for k, n in counts.items() if n},
         "best_number": best.number,
         "best_value": best.value,
         "best_params": best.params,
-        "base": base,
-        "best": best_metrics,
+        "seeds": seeds,
+        # the means over the seeds that finished (one seed: its metrics); each seed's below
+        "base": mean_over_seeds(base_runs) if base_runs else {},
+        "best": mean_over_seeds(best_runs) if best_runs else {},
+        "base_seeds": {str(s): d["metrics"] for s, d in base_docs.items()},
+        "best_seeds": {str(s): d["metrics"] for s, d in best_docs.items()},
         "plots": plots,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -98,7 +134,7 @@ def summarize(scfg, out_dir: Path) -> None:
     print("\n".join(md))
 
 
-def _load_study(scfg, out_dir: Path):
+def load_study(scfg, out_dir: Path):
     """The study, its trials and the count of trials per state; one line when it has no completed trial."""
     import optuna
     from optuna.trial import TrialState
@@ -118,6 +154,20 @@ def _load_study(scfg, out_dir: Path):
     return study, trials, counts
 
 
+def best_params(scfg, best) -> dict:
+    """The best trial's parameters, each checked to be one that ``sweep.search_space`` can give: the storage is
+    shared with other workers (a database) and these go into a file that is then run, or into runs (never a
+    hydra.* key, a ${...} or a path of its own)."""
+    space = OmegaConf.to_container(scfg.search_space, resolve=True)
+    for k, v in best.params.items():
+        if k not in space or not in_space(space[k], v):
+            raise DataError(
+                f"{scfg.storage}: study {scfg.study_name}, trial {best.number}: parameter {k}={v!r} is not one "
+                "of sweep.search_space; refused to write it into an experiment file"
+            )
+    return dict(best.params)
+
+
 def write_best_experiment(scfg, out_dir: Path, best) -> str:
     """The best parameters as a ready-to-run experiment (``<out_dir>/experiment/<study>_best.yaml``): the swept
     experiment's file plus the sweep's overrides and the best parameters; returns its name."""
@@ -129,15 +179,7 @@ def write_best_experiment(scfg, out_dir: Path, best) -> str:
         with open_dict(exp):
             exp.defaults = [*exp.get("defaults", []), {"override /model": str(scfg.model)}]
     exp.merge_with(OmegaConf.create(OmegaConf.to_container(scfg.overrides, resolve=True) or {}))
-    # the storage is shared with other workers (a database): only names of sweep.search_space, with values
-    # its entries can give, go into a file that is then run (never a hydra.* key, a ${...} or a path of its own)
-    space = OmegaConf.to_container(scfg.search_space, resolve=True)
-    for k, v in best.params.items():
-        if k not in space or not in_space(space[k], v):
-            raise DataError(
-                f"{scfg.storage}: study {scfg.study_name}, trial {best.number}: parameter {k}={v!r} is not one "
-                "of sweep.search_space; refused to write it into an experiment file"
-            )
+    for k, v in best_params(scfg, best).items():
         OmegaConf.update(exp, k, v, force_add=True)
     exp.task_name = name
     header = [
@@ -149,20 +191,28 @@ def write_best_experiment(scfg, out_dir: Path, best) -> str:
     return name
 
 
-def _base_vs_best(base: dict, best_metrics: dict, number: int) -> list[dict]:
-    """One row per headline metric: the base run's and the best trial's validation value and their difference."""
+def _base_vs_best(base_runs: list[dict], best_runs: list[dict], number: int, several: bool) -> list[dict]:
+    """One row per headline metric: the base's and the best trial's validation value (one seed: with its 95%
+    bootstrap interval over pages; ``several`` seeds: mean ± std [min, max] over those finished) and the
+    difference of their means in points."""
+    base, best = (
+        mean_over_seeds(base_runs) if base_runs else {},
+        mean_over_seeds(best_runs) if best_runs else {},
+    )
     rows = []
     for k in HEADLINE:
-        b, t = base.get(f"val/{k}"), best_metrics.get(f"val/{k}")
+        key = f"val/{k}"
+        b, t = base.get(key), best.get(key)
         diff = "" if b is None or t is None else f"{100 * (t - b):+.2f}"
-        rows.append(
-            {
-                "metric": k,
-                "base": "n/a" if b is None else f"{b:.4f}",
-                f"best trial {number}": "n/a" if t is None else f"{t:.4f}",
-                "difference (points)": diff,
-            }
-        )
+        row = {
+            "metric": k,
+            "base": fmt_over_seeds(base_runs, key) if base_runs else "n/a",
+            f"best trial {number}": fmt_over_seeds(best_runs, key) if best_runs else "n/a",
+            "difference (points)": diff,
+        }
+        if several:
+            row["seeds (base / best)"] = f"{len(base_runs)} / {len(best_runs)}"
+        rows.append(row)
     return rows
 
 
@@ -211,6 +261,13 @@ def _markdown(scfg, out_dir: Path, best, counts: dict, rows: list[dict], plots: 
         + ", ".join(f"`{k}={v}`" for k, v in best.params.items()),
         "",
         markdown_table(rows, "## Base model vs best trial (validation split, shared evaluator)\n"),
+        f"Seeds {', '.join(str(x) for x in scfg.seeds)}: "
+        + (
+            "mean ± standard deviation (n - 1) [min, max] over the seeds; the difference is between the means."
+            if len(scfg.seeds) > 1
+            else "one training seed; beside each value its 95% bootstrap interval over pages."
+        ),
+        "",
     ]
     if inert:
         md += [

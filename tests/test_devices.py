@@ -97,20 +97,25 @@ def test_model_selection_loads_each_column_on_its_device(monkeypatch, tmp_path, 
     scored = []
     monkeypatch.setattr(ms, "get_backend", lambda name: FakeBackend)
     monkeypatch.setattr(ms, "benchmark_detector", fake_benchmark)
+    monkeypatch.setattr(ms, "count_gflops", lambda detector, imgsz: None)
     monkeypatch.setattr("evaluation.evaluator.evaluate_detector", fake_evaluate)
     cfg = compose_cfg(
         "model_selection", ["preset=cpu_tiny", "data=embedded", "+checkpoints.yolov8n=x.pt"], tmp_path
     )
-    res = ms.run_model(cfg, "yolov8n", tmp_path / "m", [], np.zeros((8, 8, 3), np.uint8))
+    res = ms.run_model(cfg, "yolov8n", tmp_path / "m", [], np.zeros((8, 8, 3), np.uint8), 0)
+    row = ms.aggregate(
+        [res], {"licence": {"code": "AGPL-3.0", "weights": "AGPL-3.0"}, "params_m": 3.2}, "val"
+    )
+    ms.rank_rows([row], "val", "mAP50")
     assert res["latency"]["model/p50_ms"] == 10.0  # the CPU column timed the CPU detector
     if cuda:
         assert loads == ["cpu", None, "cuda"] and scored == [None]  # scored where the backend chooses (CUDA)
         assert res["latency_gpu"]["model/p50_ms"] == 1.0
-        rows = ms.selection_rows([res], "val")
+        rows = ms.selection_rows([row], "val")
         assert rows[0]["GPU ms (model, p50)"] == "1.00" and rows[0]["CPU ms (model, p50)"] == "10.0"
     else:
         assert loads == ["cpu"] and scored == ["cpu"] and "latency_gpu" not in res
-        assert "GPU ms (model, p50)" not in ms.selection_rows([res], "val")[0]
+        assert "GPU ms (model, p50)" not in ms.selection_rows([row], "val")[0]
 
 
 def test_tensorrt_model_only_timing_has_no_host_device_copy():

@@ -153,7 +153,7 @@ def test_tiny_sweep_end_to_end_with_pruned_and_failed_trials(tmp_path):
         "base_vs_best.csv",
         "history.png",
         "experiment/e2e_tiny_best.yaml",
-        "base/metrics.json",
+        "base/seed_0/metrics.json",
         "trials/0000/metrics.json",
     ):
         assert (out / f).exists(), f
@@ -388,3 +388,127 @@ def test_a_database_that_refuses_writes_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="sweep.storage: cannot write the study .*readonly database") as e:
         optimize(scfg, tmp_path / "out", lambda cfg, wrap: pytest.fail("a trial ran"))
     assert "\n" not in str(e.value)
+
+
+# -- seeds in the base-vs-best comparison (fake runs) ------------------------------------------------------------
+def _seeded_sweep(tmp_path, seeds: str):
+    """quickstart_tiny with lr0 the only parameter (trials 0.05 then 0.001, enqueued), no pruning, ``seeds``.
+    Composed (and its runs composed) inside the caller's ``initialize_config_dir``."""
+    from hydra import compose
+
+    scfg = compose(
+        "sweep",
+        overrides=[
+            "sweep=quickstart_tiny",
+            f"sweep.storage=sqlite:///{tmp_path}/s.db",
+            f"sweep.seeds={seeds}",
+            "sweep.n_trials=2",
+            "sweep.pruner.name=none",
+        ],
+    ).sweep
+    with open_dict(scfg):
+        scfg.search_space = {"train.lr0": {"type": "categorical", "choices": [0.05, 0.001]}}
+        scfg.enqueue = [{"train.lr0": 0.05}, {"train.lr0": 0.001}]
+    return scfg
+
+
+def _fake_runs(tmp_path):
+    """A run_fn that writes the run's metrics.json: val/f1 = 0.5 + lr0 + seed / 100 (with a page interval)."""
+    import json
+
+    calls = []
+
+    def run_fn(train_cfg, wrap):
+        run_dir = Path(train_cfg.paths.run_dir)
+        lr, seed = float(train_cfg.train.lr0), int(train_cfg.seed)
+        calls.append((run_dir.relative_to(tmp_path).as_posix(), seed, lr))
+        f1 = 0.5 + lr + seed / 100
+        metrics = {"val/f1": f1, "val/f1_ci_low": f1 - 0.1, "val/f1_ci_high": f1 + 0.1, "val/mAP50": 0.4}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+        return metrics
+
+    return run_fn, calls
+
+
+def test_base_and_best_trial_per_seed_with_their_spread(tmp_path):
+    """sweep.seeds=[0,1,2]: trials train at seed 0; mode=base trains the base at 0, 1, 2 and the best trial's
+    parameters at 1 and 2, once; the summary reports mean ± std [min, max] over the seeds and the difference of
+    the means."""
+    import json
+
+    from evaluation.sweep_report import summarize
+    from training.sweep.__main__ import train_base
+
+    assert compose_cfg("sweep", []).sweep.seeds == [0]  # the default: one seed, as before
+    out = tmp_path / "out"
+    run_fn, calls = _fake_runs(tmp_path)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        scfg = _seeded_sweep(tmp_path, "[0,1,2]")
+        optimize(scfg, out, run_fn)
+        assert [(c[1], c[2]) for c in calls] == [(0, 0.05), (0, 0.001)]  # every trial at the first seed
+        calls.clear()
+        train_base(scfg, out, run_fn)
+        base_lr = calls[0][2]
+        assert calls == [
+            ("out/base/seed_0", 0, base_lr),
+            ("out/base/seed_1", 1, base_lr),
+            ("out/base/seed_2", 2, base_lr),
+            ("out/best/trial_0000/seed_1", 1, 0.05),  # trial 0 is the best; it trained at seed 0 itself
+            ("out/best/trial_0000/seed_2", 2, 0.05),
+        ]
+        calls.clear()
+        train_base(scfg, out, run_fn)
+        assert calls == []  # done runs are not redone
+        summarize(scfg, out)
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["seeds"] == [0, 1, 2] and sorted(doc["base_seeds"]) == sorted(doc["best_seeds"]) == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert doc["base"]["val/f1"] == pytest.approx(0.51 + base_lr) and doc["best"]["val/f1"] == pytest.approx(
+        0.56
+    )
+    assert "val/f1_ci_low" not in doc["best"]  # one seed's page interval does not average
+    md = (out / "summary.md").read_text()
+    assert "0.5600 ± 0.0100 [0.5500, 0.5700]" in md
+    assert f"| {100 * (0.05 - base_lr):+.2f} | 3 / 3 |" in md and "seeds (base / best)" in md
+    assert "mean ± standard deviation" in md
+
+
+def test_one_seed_base_vs_best_keeps_the_interval_and_waits_for_a_study(tmp_path):
+    """sweep.seeds=[0]: one base run, no re-trained best; each value with its bootstrap interval. mode=base
+    before any trial with several seeds trains the base only."""
+    import json
+
+    from evaluation.sweep_report import summarize
+    from training.sweep.__main__ import train_base
+
+    run_fn, calls = _fake_runs(tmp_path)
+    (tmp_path / "early").mkdir()
+    out = tmp_path / "out"
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        early = _seeded_sweep(tmp_path / "early", "[3,4]")
+        train_base(early, tmp_path / "early" / "out", run_fn)
+        assert [c[:2] for c in calls] == [("early/out/base/seed_3", 3), ("early/out/base/seed_4", 4)]
+
+        calls.clear()
+        scfg = _seeded_sweep(tmp_path, "[0]")
+        optimize(scfg, out, run_fn)
+        train_base(scfg, out, run_fn)
+        assert [c[:2] for c in calls[2:]] == [("out/base/seed_0", 0)]
+        summarize(scfg, out)
+    md = (out / "summary.md").read_text()
+    assert "0.5500 [0.4500, 0.6500]" in md and "seeds (base / best)" not in md
+    assert json.loads((out / "summary.json").read_text())["best"]["val/f1_ci_low"] == pytest.approx(0.45)
+
+
+def test_seeds_must_be_distinct(tmp_path):
+    from training.cli import ConfigError
+    from training.sweep.__main__ import train_base
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        scfg = _seeded_sweep(tmp_path, "[1,1]")
+    with pytest.raises(ConfigError, match="sweep.seeds"):
+        train_base(scfg, tmp_path / "out", lambda cfg, wrap: pytest.fail("trained"))

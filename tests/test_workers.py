@@ -59,15 +59,17 @@ def test_model_selection_workers_share_the_models(monkeypatch, tmp_path):
 
     done = []
 
-    def fake_run_model(cfg, name, out_dir, data_overrides, page):
+    def fake_run_model(cfg, name, out_dir, data_overrides, page, seed):
         if (out_dir / "result.json").is_file():  # like run_model: a finished model is not redone
             return json.loads((out_dir / "result.json").read_text())
         done.append(name)
         result = {
             "model": name,
+            "seed": seed,
             "backend": "ultralytics",
             "checkpoint": "x.pt",
             "params": 1,
+            "gflops": None,
             "metrics": {"val/mAP50": 0.5, "val/mAP50-95": 0.3},
             "latency": {"model/p50_ms": 10.0, "e2e/p50_ms": 12.0, "threads": 2.0},
         }
@@ -76,14 +78,17 @@ def test_model_selection_workers_share_the_models(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ms, "run_model", fake_run_model)
     monkeypatch.setattr(ms, "_data_overrides", lambda: ["data=embedded"])
+    monkeypatch.setattr(
+        ms, "model_meta", lambda name: {"licence": {"code": "MIT", "weights": "none"}, "params_m": None}
+    )
     monkeypatch.setenv("SIGDET_WORKER", "1")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cfg = compose_cfg("model_selection", ["data=embedded", "models=[a,b]", "devices=[0,1]"], tmp_path)
     out = tmp_path / "run"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / "models" / "b").mkdir(parents=True)
-        (out / "models" / "b" / "claim.json").write_text(
+        (out / "models" / "b" / "seed_0").mkdir(parents=True)
+        (out / "models" / "b" / "seed_0" / "claim.json").write_text(
             json.dumps({"host": socket.gethostname(), "pid": other.pid})
         )
         ms.model_selection(cfg)
@@ -93,10 +98,10 @@ def test_model_selection_workers_share_the_models(monkeypatch, tmp_path):
     assert done == ["a"] and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     doc = json.loads((out / "model_selection.json").read_text())
     assert [r["model"] for r in doc["results"]] == ["a"]
-    assert not (out / "models" / "a" / "claim.json").exists()  # released
+    assert not (out / "models" / "a" / "seed_0" / "claim.json").exists()  # released
 
-    fake_run_model(cfg, "b", out / "models" / "b", [], None)  # the other worker finishes b
-    (out / "models" / "b" / "claim.json").unlink()
+    fake_run_model(cfg, "b", out / "models" / "b" / "seed_0", [], None, 0)  # the other worker finishes b
+    (out / "models" / "b" / "seed_0" / "claim.json").unlink()
     done.clear()
     ms.model_selection(cfg)
     assert done == []

@@ -75,6 +75,11 @@ def check_sweep(scfg) -> None:
     direction = scfg.get("direction")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"sweep.direction={direction!r}: valid values are ['minimize', 'maximize']")
+    seeds = list(scfg.get("seeds") or [])
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"sweep.seeds={seeds}: a non-empty list of distinct integers, e.g. sweep.seeds=[0,1,2]"
+        )
 
 
 # -- storage -------------------------------------------------------------------------------------------
@@ -274,7 +279,9 @@ def objective_factory(scfg, out_dir: Path, run_fn):
         params = suggest(trial, scfg.search_space)
         run_dir = out_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        cfg = compose_run(scfg, as_overrides(params), run_dir, f"trial-{trial.number}")
+        # every trial at the first seed: the base and the best trial are trained at the others too (mode=base)
+        seed = f"seed={int(scfg.seeds[0])}"
+        cfg = compose_run(scfg, [*as_overrides(params), seed], run_dir, f"trial-{trial.number}")
         key = str(scfg.prune_metric.get(str(cfg.model.backend), scfg.metric))
         metrics = run_fn(cfg, lambda tracker: PruningTracker(tracker, trial, key))
         value = metrics.get(str(scfg.metric))
