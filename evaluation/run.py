@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from evaluation import error_analysis
+from evaluation import error_analysis, leakage
 from evaluation.evaluator import evaluate_detector
 from evaluation.pages import operating_point, page_metrics, page_truth
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
@@ -149,6 +149,27 @@ def page_decisions(truth: dict, ev, metrics: dict[str, float], stored: dict | No
     return op
 
 
+def _log_split(tracker, split: str, first: bool, data, preds, ea: dict, png, detector: Predictor, ev) -> None:
+    """One evaluated split in the tracker: sample predictions (the first split only), the worst pages, AP by
+    bin and the error gallery."""
+    if first:
+        tracker.log_predictions(
+            f"{split}/predictions",
+            data,
+            preds,
+            detector.class_names,
+            int(ev.n_log_images),
+            float(ev.conf_fixed),
+        )
+    tracker.log_rows(f"{split}/worst_pages", ea["worst_pages"])
+    tracker.log_rows(
+        f"{split}/ap_by_bin",
+        [r | {"by": g, "range": str(r["range"])} for g in ("area", "aspect") for r in ea[f"by_{g}"]],
+    )
+    if png:
+        tracker.log_images(f"{split}/errors", [png])
+
+
 def evaluate_run(
     detector: Predictor, cfg, run_dir: Path, tracker=None, prior: dict[str, float] | None = None
 ) -> dict[str, float]:
@@ -158,7 +179,9 @@ def evaluate_run(
     """
     ev = cfg.evaluation
     splits = list(ev.splits)
-    dataset = load_dataset(cfg.data, splits)
+    # near-copies of train pages are looked for in train, read for it when it is not evaluated
+    near_train = ["train"] if ev.exclude_near_duplicates and "train" not in splits else []
+    dataset = load_dataset(cfg.data, near_train + splits)
     if detector.class_names and list(detector.class_names) != dataset.class_names:
         raise UserError(
             f"{detector.checkpoint}: model classes {list(detector.class_names)} differ from the classes of data "
@@ -167,12 +190,15 @@ def evaluate_run(
     metrics: dict[str, float] = dict(prior or {})
     analyses, sections = {}, []
     metrics.update(dataset.skipped_metrics())
+    near = leakage.near_copies_of_train(dataset, splits, cfg.data) if ev.exclude_near_duplicates else {}
     # the YOLO copy of the data, built once and only for a library's own metrics (ultralytics' val)
     yolo_data = functools.cache(lambda: prepare_yolo(dataset, cache_root(cfg.data)))
     truth = {}
     for split in splits:
         result, preds = evaluate_detector(detector, dataset[split], ev)
         metrics.update({f"{split}/{k}": v for k, v in result.metrics.items()})
+        if split in near:  # the same predictions scored again without the split's near-copies of train pages
+            metrics.update(leakage.dedup_metrics(split, dataset[split], preds, near[split], ev))
         truth[split] = page_truth(dataset[split], preds)
         plot_curves(run_dir, split, result.curves, metrics)
         plot_pages(run_dir, split, dataset[split], preds, metrics, int(ev.n_page_figures))
@@ -185,23 +211,8 @@ def evaluate_run(
         if ev.ultralytics_metrics and isinstance(detector, Detector):
             # Reported beside ours, never mixed: the two implementations differ by a few points.
             metrics.update(detector.library_metrics(split, ev.imgsz, yolo_data))
-        if tracker is not None and split == splits[0]:
-            tracker.log_predictions(
-                f"{split}/predictions",
-                dataset[split],
-                preds,
-                detector.class_names,
-                int(ev.n_log_images),
-                float(ev.conf_fixed),
-            )
         if tracker is not None:
-            tracker.log_rows(f"{split}/worst_pages", ea["worst_pages"])
-            tracker.log_rows(
-                f"{split}/ap_by_bin",
-                [r | {"by": g, "range": str(r["range"])} for g in ("area", "aspect") for r in ea[f"by_{g}"]],
-            )
-            if png:
-                tracker.log_images(f"{split}/errors", [png])
+            _log_split(tracker, split, split == splits[0], dataset[split], preds, ea, png, detector, ev)
     # the model's own operating point matters only when this evaluation cannot choose one (no valid split)
     needs_stored = str(ev.page.choose_on) not in truth and detector.checkpoint
     stored = stored_operating_point(detector.checkpoint) if needs_stored else None
@@ -212,6 +223,9 @@ def evaluate_run(
         **prov, sources=", ".join(f"{s}: {src}" for s, src in prov["data_sources"].items())
     )
     extra = {"provenance": prov, "errors": analyses} | ({"operating_point": op} if op else {})
+    if near:
+        extra["near_duplicates_of_train"] = {s: v["pairs"] for s, v in near.items()}
+        sections.insert(0, leakage.dedup_markdown(metrics, splits))
     write_metrics_json(run_dir, metrics, extra)
     md, rows = write_tables(run_dir, metrics, splits, note)
     with open(md, "a", encoding="utf-8") as f:

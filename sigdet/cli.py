@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("training.classifier.infer", "the two-stage region classifier on pages"),
     "generate": ("training.classifier.generate", "synthetic pages and crops for the classifier"),
     "convert": ("training.data.convert", "convert a dataset between COCO, YOLO and HF layouts"),
+    "leakage": ("evaluation.leakage", "near-duplicate pages within and across a dataset's splits"),
     "publish": ("evaluation.publish", "push a run's weights and card to the Hugging Face hub"),
 }
 
