@@ -289,3 +289,41 @@ def test_a_full_cache_disk_is_one_line_naming_the_cache(tmp_path):
         assert err[0].startswith(f"error: {cache}") and "No space left on device" in err[0]
     finally:
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
+def test_transformers_checkpoint_survives_a_failed_save_and_resumes(tmp_path, monkeypatch):
+    """The transformers backend's checkpoint folders are written beside and swapped in: epoch 2's save failing
+    half-way (ENOSPC from torch.save's write) leaves epoch 1's weights/last whole, and resume=true finishes."""
+    import errno
+
+    import torch
+    from omegaconf import open_dict
+
+    from tests.conftest import HF_TINY, compose_cfg
+    from training.backends import build_detector
+
+    cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY, "train.max_steps=null"], tmp_path)
+    with open_dict(cfg):
+        cfg.train.epochs = 3
+    run_dir = Path(cfg.paths.run_dir)
+    real, saves = torch.save, []
+
+    def full_disk(obj, f, *a, **k):
+        if Path(str(f)).parent.name == ".last.part":
+            saves.append(f)
+            if len(saves) == 2:
+                Path(str(f)).write_bytes(b"torn")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as e:
+        build_detector(cfg.model, run_dir).train(cfg)
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC and ".last.part" in str(e.value.filename)
+    last = run_dir / "weights" / "last"
+    state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=False)
+    assert state["fit"]["epoch"] == 1 and not (run_dir / "weights" / ".last.part").exists()
+    with open_dict(cfg):
+        cfg.resume = True
+    assert build_detector(cfg.model, run_dir).train(cfg)["train/epochs"] == 3

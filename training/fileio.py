@@ -35,6 +35,25 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def swap_in_dir(part: Path, folder: Path) -> None:
+    """Put the finished folder ``part`` in the place of ``folder``: the old one is renamed aside first and removed
+    last, so at every moment one whole copy exists (``folder``, or ``.<name>.old`` if a kill lands between the two
+    renames: :func:`recover_dir` puts it back)."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(part, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(folder: Path) -> None:
+    """Undo a :func:`swap_in_dir` cut between its renames: the previous copy goes back in place."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.is_dir():
+        os.replace(old, folder)
+
+
 def publish_dir(tmp: Path, root: Path) -> Path:
     """Rename the finished folder ``tmp`` to ``root``, or drop it when another process finished first (``root``
     exists: theirs is identical). Returns ``root``."""

@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from training.compat.transformers import box_count_summed, fixed_position_embedd
 from training.data import load_dataset
 from training.data.images import load_rgb
 from training.data.schema import DetectionSplit
+from training.fileio import recover_dir, swap_in_dir, writing
 from training.hardware import resolve_device
 from training.loops import (
     FitState,
@@ -545,12 +547,22 @@ class TransformersDetector(Detector):
     def _save(self, folder: Path, extra_state: dict | None = None) -> None:
         self.model.config.id2label = dict(enumerate(self.class_names))  # what the pipeline's labels read
         self.model.config.label2id = {n: i for i, n in enumerate(self.class_names)}
-        self.model.save_pretrained(folder)  # creates the folder
-        meta = {k: getattr(self, k) for k in ("family", "imgsz", "class_names", "score_mode", "box_frame")}
-        (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        image_processor(self.family, self.imgsz).save_pretrained(folder)
-        if extra_state is not None:
-            torch.save(extra_state, folder / STATE)
+        # written beside and swapped in: a full disk or a kill mid-save leaves the previous checkpoint whole
+        part = folder.with_name(f".{folder.name}.part")
+        shutil.rmtree(part, ignore_errors=True)
+        try:
+            with writing(part):
+                self.model.save_pretrained(part)  # creates the folder
+                meta = {
+                    k: getattr(self, k) for k in ("family", "imgsz", "class_names", "score_mode", "box_frame")
+                }
+                (part / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+                image_processor(self.family, self.imgsz).save_pretrained(part)
+                if extra_state is not None:
+                    torch.save(extra_state, part / STATE)
+            swap_in_dir(part, folder)
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
 
     def train(self, cfg) -> dict[str, float]:
         """Train on ``cfg.data`` with ``cfg.train`` (conf/trainer/transformers.yaml) through ``accelerate``.
@@ -631,6 +643,7 @@ class TransformersDetector(Detector):
     def _model_to_train(self, t, resume: bool, last_dir: Path):
         """The model to train, on the training device: the interrupted run's last weights, or a new one."""
         if resume:
+            recover_dir(last_dir)  # a save cut between its two renames
             if not (last_dir / STATE).is_file():
                 raise UserError(
                     f"resume=true but {last_dir / STATE} does not exist (point hydra.run.dir at the interrupted run)"
