@@ -54,6 +54,17 @@ class Annotation:
     def area(self) -> float:
         return float(self.bbox[2] * self.bbox[3])
 
+    def to_coco(self, crowd: bool) -> dict:
+        """The COCO JSON entry; ``crowd``: an ``iscrowd=1`` ignore region."""
+        return {
+            "id": self.id,
+            "image_id": self.image_id,
+            "category_id": self.category_id,
+            "bbox": [float(v) for v in self.bbox],
+            "area": self.area,
+            "iscrowd": int(crowd),
+        }
+
 
 @dataclass
 class DetectionSplit:
@@ -97,27 +108,7 @@ class DetectionSplit:
                 }
                 for im in self.images
             ],
-            "annotations": [
-                {
-                    "id": a.id,
-                    "image_id": a.image_id,
-                    "category_id": a.category_id,
-                    "bbox": [float(v) for v in a.bbox],
-                    "area": a.area,
-                    "iscrowd": 0,
-                }
-                for a in self.annotations
-            ]
-            + [
-                {
-                    "id": a.id,
-                    "image_id": a.image_id,
-                    "category_id": a.category_id,
-                    "bbox": [float(v) for v in a.bbox],
-                    "area": a.area,
-                    "iscrowd": 1,
-                }
-                for a in self.crowd
-            ],
+            "annotations": [a.to_coco(crowd=False) for a in self.annotations]
+            + [a.to_coco(crowd=True) for a in self.crowd],
             "categories": [{"id": c.id, "name": c.name, "supercategory": "none"} for c in self.categories],
         }
