@@ -31,7 +31,7 @@ def main() -> None:
     import training  # noqa: F401
     from evaluation.latency import environment, measure
     from training.backends import build_detector
-    from training.backends.transformers import _collate, _DetectionDataset
+    from training.backends.transformers_training import TransformersTrainer, _collate, _DetectionDataset
     from training.data import load_dataset
     from training.data.images import load_rgb
 
@@ -54,7 +54,7 @@ def main() -> None:
             batch = next(it)
             t = time.perf_counter()
             model.train()
-            loss = det._step(model, batch, torch.device("cpu"))
+            loss = TransformersTrainer(det)._step(model, batch, torch.device("cpu"))
             opt.zero_grad()
             loss.backward()
             opt.step()

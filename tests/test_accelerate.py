@@ -106,7 +106,7 @@ def test_bad_accelerate_settings_are_one_line(tmp_path, override, message):
 
 def test_precision_no_in_yaml_reads_as_no(tmp_path):
     """A bare ``precision: no`` in a YAML file is the boolean false to YAML 1.1: still "no"."""
-    from training.backends.transformers import precision_of
+    from training.backends.transformers_training import precision_of
 
     cfg = compose_cfg("train", ["model=debug/detr", *HF_TINY], tmp_path)
     with open_dict(cfg):

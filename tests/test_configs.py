@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import CONF, compose_cfg
 from training.backends import BACKENDS, get_backend
-from training.backends.ultralytics import check_train_args
+from training.backends.ultralytics_training import check_train_args
 from training.cli import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -196,7 +196,7 @@ def test_cpu_bf16_training_runs_ultralytics_step_under_cpu_autocast(tmp_path, mo
 
     from tests.conftest import TINY
     from training.backends import build_detector
-    from training.backends import ultralytics as ub
+    from training.backends import ultralytics_training as ub
 
     monkeypatch.setattr(ub, "native_cpu_bf16", lambda: (native, "faked"))
     seen = []
@@ -219,7 +219,7 @@ def test_cpu_bf16_training_runs_ultralytics_step_under_cpu_autocast(tmp_path, mo
 
 
 def test_bf16_plan_per_device(monkeypatch):
-    from training.backends import ultralytics as ub
+    from training.backends import ultralytics_training as ub
 
     monkeypatch.setattr(ub, "native_cpu_bf16", lambda: (True, "amx"))
     assert ub.bf16_plan("bf16", "cpu") == (False, True, "BF16 autocast")

@@ -218,7 +218,7 @@ def test_transformers_run_folder_and_resume_state_never_unpickle_code(tmp_path, 
 def test_resume_repairs_torn_checkpoints_of_its_own_run_but_never_trapped_ones(tmp_path, trained_run, marker):
     """A kill mid-save tears last.pt (ultralytics writes it in place): resume restores it from the atomic copy
     kept after each save; a torn best.pt is set aside; a trapped file is still refused."""
-    from training.backends.ultralytics import LAST_COMPLETE, _vet_run_checkpoints
+    from training.backends.ultralytics_training import LAST_COMPLETE, _vet_run_checkpoints
 
     _, run_dir, _ = trained_run
     w = tmp_path / "weights"
@@ -264,7 +264,8 @@ def getattr_trap(path: Path, marker: Path) -> Path:
 def test_getattr_trap_passes_the_scan_but_never_runs(tmp_path, trained_run, marker):
     """ultralytics' own torch_load unpickles without restriction (strip_optimizer at the end of every training):
     under our safe load it goes through the restricted loader; resume's vetting trial-loads every checkpoint."""
-    from training.backends.ultralytics import _vet_run_checkpoints, load_yolo
+    from training.backends.ultralytics import load_yolo
+    from training.backends.ultralytics_training import _vet_run_checkpoints
     from training.checkpoints import check_ultralytics_checkpoint
     from training.compat.ultralytics import safe_load
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from training.backends.base import Backend, Detections, Detector, ExportSpec
+from training.backends.base import Backend, Detections, Detector, ExportSpec, Trainer
 from training.cli import ConfigError, UserError
 
 # backend name (the model config's ``backend:``, an export's ``kind``) -> "module:Class", imported lazily so that
@@ -55,6 +55,7 @@ __all__ = [
     "Detections",
     "Detector",
     "ExportSpec",
+    "Trainer",
     "backend_of",
     "build_detector",
     "get_backend",

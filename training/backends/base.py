@@ -108,6 +108,32 @@ class ExportSpec:
     int8: dict = field(default_factory=dict)
 
 
+class Trainer(ABC):
+    """Training apart from prediction: trains the model of a :class:`Backend` (``detector``), reaching its state
+    through it (``self.det.model``, ``self.det.run_dir``, ...)."""
+
+    def __init__(self, detector: Backend):
+        self.det = detector
+
+    @abstractmethod
+    def train(self, cfg) -> dict[str, float]:
+        """Train on ``cfg.data`` with ``cfg.train``; return final training-side metrics (namespaced keys), the
+        trained model left loaded in the detector (its checkpoint set)."""
+
+
+class lazy_class:  # noqa: N801 (used as a class attribute, read as the class it names)
+    """A class attribute naming a class as ``"module:Class"``, imported the first time it is read."""
+
+    def __init__(self, ref: str):
+        self.ref = ref
+
+    def __get__(self, obj, owner=None) -> type:
+        import importlib
+
+        module, name = self.ref.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
 class Backend(ABC):
     """What the trainer, evaluator and exporter rely on. One subclass per library, registered in
     ``training.backends.BACKENDS`` under its :attr:`name`.
@@ -126,6 +152,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: what :meth:`train` runs (a :class:`Trainer` over this backend), given as :func:`lazy_class` so that
+    #: importing a backend to load or predict does not import its training
+    trainer: ClassVar[type[Trainer]]
     is_detector: ClassVar[bool] = True
     #: whether an export may take a rectangular input (``options["input_hw"]``: a fixed ``[h, w]``, or
     #: :data:`DYNAMIC_HW`, each page its own rectangle)
@@ -163,9 +192,10 @@ class Backend(ABC):
         """Whether ``path`` is a checkpoint of this backend, decided without executing anything in it."""
         return False
 
-    @abstractmethod
     def train(self, cfg) -> dict[str, float]:
-        """Train on ``cfg.data`` with ``cfg.train``; return final training-side metrics (namespaced keys)."""
+        """Train on ``cfg.data`` with ``cfg.train``; return final training-side metrics (namespaced keys). The
+        trained model is left loaded (:attr:`checkpoint` set). The work is this backend's :attr:`trainer`'s."""
+        return self.trainer(self).train(cfg)
 
     @abstractmethod
     def load(self, checkpoint: str | Path, device: str | None = None) -> None:

@@ -8,7 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from training.backends.base import EVAL_CONF, Backend, ExportSpec
+from training.backends.base import EVAL_CONF, Backend, ExportSpec, Trainer
+
+
+class ClassifierTrainer(Trainer):
+    """The whole pipeline (stages, mining) of :func:`training.classifier.trainer.train_classifier`; the backend's
+    ``run`` keeps the crops and pages for the evaluation."""
+
+    def train(self, cfg) -> dict[str, float]:
+        from training.classifier.trainer import train_classifier
+
+        det = self.det
+        det.run = train_classifier(cfg, det.run_dir, det.tracker, det.validator)
+        det.model = det.run.model
+        det.class_names = list(det.model.classes)
+        det._checkpoint = det.run_dir / "weights" / "best.pt"
+        return dict(det.run.metrics)
 
 
 class ClassifierBackend(Backend):
@@ -16,10 +31,11 @@ class ClassifierBackend(Backend):
 
     name = "classifier"
     is_detector = False
+    trainer = ClassifierTrainer
 
     def __init__(self, model_cfg, run_dir, tracker=None):
         super().__init__(model_cfg, run_dir, tracker)
-        self.run = None  # the ClassifierRun of train(): what the evaluation needs beyond the model
+        self.run = None  # the ClassifierRun of training (ClassifierTrainer): what the evaluation needs beyond the model
 
     @classmethod
     def owns(cls, path: Path) -> bool:
@@ -27,16 +43,6 @@ class ClassifierBackend(Backend):
         from training.classifier.model import is_classifier_checkpoint
 
         return path.is_file() and is_classifier_checkpoint(load_weights(path))
-
-    def train(self, cfg) -> dict[str, float]:
-        """The whole pipeline (stages, mining); ``self.run`` keeps the crops and pages for the evaluation."""
-        from training.classifier.trainer import train_classifier
-
-        self.run = train_classifier(cfg, self.run_dir, self.tracker, self.validator)
-        self.model = self.run.model
-        self.class_names = list(self.model.classes)
-        self._checkpoint = self.run_dir / "weights" / "best.pt"
-        return dict(self.run.metrics)
 
     def load(self, checkpoint, device: str | None = None) -> None:
         from training.classifier.model import load_classifier
