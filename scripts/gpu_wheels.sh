@@ -9,8 +9,8 @@
 # pycocotools, Optuna, albumentations, pypdfium2 and what each needs at run time. Each is pinned to the version this
 # environment has installed (the one the tests ran with), else the newest. Left out, with the reason the check's
 # report gives: openvino / nncf (about 60 MB: CPU runtimes, not what a GPU check is for), onnxruntime-gpu and
-# tensorrt (hundreds of MB each, over the 64 MiB a call may carry), polars (ultralytics imports it for its training
-# plots only; the check trains with train.plots=false).
+# tensorrt (hundreds of MB each, over the 64 MiB a call may carry), polars (a 54 MB runtime; ultralytics imports it
+# for its plots and for results.csv, which our trainer reads with the stdlib instead).
 set -euo pipefail
 
 out="${1:-.whl}"

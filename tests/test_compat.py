@@ -350,3 +350,27 @@ def test_torch_private_pickle_scanner():
     assert globals_in_pickle(data) == {"fractions.Fraction"}
     with pytest.raises(Exception):  # noqa: B017  a damaged stream: whatever the scanner raises
         globals_in_pickle(b"\x80\x02c")
+
+
+def test_results_csv_read_without_polars_as_polars_reads_it(tmp_path, monkeypatch):
+    """Our trainers read results.csv (the checkpoint's ``train_results``) with the stdlib: ultralytics' own
+    ``read_results_csv`` imports polars, which slim GPU images lack; the dict is the one polars gives."""
+    import sys
+    import types
+
+    import polars as pl
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from training.backends.ultralytics_training import trainer_class
+
+    assert "import polars" in inspect.getsource(BaseTrainer.read_results_csv)
+    csv = tmp_path / "results.csv"
+    csv.write_text(
+        "epoch,time,train/box_loss,metrics/mAP50(B),lr/pg0\n1,3.5,1.25,0,0.01\n2,7.25,1.0,0.125,0.0099\n"
+    )
+    trainer = types.SimpleNamespace(csv=csv)
+    ours = trainer_class(cu.DetectionTrainer).read_results_csv
+    expected = pl.read_csv(csv.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
+    monkeypatch.setitem(sys.modules, "polars", None)  # `import polars` now fails, as on such an image
+    assert ours(trainer) == expected
+    assert ours(types.SimpleNamespace(csv=tmp_path / "missing.csv")) == {}

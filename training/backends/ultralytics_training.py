@@ -7,6 +7,7 @@ by name from this module (:func:`trainer_class` and the module's ``__getattr__``
 
 from __future__ import annotations
 
+import csv
 import difflib
 import functools
 import logging
@@ -126,6 +127,16 @@ def bf16_plan(amp, device_type: str) -> tuple[object, bool, str | None]:
 PASTE_EVENT = "sigdet_paste"
 
 
+def _number(text: str | None):
+    """A results.csv cell as polars would type it: int, float, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
 class _SigdetTrainer(TrainerHooks):
     """Mixed in before the model's ultralytics trainer (:func:`trainer_class`): drops ultralytics' own tracker
     callbacks (we own the W&B run) and hooks the recipe's copy-paste (``PASTE_EVENT``) into the training set.
@@ -174,6 +185,16 @@ class _SigdetTrainer(TrainerHooks):
                 part.unlink(missing_ok=True)
             self.last, self.best = last, best
             self.args.amp = held
+
+    def read_results_csv(self) -> dict:
+        """results.csv as {column: values}, for the checkpoint's ``train_results``. ultralytics reads it with polars,
+        whose 54 MB wheel slim GPU images lack (and the GPU check cannot carry): the stdlib reads the same table."""
+        try:
+            with open(self.csv, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, csv.Error):
+            return {}
+        return {k.strip(): [_number(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
     def build_dataset(self, img_path, mode="train", batch=None):
         dataset = super().build_dataset(img_path, mode, batch)
