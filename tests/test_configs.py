@@ -133,6 +133,24 @@ def test_unknown_backend_lists_valid_ones():
         get_backend("nope")
 
 
+def test_a_family_newer_than_the_installed_transformers_is_one_line(monkeypatch):
+    """pyproject's lower bound is what the DETR families need; the newer families (DEIMv2, RF-DETR, ...) came in later
+    releases. With one that predates a family's classes, building it says so in one line, not an AttributeError."""
+    from training.backends import transformers as hf
+
+    older = {
+        "deimv2": dataclasses.replace(hf.FAMILIES["deimv2"], config="Deimv3Config"),
+        "rf_detr": dataclasses.replace(hf.FAMILIES["rf_detr"], processor="RfDetrV9ImageProcessor"),
+    }
+    monkeypatch.setattr(hf, "FAMILIES", {**hf.FAMILIES, **older})
+    with pytest.raises(
+        ConfigError, match=r"^model.family=deimv2: transformers .* has no Deimv3Config; .*newer"
+    ):
+        hf.image_processor("deimv2", 64)
+    with pytest.raises(ConfigError, match="has no RfDetrV9ImageProcessor"):
+        hf.image_processor("rf_detr", 64)
+
+
 def test_evaluate_root_composes(tmp_path):
     cfg = compose_cfg("evaluate", ["checkpoint=x.pt", "evaluation.splits=[test]"], tmp_path)
     assert cfg.backend == "ultralytics" and list(cfg.evaluation.splits) == ["test"]

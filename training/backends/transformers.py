@@ -106,7 +106,21 @@ def _family(name: str):
 
     transformers.logging.disable_progress_bar()  # per-shard progress bars on every save / load drown the epoch logs
     fam = FAMILIES[name]
-    return getattr(transformers, fam.config), getattr(transformers, fam.model), fam.score_mode, fam.mask
+    return _hf_class(name, fam.config), _hf_class(name, fam.model), fam.score_mode, fam.mask
+
+
+def _hf_class(family: str, name: str):
+    """A transformers class by name; one line when the installed release predates it (the newer families came in
+    recent releases, and pyproject.toml's lower bound is the one the DETR families need)."""
+    import transformers
+
+    try:
+        return getattr(transformers, name)
+    except AttributeError:
+        raise ConfigError(
+            f"model.family={family}: transformers {transformers.__version__} has no {name}; this family needs a "
+            "newer release: pip install -U 'transformers<6'"
+        ) from None
 
 
 def backbone_config(values: dict):
@@ -150,10 +164,8 @@ def image_processor(family: str, imgsz: int):
     """The family's transformers image processor, built locally (no download), set to preprocess as
     :func:`~training.backends.hf_processing.preprocess_image` does for that family."""
     _family(family)
-    import transformers
-
     fam = FAMILIES[family]
-    return getattr(transformers, fam.processor)(**processor_kwargs(imgsz, fam.resize, fam.normalize))
+    return _hf_class(family, fam.processor)(**processor_kwargs(imgsz, fam.resize, fam.normalize))
 
 
 def write_image_processor(folder: str | Path) -> Path:
