@@ -134,8 +134,8 @@ def test_unknown_backend_lists_valid_ones():
 
 
 def test_a_family_newer_than_the_installed_transformers_is_one_line(monkeypatch):
-    """pyproject's lower bound is what the DETR families need; the newer families (DEIMv2, RF-DETR, ...) came in later
-    releases. With one that predates a family's classes, building it says so in one line, not an AttributeError."""
+    """With a transformers that predates a family's classes (a family newer than pyproject's lower bound, or an
+    environment that ignored it), building it says so in one line, not an AttributeError."""
     from training.backends import transformers as hf
 
     older = {

@@ -110,8 +110,8 @@ def _family(name: str):
 
 
 def _hf_class(family: str, name: str):
-    """A transformers class by name; one line when the installed release predates it (the newer families came in
-    recent releases, and pyproject.toml's lower bound is the one the DETR families need)."""
+    """A transformers class by name; one line when the installed release predates it (a family added to
+    transformers after pyproject.toml's lower bound, or an environment that ignored that bound)."""
     import transformers
 
     try:
