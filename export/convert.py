@@ -14,7 +14,7 @@ import torch
 
 from training.hardware import cpu_flags
 from training.inference.families import Family
-from training.inference.runtimes import Unavailable, openvino_core, tensorrt
+from training.inference.runtimes import Unavailable, openvino_core, port_name, tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,23 @@ def _quantize_kwargs(family: Family, extra_patterns: list[str] = ()) -> dict:
     return kwargs
 
 
+def stable_topk(model) -> int:
+    """Give every TopK of an OpenVINO model ONNX's order for ties (the lower index first), in place; returns how many.
+
+    ONNX's TopK defines that order, and the exports of the two-stage DETRs (RT-DETR, RT-DETRv2, D-FINE, DEIMv2,
+    RF-DETR) rely on it: they pick their queries by TopK over encoder scores rounded so that the blank paper's anchors
+    tie (training/compat/transformers.py ``index_ordered_topk``). OpenVINO's ONNX front end converts TopK with
+    ``stable=False``, so the CPU plugin returned the tied anchors in another order: the same boxes, but the raw
+    outputs 0.86 apart (relative) from ONNX Runtime's on a D-FINE, and the FP32 parity check failed. With
+    ``stable=True`` they agree to 4e-7."""
+    n = 0
+    for op in model.get_ops():
+        if op.get_type_name() == "TopK" and "stable" in op.get_attributes():
+            op.set_attribute("stable", True)
+            n += 1
+    return n
+
+
 def to_openvino(
     onnx_path: Path,
     xml_path: Path,
@@ -137,6 +154,7 @@ def to_openvino(
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
+    stable_topk(model)
     if precision == "int8":
         try:
             import nncf
@@ -145,7 +163,7 @@ def to_openvino(
         nncf.set_log_level(logging.WARNING)  # one INFO line per operator otherwise
         if not calibration:
             raise ValueError("INT8 quantization needs calibration images")
-        names = [i.get_any_name() for i in model.inputs]
+        names = [port_name(i) for i in model.inputs]
         dataset = nncf.Dataset(calibration, lambda feeds: {k: feeds[k] for k in names})
         preset = str(int8["preset"])
         if preset not in INT8_PRESETS:

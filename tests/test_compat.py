@@ -294,7 +294,8 @@ def test_index_ordered_topk_orders_ties_as_onnx_runtime_does(tmp_path):
     import onnxruntime as ort
     from transformers.models.rf_detr import modeling_rf_detr
 
-    from training.compat.transformers import TIE_QUANTUM, index_ordered_topk
+    from training.compat.torch import TIE_QUANTUM
+    from training.compat.transformers import index_ordered_topk
 
     scores = torch.rand(1, 500) * 0.5  # below the tied group
     scores[:, ::3] = 0.75
@@ -319,6 +320,41 @@ def test_index_ordered_topk_orders_ties_as_onnx_runtime_does(tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: scores.numpy()})
     np.testing.assert_array_equal(got[1], indices.numpy())
     np.testing.assert_array_equal(got[0], values.numpy())
+    # OpenVINO's ONNX front end drops TopK's tie order; export.convert.stable_topk gives it back
+    import openvino as ov
+
+    from export.convert import stable_topk
+
+    ir = ov.convert_model(str(tmp_path / "pick.onnx"))
+    assert stable_topk(ir) == 1
+    out = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(scores.numpy())
+    np.testing.assert_array_equal(out[1], indices.numpy())
+
+
+def test_rtdetr_picks_its_queries_through_private_grouped_topk():
+    """ultralytics' RT-DETR decoder selects its queries with ``Detect._grouped_topk`` (called through the class);
+    within ordered_query_selection() and only in its thread, that selection is index-ordered among rounded ties;
+    outside, ultralytics' own is back."""
+    import threading
+
+    from ultralytics.nn.modules.head import Detect, RTDETRDecoder
+
+    from training.compat.torch import TIE_QUANTUM
+
+    assert "Detect._grouped_topk(" in inspect.getsource(RTDETRDecoder._get_decoder_input)
+    own = Detect._grouped_topk
+    scores = torch.zeros(2, 300)
+    scores[:, 7::5] = 1.0 + TIE_QUANTUM / 10 * torch.rand(2, 59)  # tied once rounded, float noise apart
+    seen_elsewhere = []
+    with cu.ordered_query_selection(), cu.ordered_query_selection():  # re-entrant
+        values, index = Detect._grouped_topk(scores, 20, 1)
+        other = threading.Thread(target=lambda: seen_elsewhere.append(Detect._grouped_topk(scores, 20, 1)[1]))
+        other.start()
+        other.join()
+    assert Detect._grouped_topk is own
+    assert index.tolist() == [list(range(7, 107, 5))] * 2
+    assert torch.equal(values, scores.gather(1, index))
+    assert torch.equal(seen_elsewhere[0], own(scores, 20, 1)[1])  # another thread: ultralytics' own selection
 
 
 # -- accelerate -------------------------------------------------------------------------------------------------

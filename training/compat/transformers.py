@@ -11,6 +11,8 @@ import threading
 import types
 from collections.abc import Iterator
 
+from training.compat.torch import index_ordered_topk_values
+
 # the source lines of ``ImageLoss.forward`` that make the bug box_count_summed works around
 BOX_COUNT_MEAN = ("num_boxes = reduce(num_boxes)", "num_boxes / world_size")
 
@@ -115,27 +117,6 @@ def _selects_with_topk(module_name: str) -> bool:
         return False
 
 
-# encoder scores (logits) closer than this are one score when queries are picked: their order is the anchors' order
-TIE_QUANTUM = 1e-3
-
-
-def _index_ordered(input, k, dim=-1, largest=True, sorted=True, *, out=None):  # noqa: A002 (torch.topk's names)
-    """``torch.topk`` that picks by the scores rounded to :data:`TIE_QUANTUM`, ties in index order (the lower index
-    first: the order ONNX's TopK defines and ONNX Runtime follows), returning the unrounded values of the picked
-    elements. While tracing it records TopK over the rounded scores, which the exported graph then orders the same
-    way."""
-    import torch
-
-    if out is not None or not sorted:
-        return torch.topk(input, k, dim=dim, largest=largest, sorted=sorted, out=out)
-    key = torch.round(input / TIE_QUANTUM)
-    if torch.jit.is_tracing():
-        indices = torch.topk(key, k, dim=dim, largest=largest)[1]
-    else:
-        indices = torch.sort(key, stable=True, dim=dim, descending=largest)[1].narrow(dim, 0, k)
-    return input.gather(dim, indices), indices
-
-
 class _TorchWithOrderedTopk(types.ModuleType):
     """``torch`` as one transformers modelling module sees it within :func:`index_ordered_topk`: the same module but
     for ``topk``."""
@@ -147,7 +128,7 @@ class _TorchWithOrderedTopk(types.ModuleType):
     def __getattr__(self, name):
         return getattr(self._torch, name)
 
-    topk = staticmethod(_index_ordered)
+    topk = staticmethod(index_ordered_topk_values)
 
 
 @contextlib.contextmanager
@@ -158,7 +139,7 @@ def index_ordered_topk(model) -> Iterator[None]:
     queries, and in what order, is then up to each runtime's kernel and rounding, so an exported model's raw outputs
     differ from the PyTorch model's (the same boxes, in another order and set among the blank ones; seen on every
     two-stage family here). Within this context the modelling modules of ``model`` that call ``torch.topk``
-    (:data:`TOPK_CALL`) see a ``torch`` whose topk ranks the scores rounded to :data:`TIE_QUANTUM` and breaks ties by
+    (:data:`TOPK_CALL`) see a ``torch`` whose topk ranks the scores rounded to :data:`training.compat.torch.TIE_QUANTUM` and breaks ties by
     index, as ONNX's TopK does: the model and its export pick the same queries (unless a score sits within float
     noise of a rounding edge). A selection among scores 0.001 apart is a coin toss either way; the decoder re-scores
     every query. Re-entrant and thread-safe; other modules, and the modules outside the context, are left alone."""

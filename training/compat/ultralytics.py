@@ -203,7 +203,9 @@ def export_mode(model, dynamic: bool = False) -> None:
     """Put the heads and blocks of a DetectionModel in the state ultralytics' exporter puts them in
     (ultralytics/engine/exporter.py, ``Exporter.__call__``): heads returning one raw tensor, C2f blocks splitting
     with constant sizes. The attributes are ultralytics' export flags (public names, set by its exporter only), and
-    ``C2f.forward`` is replaced by ``forward_split`` on these instances (the caller's own copy of the model)."""
+    ``C2f.forward`` is replaced by ``forward_split`` on these instances (the caller's own copy of the model). An
+    RT-DETR decoder picks its queries in index order among tied scores (:func:`ordered_query_selection`), in the
+    PyTorch reference as in the traced graph."""
     from ultralytics.nn.modules.block import C2f
     from ultralytics.nn.modules.head import Detect, RTDETRDecoder
 
@@ -217,8 +219,69 @@ def export_mode(model, dynamic: bool = False) -> None:
             if hasattr(m, "xyxy"):
                 m.xyxy = False
             m.shape = None
+            if isinstance(m, RTDETRDecoder):
+                m.forward = _with_ordered_queries(m.forward)
         elif isinstance(m, C2f):
             # split() with constant sizes, as ultralytics' exporter does: chunk() traces to ShapeOf / Gather / Slice,
             # which keeps NNCF's quantizers on each half (a float split and a requantization per C2f block in the
             # INT8 IR); a constant Split lets one quantizer sit on cv1's output, fused into the INT8 convolution
             m.forward = m.forward_split
+
+
+# -- RT-DETR's query selection ----------------------------------------------------------------------------
+_topk_lock = threading.Lock()
+_topk_installed = 0  # ordered_query_selection() contexts open in this process
+_topk_thread = threading.local()  # .depth: contexts open in this thread
+_topk_original: list = []  # ultralytics' own Detect._grouped_topk while ours is installed
+
+
+def _grouped_topk(x, k, groups=8):
+    """``Detect._grouped_topk`` (the exact top-k ``RTDETRDecoder._get_decoder_input`` selects its queries with):
+    :func:`~training.compat.torch.index_ordered_topk_values` along dim 1 in a thread within
+    :func:`ordered_query_selection`, ultralytics' own elsewhere (other heads and threads are left alone)."""
+    if getattr(_topk_thread, "depth", 0):
+        from training.compat.torch import index_ordered_topk_values
+
+        return index_ordered_topk_values(x, k, dim=1)
+    return _topk_original[0](x, k, groups)
+
+
+@contextlib.contextmanager
+def ordered_query_selection() -> Iterator[None]:
+    """Patch, within the context and this thread: RT-DETR (ultralytics) picks its decoder's queries by top-k over
+    the encoder's scores, where a page's blank paper gives many scores equal up to float noise; which of those
+    anchors become queries is then up to each runtime's kernel, and an exported RT-DETR-L's raw outputs differed
+    from its PyTorch model's by 0.40 (relative) under ONNX Runtime, failing the FP32 parity check with the same
+    boxes. Within, the selection ranks scores rounded to ``TIE_QUANTUM`` with ties in index order, as ONNX's TopK
+    does (the transformers DETRs get the same, ``training.compat.transformers.index_ordered_topk``). Private:
+    ``Detect._grouped_topk`` (a staticmethod the decoder calls through the class), swapped while any context is
+    open, and delegating to the original outside one. Re-entrant and thread-safe."""
+    from ultralytics.nn.modules.head import Detect
+
+    if not hasattr(Detect, "_grouped_topk"):  # a release that selects otherwise: left as it is
+        yield
+        return
+    global _topk_installed
+    with _topk_lock:
+        if _topk_installed == 0:
+            _topk_original[:] = [Detect._grouped_topk]
+            Detect._grouped_topk = staticmethod(_grouped_topk)
+        _topk_installed += 1
+    _topk_thread.depth = getattr(_topk_thread, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _topk_thread.depth -= 1
+        with _topk_lock:
+            _topk_installed -= 1
+            if _topk_installed == 0:
+                Detect._grouped_topk = staticmethod(_topk_original.pop())
+
+
+def _with_ordered_queries(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def ordered(*args, **kwargs):
+        with ordered_query_selection():
+            return forward(*args, **kwargs)
+
+    return ordered

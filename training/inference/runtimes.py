@@ -159,6 +159,17 @@ def with_u8_input(model, conversion: dict):
     return ppp.build()
 
 
+def port_name(port) -> str:
+    """An OpenVINO input's name as the ONNX graph called it (the name the feeds use). A port can hold several
+    names: where OpenVINO folds the graph's first operation into the input (RF-DETR's Cast to float), the input
+    also takes that operation's tensor name, and ``get_any_name`` may return either (RF-DETR:
+    ``/model/model/backbone/.../Cast_output_0``, not ``pixel_values``). The Parameter keeps the original name as
+    its friendly name."""
+    names = port.get_names()
+    friendly = port.get_node().get_friendly_name()
+    return friendly if friendly in names or not names else min(names, key=lambda n: ("/" in n, n))
+
+
 class OpenVINORunner(Runner):
     """An OpenVINO IR on the CPU plugin. ``precision``: ``fp32`` / ``bf16`` / ``int8`` (the hint of
     :func:`inference_precision`); ``u8_input``: the family's ``graph_preprocessing`` (the runner then takes
@@ -194,10 +205,10 @@ class OpenVINORunner(Runner):
         except Exception as e:
             raise _unloadable(xml, "OpenVINO IR", e) from None
         self.u8_input = bool(u8_input)
-        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+        self.inputs = [port_name(i) for i in self.compiled.inputs]
         # each input's shape, None for a dynamic dimension
         self.shapes = {
-            i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+            port_name(i): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
             for i in self.compiled.inputs
         }
         self.request = self.compiled.create_infer_request()
