@@ -6,7 +6,7 @@ checkpoint the framework reads goes through here:
 - :func:`load_weights`: ``torch.load(weights_only=True)`` (tensors, plain containers and a few numpy data types
   only), with one-line errors for empty, text, truncated or foreign files;
 - :func:`check_ultralytics_checkpoint`: ultralytics pickles whole modules, so its checkpoints cannot load with
-  plain ``weights_only=True``. Ultralytics (>= 8.4.67) has its own restricted loader (``ULTRALYTICS_SAFE_LOAD``:
+  plain ``weights_only=True``. Ultralytics (>= 8.4.164, pyproject.toml) has its own restricted loader (``ULTRALYTICS_SAFE_LOAD``:
   ``weights_only=True`` plus an allow-list of its model classes), which every ultralytics operation that reads a
   file runs under (``training.compat.ultralytics.safe_load``); before ultralytics sees a file we refuse any
   checkpoint that names a global outside model classes and plain data, naming the offending globals in one line.

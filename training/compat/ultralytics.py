@@ -48,7 +48,7 @@ def __getattr__(name: str):
 
 # -- the restricted checkpoint loader ------------------------------------------------------------------------
 SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
-ULTRALYTICS_MIN = "8.4.67"  # first release with the restricted (weights_only) checkpoint loader
+ULTRALYTICS_MIN = "8.4.164"  # the first release tests/test_compat.py passes on (pyproject.toml)
 _lock = threading.Lock()
 _active = 0  # safe_load() contexts open in this process
 _restored: list = []  # (module, ultralytics' own torch_load) for each module safe_load() rebound
