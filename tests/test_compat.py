@@ -355,6 +355,33 @@ def test_rtdetr_picks_its_queries_through_private_grouped_topk():
     assert index.tolist() == [list(range(7, 107, 5))] * 2
     assert torch.equal(values, scores.gather(1, index))
     assert torch.equal(seen_elsewhere[0], own(scores, 20, 1)[1])  # another thread: ultralytics' own selection
+    with pytest.raises(RuntimeError), cu.ordered_query_selection():
+        raise RuntimeError("inside")
+    assert Detect._grouped_topk is own
+
+
+def test_export_mode_rtdetr_forward_selects_in_order_and_survives_a_deep_copy(monkeypatch):
+    """export_mode binds an ordered forward to each RT-DETR decoder: a deep copy calls its own module, and its
+    top-k selections (queries and detections) go through the index-ordered top-k."""
+    import copy
+
+    from ultralytics.nn.modules.head import Detect, RTDETRDecoder
+
+    from training.compat import torch as ct
+
+    decoder = RTDETRDecoder(nc=1, ch=(16, 16, 16), hd=16, nq=10, ndp=2, nh=2, ndl=1)
+    model = torch.nn.Sequential(decoder).eval()
+    cu.export_mode(model)
+    twin = copy.deepcopy(model)[0]
+    assert decoder.forward.__self__ is decoder and twin.forward.__self__ is twin  # each calls its own module
+    calls = []
+    ordered = ct.index_ordered_topk_values
+    monkeypatch.setattr(ct, "index_ordered_topk_values", lambda *a, **k: calls.append(1) or ordered(*a, **k))
+    own = Detect._grouped_topk
+    with torch.no_grad():
+        out = twin([torch.rand(1, 16, s, s) for s in (8, 4, 2)])
+    assert out.shape == (1, 10, 6) and len(calls) == 2  # the queries, then the detections
+    assert Detect._grouped_topk is own
 
 
 # -- accelerate -------------------------------------------------------------------------------------------------
@@ -388,25 +415,49 @@ def test_torch_private_pickle_scanner():
         globals_in_pickle(b"\x80\x02c")
 
 
-def test_results_csv_read_without_polars_as_polars_reads_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "table",
+    [
+        # ultralytics' own lines ("%.6g," per value): ints, floats, exponents, a column of whole numbers
+        "epoch,time,train/box_loss,metrics/mAP50(B),lr/pg0\n1,3.5,1.25,0,0.01\n2,7.25,1.0,0.125,1e-05\n",
+        "epoch,time,val/box_loss\n1,3.5,nan\n2,7.25,inf\n",  # a diverged run
+        "epoch,time,lr/pg0\n1,3.5,\n2,7,0.01\n",  # an empty cell
+        "epoch,time\n",  # the header alone
+        "epoch,time\n1,2,3\n",  # a torn line: more values than names
+        "",
+    ],
+    ids=["ultralytics", "nan-inf", "empty-cell", "header-only", "ragged", "empty-file"],
+)
+def test_results_csv_read_without_polars_as_polars_reads_it(table, tmp_path, monkeypatch):
     """Our trainers read results.csv (the checkpoint's ``train_results``) with the stdlib: ultralytics' own
-    ``read_results_csv`` imports polars, which slim GPU images lack; the dict is the one polars gives."""
+    ``read_results_csv`` imports polars, which slim GPU images lack; the dict, values and their types, is the one
+    ultralytics' polars reading gives ({} where polars refuses the file)."""
     import sys
     import types
 
-    import polars as pl
     from ultralytics.engine.trainer import BaseTrainer
 
     from training.backends.ultralytics_training import trainer_class
 
+    pl = pytest.importorskip("polars")
     assert "import polars" in inspect.getsource(BaseTrainer.read_results_csv)
     csv = tmp_path / "results.csv"
-    csv.write_text(
-        "epoch,time,train/box_loss,metrics/mAP50(B),lr/pg0\n1,3.5,1.25,0,0.01\n2,7.25,1.0,0.125,0.0099\n"
-    )
+    csv.write_text(table)
     trainer = types.SimpleNamespace(csv=csv)
+    try:
+        expected = pl.read_csv(csv.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
+    except Exception:  # as ultralytics' own reading: nothing stored
+        expected = {}
     ours = trainer_class(cu.DetectionTrainer).read_results_csv
-    expected = pl.read_csv(csv.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
     monkeypatch.setitem(sys.modules, "polars", None)  # `import polars` now fails, as on such an image
-    assert ours(trainer) == expected
+    got = ours(trainer)
+    assert got == expected or (_nan_equal(got, expected))
+    assert {k: [type(v) for v in vs] for k, vs in got.items()} == {
+        k: [type(v) for v in vs] for k, vs in expected.items()
+    }
     assert ours(types.SimpleNamespace(csv=tmp_path / "missing.csv")) == {}
+
+
+def _nan_equal(a: dict, b: dict) -> bool:
+    same = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and x != x and y != y)  # noqa: E731
+    return a.keys() == b.keys() and all(len(a[k]) == len(b[k]) and all(map(same, a[k], b[k])) for k in a)

@@ -51,6 +51,8 @@ def test_the_compat_tests_pass_on_the_lower_bounds(tmp_path):
         timeout=600,
     )
     if r.returncode != 0:
+        # a bound that names no release (mistyped, yanked) is this test's finding; an unreachable index is not
+        assert "No matching distribution" not in r.stderr, r.stderr[-2000:]
         pytest.skip(f"pip could not fetch {specs} (no package index?): {r.stderr.strip().splitlines()[-1:]}")
     env = {
         **env,

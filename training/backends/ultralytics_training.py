@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -127,14 +128,18 @@ def bf16_plan(amp, device_type: str) -> tuple[object, bool, str | None]:
 PASTE_EVENT = "sigdet_paste"
 
 
-def _number(text: str | None):
-    """A results.csv cell as polars would type it: int, float, or the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except (TypeError, ValueError):
-            pass
-    return text
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _column(cells: list[str]) -> list:
+    """One results.csv column typed as a whole, as polars' schema inference types it: every filled cell an integer
+    -> ints, every one a number -> floats, else the text; an empty cell is None."""
+    filled = [c for c in cells if c != ""]
+    for pattern, kind in ((_INT, int), (_FLOAT, float)):
+        if all(pattern.fullmatch(c) for c in filled):
+            return [kind(c) if c != "" else None for c in cells]
+    return [c if c != "" else None for c in cells]
 
 
 class _SigdetTrainer(TrainerHooks):
@@ -191,10 +196,12 @@ class _SigdetTrainer(TrainerHooks):
         whose 54 MB wheel slim GPU images lack (and the GPU check cannot carry): the stdlib reads the same table."""
         try:
             with open(self.csv, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        except (OSError, csv.Error):
+                header, *rows = list(csv.reader(f))
+            if any(len(r) != len(header) for r in rows):
+                return {}  # a torn or ragged table: polars refuses it, and ultralytics then stores nothing
+            return {name: _column([r[i] for r in rows]) for i, name in enumerate(header)}
+        except Exception:  # whatever the file holds, as ultralytics' own (the checkpoint is what matters)
             return {}
-        return {k.strip(): [_number(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
     def build_dataset(self, img_path, mode="train", batch=None):
         dataset = super().build_dataset(img_path, mode, batch)

@@ -14,6 +14,7 @@ import functools
 import importlib
 import os
 import threading
+import types
 from collections.abc import Callable, Iterator
 
 from training.cli import DataError
@@ -220,7 +221,7 @@ def export_mode(model, dynamic: bool = False) -> None:
                 m.xyxy = False
             m.shape = None
             if isinstance(m, RTDETRDecoder):
-                m.forward = _with_ordered_queries(m.forward)
+                m.forward = types.MethodType(_ordered_forward, m)
         elif isinstance(m, C2f):
             # split() with constant sizes, as ultralytics' exporter does: chunk() traces to ShapeOf / Gather / Slice,
             # which keeps NNCF's quantizers on each half (a float split and a requantization per C2f block in the
@@ -232,13 +233,16 @@ def export_mode(model, dynamic: bool = False) -> None:
 _topk_lock = threading.Lock()
 _topk_installed = 0  # ordered_query_selection() contexts open in this process
 _topk_thread = threading.local()  # .depth: contexts open in this thread
-_topk_original: list = []  # ultralytics' own Detect._grouped_topk while ours is installed
+# ultralytics' own Detect._grouped_topk, kept once seen (never cleared: a thread that looked ours up just before the
+# last context closed still calls it)
+_topk_original: list = []
 
 
 def _grouped_topk(x, k, groups=8):
-    """``Detect._grouped_topk`` (the exact top-k ``RTDETRDecoder._get_decoder_input`` selects its queries with):
-    :func:`~training.compat.torch.index_ordered_topk_values` along dim 1 in a thread within
-    :func:`ordered_query_selection`, ultralytics' own elsewhere (other heads and threads are left alone)."""
+    """``Detect._grouped_topk`` (the exact top-k with which ``RTDETRDecoder`` picks its queries in
+    ``_get_decoder_input`` and its detections in ``postprocess``): :func:`~training.compat.torch.index_ordered_topk_values`
+    along dim 1 in a thread within :func:`ordered_query_selection`, ultralytics' own elsewhere (other heads and
+    threads are left alone)."""
     if getattr(_topk_thread, "depth", 0):
         from training.compat.torch import index_ordered_topk_values
 
@@ -252,10 +256,12 @@ def ordered_query_selection() -> Iterator[None]:
     the encoder's scores, where a page's blank paper gives many scores equal up to float noise; which of those
     anchors become queries is then up to each runtime's kernel, and an exported RT-DETR-L's raw outputs differed
     from its PyTorch model's by 0.40 (relative) under ONNX Runtime, failing the FP32 parity check with the same
-    boxes. Within, the selection ranks scores rounded to ``TIE_QUANTUM`` with ties in index order, as ONNX's TopK
-    does (the transformers DETRs get the same, ``training.compat.transformers.index_ordered_topk``). Private:
-    ``Detect._grouped_topk`` (a staticmethod the decoder calls through the class), swapped while any context is
-    open, and delegating to the original outside one. Re-entrant and thread-safe."""
+    boxes. Within, the decoder's top-k selections (its queries, over encoder logits, and its final detections, over
+    probabilities) rank values rounded to ``TIE_QUANTUM`` with ties in index order, as ONNX's TopK does (the
+    transformers DETRs get the same, ``training.compat.transformers.index_ordered_topk``); the detections' order
+    among scores 1e-3 apart is then the queries' order. Private: ``Detect._grouped_topk`` (a staticmethod the decoder
+    calls through the class), swapped while any context is open, and delegating to the original outside one.
+    Re-entrant and thread-safe."""
     from ultralytics.nn.modules.head import Detect
 
     if not hasattr(Detect, "_grouped_topk"):  # a release that selects otherwise: left as it is
@@ -264,7 +270,8 @@ def ordered_query_selection() -> Iterator[None]:
     global _topk_installed
     with _topk_lock:
         if _topk_installed == 0:
-            _topk_original[:] = [Detect._grouped_topk]
+            if not _topk_original:
+                _topk_original.append(Detect._grouped_topk)
             Detect._grouped_topk = staticmethod(_grouped_topk)
         _topk_installed += 1
     _topk_thread.depth = getattr(_topk_thread, "depth", 0) + 1
@@ -275,13 +282,11 @@ def ordered_query_selection() -> Iterator[None]:
         with _topk_lock:
             _topk_installed -= 1
             if _topk_installed == 0:
-                Detect._grouped_topk = staticmethod(_topk_original.pop())
+                Detect._grouped_topk = staticmethod(_topk_original[0])
 
 
-def _with_ordered_queries(forward: Callable) -> Callable:
-    @functools.wraps(forward)
-    def ordered(*args, **kwargs):
-        with ordered_query_selection():
-            return forward(*args, **kwargs)
-
-    return ordered
+def _ordered_forward(self, *args, **kwargs):
+    """``RTDETRDecoder.forward`` within :func:`ordered_query_selection`; bound to an instance by
+    :func:`export_mode` (a bound method, so a deep copy of the model calls its own copy)."""
+    with ordered_query_selection():
+        return type(self).forward(self, *args, **kwargs)

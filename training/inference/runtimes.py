@@ -164,7 +164,8 @@ def port_name(port) -> str:
     names: where OpenVINO folds the graph's first operation into the input (RF-DETR's Cast to float), the input
     also takes that operation's tensor name, and ``get_any_name`` may return either (RF-DETR:
     ``/model/model/backbone/.../Cast_output_0``, not ``pixel_values``). The Parameter keeps the original name as
-    its friendly name."""
+    its friendly name. (A port with no name at all, which an ONNX input cannot be, gets the friendly name, which
+    the feeds could not use.)"""
     names = port.get_names()
     friendly = port.get_node().get_friendly_name()
     return friendly if friendly in names or not names else min(names, key=lambda n: ("/" in n, n))
