@@ -358,6 +358,7 @@ def test_report_puts_ours_beside_the_published_numbers(yolo_export, trained_run,
     assert "<script>" not in html and "&lt;script&gt;" in html  # its text, never its tags
 
 
+@pytest.mark.slow  # 19 s: keeps the default suite under 10 minutes on 2 cores
 def test_garbage_onnx_beside_a_valid_manifest_is_one_line_and_a_failed_latency_row(yolo_export, tmp_path):
     """A damaged model.onnx: the evaluator stops with one line naming it; the latency command still measures the
     other runtimes and gives the ONNX rows a reason instead of a traceback."""

@@ -575,6 +575,7 @@ def test_bad_input_hw_is_one_line(cpu_export, tmp_path, hw):
         assert "\n" not in str(e.value) and not (tmp_path / "export" / "model.onnx").exists()
 
 
+@pytest.mark.slow  # 15 s: keeps the default suite under 10 minutes on 2 cores
 def test_dynamic_input_export(cpu_export, tmp_path):
     """``input_hw=dynamic``: one graph with symbolic height and width; each page letterboxed into its own
     rectangle (long side ``imgsz``, the other padded to 32) on every runtime, INT8 calibrated across shapes; the
