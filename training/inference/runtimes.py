@@ -209,8 +209,8 @@ class OpenVINORunner(Runner):
         self.inputs = [port_name(i) for i in self.compiled.inputs]
         # each input's shape, None for a dynamic dimension
         self.shapes = {
-            port_name(i): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
-            for i in self.compiled.inputs
+            name: [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+            for name, i in zip(self.inputs, self.compiled.inputs, strict=True)
         }
         self.request = self.compiled.create_infer_request()
         self.device = "cpu"
