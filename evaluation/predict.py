@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import threading
 import zlib
 from collections.abc import Generator, Iterable, Iterator
@@ -695,6 +696,26 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+# what Hydra writes into a run dir before the task starts
+_BOOKKEEPING = frozenset({".hydra", "predict.log"})
+
+
+def _undo_run_dir(run_dir: Path, source: Path) -> None:
+    """Remove the run dir Hydra made inside ``source`` before the task could refuse it, when it holds only Hydra's
+    bookkeeping (its ``.hydra`` configs, the log), and the folders above it left empty, up to ``source``: a
+    refused run leaves the source as it found it."""
+    try:
+        if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
+            return
+        shutil.rmtree(run_dir)
+        top, up = source.resolve(), run_dir.resolve().parent
+        while up != top and up.is_relative_to(top) and not any(up.iterdir()):
+            up.rmdir()
+            up = up.parent
+    except OSError:  # a folder another process is filling, a permission: the error line still tells the user
+        pass
+
+
 def read_done(path: Path) -> set[str]:
     """The pages ``pages.jsonl`` already holds; a torn last line (a kill mid-write) is cut off the file."""
     done: set[str] = set()
@@ -752,7 +773,11 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
     sources = _sources(cfg)
     for s in sources:
         if not _is_glob(s) and Path(s).expanduser().is_dir() and _inside(run_dir, Path(s).expanduser()):
-            raise UserError(f"{run_dir}: the run dir is inside source {s}; choose another hydra.run.dir")
+            _undo_run_dir(run_dir, Path(s).expanduser())
+            raise UserError(
+                f"{run_dir}: the run dir is inside source {s} (nothing is written into a source); choose another "
+                "hydra.run.dir, e.g. hydra.run.dir=../sigdet-predict"
+            )
     shard = parse_shard(cfg.shard)
     found, skipped = collect(sources)
     # a glob can reach this run's own outputs: never predict what this run writes

@@ -178,13 +178,14 @@ def test_nothing_to_predict_is_one_line(tmp_path):
 
 
 def test_cli_exit_codes(tmp_path):
-    """Exit 2 with one line for a source that yields nothing; a run dir holding predictions is refused."""
+    """Exit 2 with one line for a source that yields nothing; a run dir holding predictions is refused; `source=.`
+    in the scans folder (the default run dir inside the source) is refused without leaving Hydra's folder there."""
 
-    def run(*args):
-        env = {**os.environ, "CI": "true"}
+    def run(*args, cwd=ROOT):
+        env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
         return subprocess.run(
             [sys.executable, "-m", "evaluation.predict", f"checkpoint={PRETRAINED}", *args],
-            cwd=ROOT,
+            cwd=cwd,
             capture_output=True,
             text=True,
             env=env,
@@ -204,6 +205,14 @@ def test_cli_exit_codes(tmp_path):
     again = run(f"source={TEST_IMAGES[0]}", f"hydra.run.dir={done}")
     assert again.returncode == 2 and "already holds predictions.json" in again.stderr
     assert (done / "predictions.json").read_text() == "[]"
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(TEST_IMAGES[0], scans / "page.jpg")
+    here = run("source=.", cwd=scans)
+    err = [line for line in here.stderr.splitlines() if line.strip()]
+    assert here.returncode == 2 and len(err) == 1 and "inside source ." in err[0], here.stderr
+    assert sorted(p.name for p in scans.iterdir()) == ["page.jpg"]
 
 
 def test_progress_is_quiet_under_ci(monkeypatch):
@@ -286,7 +295,7 @@ def test_links_loops_and_repeats_are_walked_once_and_listed(tmp_path):
 
 def test_multi_page_tiffs_are_paged_and_avif_is_read(tmp_path):
     """A 3-page TIFF gives 3 pages numbered like a PDF's (no PDF points: it has no page size in points); an AVIF
-    page is read (the suffixes are the datasets'); a dataset image of several pages is one line; a PDF of no pages
+    page and a HEIC phone photo are read (the suffixes are the datasets'); a dataset image of several pages is one line; a PDF of no pages
     is an unreadable PDF (never "PDFium: Success")."""
     from training.data.images import decode_rgb
 
@@ -295,12 +304,14 @@ def test_multi_page_tiffs_are_paged_and_avif_is_read(tmp_path):
     pages = [Image.open(p).convert("RGB") for p in TEST_IMAGES[:3]]
     pages[0].save(src / "fax.tif", save_all=True, append_images=pages[1:])
     pages[0].save(src / "photo.avif")
+    shutil.copy(Path(__file__).parent / "data" / "rot6.heic", src / "phone.HEIC")
     run_dir, summary = _predict(tmp_path, PRETRAINED, src, "conf=0.1")
     rows = _pages(run_dir)
     tif = [p for p in rows if p["file"].endswith("fax.tif")]
     assert [p["page"] for p in tif] == [1, 2, 3] and all("boxes_pt" not in p for p in tif)
     assert [(p["width"], p["height"]) for p in tif] == [im.size for im in pages]
     assert any(p["file"].endswith("photo.avif") for p in rows) and summary["skipped"] == []
+    assert [(p["width"], p["height"]) for p in rows if p["file"].endswith("phone.HEIC")] == [(64, 96)]
     with pytest.raises(UserError, match="multi-page image \\(3 pages\\)"):
         decode_rgb(src / "fax.tif")
     empty = tmp_path / "empty.pdf"
