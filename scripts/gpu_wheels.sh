@@ -6,7 +6,7 @@
 #
 # The GPU image already has torch, torchvision, transformers, accelerate, timm, onnx, onnxruntime (CPU), opencv,
 # numpy, scipy, matplotlib, pillow, pyyaml, psutil, requests. Missing there, and fetched here: ultralytics, Hydra,
-# pycocotools, Optuna, albumentations, pypdfium2 and what each needs at run time. Each is pinned to the version this
+# pycocotools, Optuna, albumentations, pypdfium2, pi-heif and what each needs at run time. Each is pinned to the version this
 # environment has installed (the one the tests ran with), else the newest. Left out, with the reason the check's
 # report gives: openvino / nncf (about 60 MB: CPU runtimes, not what a GPU check is for), onnxruntime-gpu and
 # tensorrt (hundreds of MB each, over the 64 MiB a call may carry), polars (a 54 MB runtime; ultralytics imports it
@@ -26,6 +26,7 @@ packages=(
   optuna alembic sqlalchemy colorlog mako                      # sweeps (model selection imports the sweep module)
   albumentations albucore pydantic pydantic-core annotated-types typing-inspection stringzilla simsimd  # the recipe
   pypdfium2                                                    # predict on PDFs
+  pi-heif                                                      # HEIC / HEIF pages (every image reader imports it)
 )
 
 pin() {  # name==version of this environment's install, else the bare name (the newest)

@@ -96,6 +96,40 @@ def test_exif_rotation_matches_the_header_size_and_ultralytics(orientation, tmp_
     assert (w, h) == ((40, 70) if orientation in (6, 8) else (70, 40))
 
 
+HEIC = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "red_at"), [("page.heic", (96, 64), (3, 3)), ("rot6.heic", (64, 96), (3, 60))]
+)
+def test_heic_phone_photos_decode_upright_as_ultralytics_reads_them(name, size, red_at, tmp_path):
+    """HEIC pages (tests/data/README.md): the header size is the upright size, the red corner sits where the
+    rotation puts it (once, not twice), and ultralytics' reader gives the same pixels, so the YOLO cache links the
+    file rather than converting it."""
+    f = HEIC / name
+    assert image_size(f) == size
+    out = decode_rgb(f)
+    assert out.shape == (size[1], size[0], 3)
+    assert tuple(out[red_at]) == (200, 0, 0)
+    np.testing.assert_array_equal(_ultralytics_rgb(f), out)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / name).symlink_to(f)
+    assert loader_mod._same_pixels_for_ultralytics(tmp_path / "images") == 0
+
+
+def test_a_file_that_is_no_image_is_one_line_without_ultralytics_plugin_noise(tmp_path, capfd, caplog):
+    """ultralytics patches PIL's Image.open to fetch a HEIF plugin on any file PIL cannot identify: with pi-heif
+    installed and registered, a broken page is our one line, and nothing about a missing requirement."""
+    import ultralytics.utils.patches  # noqa: F401  (the patch is in place, as in every predict / train run)
+
+    f = tmp_path / "scan.jpg"
+    f.write_bytes(b"this is not a picture")
+    with pytest.raises(ImageError, match="scan.jpg: unreadable image: not an image format"):
+        decode_rgb(f)
+    said = capfd.readouterr()
+    assert "pi-heif" not in said.out + said.err + caplog.text
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_truncated_image_is_an_error_with_its_kind(suffix, tmp_path):
     f = tmp_path / f"page{suffix}"

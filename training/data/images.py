@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pi_heif
 import PIL
 from PIL import Image, UnidentifiedImageError
 
@@ -31,6 +32,13 @@ from training.fileio import write_atomic
 # ImageNet's channel mean / std: the normalisation of the torchvision ResNet18 and of the transformers detectors
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# HEIC / HEIF pages (phone photos of documents) through pi-heif, the decode-only libheif plugin ultralytics itself
+# uses for them: registered here so that every reader (ours and ultralytics' PIL fallback) decodes them alike, and so
+# that ultralytics' Image.open patch finds the plugin installed instead of warning about it on any unreadable file.
+# libheif applies the file's rotation (irot) on decode and pi-heif resets the EXIF orientation to 1: the pixels come
+# out upright once, in both readers.
+pi_heif.register_heif_opener()
 
 # bump when decode_rgb's output changes, so that cached checks and converted images are not reused
 DECODE_VERSION = 2  # 2: a multi-page TIFF is refused where one page is expected
@@ -55,8 +63,8 @@ def _open(path: Path, max_pixels: int | None):
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image too large ({e})", "too_large_image") from None
     except (UnidentifiedImageError, ImportError):
-        # ImportError: ultralytics patches Image.open to try a HEIF plugin on files PIL does not recognise; the
-        # user's problem is the file, not a missing module
+        # ImportError: ultralytics patches Image.open to try its HEIF plugin on files PIL does not recognise (it is
+        # installed and registered above; an environment without it still gets a line about the file)
         head = path.read_bytes()[:8] if path.stat().st_size else b""
         what = "an empty file" if not head else f"not an image format PIL can read (starts with {head!r})"
         raise ImageError(f"{path}: unreadable image: {what}") from None
@@ -134,8 +142,10 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
 
 
 # the image files every reader accepts (YOLO folders, predict, the classifier's page inference; COCO files name
-# theirs): what PIL decodes here, AVIF included (Pillow 11.3+ reads it natively)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif"})
+# theirs): what PIL decodes here, AVIF included (Pillow 11.3+ reads it natively), HEIC / HEIF through pi-heif
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif"}
+)
 # image formats that can hold several pages: predict reads each one like a PDF page
 MULTI_PAGE_SUFFIXES = frozenset({".tif", ".tiff"})
 
