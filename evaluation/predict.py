@@ -700,20 +700,42 @@ def _inside(path: Path, folder: Path) -> bool:
 _BOOKKEEPING = frozenset({".hydra", "predict.log"})
 
 
-def _undo_run_dir(run_dir: Path, source: Path) -> None:
-    """Remove the run dir Hydra made inside ``source`` before the task could refuse it, when it holds only Hydra's
-    bookkeeping (its ``.hydra`` configs, the log), and the folders above it left empty, up to ``source``: a
-    refused run leaves the source as it found it."""
-    try:
-        if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
-            return
-        shutil.rmtree(run_dir)
-        top, up = source.resolve(), run_dir.resolve().parent
-        while up != top and up.is_relative_to(top) and not any(up.iterdir()):
-            up.rmdir()
-            up = up.parent
-    except OSError:  # a folder another process is filling, a permission: the error line still tells the user
-        pass
+def _hydra_made(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is the timestamped run dir Hydra made for this command (no ``hydra.run.dir`` given): a
+    folder of this run's own, never one the user named."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    if Path(hc.runtime.output_dir).resolve() != run_dir.resolve():
+        return False
+    return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
+
+
+def _refuse_run_dir_inside_source(sources: list[str], run_dir: Path) -> None:
+    """A run dir inside a source folder is refused (nothing is written into a source; the next run would read this
+    one's outputs). When Hydra made it for this command (the default ``outputs/predict/<time>`` with ``source=.``),
+    it is removed with the folders above it it left empty, up to the source: the refused run leaves the source as
+    it found it. A folder the user named is left alone."""
+    for s in sources:
+        source = Path(s).expanduser()
+        if _is_glob(s) or not source.is_dir() or not _inside(run_dir, source):
+            continue
+        if _hydra_made(run_dir):
+            try:
+                if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
+                    shutil.rmtree(run_dir)
+                    top, up = source.resolve(), run_dir.resolve().parent
+                    while up != top and up.is_relative_to(top) and not any(up.iterdir()):
+                        up.rmdir()
+                        up = up.parent
+            except OSError:  # a folder another process is filling, a permission: the line below still tells
+                pass
+        raise UserError(
+            f"{run_dir}: the run dir is inside source {s} (nothing is written into a source); choose another "
+            "run dir (hydra.run.dir=../sigdet-predict on the command line, run_dir= in Python)"
+        )
 
 
 def read_done(path: Path) -> set[str]:
@@ -771,13 +793,7 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
     """Predict every page of ``cfg.source`` into ``run_dir`` (pages.jsonl as it goes, then the tables); the
     summary."""
     sources = _sources(cfg)
-    for s in sources:
-        if not _is_glob(s) and Path(s).expanduser().is_dir() and _inside(run_dir, Path(s).expanduser()):
-            _undo_run_dir(run_dir, Path(s).expanduser())
-            raise UserError(
-                f"{run_dir}: the run dir is inside source {s} (nothing is written into a source); choose another "
-                "hydra.run.dir, e.g. hydra.run.dir=../sigdet-predict"
-            )
+    _refuse_run_dir_inside_source(sources, run_dir)
     shard = parse_shard(cfg.shard)
     found, skipped = collect(sources)
     # a glob can reach this run's own outputs: never predict what this run writes
@@ -934,6 +950,7 @@ def run_predict(cfg: DictConfig) -> tuple[Path, dict]:
 
     require(cfg, "source", usage="source=IMAGE|FOLDER|GLOB|PDF [checkpoint=RUN_OR_EXPORT]")
     run_dir = run_dir_of(cfg)
+    _refuse_run_dir_inside_source(_sources(cfg), run_dir)  # before the folder is made (the Python API's)
     if (run_dir / "predictions.json").exists():
         raise UserError(f"{run_dir} already holds predictions.json; choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,11 @@ def test_cli_exit_codes(tmp_path):
     err = [line for line in here.stderr.splitlines() if line.strip()]
     assert here.returncode == 2 and len(err) == 1 and "inside source ." in err[0], here.stderr
     assert sorted(p.name for p in scans.iterdir()) == ["page.jpg"]
+    (scans / "logs").mkdir()
+    (scans / "logs" / "predict.log").write_text("mine")
+    named = run("source=.", "hydra.run.dir=logs", cwd=scans)  # a folder the user named: refused, left alone
+    assert named.returncode == 2 and "inside source ." in named.stderr, named.stderr
+    assert (scans / "logs" / "predict.log").read_text().startswith("mine")
 
 
 def test_progress_is_quiet_under_ci(monkeypatch):
