@@ -19,6 +19,7 @@ count; with nothing left to predict it is one line, exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -28,6 +29,7 @@ import queue
 import re
 import shutil
 import threading
+import warnings
 import zlib
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -57,6 +59,21 @@ PDF = ".pdf"
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 PAGES, STATE = "pages.jsonl", "predict_state.json"
 PART = "predictions.json.part"  # predictions.json until the run's last write
+# everything a run writes into its run dir (Hydra's .hydra/ and predict.log aside): a run dir holding any of them
+# is refused unless resume=true continues it, so that no file of the user's is overwritten
+OUTPUTS = (
+    PAGES,
+    "predictions.json",
+    PART,
+    "predictions.csv",
+    "predictions.csv.part",
+    "documents.csv",
+    "summary.json",
+    "config.yaml",
+    STATE,
+    "annotated",
+    "crops",
+)
 # the real-page detector the package ships (training/assets/pretrained; its card says how it was made)
 SHIPPED = "pretrained/signatures-yolov8n.pt"
 
@@ -562,6 +579,43 @@ def _check_values(cfg) -> None:
     number("pdf.dpi", False, 1.0)
     number("max_image_pixels", True, 1)
     number("imgsz", True, 32, none_ok=True)
+    if cfg.imgsz is not None and int(cfg.imgsz) % 32:
+        raise ConfigError(
+            f"imgsz={cfg.imgsz}: expected a multiple of 32 (the detectors' stride), e.g. {32 * round(cfg.imgsz / 32)}"
+        )
+    # Hydra reads `resume=no` as the text "no", which Python takes for true
+    for key in ("resume", "half", "save.annotated", "save.csv", "save.crops"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+    # a password the command line read as a number: digits are kept as text; 1e3 or true would not be what was typed
+    if isinstance(cfg.pdf.password, bool | float):
+        raise ConfigError(
+            "pdf.password: the command line read it as a number or a boolean, not as typed; quote it: "
+            "'pdf.password=\"...\"'"
+        )
+
+
+def _check_device(device) -> None:
+    """``device=`` as one line when it names no device of this machine (torch's own error is a deep traceback,
+    and only at the first page)."""
+    if device is None or str(device) == "":
+        return
+    import torch
+
+    text = str(device)
+    try:
+        dev = torch.device(f"cuda:{text}" if text.isdigit() else text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device={text}: not a device; cpu, cuda, cuda:1 or 0") from None
+    if dev.type == "cpu":
+        return
+    module = getattr(torch, dev.type, None)
+    if module is None or not hasattr(module, "is_available") or not module.is_available():
+        what = "CUDA" if dev.type == "cuda" else dev.type
+        raise UserError(f"device={text}: no {what} device on this machine (device=cpu runs here)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device={text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 class Predictor:
@@ -595,7 +649,7 @@ class Predictor:
         self.max_det = None if cfg.max_det is None else int(cfg.max_det)
         self.batch = int(cfg.batch)
         self.dpi = float(cfg.pdf.dpi)
-        self.password = cfg.pdf.password
+        self.password = None if cfg.pdf.password is None else str(cfg.pdf.password)
         self.max_pixels = int(cfg.max_image_pixels)
         self.prefetch = int(cfg.prefetch)
 
@@ -606,11 +660,7 @@ class Predictor:
         from training.inference.exported import is_exported
 
         checkpoint = resolve_checkpoint(cfg.checkpoint)
-        if str(cfg.device or "").startswith("cuda") or str(cfg.device or "").isdigit():
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError(f"device={cfg.device}: no CUDA device on this machine (device=cpu runs here)")
+        _check_device(cfg.device)
         exported = is_exported(checkpoint)
         backend = cfg.backend or ("ultralytics" if exported else backend_of(checkpoint))
         if not exported and not get_backend(backend).is_detector:
@@ -674,8 +724,32 @@ class Predictor:
                 yield result, arr, det
 
     def predict(self, source) -> list[PageResult]:
-        """One :class:`PageResult` per page of ``source`` (unreadable files are skipped; see :meth:`iter`)."""
-        return list(self.iter(source))
+        """One :class:`PageResult` per page of ``source``. Unreadable files are skipped with a warning that names
+        them (:meth:`iter` collects them instead); a source none of whose files can be read raises
+        :class:`UserError`, as the command exits 2: an empty list means no page, never "no signature"."""
+        skipped: list[tuple[str, str]] = []
+        results = list(self.iter(source, skipped))
+        skipped = list(dict.fromkeys(skipped))
+        if skipped and not results:
+            raise UserError(f"{_source_text(source)}: nothing could be read ({_skip_text(skipped)})")
+        # pages lost: images and PDFs that did not read, folders that did not open (not the other files of a
+        # folder, nor a second path to a file already read)
+        lost = [
+            (path, why)
+            for path, why in skipped
+            if why.startswith("unreadable")
+            or (
+                Path(path).suffix.lower() in IMAGE_SUFFIXES | {PDF} and not why.startswith("the same file as")
+            )
+        ]
+        if lost:
+            warnings.warn(
+                f"{len(lost)} file(s) of {_source_text(source)} skipped, unreadable ({_skip_text(lost)}); "
+                "Predictor.iter(source, skipped=[]) lists every file skipped",
+                SkippedFilesWarning,
+                stacklevel=2,
+            )
+        return results
 
     def iter(self, source, skipped: list | None = None) -> Iterator[PageResult]:
         """:meth:`predict` one page at a time (constant memory over a large source); ``skipped`` collects
@@ -685,6 +759,17 @@ class Predictor:
         sink.extend(skip)
         for result, _, _ in self.stream(todo, sink):
             yield result
+
+
+class SkippedFilesWarning(UserWarning):
+    """:meth:`Predictor.predict` skipped files it could not read (the warning names them)."""
+
+
+def _source_text(source) -> str:
+    items = list(source) if isinstance(source, list | tuple) else [source]
+    named = [str(s) for s in items if isinstance(s, str | os.PathLike)]
+    text = ",".join(named[:3]) + (f" (+{len(named) - 3})" if len(named) > 3 else "")
+    return f"source={text}" if named else "source"
 
 
 # -- the command: a run folder of results ---------------------------------------------------------------------
@@ -762,27 +847,38 @@ def read_done(path: Path) -> set[str]:
 
 def _state(cfg) -> dict:
     """What a resumed run must share with the run it continues: the sources as given (pages.jsonl names files as
-    they were found from them), the shard and the checkpoint."""
+    they were found from them; ``big/`` and ``big`` find the same paths, so they are one source), the shard and the
+    checkpoint (as resolved: naming the shipped model is not naming another one)."""
     return {
-        "sources": _sources(cfg),
+        "sources": [s if _is_glob(s) else str(Path(s)) for s in _sources(cfg)],
         "shard": None if cfg.shard is None else str(cfg.shard),
-        "checkpoint": None if cfg.checkpoint is None else str(cfg.checkpoint),
+        "checkpoint": str(resolve_checkpoint(cfg.checkpoint).resolve()),
     }
 
 
 def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
     path = run_dir / STATE
+    if resume and _hydra_made(run_dir):
+        raise UserError(
+            "resume=true continues the run in hydra.run.dir: name that folder (hydra.run.dir=outputs/predict/<run>)"
+        )
     if not resume:
-        if (run_dir / PAGES).exists():
+        held = next((name for name in OUTPUTS if (run_dir / name).exists()), None)
+        if held == PAGES:
             raise UserError(
                 f"{run_dir} already holds {PAGES}; add resume=true to continue it, or choose another hydra.run.dir"
+            )
+        if held is not None:
+            raise UserError(
+                f"{run_dir} already holds {held}, which a run writes; choose another hydra.run.dir (nothing is "
+                "overwritten)"
             )
         return
     if not path.is_file():
         return  # nothing to continue: a fresh run
     old = json_object(path)
     for key in ("sources", "shard", "checkpoint"):
-        if old.get(key) != state[key]:
+        if old.get(key) != state[key] and not (key == "checkpoint" and old.get(key) in (None, "")):
             raise UserError(
                 f"{path}: resume=true on a run of another {key} ({old.get(key)!r}, now {state[key]!r}); "
                 "choose another hydra.run.dir"
@@ -792,6 +888,7 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
 def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
     """Predict every page of ``cfg.source`` into ``run_dir`` (pages.jsonl as it goes, then the tables); the
     summary."""
+    _check_values(cfg)  # its booleans before `resume` is read
     sources = _sources(cfg)
     _refuse_run_dir_inside_source(sources, run_dir)
     shard = parse_shard(cfg.shard)
@@ -800,7 +897,26 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
     found = [(f, r) for f, r in found if not _inside(f, run_dir)]
     found = [(f, r) for f, r in found if in_shard(f, r, shard)]
     state = _state(cfg)
-    _check_resume(run_dir, state, bool(cfg.resume))  # before anything is loaded or written
+    _check_resume(run_dir, state, cfg.resume)  # before anything is loaded or written
+    fresh = not any((run_dir / name).exists() for name in OUTPUTS)
+    try:
+        return _predict_into(cfg, run_dir, sources, shard, found, skipped, state)
+    except UserError:
+        if (
+            fresh
+        ):  # a run refused on its way (nothing readable, a bad checkpoint): no half-written folder stays
+            _discard_outputs(run_dir)
+        raise
+
+
+def _discard_outputs(run_dir: Path) -> None:
+    for name in OUTPUTS:
+        path = run_dir / name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def _predict_into(cfg, run_dir: Path, sources, shard, found, skipped, state) -> dict:
     save_config(cfg, run_dir)
     predictor = Predictor.from_config(cfg, run_dir)
     if (
@@ -812,7 +928,7 @@ def predict_sources(cfg: DictConfig, run_dir: Path) -> dict:
             f"{run_dir / STATE}: resume=true with another operating confidence; choose another hydra.run.dir"
         )
     (run_dir / STATE).write_text(json.dumps(state | {"conf": predictor.conf}, indent=1), encoding="utf-8")
-    todo, unreadable = pages(found, cfg.pdf.password)
+    todo, unreadable = pages(found, predictor.password)
     skipped += unreadable
     empty_shard = shard is not None and not found
     if not todo and not (run_dir / PAGES).exists() and not empty_shard:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.predict import PageResult, Predictor
+from evaluation.predict import PageResult, Predictor, SkippedFilesWarning
 from training.cli import ConfigError, DataError, UserError, compose
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "PageResult",
     "Predictor",
     "Run",
+    "SkippedFilesWarning",
     "UserError",
     "evaluate",
     "export",

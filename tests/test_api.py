@@ -290,3 +290,68 @@ def test_review_cases_overrides_values_pixels_and_empty_shards(tmp_path):
     )
     assert r.returncode == 0 and "no file of this source" in r.stdout, r.stderr[-2000:]
     assert lines(tmp_path / "e") == [] and json.loads((tmp_path / "e" / "predictions.json").read_text()) == []
+
+
+def test_second_review_cases_nothing_silent_nothing_overwritten(tmp_path):
+    """What a new user hit (docs/api.md): det.predict never answers [] for files it could not read (it raises when
+    none reads, warns naming the unreadable ones otherwise); a run folder holding a file a run writes is refused,
+    untouched; a refused run leaves no half-written outputs; `resume=no`, imgsz=33, device=gpu and a password the
+    command line read as a float are one line each; a password of digits opens the PDF; resume takes `big/` and
+    `big` (and the shipped model named or not) for the same run."""
+    from evaluation.predict import OUTPUTS
+
+    det = sigdet.load(SYNTHETIC, device="cpu")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "scan.png").write_bytes(b"not a png")
+    with pytest.raises(sigdet.UserError, match="nothing could be read .*scan.png"):
+        det.predict(bad)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(bad, mixed)
+    shutil.copy(TEST_IMAGES[0], mixed / "good.jpg")
+    (mixed / "notes.txt").write_text("minutes")
+    with pytest.warns(sigdet.SkippedFilesWarning, match="1 file\\(s\\) .*scan.png") as caught:
+        assert [Path(p.file).name for p in det.predict(mixed)] == ["good.jpg"]
+    assert not any("notes.txt" in str(w.message) for w in caught)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("keep: me\n")
+    with pytest.raises(sigdet.UserError, match="already holds config.yaml"):
+        sigdet.predict(TEST_IMAGES[0], checkpoint=SYNTHETIC, run_dir=mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"]
+    assert (mine / "config.yaml").read_text() == "keep: me\n"
+
+    failed = tmp_path / "failed"
+    with pytest.raises(sigdet.UserError, match="no page could be read|nothing to predict"):
+        sigdet.predict(bad, checkpoint=SYNTHETIC, run_dir=failed)
+    assert not any((failed / name).exists() for name in OUTPUTS)
+    sigdet.predict(TEST_IMAGES[0], checkpoint=SYNTHETIC, run_dir=failed)  # the same folder takes the next run
+
+    for override, said in [
+        ("resume=no", "resume='no': expected true or false"),
+        ("save.annotated=yes", "expected true or false"),
+        ("imgsz=33", "multiple of 32"),
+        ("pdf.password=1e3", "quote it"),
+    ]:
+        with pytest.raises(sigdet.ConfigError, match=said):
+            sigdet.predict(TEST_IMAGES[0], checkpoint=SYNTHETIC, overrides=[override], run_dir=tmp_path / "v")
+    with pytest.raises(sigdet.UserError, match="device=gpu: not a device"):
+        sigdet.load(SYNTHETIC, device="gpu")
+    with pytest.raises(sigdet.UserError, match="device=mps: no mps device"):
+        sigdet.load(SYNTHETIC, device="mps")
+
+    pdf = tmp_path / "pdf"
+    pdf.mkdir()
+    Image.open(TEST_IMAGES[0]).convert("RGB").save(pdf / "doc.pdf")
+    digits = sigdet.load(SYNTHETIC, device="cpu", overrides=["pdf.password=1234"])
+    assert len(digits.predict(pdf / "doc.pdf")) == 1  # digits are text, not an int handed to PDFium
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for f in TEST_IMAGES[:2]:
+        shutil.copy(f, big)
+    run = sigdet.predict(f"{big}/", checkpoint=SYNTHETIC, run_dir=tmp_path / "r")
+    (run.dir / "predictions.json").unlink()  # as if killed before its last write
+    again = sigdet.predict(big, checkpoint=str(SYNTHETIC), overrides=["resume=true"], run_dir=run.dir)
+    assert again.metrics["n_pages"] == 2 and len(lines(run.dir)) == 2

@@ -218,6 +218,10 @@ def test_cli_exit_codes(tmp_path):
     named = run("source=.", "hydra.run.dir=logs", cwd=scans)  # a folder the user named: refused, left alone
     assert named.returncode == 2 and "inside source ." in named.stderr, named.stderr
     assert (scans / "logs" / "predict.log").read_text().startswith("mine")
+    fresh = run(f"source={TEST_IMAGES[0]}", "resume=true", cwd=tmp_path)  # Hydra's new folder holds no run
+    assert fresh.returncode == 2 and "resume=true continues the run in hydra.run.dir" in fresh.stderr, (
+        fresh.stderr
+    )
 
 
 def test_progress_is_quiet_under_ci(monkeypatch):
