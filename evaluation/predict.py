@@ -403,6 +403,8 @@ def in_memory(images: list, start: int = 0) -> list[Page]:
             arr = rgb8(Image.fromarray(im))
         else:
             raise UserError(f"image {k}: {type(im).__name__} is not a path, a PIL image or an array")
+        if 0 in arr.shape:
+            raise UserError(f"image {k}: an empty image ({arr.shape[1]}x{arr.shape[0]} pixels)")
         out.append(Page(None, f"image_{k}", None, arr))
     return out
 
@@ -432,7 +434,8 @@ def render(
                     w, h = (round(v * dpi / 72) for v in page.get_size())
                     if w * h > max_pixels:
                         raise ImageError(
-                            f"{p.file}: page {p.page} is {w}x{h} at {dpi} dpi, above max_image_pixels"
+                            f"{p.file}: {w}x{h} at {dpi:g} dpi, above the pixel limit max_image_pixels={max_pixels}"
+                            " (a lower pdf.dpi renders it)"
                         )
                     # RGB straight from PDFium's bitmap (rev_byteorder), copied out of it: half the time of a PIL
                     # round trip; page and bitmap closed at once (PDFium keeps them otherwise: memory grows with pages)
@@ -443,8 +446,10 @@ def render(
                     page.close()
                 yield p, arr
             except (ImageError, pdfium.PdfiumError) as e:
-                where = f"page {p.page}: " if p.page else ""
-                skipped.append((str(p.file), where + str(e).removeprefix(f"{p.file}: ")))
+                why = str(e).removeprefix(f"{p.file}: ")
+                if p.page and not why.startswith(f"page {p.page} "):
+                    why = f"page {p.page}: {why}"
+                skipped.append((str(p.file), why))
     finally:  # also when the consumer stops early (the generator is closed)
         if pdf is not None:
             pdf.close()
@@ -550,6 +555,17 @@ def resolve_checkpoint(checkpoint) -> Path:
         for cand in (path / "weights" / "best.pt", path / "weights" / "best"):
             if cand.exists():
                 return cand
+        from training.inference.exported import is_exported
+
+        if not is_exported(path) and not (path / "sigdet.json").is_file():
+            last = next(
+                (c for c in (path / "weights" / "last.pt", path / "weights" / "last") if c.exists()), None
+            )
+            hint = f"; {last} is there (a run that stopped early?): checkpoint={last}" if last else ""
+            raise UserError(
+                f"{path}: a folder with no model in it (no weights/best.pt, no export manifest, no transformers "
+                f"sigdet.json){hint}"
+            )
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
     return path

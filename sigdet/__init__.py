@@ -16,6 +16,7 @@ the API and the CLI give the same results. Mistakes in the input raise :class:`U
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def predict(source, checkpoint: str | Path | None = None, overrides: list[str] |
     ``source`` (a path, folder, glob or PDF, or a list of them); ``overrides`` as on the command line."""
     from evaluation.predict import PAGES, run_predict
 
+    items = list(source) if isinstance(source, list | tuple) else [source]
+    if not all(isinstance(s, str | os.PathLike) for s in items):
+        raise UserError(
+            "sigdet.predict: source must be paths (it writes a run folder); for PIL images or arrays use "
+            "sigdet.load().predict(images)"
+        )
     cfg = compose("predict", overrides, run_dir=kw.pop("run_dir", None))
     _set(cfg, {"source": [str(s) for s in source] if isinstance(source, list | tuple) else str(source)})
     if checkpoint is not None:

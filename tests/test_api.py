@@ -355,3 +355,29 @@ def test_second_review_cases_nothing_silent_nothing_overwritten(tmp_path):
     (run.dir / "predictions.json").unlink()  # as if killed before its last write
     again = sigdet.predict(big, checkpoint=str(SYNTHETIC), overrides=["resume=true"], run_dir=run.dir)
     assert again.metrics["n_pages"] == 2 and len(lines(run.dir)) == 2
+
+
+def test_second_review_messages_name_the_real_problem(tmp_path):
+    """A Lightning-style {'state_dict': ...} is not "a classifier checkpoint"; a run folder without best weights
+    points at last.pt; a folder of images is "no model"; an empty array and a PIL image given to sigdet.predict
+    (which writes a run folder of paths) are one line each."""
+    lightning = tmp_path / "epoch=3.ckpt.pt"
+    torch.save({"state_dict": {"model.backbone.weight": torch.zeros(2)}, "epoch": 3}, lightning)
+    with pytest.raises(sigdet.UserError, match="not a checkpoint of any backend") as e:
+        sigdet.load(lightning, device="cpu")
+    assert "a classifier checkpoint" not in str(e.value)
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    shutil.copy(SYNTHETIC, run / "weights" / "last.pt")
+    with pytest.raises(sigdet.UserError, match="no model in it .*weights/last.pt is there"):
+        sigdet.load(run, device="cpu")
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    shutil.copy(TEST_IMAGES[0], pages)
+    with pytest.raises(sigdet.UserError, match="pages: a folder with no model in it"):
+        sigdet.load(pages, device="cpu")
+    det = sigdet.load(SYNTHETIC, device="cpu")
+    with pytest.raises(sigdet.UserError, match="image 0: an empty image"):
+        det.predict(np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(sigdet.UserError, match="sigdet.load\\(\\).predict"):
+        sigdet.predict(Image.open(TEST_IMAGES[0]), checkpoint=SYNTHETIC, run_dir=tmp_path / "x")

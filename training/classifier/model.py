@@ -140,10 +140,11 @@ def _strip_prefix(sd: dict) -> dict:
 
 
 def is_classifier_checkpoint(obj) -> bool:
-    """Whether a (safely) loaded checkpoint is one :func:`load_classifier` reads: ours (``arch``,
-    ``state_dict``) or a published bare ResNet18 state dict (``fc.weight``)."""
+    """Whether a (safely) loaded checkpoint is one :func:`load_classifier` reads: ours (``arch``, or
+    ``state_dict`` with ``classes``) or a published bare ResNet18 state dict (``fc.weight``). A ``state_dict``
+    alone is any framework's wrapper (Lightning's, a training script's), not a classifier of ours."""
     return isinstance(obj, dict) and (
-        obj.get("arch") == "resnet18" or "state_dict" in obj or "fc.weight" in obj
+        obj.get("arch") == "resnet18" or ("state_dict" in obj and "classes" in obj) or "fc.weight" in obj
     )
 
 

@@ -74,7 +74,8 @@ def _open(path: Path, max_pixels: int | None):
     if max_pixels and w * h > max_pixels:
         im.close()
         raise ImageError(
-            f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} MP), above data.max_image_pixels={max_pixels}",
+            f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} MP), above the pixel limit max_image_pixels={max_pixels} "
+            "(data.max_image_pixels when training)",
             "too_large_image",
         )
     return im
@@ -194,7 +195,8 @@ def decode_rgb(path: str | Path, max_pixels: int | None = None, frame: int | Non
                 w, h = im.size
                 if max_pixels and w * h > max_pixels:
                     raise ImageError(
-                        f"{path}: page {frame + 1} is {w}x{h}, above the pixel limit", "too_large_image"
+                        f"{path}: page {frame + 1} is {w}x{h}, above the pixel limit max_image_pixels={max_pixels}",
+                        "too_large_image",
                     )
             orientation = _orientation(im)  # before load: PIL's TIFF reader consumes the tag when it rotates
             upright_size = im.size if im.format == "TIFF" else None  # PIL gives TIFFs their upright size
