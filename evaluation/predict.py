@@ -748,16 +748,7 @@ class Predictor:
         skipped = list(dict.fromkeys(skipped))
         if skipped and not results:
             raise UserError(f"{_source_text(source)}: nothing could be read ({_skip_text(skipped)})")
-        # pages lost: images and PDFs that did not read, folders that did not open (not the other files of a
-        # folder, nor a second path to a file already read)
-        lost = [
-            (path, why)
-            for path, why in skipped
-            if why.startswith("unreadable")
-            or (
-                Path(path).suffix.lower() in IMAGE_SUFFIXES | {PDF} and not why.startswith("the same file as")
-            )
-        ]
+        lost = lost_pages(skipped)
         if lost:
             warnings.warn(
                 f"{len(lost)} file(s) of {_source_text(source)} skipped, unreadable ({_skip_text(lost)}); "
@@ -775,6 +766,17 @@ class Predictor:
         sink.extend(skip)
         for result, _, _ in self.stream(todo, sink):
             yield result
+
+
+def lost_pages(skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The skips that lose pages: images and PDFs (or some of their pages) that did not read, folders that did
+    not open; not the other files of a folder, nor a second path to a file already read."""
+    return [
+        (path, why)
+        for path, why in skipped
+        if why.startswith("unreadable")
+        or (Path(path).suffix.lower() in IMAGE_SUFFIXES | {PDF} and not why.startswith("the same file as"))
+    ]
 
 
 class SkippedFilesWarning(UserWarning):
@@ -974,7 +976,7 @@ def _predict_into(cfg, run_dir: Path, sources, shard, found, skipped, state) -> 
             out.flush()
             bar.update(1)
     bar.close()
-    summary = write_tables(run_dir, names, bool(cfg.save.csv))
+    summary = write_tables(run_dir, names, bool(cfg.save.csv), skipped)
     if empty_shard:  # more jobs than files: this one has none, which is not a failure of the job array
         print(f"shard {cfg.shard}: no file of this source falls in it; empty tables written")
     elif not summary["n_pages"]:
@@ -997,9 +999,14 @@ def _rows(path: Path) -> Iterator[dict]:
             yield json.loads(line)
 
 
-def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
+def write_tables(run_dir: Path, names: list[str], with_csv: bool, skipped=()) -> dict:
     """predictions.json (COCO results), predictions.csv and documents.csv from pages.jsonl, streamed; the
-    counts of the summary."""
+    counts of the summary. ``skipped``: ``(path, why)`` of what could not be read; a file of which no page read
+    gets its row too, and a file with pages that did not read says which: its answer is then "unknown" unless a
+    page that did read is signed (a page never read is not "not signed")."""
+    unread: dict[str, list[str]] = {}
+    for path, why in lost_pages(list(dict.fromkeys(skipped))):
+        unread.setdefault(path, []).append(why)
     docs: dict[str, dict] = {}
     n_pages = n_boxes = n_signed = 0
     cat = {n: i for i, n in enumerate(names)}
@@ -1045,19 +1052,24 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
         run_dir / "documents.csv.part", "w", newline="", encoding="utf-8", errors="surrogateescape"
     ) as f:
         w = csv.writer(f)
-        w.writerow(["file", "pages", "signed", "signed_pages", "boxes", "best_score"])
+        w.writerow(["file", "pages", "signed", "signed_pages", "boxes", "best_score", "unreadable"])
         for file, d in docs.items():
             signed_pages = " ".join(str(p) for p in sorted(d["signed_pages"]))
+            answer = "yes" if d["signed_pages"] else ("unknown" if file in unread else "no")
             w.writerow(
                 [
                     file,
                     d["pages"],
-                    "yes" if d["signed_pages"] else "no",
+                    answer,
                     signed_pages,
                     d["boxes"],
                     f"{d['best_score']:.4f}",
+                    "; ".join(unread.get(file, [])),
                 ]
             )
+        for file in sorted(set(unread) - set(docs)):  # no page of it read
+            if not Path(file).is_dir():
+                w.writerow([file, 0, "unknown", "", 0, "", "; ".join(unread[file])])
     os.replace(run_dir / "documents.csv.part", run_dir / "documents.csv")
     return {
         "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
@@ -1066,6 +1078,10 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool) -> dict:
         "n_detections": n_boxes,
         "n_documents": len(docs),
         "n_signed_documents": sum(1 for d in docs.values() if d["signed_pages"]),
+        # files whose answer is "unknown" in documents.csv: pages unread and none of the read ones signed
+        "n_unknown_documents": sum(
+            1 for f in unread if not Path(f).is_dir() and not (f in docs and docs[f]["signed_pages"])
+        ),
     }
 
 
@@ -1097,7 +1113,13 @@ def main(cfg: DictConfig) -> None:
     n_skip = len(summary["skipped"])
     print(
         f"{summary['n_signed_pages']} of {summary['n_pages']} pages signed"
-        f" ({summary['n_signed_documents']} of {summary['n_documents']} files), {summary['n_detections']} boxes"
+        f" ({summary['n_signed_documents']} of {summary['n_documents']} files"
+        + (
+            f"; {summary['n_unknown_documents']} unknown, unreadable"
+            if summary["n_unknown_documents"]
+            else ""
+        )
+        + f"), {summary['n_detections']} boxes"
         f" at conf {summary['conf']:.3f} [{summary['conf_source']}]"
         + (f", {n_skip} skipped" if n_skip else "")
         + f" -> {run_dir / PAGES}, {run_dir / 'documents.csv'}"

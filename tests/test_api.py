@@ -234,7 +234,7 @@ def test_documents_and_pdf_points(tmp_path):
             np.array(p["boxes_pt"]).reshape(-1, 4) * 2, np.array(p["boxes"]).reshape(-1, 4)
         )
     doc = (run.dir / "documents.csv").read_text().splitlines()
-    assert doc[0] == "file,pages,signed,signed_pages,boxes,best_score" and len(doc) == 2
+    assert doc[0] == "file,pages,signed,signed_pages,boxes,best_score,unreadable" and len(doc) == 2
     signed = [str(p["page"]) for p in rows if p["signed"]]
     assert doc[1].split(",")[1:4] == ["3", "yes" if signed else "no", " ".join(signed)]
 

@@ -362,3 +362,32 @@ def test_an_export_whose_manifest_lies_about_its_input_size_is_one_line(tmp_path
     )
     err = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(err) == 1 and "graph's input" in err[0], r.stderr[-2000:]
+
+
+def test_documents_csv_answers_unknown_for_what_could_not_be_read(tmp_path):
+    """A page never read is not "not signed": documents.csv gives a file none of whose pages read a row of its own,
+    and a PDF with a page that did not read says which, with the answer "unknown" (unless a read page is signed);
+    the summary counts them."""
+    import csv
+
+    src = tmp_path / "src"
+    src.mkdir()
+    page = Image.open(TEST_IMAGES[0]).convert("RGB")
+    # page 1 small, page 2 four times its area: max_image_pixels between them skips page 2 only
+    page.save(src / "two.pdf", save_all=True, append_images=[page.resize((page.width * 2, page.height * 2))])
+    shutil.copy(TEST_IMAGES[1], src / "fine.jpg")
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    (src / "notes.txt").write_text("not a page")
+    limit = 3 * round(page.width * 150 / 72) * round(page.height * 150 / 72)  # PDF pages at 150 dpi
+    run_dir, summary = _predict(tmp_path, PRETRAINED, src, "conf=0.99", f"max_image_pixels={limit}")
+    with open(run_dir / "documents.csv", newline="") as f:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["broken.png", "fine.jpg", "two.pdf"]
+    assert rows["fine.jpg"]["signed"] == "no" and rows["fine.jpg"]["unreadable"] == ""
+    assert rows["two.pdf"]["pages"] == "1" and rows["two.pdf"]["signed"] == "unknown"
+    assert (
+        rows["two.pdf"]["unreadable"].startswith("page 2: ")
+        and "max_image_pixels" in rows["two.pdf"]["unreadable"]
+    )
+    assert rows["broken.png"]["pages"] == "0" and rows["broken.png"]["signed"] == "unknown"
+    assert summary["n_unknown_documents"] == 2
