@@ -7,6 +7,7 @@ import difflib
 import importlib
 import importlib.util
 import sys
+import textwrap
 
 # command -> (the module `python -m` runs: its main(), or its package's __main__.main(), is the Hydra app; what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +44,46 @@ def usage() -> str:
     )
 
 
+def command_help(name: str, config_name: str) -> str:
+    """``sigdet <command> --help``: what the command does, the config groups its config composes (each with its
+    options: Hydra's own help lists every group of conf/, most of which the command has no slot for), and its root
+    config file as written, comments included (they document every key)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from training.cli import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        choices = compose(config_name, return_hydra_config=True).hydra.runtime.choices
+    GlobalHydra.instance().clear()
+    groups = []
+    for key, chosen in choices.items():
+        group = key.split("@")[0]
+        if group.startswith("hydra") or not (CONF / group).is_dir():
+            continue
+        options = sorted(
+            f.relative_to(CONF / group).with_suffix("").as_posix()
+            for f in (CONF / group).rglob("*.yaml")
+            if not f.stem.startswith(("schema_", "_"))
+        )
+        # the key as an override writes it (trainer@train=transformers)
+        head = f"  {key}={'null' if chosen is None else chosen}"
+        groups.append(
+            head
+            + "\n"
+            + textwrap.fill(", ".join(options), 116, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        )
+    text = (CONF / f"{config_name}.yaml").read_text(encoding="utf-8")
+    return (
+        f"sigdet {name}: {COMMANDS[name][1]}\n\n"
+        f"usage: sigdet {name} [key=value ...]   (Hydra overrides; --cfg job prints the composed config, "
+        "--hydra-help Hydra's flags)\n\n"
+        + ("config groups (group=option):\n" + "\n".join(groups) + "\n\n" if groups else "")
+        + f"conf/{config_name}.yaml:\n\n{text}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -60,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     entry = entry_point(COMMANDS[name][0])
+    config_name = getattr(entry.main, "config_name", None)
+    if config_name and args[1:] and args[1] in ("-h", "--help"):
+        print(command_help(name, config_name))
+        return
     sys.argv = [f"sigdet {name}", *args[1:]]
     entry.main()
 

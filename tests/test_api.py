@@ -53,7 +53,12 @@ def test_help_lists_the_commands_and_an_unknown_one_is_exit_2():
     bad = sigdet_cli("pedict", "source=x")
     assert bad.returncode == 2 and "did you mean 'predict'" in bad.stderr and "commands:" in bad.stderr
     sub = sigdet_cli("predict", "--help")
-    assert sub.returncode == 0 and "checkpoint" in sub.stdout  # Hydra's help of the predict app
+    assert sub.returncode == 0 and "checkpoint" in sub.stdout
+    # the groups predict composes (not every group of conf/: it has no model= slot), and its file's comments
+    assert "\n  decode=default\n" in sub.stdout and "\n  model=" not in sub.stdout
+    assert "# the operating confidence" in sub.stdout
+    train = sigdet_cli("train", "--help")
+    assert "\n  trainer@train=ultralytics\n" in train.stdout and "debug/detr" in train.stdout
 
 
 def test_api_and_cli_give_the_same_boxes(tmp_path):
