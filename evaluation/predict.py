@@ -792,7 +792,13 @@ def _source_text(source) -> str:
 
 # -- the command: a run folder of results ---------------------------------------------------------------------
 def _sources(cfg) -> list[str]:
-    return [str(s) for s in (cfg.source if OmegaConf.is_list(cfg.source) else [cfg.source])]
+    items = list(cfg.source) if OmegaConf.is_list(cfg.source) else [cfg.source]
+    # `source=` and `source=null` name nothing (Path("") would be the working folder)
+    if not items or any(s is None or not str(s).strip() for s in items):
+        raise UserError(
+            f"source={cfg.source if cfg.source is not None else 'null'}: name an image, folder, glob or PDF"
+        )
+    return [str(s) for s in items]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -961,6 +967,7 @@ def _predict_into(cfg, run_dir: Path, sources, shard, found, skipped, state) -> 
     bar = progress(desc="predict", total=len(left), unit="page")
     with open(run_dir / PAGES, "a", encoding="utf-8") as out:
         for result, arr, det in predictor.stream(left, skipped):
+            row = result.to_json()  # with the files saved for this page, by their path in the run dir
             for k, ((x0, y0, x1, y1), lab) in enumerate(zip(det.boxes, det.labels, strict=True)):
                 if cfg.save.crops:
                     # class names come with the model (its metadata): never a path of their own
@@ -969,10 +976,12 @@ def _predict_into(cfg, run_dir: Path, sources, shard, found, skipped, state) -> 
                     crop = arr[max(0, int(y0)) : int(np.ceil(y1)), max(0, int(x0)) : int(np.ceil(x1))]
                     if crop.size:
                         Image.fromarray(crop).save(folder / f"{result.name}_{k}.png")
+                        row.setdefault("crops", []).append(f"crops/{folder.name}/{result.name}_{k}.png")
             if cfg.save.annotated:
                 draw(arr, det, names).save(run_dir / "annotated" / f"{result.name}.png")
+                row["annotated"] = f"annotated/{result.name}.png"
             # one line per page, flushed: a kill loses at most the page in flight (resume=true redoes it)
-            out.write(json.dumps(result.to_json()) + "\n")
+            out.write(json.dumps(row) + "\n")
             out.flush()
             bar.update(1)
     bar.close()

@@ -341,6 +341,13 @@ def test_second_review_cases_nothing_silent_nothing_overwritten(tmp_path):
     ]:
         with pytest.raises(sigdet.ConfigError, match=said):
             sigdet.predict(TEST_IMAGES[0], checkpoint=SYNTHETIC, overrides=[override], run_dir=tmp_path / "v")
+    from omegaconf import OmegaConf
+
+    from evaluation.predict import _sources
+
+    for nothing in ("", None, []):  # source=, source=null, source=[]
+        with pytest.raises(sigdet.UserError, match="name an image, folder, glob or PDF"):
+            _sources(OmegaConf.create({"source": nothing}))
     with pytest.raises(sigdet.UserError, match="device=gpu: not a device"):
         sigdet.load(SYNTHETIC, device="gpu")
     with pytest.raises(sigdet.UserError, match="device=mps: no mps device"):

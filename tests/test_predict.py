@@ -154,6 +154,10 @@ def test_folders_globs_and_pdfs(tmp_path):
     rows = (run_dir / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("file,page,image_id,class,score") and len(rows) == len(results) + 1
     assert len(list((run_dir / "crops" / "signature").glob("*.png"))) == len(results)
+    # each page's line names its own annotated page and crops
+    for im in _pages(run_dir):
+        assert (run_dir / im["annotated"]).is_file() and len(im.get("crops", [])) == im["n_boxes"]
+        assert all((run_dir / c).is_file() for c in im.get("crops", []))
 
     # a glob, and the password of an encrypted PDF passed through (a wrong one is still a counted skip)
     _, s2 = _predict(tmp_path, PRETRAINED, f"'{src}/**/*.jpg'", sub="glob")
