@@ -7,6 +7,7 @@ from omegaconf import DictConfig, open_dict
 from evaluation.run import evaluate_run, load_model
 from training.cli import UserError, cli, require
 from training.inference.exported import ExportedModel
+from training.runfiles import refuse_held_run
 from training.tracking import tracked
 from training.train import run_dir_of, save_config
 
@@ -17,6 +18,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     run_dir = run_dir_of(cfg)
     if (run_dir / "metrics.json").exists():
         raise UserError(f"{run_dir} already holds results (metrics.json); choose another hydra.run.dir")
+    refuse_held_run(run_dir)  # a training run, an export, an audit, a predict run
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     with tracked(cfg.get("logger"), run_dir, cfg) as tracker:

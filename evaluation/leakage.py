@@ -444,6 +444,9 @@ def audit(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     if (run_dir / "leakage.json").exists():
         raise UserError(f"{run_dir} already holds an audit (leakage.json); choose another hydra.run.dir")
+    from training.runfiles import refuse_held_run
+
+    refuse_held_run(run_dir)  # a training run, an export, a predict run
     dataset = load_dataset(cfg.data, splits)
     max_pixels = cfg.data.max_image_pixels
     compared = compare([p for s in splits for p in pages_of(s, dataset[s], nd, max_pixels)], nd)

@@ -882,6 +882,9 @@ def _state(cfg) -> dict:
 
 def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
     path = run_dir / STATE
+    from training.runfiles import refuse_held_run
+
+    refuse_held_run(run_dir, resumable=(PAGES, "predictions.json"))  # a training run, an export, an audit
     if resume and _hydra_made(run_dir):
         raise UserError(
             "resume=true continues the run in hydra.run.dir: name that folder (hydra.run.dir=outputs/predict/<run>)"

@@ -210,6 +210,11 @@ def _checked_config(cfg, out: Path) -> tuple[list[str], list]:
         raise ConfigError(str(e)) from None
     if (out / META).exists():
         raise UserError(f"{out} already holds an export ({META}); choose another hydra.run.dir")
+    from training.runfiles import refuse_held_run
+
+    refuse_held_run(
+        out
+    )  # a training run (export its weights into a folder of their own), an audit, a predict run
     return formats, int8_fixes
 
 

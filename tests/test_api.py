@@ -393,3 +393,30 @@ def test_second_review_messages_name_the_real_problem(tmp_path):
         det.predict(np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(sigdet.UserError, match="sigdet.load\\(\\).predict"):
         sigdet.predict(Image.open(TEST_IMAGES[0]), checkpoint=SYNTHETIC, run_dir=tmp_path / "x")
+
+
+def test_no_command_writes_into_the_run_of_another(tmp_path):
+    """An export, an audit or an evaluation aimed at a training run's folder (or a training at an export's) is
+    one line and exit 2, and the run's record (.hydra/overrides.yaml, which publish's model card reproduces) is
+    untouched."""
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=quickstart\n")
+    (run / "metrics.json").write_text("{}")
+    for cmd in (
+        ["export", f"checkpoint={SYNTHETIC}", "formats=[onnx]"],
+        ["leakage", "data=embedded"],
+        ["predict", f"checkpoint={SYNTHETIC}", f"source={TEST_IMAGES[0]}"],
+    ):
+        r = sigdet_cli(*cmd, f"hydra.run.dir={run}")
+        assert "already holds" in one_error_line(r), cmd
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- experiment=quickstart\n"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "metrics.json", "weights"]
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "sigdet_export.json").write_text("{}")
+    r = sigdet_cli("evaluate", f"checkpoint={SYNTHETIC}", f"hydra.run.dir={export}")
+    assert "already holds a run (sigdet_export.json)" in one_error_line(r)
+    with pytest.raises(sigdet.UserError, match="already holds a run \\(sigdet_export.json\\)"):
+        sigdet.train(["experiment=quickstart"], run_dir=export)

@@ -28,6 +28,35 @@ from training.tracking import redact
 log = logging.getLogger(__name__)
 
 GUARD_PACKAGES = ("training.", "evaluation.", "export.")
+
+# what marks a folder as the run of a sigdet command: a train or evaluate run (metrics.json; weights/ while it
+# trains), an export (its manifest), a leakage audit, a predict run. No command writes into a folder holding one
+# (its .hydra/ records would be replaced by the new command's), except the run that a command continues
+# (``resumable``: train's weights/, predict's pages.jsonl, each with resume=true).
+RUN_MARKERS = (
+    "metrics.json",
+    "sigdet_export.json",
+    "leakage.json",
+    "predictions.json",
+    "pages.jsonl",
+    "weights",
+)
+
+
+def held_run(run_dir: Path, resumable: Sequence[str] = ()) -> str | None:
+    """The first of :data:`RUN_MARKERS` in ``run_dir`` (apart from ``resumable``); None for a folder of no run."""
+    return next((m for m in RUN_MARKERS if m not in resumable and (Path(run_dir) / m).exists()), None)
+
+
+def refuse_held_run(run_dir: Path, resumable: Sequence[str] = ()) -> None:
+    """:class:`UserError` when ``run_dir`` holds the run of a sigdet command (see :data:`RUN_MARKERS`)."""
+    held = held_run(run_dir, resumable)
+    if held is not None:
+        raise UserError(
+            f"{run_dir} already holds a run ({held}); choose another hydra.run.dir (nothing is overwritten)"
+        )
+
+
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's name, written by its basic sweeper
 
 
@@ -74,7 +103,9 @@ class RunFiles(Callback):
     Args:
         subdir: folder of the run dir for ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` (Hydra's
             ``hydra.output_subdir``, which the roots set to null so that Hydra writes nothing); null: none.
-        finished: names whose presence in the run dir makes the entry point refuse it (a finished run).
+        finished: names whose presence in the run dir makes the entry point refuse it (a finished run); a folder
+            holding the run of any sigdet command (:data:`RUN_MARKERS`) is refused as well.
+        resumable: the markers of a run the entry point continues (resume=true) rather than refuses.
         guard: dotted path of ``fn(cfg, run_dir)`` raising :class:`~training.cli.UserError` when the entry
             point will refuse the run dir, for rules beyond a file's presence (the same function it calls).
         multirun: mask the sweep's ``multirun.yaml`` (``-m``) too.
@@ -85,10 +116,12 @@ class RunFiles(Callback):
         subdir: str | None = ".hydra",
         finished: Sequence[str] = (),
         guard: str | None = None,
+        resumable: Sequence[str] = (),
         multirun: bool = True,
     ) -> None:
         self.subdir = subdir
         self.finished = list(finished or [])
+        self.resumable = list(resumable or [])
         # a function of ours (get_method runs any dotted path it is given, without Hydra's checks of _target_)
         if guard is not None and not str(guard).startswith(GUARD_PACKAGES):
             raise ConfigError(f"run_files.guard={guard!r}: must be a function of {list(GUARD_PACKAGES)}")
@@ -100,7 +133,7 @@ class RunFiles(Callback):
     # -- which run dirs are left alone ---------------------------------------------------------------------
     def refused(self, config: DictConfig, run_dir: Path) -> bool:
         """Whether the entry point will refuse ``run_dir`` (so nothing may be written there)."""
-        if any((run_dir / name).exists() for name in self.finished):
+        if any((run_dir / name).exists() for name in self.finished) or held_run(run_dir, self.resumable):
             return True
         if self.guard:
             try:

@@ -58,6 +58,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
         raise UserError(
             f"{run_dir} holds an interrupted run (weights/); add resume=true to continue it, or choose another hydra.run.dir"
         )
+    from training.runfiles import refuse_held_run
+
+    refuse_held_run(run_dir, resumable=("weights",))  # an export, an audit, a predict run
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> Path:
