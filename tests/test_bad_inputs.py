@@ -691,3 +691,30 @@ def test_a_run_dir_under_a_file_or_read_only_is_one_line(tmp_path):
             and str(blocker if "file" in why else run_dir.parent) in err[0]
         ), r.stderr[-2000:]
         assert why in err[0]
+
+
+def test_convert_says_what_it_drops(embedded_copy, tmp_path):
+    """data.strict=false skips a bad box and YOLO cannot hold a crowd box: convert (a command with no run dir and
+    no log file) says both on stderr, not only its count line."""
+    ann = embedded_copy / "valid" / "_annotations.coco.json"
+    doc = json.loads(ann.read_text())
+    doc["annotations"][0]["bbox"] = [0, 0, 99999, 10]
+    doc["annotations"][1]["iscrowd"] = 1
+    ann.write_text(json.dumps(doc))
+    r = run_cli(
+        [
+            "training.data.convert",
+            "data=coco_folder",
+            f"data.root={embedded_copy}",
+            "data.strict=false",
+            "to=yolo",
+            f"out={tmp_path / 'out'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (
+        "skipped 1 bad entries (1 bad_box)" in r.stderr
+        and "1 crowd boxes (iscrowd=1) not written" in r.stderr
+    )
