@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
-from training.cli import ConfigError, UserError, cli, first_line
+from training.cli import ConfigError, UserError, check_device, cli, first_line
 from training.data.images import (
     IMAGE_SUFFIXES,
     MULTI_PAGE_SUFFIXES,
@@ -612,28 +612,6 @@ def _check_values(cfg) -> None:
         )
 
 
-def _check_device(device) -> None:
-    """``device=`` as one line when it names no device of this machine (torch's own error is a deep traceback,
-    and only at the first page)."""
-    if device is None or str(device) == "":
-        return
-    import torch
-
-    text = str(device)
-    try:
-        dev = torch.device(f"cuda:{text}" if text.isdigit() else text)
-    except (RuntimeError, ValueError):
-        raise UserError(f"device={text}: not a device; cpu, cuda, cuda:1 or 0") from None
-    if dev.type == "cpu":
-        return
-    module = getattr(torch, dev.type, None)
-    if module is None or not hasattr(module, "is_available") or not module.is_available():
-        what = "CUDA" if dev.type == "cuda" else dev.type
-        raise UserError(f"device={text}: no {what} device on this machine (device=cpu runs here)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"device={text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 class Predictor:
     """A loaded detector with the page-level decision: what ``sigdet.load`` returns and ``predict`` runs.
 
@@ -676,7 +654,7 @@ class Predictor:
         from training.inference.exported import is_exported
 
         checkpoint = resolve_checkpoint(cfg.checkpoint)
-        _check_device(cfg.device)
+        check_device(cfg.device)
         exported = is_exported(checkpoint)
         backend = cfg.backend or ("ultralytics" if exported else backend_of(checkpoint))
         if not exported and not get_backend(backend).is_detector:

@@ -8,7 +8,7 @@ import logging
 import platform
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from evaluation import error_analysis, leakage
 from evaluation.evaluator import evaluate_detector
@@ -16,7 +16,7 @@ from evaluation.pages import operating_point, page_metrics, page_truth
 from evaluation.report import markdown_table, plot_curves, plot_pages, write_metrics_json, write_tables
 from training.backends import get_backend
 from training.backends.base import Detector, Predictor
-from training.cli import DataError, UserError, first_line
+from training.cli import ConfigError, DataError, UserError, first_line
 from training.data import cache_root, load_dataset, prepare_yolo
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,28 @@ def load_model(
         return model
     be = get_backend(str(backend))
     return be.from_checkpoint(str(checkpoint), decode_table[be.name], device=device, run_dir=run_dir)
+
+
+def check_evaluation_config(cfg: DictConfig) -> None:
+    """The values of ``cfg.evaluation`` its schema cannot bound, as one line before any work (train checks them
+    before training, not after): splits named and among the data's, confidences in [0, 1], a bootstrap count of
+    0 or more, a page recall target in (0, 1]."""
+    ev = cfg.evaluation
+    splits = [str(s) for s in ev.splits]
+    if not splits or len(set(splits)) != len(splits):
+        raise ConfigError(f"evaluation.splits={splits}: name each split once, e.g. [val,test]")
+    known = list(cfg.data.splits) if "data" in cfg and cfg.data.get("splits") else []
+    bad = [s for s in splits if known and s not in known]
+    if bad:
+        raise ConfigError(f"evaluation.splits: {bad} not a split of the data; its splits are {known}")
+    for key in ("conf_fixed", "conf_min"):
+        if key in ev and not 0.0 <= float(ev[key]) <= 1.0:
+            raise ConfigError(f"evaluation.{key}={ev[key]}: expected a confidence in [0, 1]")
+    if int(ev.n_bootstrap) < 0:
+        raise ConfigError(f"evaluation.n_bootstrap={ev.n_bootstrap}: expected 0 (no intervals) or more")
+    page = ev.get("page")
+    if page is not None and not 0.0 < float(page.target_recall) <= 1.0:
+        raise ConfigError(f"evaluation.page.target_recall={page.target_recall}: expected a recall in (0, 1]")
 
 
 def _op_from(path: Path, entry) -> dict | None:

@@ -196,10 +196,26 @@ def _export_format(
 def _checked_config(cfg, out: Path) -> tuple[list[str], list]:
     """The formats to export and the resolved INT8 overflow fixes to try; raises on a bad config or when
     ``out`` already holds an export."""
-    formats = [str(f) for f in cfg.formats]
+    # formats=onnx (one, without brackets) arrives as text: one format, not its letters
+    formats = [str(cfg.formats)] if isinstance(cfg.formats, str) else [str(f) for f in cfg.formats or []]
+    if not formats:
+        raise ConfigError(f"formats=[]: name at least one of {list(FORMATS)}")
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"formats: unknown {bad}; valid: {list(FORMATS)}")
+    imgsz = cfg.get("imgsz")
+    if imgsz is not None and (
+        isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32
+    ):
+        raise ConfigError(
+            f"imgsz={imgsz!r}: expected a whole multiple of 32 (the detectors' stride), e.g. 640"
+        )
+    import onnx
+
+    top = onnx.defs.onnx_opset_version()
+    opset = cfg.get("opset")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 11 <= opset <= top:
+        raise ConfigError(f"opset={opset!r}: expected a whole number in [11, {top}] (this onnx's newest)")
     if str(cfg.openvino.int8.preset) not in INT8_PRESETS:
         raise ConfigError(
             f"openvino.int8.preset={cfg.openvino.int8.preset!r}: valid are {list(INT8_PRESETS)}"

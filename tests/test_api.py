@@ -420,3 +420,37 @@ def test_no_command_writes_into_the_run_of_another(tmp_path):
     assert "already holds a run (sigdet_export.json)" in one_error_line(r)
     with pytest.raises(sigdet.UserError, match="already holds a run \\(sigdet_export.json\\)"):
         sigdet.train(["experiment=quickstart"], run_dir=export)
+
+
+def test_values_a_schema_cannot_bound_are_one_line_before_any_work(tmp_path):
+    """From a new user's review of train / evaluate / export: each of these was a deep traceback, a silent
+    empty export or a table of zeros; each is now one line before anything is trained, loaded or written."""
+    for overrides, said in [
+        (["seed=abc"], "seed='abc': expected a whole number"),
+        (["evaluation.splits=[]"], "name each split once"),
+        (["evaluation.splits=[valid]"], "not a split of the data; its splits are"),
+        (["evaluation.conf_fixed=2"], "expected a confidence in \\[0, 1\\]"),
+        (["evaluation.n_bootstrap=-1"], "expected 0 \\(no intervals\\) or more"),
+    ]:
+        with pytest.raises(sigdet.UserError, match=said):
+            sigdet.train(["experiment=quickstart", *overrides], run_dir=tmp_path / "t")
+        assert not (tmp_path / "t").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(sigdet.UserError, match="train.device=0: no CUDA device"):
+            sigdet.train(["experiment=quickstart", "train.device=0"], run_dir=tmp_path / "t")
+    for overrides, said in [
+        (["formats=[]"], "name at least one of"),
+        (["imgsz=abc"], "imgsz='abc': expected a whole multiple of 32"),
+        (["imgsz=100"], "imgsz=100: expected a whole multiple of 32"),
+        (["opset=5"], "opset=5: expected a whole number in \\[11, "),
+    ]:
+        with pytest.raises(sigdet.UserError, match=said):
+            sigdet.export(SYNTHETIC, ["formats=[onnx]", *overrides], run_dir=tmp_path / "e")  # the last wins
+    # a run folder stands for its weights/best.pt, as for predict
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    shutil.copy(SYNTHETIC, run / "weights" / "best.pt")
+    ev = sigdet.evaluate(
+        run, ["evaluation.splits=[val]", "evaluation.n_bootstrap=0"], run_dir=tmp_path / "ev"
+    )
+    assert "val/mAP50" in ev.metrics

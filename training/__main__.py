@@ -16,8 +16,9 @@ def train_and_evaluate(cfg: DictConfig) -> dict[str, float]:
         from evaluation.classification import evaluate_classifier_run, validation_metrics
 
         return train(cfg, evaluate=evaluate_classifier_run, validate=validation_metrics)
-    from evaluation.run import evaluate_run, validator
+    from evaluation.run import check_evaluation_config, evaluate_run, validator
 
+    check_evaluation_config(cfg)
     return train(cfg, evaluate=evaluate_run, validate=validator(cfg.evaluation))
 
 

@@ -317,6 +317,31 @@ def compose(config_name: str, overrides=(), run_dir: str | Path | None = None):
     return cfg
 
 
+def check_device(device, key: str = "device") -> None:
+    """``device=`` (``cpu``, ``cuda``, ``cuda:1``, ``0``, ultralytics' ``0,1``; None / ``auto``: the default) as
+    one line when it names no device of this machine: torch's own error is a deep traceback, and comes only when
+    the model first runs."""
+    if device is None or str(device).strip().lower() in ("", "auto", "null"):
+        return
+    import torch
+
+    text = str(device).strip()
+    for part in text.split(",") if "," in text else [text]:
+        part = part.strip()
+        try:
+            dev = torch.device(f"cuda:{part}" if part.isdigit() else part)
+        except (RuntimeError, ValueError):
+            raise UserError(f"{key}={text}: not a device; cpu, cuda, cuda:1 or 0") from None
+        if dev.type == "cpu":
+            continue
+        module = getattr(torch, dev.type, None)
+        if module is None or not hasattr(module, "is_available") or not module.is_available():
+            what = "CUDA" if dev.type == "cuda" else dev.type
+            raise UserError(f"{key}={text}: no {what} device on this machine ({key}=cpu runs here)")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"{key}={text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def optional_import(module: str, extra: str, purpose: str):
     """``import module`` for an optional part (a pyproject extra); a :class:`UserError` saying which extra to
     install when it is missing."""

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from training.backends import build_detector
-from training.cli import ConfigError, UserError
+from training.cli import ConfigError, UserError, check_device
 from training.loops import launcher_rank
 from training.tracking import redact, tracked
 
@@ -39,6 +39,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_seed(seed) -> int:
+    """``seed=`` as a whole number, else one line (``int("abc")`` deep in training was a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected a whole number")
+    return seed
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -93,11 +100,13 @@ def train(
     rank, world = launcher_rank()
     main = rank == 0
     run_dir = run_dir_of(cfg)
+    check_seed(cfg.seed)
+    check_device(cfg.train.get("device"), "train.device")
     check_run_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if main and not cfg.resume:
         save_config(cfg, run_dir)
-    seed_everything(int(cfg.seed))
+    seed_everything(cfg.seed)
     with tracked(cfg.get("logger") if main else None, run_dir, cfg, wrap_tracker) as tracker:
         detector = build_detector(cfg.model, run_dir, tracker, validate)
         if world > 1 and not detector.distributed:
