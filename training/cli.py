@@ -294,21 +294,16 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
 _BOOKKEEPING = (".hydra", "config.yaml")
 
 
-# the last part of a run dir made per invocation (conf/hydra/default.yaml: ${now:%Y-%m-%d_%H-%M-%S})
-_TIMESTAMPED = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?")
-
-
 def hydra_made_run_dir() -> bool:
-    """Whether this command's run dir is the timestamped one Hydra made for this invocation (a single run, no
-    ``hydra.run.dir`` given): a folder of this run's own, never one the user named, nor a stable folder a root
-    reuses across invocations (a sweep's study folder)."""
+    """Whether this command's run dir is the timestamped one Hydra made for it (a single run, no
+    ``hydra.run.dir`` given): a folder of this run's own, never one the user named."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return False
     hc = HydraConfig.get()
-    if hc.mode != RunMode.RUN or not _TIMESTAMPED.fullmatch(Path(hc.runtime.output_dir).name):
+    if hc.mode != RunMode.RUN:
         return False
     return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
 
