@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 from evaluation.run import json_object, load_model, stored_operating_point
 from training.backends.base import Detections
-from training.cli import ConfigError, UserError, check_device, cli, first_line, hydra_made_run_dir
+from training.cli import ConfigError, UserError, check_device, cli, first_line
 from training.data.images import (
     IMAGE_SUFFIXES,
     MULTI_PAGE_SUFFIXES,
@@ -788,10 +788,16 @@ _BOOKKEEPING = frozenset({".hydra", "predict.log"})
 
 
 def _hydra_made(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is the timestamped run dir Hydra made for this command (no ``hydra.run.dir`` given)."""
+    """Whether ``run_dir`` is the timestamped run dir Hydra made for this command (no ``hydra.run.dir`` given): a
+    folder of this run's own, never one the user named."""
     from hydra.core.hydra_config import HydraConfig
 
-    return hydra_made_run_dir() and Path(HydraConfig.get().runtime.output_dir).resolve() == run_dir.resolve()
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    if Path(hc.runtime.output_dir).resolve() != run_dir.resolve():
+        return False
+    return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
 
 
 def _refuse_run_dir_inside_source(sources: list[str], run_dir: Path) -> None:

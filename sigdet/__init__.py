@@ -16,13 +16,12 @@ the API and the CLI give the same results. Mistakes in the input raise :class:`U
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.predict import PageResult, Predictor, SkippedFilesWarning
-from training.cli import ConfigError, DataError, UserError, compose, discard_if_unused
+from training.cli import ConfigError, DataError, UserError, compose
 
 __all__ = [
     "ConfigError",
@@ -62,20 +61,6 @@ def _set(cfg, values: dict) -> None:
             raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
 
 
-@contextlib.contextmanager
-def _refused_leaves_nothing(cfg, given):
-    """The run folder this call made (``run_dir=None``: where the command would write) is removed again when the
-    command is refused before doing any work (it then holds only its config), as the command line does."""
-    folder = Path(cfg.paths.run_dir)
-    made_here = given is None and not folder.exists()
-    try:
-        yield
-    except UserError:
-        if made_here:
-            discard_if_unused(folder)
-        raise
-
-
 def load(
     checkpoint: str | Path | None = None,
     *,
@@ -109,14 +94,12 @@ def predict(source, checkpoint: str | Path | None = None, overrides: list[str] |
             "sigdet.predict: source must be paths (it writes a run folder); for PIL images or arrays use "
             "sigdet.load().predict(images)"
         )
-    given = kw.pop("run_dir", None)
-    cfg = compose("predict", overrides, run_dir=given)
+    cfg = compose("predict", overrides, run_dir=kw.pop("run_dir", None))
     _set(cfg, {"source": [str(s) for s in source] if isinstance(source, list | tuple) else str(source)})
     if checkpoint is not None:
         _set(cfg, {"checkpoint": checkpoint})
     _set(cfg, kw)
-    with _refused_leaves_nothing(cfg, given):
-        run_dir, summary = run_predict(cfg)
+    run_dir, summary = run_predict(cfg)
     return Run(run_dir, summary | {"pages": str(run_dir / PAGES)})
 
 
@@ -133,8 +116,7 @@ def train(overrides: list[str] | tuple = (), run_dir: str | Path | None = None) 
     from training.__main__ import train_and_evaluate
 
     cfg = compose("train", overrides, run_dir)
-    with _refused_leaves_nothing(cfg, run_dir):
-        metrics = train_and_evaluate(cfg)
+    metrics = train_and_evaluate(cfg)
     return Run(Path(cfg.paths.run_dir), metrics or _metrics_of(Path(cfg.paths.run_dir)))
 
 
@@ -146,8 +128,7 @@ def evaluate(
 
     cfg = compose("evaluate", overrides, run_dir)
     _set(cfg, {"checkpoint": checkpoint})
-    with _refused_leaves_nothing(cfg, run_dir):
-        metrics = evaluate_checkpoint(cfg)
+    metrics = evaluate_checkpoint(cfg)
     return Run(Path(cfg.paths.run_dir), metrics)
 
 
@@ -161,8 +142,7 @@ def export(
     cfg = compose("export", overrides, run_dir)
     _set(cfg, {"checkpoint": checkpoint})
     out = Path(cfg.paths.run_dir)
-    with _refused_leaves_nothing(cfg, run_dir):
-        manifest = export_checkpoint(cfg, out)
+    manifest = export_checkpoint(cfg, out)
     return Run(out, manifest)
 
 

@@ -454,20 +454,3 @@ def test_values_a_schema_cannot_bound_are_one_line_before_any_work(tmp_path):
         run, ["evaluation.splits=[val]", "evaluation.n_bootstrap=0"], run_dir=tmp_path / "ev"
     )
     assert "val/mAP50" in ev.metrics
-
-
-def test_a_refused_command_leaves_no_empty_run_folder(tmp_path, monkeypatch):
-    """A command refused before any work removes the timestamped folder made for it (it held only Hydra's
-    records, its log and the config), on the command line and in Python, so the newest timestamp stays a real
-    run; a folder the user named is left as it is."""
-    r = sigdet_cli("evaluate", "checkpoint=/nope", cwd=tmp_path)
-    assert "checkpoint not found" in one_error_line(r)
-    r = sigdet_cli("train", "experiment=quickstart", "seed=abc", cwd=tmp_path)
-    assert "seed='abc'" in one_error_line(r)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(sigdet.UserError, match="checkpoint not found"):
-        sigdet.export("/nope")
-    assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []
-    named = tmp_path / "named"
-    r = sigdet_cli("evaluate", "checkpoint=/nope", f"hydra.run.dir={named}", cwd=tmp_path)
-    assert r.returncode == 2 and named.is_dir()

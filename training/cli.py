@@ -9,7 +9,6 @@ import errno
 import functools
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -239,7 +238,8 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
     import hydra
 
     def wrap(task: Callable[..., T]) -> Callable[[], None]:
-        def run(cfg):
+        @functools.wraps(task)
+        def checked(cfg):
             _check_schema_keys(cfg)
             from hydra.core.hydra_config import HydraConfig
 
@@ -256,17 +256,6 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
                 if line is None:
                     raise
                 raise UserError(line) from None
-
-        @functools.wraps(task)
-        def checked(cfg):
-            try:
-                return run(cfg)
-            except UserError:
-                if hydra_made_run_dir():
-                    from hydra.core.hydra_config import HydraConfig
-
-                    discard_if_unused(Path(HydraConfig.get().runtime.output_dir))
-                raise
 
         composed = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
             exit_on_user_error(checked)
@@ -288,38 +277,6 @@ def cli(config_name: str) -> Callable[[Callable[..., T]], Callable[[], None]]:
         return entry
 
     return wrap
-
-
-# what a run dir holds before its command has done any work: Hydra's records, its log, the saved config
-_BOOKKEEPING = (".hydra", "config.yaml")
-
-
-def hydra_made_run_dir() -> bool:
-    """Whether this command's run dir is the timestamped one Hydra made for it (a single run, no
-    ``hydra.run.dir`` given): a folder of this run's own, never one the user named."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return False
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.RUN:
-        return False
-    return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
-
-
-def discard_if_unused(run_dir: Path) -> bool:
-    """Remove ``run_dir`` (a folder this run made) when it holds only bookkeeping (Hydra's ``.hydra/``, a log,
-    ``config.yaml``): a command refused on its way leaves no empty run behind, and the newest timestamp stays a
-    real run. True when removed."""
-    try:
-        names = [p.name for p in Path(run_dir).iterdir()]
-        if not all(n in _BOOKKEEPING or n.endswith(".log") for n in names):
-            return False
-        shutil.rmtree(run_dir)
-        return True
-    except OSError:  # gone already, or not ours to remove: the error line still tells the user
-        return False
 
 
 def _fresh(folder: Path) -> Path:
