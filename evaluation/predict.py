@@ -800,15 +800,36 @@ def _hydra_made(run_dir: Path) -> bool:
     return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
 
 
+def _source_holding(sources: list[str], run_dir: Path) -> str | None:
+    """The first source folder ``run_dir`` lies inside (globs aside); None when it lies in none."""
+    for s in sources:
+        source = Path(s).expanduser()
+        if not _is_glob(s) and source.is_dir() and _inside(run_dir, source):
+            return s
+    return None
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's guard (conf/predict.yaml ``run_files.guard``): a run dir the command will refuse (inside a source,
+    or holding files a fresh run writes) gets no ``.hydra/`` records and no log from Hydra either."""
+    sources = _sources(cfg)
+    inside = _source_holding(sources, run_dir)
+    if inside is not None:
+        raise UserError(f"{run_dir}: the run dir is inside source {inside}")
+    if cfg.resume is not True:
+        held = next((name for name in OUTPUTS if (run_dir / name).exists()), None)
+        if held is not None:
+            raise UserError(f"{run_dir} already holds {held}")
+
+
 def _refuse_run_dir_inside_source(sources: list[str], run_dir: Path) -> None:
     """A run dir inside a source folder is refused (nothing is written into a source; the next run would read this
     one's outputs). When Hydra made it for this command (the default ``outputs/predict/<time>`` with ``source=.``),
     it is removed with the folders above it it left empty, up to the source: the refused run leaves the source as
     it found it. A folder the user named is left alone."""
-    for s in sources:
+    s = _source_holding(sources, run_dir)
+    if s is not None:
         source = Path(s).expanduser()
-        if _is_glob(s) or not source.is_dir() or not _inside(run_dir, source):
-            continue
         if _hydra_made(run_dir):
             try:
                 if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING:
@@ -858,6 +879,17 @@ def _state(cfg) -> dict:
     }
 
 
+def _normal_state(old: dict) -> dict:
+    """A stored state as :func:`_state` writes it now (a run started before sources and checkpoints were
+    normalised resumes as well); a checkpoint that no longer resolves stays as stored."""
+    sources = [s if _is_glob(s) else str(Path(s)) for s in old.get("sources") or []]
+    try:
+        checkpoint = str(resolve_checkpoint(old.get("checkpoint")).resolve())
+    except UserError:
+        checkpoint = old.get("checkpoint")
+    return old | {"sources": sources, "checkpoint": checkpoint}
+
+
 def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
     path = run_dir / STATE
     from training.runfiles import refuse_held_run
@@ -867,9 +899,9 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
         raise UserError(
             "resume=true continues the run in hydra.run.dir: name that folder (hydra.run.dir=outputs/predict/<run>)"
         )
-    if not resume:
+    if not resume or not path.is_file():  # a fresh run (resume=true with no run to continue is one too)
         held = next((name for name in OUTPUTS if (run_dir / name).exists()), None)
-        if held == PAGES:
+        if held == PAGES and not resume:
             raise UserError(
                 f"{run_dir} already holds {PAGES}; add resume=true to continue it, or choose another hydra.run.dir"
             )
@@ -879,11 +911,9 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
                 "overwritten)"
             )
         return
-    if not path.is_file():
-        return  # nothing to continue: a fresh run
-    old = json_object(path)
+    old = _normal_state(json_object(path))
     for key in ("sources", "shard", "checkpoint"):
-        if old.get(key) != state[key] and not (key == "checkpoint" and old.get(key) in (None, "")):
+        if old.get(key) != state[key]:
             raise UserError(
                 f"{path}: resume=true on a run of another {key} ({old.get(key)!r}, now {state[key]!r}); "
                 "choose another hydra.run.dir"
@@ -1066,7 +1096,7 @@ def write_tables(run_dir: Path, names: list[str], with_csv: bool, skipped=()) ->
         "n_pages": n_pages,
         "n_signed_pages": n_signed,
         "n_detections": n_boxes,
-        "n_documents": len(docs),
+        "n_documents": len(docs) + sum(1 for f in unread if f not in docs and not Path(f).is_dir()),
         "n_signed_documents": sum(1 for d in docs.values() if d["signed_pages"]),
         # files whose answer is "unknown" in documents.csv: pages unread and none of the read ones signed
         "n_unknown_documents": sum(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import compose_cfg
+from tests.conftest import ROOT, compose_cfg
 from training.cli import DataError
 from training.data import load_dataset
 from training.data import loader as loader_mod
@@ -281,3 +283,14 @@ def test_bomb_page_in_the_data_is_one_line_or_skipped_with_a_count(embedded_copy
     cfg.data.strict = False
     ds = load_dataset(cfg.data, ("train",))
     assert ds.skipped_metrics() == {"data/skipped/train/too_large_image": 1.0}
+
+
+def test_our_reader_registers_the_heif_plugin_itself():
+    """Without ultralytics imported (whose Image.open patch would register pi-heif on a first failure), importing
+    our image reader is what makes PIL read HEIC."""
+    code = (
+        "import sys, training.data.images, PIL.Image as I; "
+        "assert 'ultralytics' not in sys.modules; print(I.registered_extensions().get('.heic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "HEIF", out.stderr[-2000:]

@@ -221,7 +221,8 @@ def test_cli_exit_codes(tmp_path):
     (scans / "logs" / "predict.log").write_text("mine")
     named = run("source=.", "hydra.run.dir=logs", cwd=scans)  # a folder the user named: refused, left alone
     assert named.returncode == 2 and "inside source ." in named.stderr, named.stderr
-    assert (scans / "logs" / "predict.log").read_text().startswith("mine")
+    assert (scans / "logs" / "predict.log").read_text() == "mine"  # Hydra wrote nothing there either
+    assert sorted(p.name for p in (scans / "logs").iterdir()) == ["predict.log"]
     fresh = run(f"source={TEST_IMAGES[0]}", "resume=true", cwd=tmp_path)  # Hydra's new folder holds no run
     assert fresh.returncode == 2 and "resume=true continues the run in hydra.run.dir" in fresh.stderr, (
         fresh.stderr
@@ -394,4 +395,4 @@ def test_documents_csv_answers_unknown_for_what_could_not_be_read(tmp_path):
         and "max_image_pixels" in rows["two.pdf"]["unreadable"]
     )
     assert rows["broken.png"]["pages"] == "0" and rows["broken.png"]["signed"] == "unknown"
-    assert summary["n_unknown_documents"] == 2
+    assert summary["n_unknown_documents"] == 2 and summary["n_documents"] == 3  # the rows of documents.csv

@@ -133,7 +133,11 @@ class RunFiles(Callback):
     # -- which run dirs are left alone ---------------------------------------------------------------------
     def refused(self, config: DictConfig, run_dir: Path) -> bool:
         """Whether the entry point will refuse ``run_dir`` (so nothing may be written there)."""
-        if any((run_dir / name).exists() for name in self.finished) or held_run(run_dir, self.resumable):
+        if any((run_dir / name).exists() for name in self.finished):
+            return True
+        # a root that refuses run dirs (finished or guard: train, evaluate, export, leakage, predict) refuses the
+        # run of another command too; the others (benchmark, sweep, select) keep writing their records
+        if (self.finished or self.guard) and held_run(run_dir, self.resumable):
             return True
         if self.guard:
             try:
