@@ -800,6 +800,11 @@ def _hydra_made(run_dir: Path) -> bool:
     return not any(str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
 
 
+def _held_output(run_dir: Path) -> str | None:
+    """The first file of :data:`OUTPUTS` already in ``run_dir``; None when a fresh run writes none over."""
+    return next((name for name in OUTPUTS if (run_dir / name).exists()), None)
+
+
 def _source_holding(sources: list[str], run_dir: Path) -> str | None:
     """The first source folder ``run_dir`` lies inside (globs aside); None when it lies in none."""
     for s in sources:
@@ -817,7 +822,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     if inside is not None:
         raise UserError(f"{run_dir}: the run dir is inside source {inside}")
     if cfg.resume is not True:
-        held = next((name for name in OUTPUTS if (run_dir / name).exists()), None)
+        held = _held_output(run_dir)
         if held is not None:
             raise UserError(f"{run_dir} already holds {held}")
 
@@ -900,7 +905,7 @@ def _check_resume(run_dir: Path, state: dict, resume: bool) -> None:
             "resume=true continues the run in hydra.run.dir: name that folder (hydra.run.dir=outputs/predict/<run>)"
         )
     if not resume or not path.is_file():  # a fresh run (resume=true with no run to continue is one too)
-        held = next((name for name in OUTPUTS if (run_dir / name).exists()), None)
+        held = _held_output(run_dir)
         if held == PAGES and not resume:
             raise UserError(
                 f"{run_dir} already holds {PAGES}; add resume=true to continue it, or choose another hydra.run.dir"
